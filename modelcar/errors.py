@@ -1,0 +1,129 @@
+"""One exception hierarchy for everything a user can cause.
+
+Every error carries *what* failed, optionally *which* reference or file, and a
+*hint* saying what to do. The CLIs render an error as one line with
+:func:`ModelcarError.one_line` and exit non-zero; nothing else is printed.
+"""
+
+from __future__ import annotations
+
+
+class ModelcarError(Exception):
+    """Base class. ``exit_code`` lets CLIs distinguish classes of failure."""
+
+    exit_code = 1
+    default_hint = ""
+
+    def __init__(self, message: str, *, subject: str | None = None, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.subject = subject
+        self.hint = hint if hint is not None else self.default_hint
+
+    def one_line(self) -> str:
+        text = self.message
+        if self.subject:
+            text = f"{text}: {self.subject}"
+        if self.hint:
+            text = f"{text} ({self.hint})"
+        return " ".join(text.split())  # guarantee a single line
+
+    def __str__(self) -> str:
+        return self.one_line()
+
+
+# --- input -----------------------------------------------------------------
+
+
+class UsageError(ModelcarError):
+    exit_code = 2
+
+
+class InvalidReference(UsageError):
+    default_hint = "use HOST[:PORT]/REPO[:TAG][@sha256:HEX] or oci:PATH[:TAG][@sha256:HEX]"
+
+
+class InvalidDigest(UsageError):
+    default_hint = "a digest is sha256: followed by 64 lowercase hex characters"
+
+
+# --- sources ---------------------------------------------------------------
+
+
+class SourceError(ModelcarError):
+    pass
+
+
+class SourceNotFound(SourceError):
+    default_hint = "check the path or URI"
+
+
+class SourceEmpty(SourceError):
+    default_hint = "check --include/--exclude and that the source holds files"
+
+
+class SourceFileError(SourceError):
+    """A single file of the source could not be read, vanished, or changed."""
+
+
+class SourceChanged(SourceFileError):
+    default_hint = "the source changed while it was being built; build again from a stable source"
+
+
+# --- content ---------------------------------------------------------------
+
+
+class DigestMismatch(ModelcarError):
+    default_hint = "the bytes are corrupt or were changed in transit; nothing was published"
+
+
+class ImageFormatError(ModelcarError):
+    """A manifest, config, index or layer does not follow the contract."""
+
+
+class UnsafeArchive(ImageFormatError):
+    default_hint = "the layer is corrupt or hostile; it was not extracted"
+
+
+# --- storage / transport ---------------------------------------------------
+
+
+class LayoutError(ModelcarError):
+    pass
+
+
+class RegistryError(ModelcarError):
+    pass
+
+
+class RegistryUnreachable(RegistryError):
+    default_hint = "check the address, that the registry runs, and --plain-http for HTTP registries"
+
+
+class AuthenticationFailed(RegistryError):
+    default_hint = "check the credentials in your docker config.json or credential helper"
+
+
+class AccessDenied(RegistryError):
+    default_hint = "the credentials are valid but lack permission for this repository"
+
+
+class NotFound(RegistryError):
+    default_hint = "check the repository, tag and digest"
+
+
+class BlobTooLarge(RegistryError):
+    default_hint = "lower --large-file-threshold or raise --max-layer-size if the registry allows"
+
+
+class TransientRegistryError(RegistryError):
+    """A failure worth retrying (429, 5xx, dropped connection)."""
+
+    def __init__(self, message: str, *, subject: str | None = None, hint: str | None = None,
+                 retry_after: float | None = None):
+        super().__init__(message, subject=subject, hint=hint)
+        self.retry_after = retry_after
+
+
+class DiskFull(ModelcarError):
+    default_hint = "free disk space or lower the cache budget"

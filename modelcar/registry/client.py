@@ -1,0 +1,229 @@
+"""The OCI distribution client: one ``Repository`` per ``host/repo``.
+
+Manifests travel as exact bytes (never re-serialised) and are checked against
+the digest asked for. Blobs stream in both directions; see ``upload.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ssl
+import threading
+from collections.abc import Iterator
+from typing import Any, BinaryIO
+
+import httpx
+
+from modelcar import mediatypes as mt
+from modelcar.digest import sha256_bytes
+from modelcar.errors import (
+    DigestMismatch,
+    ModelcarError,
+    NotFound,
+    RegistryError,
+)
+from modelcar.image import media_type_of
+from modelcar.reference import ImageRef
+from modelcar.registry import upload
+from modelcar.registry.auth import RegistryAuth, find_credentials
+from modelcar.registry.retry import check, translate_transport, with_retries
+from modelcar.store import ChunkFactory, FetchedManifest, ImageStore, StoreOptions
+
+_clients: dict[tuple, tuple[httpx.Client, RegistryAuth]] = {}
+_clients_lock = threading.Lock()
+
+
+def _verify(options: StoreOptions) -> Any:
+    if options.insecure:
+        return False
+    if options.ca_file:
+        return ssl.create_default_context(cafile=options.ca_file)
+    return True
+
+
+def _client_for(host: str, options: StoreOptions) -> tuple[httpx.Client, RegistryAuth]:
+    """One pooled httpx client (and token cache) per registry host and option set."""
+    key = (host, options.plain_http, options.insecure, options.ca_file, options.docker_config)
+    with _clients_lock:
+        if key not in _clients:
+            verify = _verify(options)
+            auth = RegistryAuth(host, find_credentials(host, options.docker_config), verify,
+                                options.timeout)
+            client = httpx.Client(
+                verify=verify, auth=auth, follow_redirects=True,
+                timeout=httpx.Timeout(options.timeout, connect=10.0),
+                limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
+                headers={"User-Agent": "modelcar/0.1"},
+            )
+            _clients[key] = (client, auth)
+        return _clients[key]
+
+
+class _ResponseReader:
+    """A read()-able view of a streamed response body."""
+
+    def __init__(self, response: httpx.Response, chunk: int = 1 << 20):
+        self._it = response.iter_raw(chunk)
+        self._buf = b""
+
+    def read(self, n: int = -1) -> bytes:
+        if n < 0:
+            return self._buf + b"".join(self._it)
+        while not self._buf:
+            self._buf = next(self._it, b"")
+            if not self._buf:
+                return b""
+        out, self._buf = self._buf[:n], self._buf[n:]
+        return out
+
+
+class Repository(ImageStore):
+    def __init__(self, ref: ImageRef, options: StoreOptions):
+        self.ref = ref
+        self.options = options
+        scheme = "http" if options.plain_http else "https"
+        self.base_url = f"{scheme}://{ref.api_host}"
+        self.client, self.auth = _client_for(ref.api_host, options)
+        self.monolithic = False
+
+    # --- plumbing --------------------------------------------------------
+
+    def request(self, method: str, url: str | httpx.URL, *, what: str, **kw: Any) -> httpx.Response:
+        if isinstance(url, str) and url.startswith("/"):
+            url = self.base_url + url
+        try:
+            return self.client.request(method, url, **kw)
+        except httpx.HTTPError as e:
+            raise translate_transport(e, self.ref.registry) from None
+
+    def _retry(self, fn):
+        return with_retries(fn, self.options.retries)
+
+    # --- blobs -----------------------------------------------------------
+
+    def has_blob(self, digest: str) -> bool:
+        def head() -> bool:
+            r = self.request("HEAD", f"/v2/{self.ref.repository}/blobs/{digest}", what=digest)
+            if r.status_code == 404:
+                return False
+            check(r, f"{self.ref.name}@{digest}")
+            return True
+
+        return self._retry(head)
+
+    def put_blob(self, digest: str, size: int, chunks: ChunkFactory) -> int:
+        def attempt() -> int:
+            if not self.monolithic and size > self.options.chunk_size:
+                try:
+                    return upload.chunked(self, digest, size, chunks(), self.options.chunk_size)
+                except upload.ChunkedUnsupported:
+                    self.monolithic = True
+            return upload.monolithic(self, digest, size, chunks())
+
+        return self._retry(attempt)
+
+    def mount_blob(self, digest: str, source: ImageStore) -> bool:
+        if not isinstance(source, Repository) or source.ref.api_host != self.ref.api_host:
+            return False
+        if source.ref.repository == self.ref.repository:
+            return self.has_blob(digest)
+
+        def mount() -> bool:
+            r = self.request(
+                "POST", f"/v2/{self.ref.repository}/blobs/uploads/",
+                params={"mount": digest, "from": source.ref.repository}, what=digest,
+            )
+            if r.status_code == 201:
+                return True
+            if r.status_code == 202:  # mount not possible; an upload session was opened instead
+                upload.cancel(self, upload._location(self, r))
+                return False
+            check(r, f"{self.ref.name}@{digest}")
+            return False
+
+        return self._retry(mount)
+
+    @contextlib.contextmanager
+    def open_blob(self, digest: str, offset: int = 0) -> Iterator[BinaryIO]:
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        url = f"{self.base_url}/v2/{self.ref.repository}/blobs/{digest}"
+        try:
+            with self.client.stream("GET", url, headers=headers) as r:
+                if r.status_code >= 400:
+                    r.read()
+                check(r, f"{self.ref.name}@{digest}")
+                if offset and r.status_code != 206:
+                    raise RegistryError("registry ignored the range request", subject=digest)
+                yield _ResponseReader(r)  # type: ignore[misc]
+        except httpx.HTTPError as e:
+            raise translate_transport(e, self.ref.registry) from None
+
+    def read_blob(self, digest: str, max_size: int = 64 << 20) -> bytes:
+        def get() -> bytes:
+            with self.open_blob(digest) as f:
+                data = f.read(max_size + 1)
+                if len(data) > max_size:
+                    raise RegistryError("blob larger than expected", subject=digest)
+                rest = f.read(max_size + 1 - len(data))
+                data += rest
+            if sha256_bytes(data) != digest:
+                raise DigestMismatch("blob does not match its digest", subject=f"{self.ref.name}@{digest}")
+            return data
+
+        return self._retry(get)
+
+    # --- manifests -------------------------------------------------------
+
+    def get_manifest(self, reference: str) -> FetchedManifest:
+        what = f"{self.ref.name}{'@' if reference.startswith('sha256:') else ':'}{reference}"
+
+        def get() -> FetchedManifest:
+            r = self.request("GET", f"/v2/{self.ref.repository}/manifests/{reference}",
+                             headers={"Accept": mt.ACCEPT_MANIFESTS}, what=what)
+            check(r, what)
+            data = r.content
+            digest = sha256_bytes(data)
+            if reference.startswith("sha256:") and digest != reference:
+                raise DigestMismatch("manifest does not match the pinned digest", subject=what)
+            return FetchedManifest(data, media_type_of(data, r.headers.get("Content-Type")), digest)
+
+        return self._retry(get)
+
+    def head_manifest(self, reference: str) -> str | None:
+        """The digest a tag points to, or None if there is no such manifest."""
+        def head() -> str | None:
+            r = self.request("HEAD", f"/v2/{self.ref.repository}/manifests/{reference}",
+                             headers={"Accept": mt.ACCEPT_MANIFESTS}, what=reference)
+            if r.status_code == 404:
+                return None
+            check(r, f"{self.ref.name}:{reference}")
+            return r.headers.get("Docker-Content-Digest")
+
+        return self._retry(head)
+
+    def put_manifest(self, data: bytes, media_type: str, reference: str) -> str:
+        digest = sha256_bytes(data)
+        what = f"{self.ref.name}:{reference}"
+
+        def put() -> str:
+            r = self.request("PUT", f"/v2/{self.ref.repository}/manifests/{reference}",
+                             content=data, headers={"Content-Type": media_type}, what=what)
+            check(r, what)
+            returned = r.headers.get("Docker-Content-Digest")
+            if returned and returned != digest:
+                raise DigestMismatch("registry stored the manifest under another digest",
+                                     subject=f"{returned} != {digest}")
+            return digest
+
+        return self._retry(put)
+
+
+def ping(ref: ImageRef, options: StoreOptions) -> None:
+    """Check that the registry answers the /v2/ API (auth challenges count as answers)."""
+    repo = Repository(ref, options)
+    try:
+        r = repo.request("GET", "/v2/", what=ref.registry)
+    except ModelcarError:
+        raise
+    if r.status_code not in (200, 401):
+        raise NotFound("not an OCI registry (/v2/ did not answer)", subject=ref.registry)

@@ -1,0 +1,77 @@
+"""The one interface the builder and the daemon use for both kinds of target.
+
+An ``ImageStore`` is a registry repository or an OCI layout directory. Blobs
+go in as a *factory* of byte chunks, so a failed upload can be retried by
+asking for the bytes again; manifests go in as exact bytes (their digest is
+over those bytes, so nothing re-serialises them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import BinaryIO, Protocol
+
+from modelcar.reference import ImageRef, LayoutRef, Ref
+
+ChunkFactory = Callable[[], Iterable[bytes]]
+
+
+@dataclass(frozen=True)
+class FetchedManifest:
+    data: bytes
+    media_type: str
+    digest: str
+
+
+class ImageStore(Protocol):
+    ref: Ref
+
+    def has_blob(self, digest: str) -> bool: ...
+
+    def put_blob(self, digest: str, size: int, chunks: ChunkFactory) -> int:
+        """Store a blob whose digest is known; return bytes sent. Verifies the digest."""
+        ...
+
+    def open_blob(self, digest: str, offset: int = 0) -> AbstractContextManager[BinaryIO]: ...
+
+    def get_manifest(self, reference: str) -> FetchedManifest: ...
+
+    def put_manifest(self, data: bytes, media_type: str, reference: str) -> str:
+        """Store manifest bytes under a tag or their digest; return the digest."""
+        ...
+
+    def mount_blob(self, digest: str, source: ImageStore) -> bool:
+        """Make ``digest`` present without sending it, if ``source`` allows; True if done."""
+        ...
+
+
+@dataclass
+class StoreOptions:
+    """How to reach a registry; ignored for oci: layouts."""
+
+    plain_http: bool = False
+    insecure: bool = False
+    ca_file: str | None = None
+    docker_config: str | None = None
+    retries: int = 5
+    chunk_size: int = 64 << 20
+    timeout: float = 60.0
+
+
+def open_store(ref: Ref, options: StoreOptions | None = None, *, create: bool = False) -> ImageStore:
+    options = options or StoreOptions()
+    if isinstance(ref, LayoutRef):
+        from modelcar.layout import OCILayout
+
+        return OCILayout(ref, create=create)
+    assert isinstance(ref, ImageRef)
+    from modelcar.registry.client import Repository
+
+    return Repository(ref, options)
+
+
+def read_exact_chunks(f: BinaryIO, chunk: int = 1 << 20) -> Iterator[bytes]:
+    while block := f.read(chunk):
+        yield block
