@@ -99,7 +99,10 @@ class OCILayout:
 
     def read_blob(self, digest: str) -> bytes:
         with self.open_blob(digest) as f:
-            return f.read()
+            data = f.read()
+        if sha256_bytes(data) != digest:
+            raise DigestMismatch("blob does not match its digest", subject=f"{self.ref.name}@{digest}")
+        return data
 
     def mount_blob(self, digest: str, source: ImageStore) -> bool:
         if isinstance(source, OCILayout) and source.has_blob(digest):

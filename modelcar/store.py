@@ -36,6 +36,10 @@ class ImageStore(Protocol):
 
     def open_blob(self, digest: str, offset: int = 0) -> AbstractContextManager[BinaryIO]: ...
 
+    def read_blob(self, digest: str) -> bytes:
+        """A small blob (config, manifest), verified against its digest."""
+        ...
+
     def get_manifest(self, reference: str) -> FetchedManifest: ...
 
     def put_manifest(self, data: bytes, media_type: str, reference: str) -> str:

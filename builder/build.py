@@ -1,0 +1,289 @@
+"""Build a modelcar image from a source into a registry repository or an OCI layout.
+
+Per layer, in parallel: know its digest (stat cache, else one hashing pass that
+also yields each file's sha256), skip it if the target has it, else stream it
+(re-reading the files; the target verifies the digest). Then the base blobs,
+the config (with the file index), the manifest by digest, and only then the
+tags: a failed build never moves a tag.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from pydantic import BaseModel
+
+from builder.base import BaseImage, load_base
+from builder.plan import LayerPlan, plan_layers
+from builder.progress import Progress
+from builder.sources.base import Source
+from builder.statcache import StatCache, default_path, layer_key
+from modelcar import mediatypes as mt
+from modelcar.digest import sha256_bytes
+from modelcar.errors import BlobTooLarge, DigestMismatch, SourceChanged, SourceEmpty
+from modelcar.image import Descriptor, FileEntry, FileIndex, Manifest, canonical_json
+from modelcar.reference import DEFAULT_TAG, Ref
+from modelcar.store import ImageStore, StoreOptions, open_store
+from modelcar.tarstream import Member, TarWriter, archive_size, header_bytes, with_parents
+
+MiB = 1 << 20
+
+
+@dataclass
+class BuildOptions:
+    base: str | None = None
+    tags: list[str] = field(default_factory=list)
+    jobs: int = 4
+    max_layers: int = 100
+    large_file_threshold: int = 64 * MiB
+    max_layer_size: int | None = None
+    stat_cache: bool = True
+    store: StoreOptions = field(default_factory=StoreOptions)
+
+
+class LayerRecord(BaseModel):
+    digest: str
+    size: int
+    files: list[str]
+    uploaded: bool
+
+
+class BuildRecord(BaseModel):
+    reference: str
+    digest: str
+    tags: list[str]
+    source: str
+    created: str
+    size: int
+    files: int
+    layers: list[LayerRecord]
+    base: str
+    base_digest: str | None
+    index_digest: str
+    seconds: float
+    bytes_uploaded: int
+    bytes_skipped: int
+
+
+@dataclass
+class _LayerResult:
+    descriptor: Descriptor
+    file_digests: dict[str, str]
+    uploaded: int
+    skipped: int
+
+
+def _iso(ts: int) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def created_time(source: Source) -> int:
+    import os
+
+    env = os.environ.get("SOURCE_DATE_EPOCH")
+    if env:
+        return int(env)
+    return source.created or 0
+
+
+def _members(layer: LayerPlan) -> list[Member]:
+    return with_parents(
+        Member(name=f"{mt.MODELS_DIR}/{f.path}", size=f.size, opener=f.opener, origin=f.origin)
+        for f in layer.files
+    )
+
+
+def _layer_annotations(layer: LayerPlan, digests: dict[str, str]) -> dict[str, str]:
+    paths = [f.path for f in layer.files]
+    ann = {mt.LAYER_ROLE: "model"}
+    if len(paths) == 1:
+        f = layer.files[0]
+        ann[mt.TITLE] = f.path
+        ann[mt.FILE_SHA256] = digests[f"{mt.MODELS_DIR}/{f.path}"]
+        ann[mt.FILE_SIZE] = str(f.size)
+    else:
+        ann[mt.TITLE] = f"{paths[0]} … {paths[-1]} ({len(paths)} files)"
+    ann[mt.LAYER_FILES] = canonical_json(
+        [[f.path, f.size, digests[f"{mt.MODELS_DIR}/{f.path}"]] for f in layer.files]).decode()
+    return ann
+
+
+class Builder:
+    def __init__(self, source: Source, target_ref: Ref, options: BuildOptions,
+                 progress: Progress | None = None):
+        self.source = source
+        self.target_ref = target_ref
+        self.options = options
+        self.progress = progress or Progress(quiet=True)
+        self.cache = StatCache(default_path() if options.stat_cache else None)
+
+    # --- one layer -------------------------------------------------------
+
+    def _digest_layer(self, members: list[Member], layer: LayerPlan) -> tuple[str, dict[str, str]]:
+        identities = [f.identity for f in layer.files]
+        key = None
+        if all(identities):
+            key = layer_key([header_bytes(m) for m in members], identities)  # type: ignore[arg-type]
+            hit = self.cache.get(key)
+            if hit:
+                self.progress.advance("hash", layer.size)
+                return hit[0], hit[2]
+        writer = TarWriter(members)
+        h = hashlib.sha256()
+        for chunk in writer:
+            h.update(chunk)
+            self.progress.advance("hash", len(chunk))
+        digest = "sha256:" + h.hexdigest()
+        if key:
+            self.cache.put(key, digest, archive_size(members), writer.file_digests)
+        return digest, writer.file_digests
+
+    def _layer(self, target: ImageStore, layer: LayerPlan) -> _LayerResult:
+        members = _members(layer)
+        size = archive_size(members)
+        limit = self.options.max_layer_size
+        if limit and size > limit:
+            raise BlobTooLarge(f"layer of {size} bytes exceeds the registry's limit of {limit}",
+                               subject=layer.files[0].origin or layer.files[0].path)
+        digest, file_digests = self._digest_layer(members, layer)
+        desc = Descriptor(mediaType=mt.OCI_LAYER_TAR, digest=digest, size=size,
+                          annotations=_layer_annotations(layer, file_digests))
+        if target.has_blob(digest):
+            self.progress.advance("upload", size)
+            return _LayerResult(desc, file_digests, 0, size)
+
+        def chunks():
+            for chunk in TarWriter(members):
+                self.progress.advance("upload", len(chunk))
+                yield chunk
+
+        try:
+            sent = target.put_blob(digest, size, chunks)
+        except DigestMismatch:
+            names = ", ".join(f.origin or f.path for f in layer.files[:3])
+            raise SourceChanged("file content changed during the build", subject=names) from None
+        return _LayerResult(desc, file_digests, sent, 0)
+
+    def _copy_base_blob(self, target: ImageStore, base: BaseImage, desc: Descriptor) -> int:
+        if target.has_blob(desc.digest):
+            return 0
+        if desc.digest in base.blobs:
+            data = base.blobs[desc.digest]
+            return target.put_blob(desc.digest, len(data), lambda: [data])
+        assert base.store is not None
+        if target.mount_blob(desc.digest, base.store):
+            return 0
+        store = base.store
+
+        def chunks():
+            with store.open_blob(desc.digest) as f:
+                while block := f.read(MiB):
+                    yield block
+
+        return target.put_blob(desc.digest, desc.size, chunks)
+
+    # --- the whole image -------------------------------------------------
+
+    def run(self) -> BuildRecord:
+        started = time.monotonic()
+        files = self.source.files()
+        if not files:
+            raise SourceEmpty("source has no files to package", subject=self.source.uri)
+        base = load_base(self.options.base, self.options.store)
+        plan = plan_layers(files, self.options.large_file_threshold,
+                           self.options.max_layers - len(base.layers))
+        target = open_store(self.target_ref, self.options.store, create=True)
+        total = sum(f.size for f in files)
+        self.progress.add_total("hash", total)
+        self.progress.add_total("upload", sum(archive_size(_members(layer)) for layer in plan))
+        self.progress.log(f"building {len(files)} files ({total} bytes) in {len(plan)} layers "
+                          f"from {self.source.uri}")
+
+        with ThreadPoolExecutor(max_workers=max(1, self.options.jobs)) as pool:
+            base_futs = [pool.submit(self._copy_base_blob, target, base, d) for d in base.layers]
+            layer_futs = [pool.submit(self._layer, target, layer) for layer in plan]
+            done, pending = wait(base_futs + layer_futs, return_when=FIRST_EXCEPTION)
+            for f in pending:
+                f.cancel()
+            for f in base_futs + layer_futs:  # re-raise the first failure, in plan order
+                if f.done() and not f.cancelled() and f.exception():
+                    raise f.exception()  # type: ignore[misc]
+            base_sent = sum(f.result() for f in base_futs)
+            results = [f.result() for f in layer_futs]
+
+        index = FileIndex(files=[
+            FileEntry(path=f.path, size=f.size, sha256=r.file_digests[f"{mt.MODELS_DIR}/{f.path}"],
+                      layer=r.descriptor.digest)
+            for layer, r in zip(plan, results, strict=True) for f in layer.files
+        ])
+        for f in files:
+            if f.sha256 and f.sha256 != next(e.sha256 for e in index.files if e.path == f.path):
+                raise DigestMismatch("file does not match the sha256 its source reported",
+                                     subject=f.origin or f.path)
+        created = _iso(created_time(self.source))
+        config = self._config(base, results, plan, index, created)
+        config_bytes = canonical_json(config)
+        config_digest = sha256_bytes(config_bytes)
+        config_sent = target.put_blob(config_digest, len(config_bytes), lambda: [config_bytes])
+
+        annotations = {
+            mt.CREATED: created,
+            mt.CONTRACT: mt.CONTRACT_VERSION,
+            mt.SOURCE: self.source.uri,
+            mt.SIZE: str(index.total_size),
+            mt.FILE_COUNT: str(len(index.files)),
+            mt.INDEX_DIGEST: index.digest(),
+            mt.BASE_NAME: base.name,
+        }
+        if base.digest:
+            annotations[mt.BASE_DIGEST] = base.digest
+            annotations[mt.BASE_DIGEST_OCI] = base.digest
+        manifest = Manifest(
+            config=Descriptor(mediaType=mt.OCI_CONFIG, digest=config_digest, size=len(config_bytes)),
+            layers=[*base.layers, *(r.descriptor for r in results)],
+            annotations=annotations,
+        )
+        manifest_bytes = manifest.canonical()
+        digest = target.put_manifest(manifest_bytes, mt.OCI_MANIFEST, sha256_bytes(manifest_bytes))
+        tags = list(dict.fromkeys([self.target_ref.tag or DEFAULT_TAG, *self.options.tags]))
+        for tag in tags:  # last: the tag moves only once everything it names is in place
+            target.put_manifest(manifest_bytes, mt.OCI_MANIFEST, tag)
+
+        uploaded = sum(r.uploaded for r in results) + base_sent + config_sent + len(manifest_bytes)
+        return BuildRecord(
+            reference=str(self.target_ref.pinned(digest)),
+            digest=digest,
+            tags=tags,
+            source=self.source.uri,
+            created=created,
+            size=index.total_size,
+            files=len(index.files),
+            layers=[LayerRecord(digest=r.descriptor.digest, size=r.descriptor.size,
+                                files=[f.path for f in layer.files], uploaded=r.uploaded > 0)
+                    for layer, r in zip(plan, results, strict=True)],
+            base=base.name,
+            base_digest=base.digest,
+            index_digest=index.digest(),
+            seconds=round(time.monotonic() - started, 3),
+            bytes_uploaded=uploaded,
+            bytes_skipped=sum(r.skipped for r in results),
+        )
+
+    def _config(self, base: BaseImage, results: list[_LayerResult], plan: list[LayerPlan],
+                index: FileIndex, created: str) -> dict:
+        config = dict(base.config)
+        config["created"] = created
+        rootfs = dict(config.get("rootfs") or {"type": "layers"})
+        rootfs["diff_ids"] = [*rootfs.get("diff_ids", []), *(r.descriptor.digest for r in results)]
+        config["rootfs"] = rootfs
+        history = list(config.get("history") or [])
+        for layer in plan:
+            names = layer.files[0].path if len(layer.files) == 1 else f"{len(layer.files)} files"
+            history.append({"created": created, "created_by": f"modelcar build: /models/{names}"})
+        config["history"] = history
+        config[mt.CONFIG_INDEX_KEY] = index.model_dump(mode="json")
+        return config

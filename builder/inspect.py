@@ -1,0 +1,118 @@
+"""``modelcar inspect`` and ``modelcar verify``."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+from modelcar import mediatypes as mt
+from modelcar.digest import HashingReader
+from modelcar.errors import DigestMismatch, ImageFormatError
+from modelcar.image import FileEntry, file_index_from_config, load_json, parse_index, parse_manifest
+from modelcar.modellayer import read_model_layer
+from modelcar.reference import Ref
+from modelcar.store import ImageStore, StoreOptions, open_store
+
+
+class LayerInfo(BaseModel):
+    digest: str
+    size: int
+    media_type: str
+    role: str
+    title: str | None = None
+
+
+class ImageInfo(BaseModel):
+    reference: str
+    digest: str
+    media_type: str
+    created: str | None = None
+    source: str | None = None
+    base: str | None = None
+    size: int | None = None
+    platforms: list[str] = []
+    layers: list[LayerInfo] = []
+    files: list[FileEntry] = []
+
+
+def _load(ref: Ref, options: StoreOptions):
+    store = open_store(ref, options)
+    fetched = store.get_manifest(ref.reference)
+    return store, fetched
+
+
+def describe(ref: Ref, options: StoreOptions) -> ImageInfo:
+    store, fetched = _load(ref, options)
+    pinned = str(ref.pinned(fetched.digest))
+    if fetched.media_type in mt.INDEX_TYPES:
+        index = parse_index(fetched.data)
+        plats = [f"{d.platform.os}/{d.platform.architecture}" for d in index.manifests if d.platform]
+        return ImageInfo(reference=pinned, digest=fetched.digest, media_type=fetched.media_type,
+                         platforms=plats)
+    manifest = parse_manifest(fetched.data)
+    config = load_json(store.read_blob(manifest.config.digest), "image config")
+    index = file_index_from_config(config)
+    ann = manifest.annotations or {}
+    layers = [LayerInfo(digest=d.digest, size=d.size, media_type=d.mediaType,
+                        role=(d.annotations or {}).get(mt.LAYER_ROLE, "?"),
+                        title=(d.annotations or {}).get(mt.TITLE)) for d in manifest.layers]
+    return ImageInfo(
+        reference=pinned, digest=fetched.digest, media_type=fetched.media_type,
+        created=ann.get(mt.CREATED) or config.get("created"), source=ann.get(mt.SOURCE),
+        base=ann.get(mt.BASE_NAME), size=index.total_size if index else None,
+        layers=layers, files=index.files if index else [],
+    )
+
+
+def render(info: ImageInfo) -> str:
+    from builder.progress import human
+
+    lines = [f"reference  {info.reference}", f"type       {info.media_type}"]
+    if info.platforms:
+        lines.append("platforms  " + ", ".join(info.platforms))
+        return "\n".join(lines)
+    for label, value in (("created", info.created), ("source", info.source), ("base", info.base)):
+        if value:
+            lines.append(f"{label:<10} {value}")
+    if info.size is not None:
+        lines.append(f"size       {human(info.size)} in {len(info.files)} files")
+    lines.append(f"layers     {len(info.layers)}")
+    for layer in info.layers:
+        lines.append(f"  {layer.digest[:19]}  {human(layer.size):>10}  {layer.role:<5}  {layer.title or ''}")
+    if info.files:
+        lines.append("files")
+        for f in info.files:
+            lines.append(f"  {human(f.size):>10}  {f.sha256[:19]}  {f.path}")
+    return "\n".join(lines)
+
+
+def _verify_plain_blob(store: ImageStore, digest: str) -> None:
+    with store.open_blob(digest) as f:
+        r = HashingReader(f)
+        r.drain()
+    if r.digest != digest:
+        raise DigestMismatch(f"layer digest mismatch (got {r.digest})", subject=digest)
+
+
+def verify_image(ref: Ref, options: StoreOptions) -> tuple[int, int]:
+    store, fetched = _load(ref, options)
+    if fetched.media_type in mt.INDEX_TYPES:
+        raise ImageFormatError("verify takes a single-platform image, not an index", subject=str(ref),
+                               hint="verify one of its manifests by digest")
+    manifest = parse_manifest(fetched.data)
+    config = load_json(store.read_blob(manifest.config.digest), "image config")
+    index = file_index_from_config(config)
+    if index is None:
+        raise ImageFormatError("image has no modelcar file index", subject=str(ref),
+                               hint="it was not built by modelcar build")
+    expected = {f.path: f for f in index.files}
+    seen: set[str] = set()
+    for desc in manifest.layers:
+        if (desc.annotations or {}).get(mt.LAYER_ROLE) == "model":
+            with store.open_blob(desc.digest) as f:
+                seen |= read_model_layer(f, desc.digest, expected)
+        else:
+            _verify_plain_blob(store, desc.digest)
+    missing = sorted(set(expected) - seen)
+    if missing:
+        raise DigestMismatch("files in the index are missing from the layers", subject=", ".join(missing[:5]))
+    return len(manifest.layers), len(seen)

@@ -1,0 +1,100 @@
+"""Read one model layer as a stream and hold it to the file index.
+
+Only directories and regular files under ``models/`` are allowed; absolute
+paths, ``..``, links, devices, FIFOs, setuid/setgid bits, duplicates, files the
+index does not name or whose size or sha256 differ are all refused. The
+layer's own digest is checked over every byte read. An optional ``sink``
+receives each file's bytes (the cache daemon writes them; ``verify`` does not).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import BinaryIO, Protocol
+
+from modelcar import mediatypes as mt
+from modelcar.digest import CHUNK, HashingReader
+from modelcar.errors import DigestMismatch, UnsafeArchive
+from modelcar.image import FileEntry
+from modelcar.tarstream import TarReader
+
+PREFIX = mt.MODELS_DIR + "/"
+
+
+class FileSink(Protocol):
+    def write(self, data: bytes) -> int: ...
+    def close(self) -> None: ...
+
+
+def member_path(name: str, layer: str) -> str | None:
+    """The path under models/ for a tar member name, None for the models/ dir itself."""
+    clean = name.removeprefix("./")
+    if clean.startswith("/") or "\\" in clean:
+        raise UnsafeArchive("absolute or odd path in layer", subject=f"{layer}: {name!r}")
+    parts = [p for p in clean.rstrip("/").split("/")]
+    if any(p in ("", ".", "..") for p in parts):
+        raise UnsafeArchive("path with '.', '..' or empty parts in layer", subject=f"{layer}: {name!r}")
+    if parts[0] != mt.MODELS_DIR:
+        raise UnsafeArchive("path outside /models in layer", subject=f"{layer}: {name!r}")
+    rel = "/".join(parts[1:])
+    return rel or None
+
+
+def read_model_layer(
+    stream: BinaryIO,
+    digest: str,
+    expected: dict[str, FileEntry],
+    sink: Callable[[str, FileEntry], FileSink] | None = None,
+    on_bytes: Callable[[int], None] | None = None,
+) -> set[str]:
+    """Walk a layer; return the paths it held. Raises on anything unsafe or wrong."""
+    hashing = HashingReader(stream)
+    seen: set[str] = set()
+    dirs: set[str] = set()
+    for entry, body in TarReader(hashing):
+        rel = member_path(entry.name, digest)
+        if entry.mode & 0o7000:
+            raise UnsafeArchive("setuid/setgid/sticky bit in layer", subject=f"{digest}: {entry.name}")
+        if entry.kind == "dir":
+            if rel is not None:
+                if rel in seen:
+                    raise UnsafeArchive("directory over a file in layer", subject=f"{digest}: {rel}")
+                dirs.add(rel)
+            continue
+        if entry.kind != "file":
+            raise UnsafeArchive(f"{entry.kind} entry in layer (only files and dirs allowed)",
+                                subject=f"{digest}: {entry.name}")
+        if rel is None:
+            raise UnsafeArchive("file named like the models dir", subject=f"{digest}: {entry.name}")
+        if rel in seen or rel in dirs:
+            raise UnsafeArchive("duplicate entry in layer", subject=f"{digest}: {rel}")
+        want = expected.get(rel)
+        if want is None:
+            raise UnsafeArchive("file not in the image's file index", subject=f"{digest}: {rel}")
+        if want.layer != digest:
+            raise UnsafeArchive("file is in another layer than the index says", subject=f"{digest}: {rel}")
+        if entry.size != want.size:
+            raise UnsafeArchive(f"file size {entry.size} differs from the index ({want.size})",
+                                subject=f"{digest}: {rel}")
+        seen.add(rel)
+        out = sink(rel, want) if sink else None
+        h = hashlib.sha256()
+        try:
+            while block := body.read(CHUNK):
+                h.update(block)
+                if out is not None:
+                    out.write(block)
+                if on_bytes:
+                    on_bytes(len(block))
+        finally:
+            if out is not None:
+                out.close()
+        actual = "sha256:" + h.hexdigest()
+        if actual != want.sha256:
+            raise DigestMismatch(f"file sha256 differs from the index (got {actual})",
+                                 subject=f"{digest}: {rel}")
+    hashing.drain()
+    if hashing.digest != digest:
+        raise DigestMismatch(f"layer digest mismatch (got {hashing.digest})", subject=digest)
+    return seen

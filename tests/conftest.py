@@ -1,0 +1,113 @@
+"""Real servers for the tests: Distribution registries on 127.0.0.1, stopped by PID."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from base64 import b64encode
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from modelcar.localregistry import LocalRegistry
+from tests.fixtures.models import make_sharded_model, minilm_dir
+from tests.fixtures.tls import make_cert, make_htpasswd
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Each test gets its own stat cache and no ambient registry credentials."""
+    monkeypatch.setenv("MODELCAR_CACHE_DIR", str(tmp_path_factory.mktemp("statcache")))
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path_factory.mktemp("dockercfg")))
+    monkeypatch.delenv("REGISTRY_AUTH_FILE", raising=False)
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory):
+    with LocalRegistry(tmp_path_factory.mktemp("registry")) as reg:
+        yield reg
+
+
+@pytest.fixture
+def fresh_registry(tmp_path_factory):
+    reg = LocalRegistry(tmp_path_factory.mktemp("fresh-registry")).start()
+    yield reg
+    reg.stop()
+
+
+@dataclass
+class AuthRegistry:
+    registry: LocalRegistry
+    ca_file: Path
+    user: str
+    password: str
+
+    @property
+    def host(self) -> str:
+        return self.registry.host
+
+    def docker_config(self, directory: Path, password: str | None = None) -> Path:
+        auth = b64encode(f"{self.user}:{password or self.password}".encode()).decode()
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "config.json").write_text(json.dumps({"auths": {self.host: {"auth": auth}}}))
+        return directory
+
+
+@pytest.fixture(scope="session")
+def auth_registry(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tls-registry")
+    cert, key = make_cert(d)
+    htpasswd = make_htpasswd(d / "htpasswd", "builder", "s3cret-pass")
+    with LocalRegistry(d / "reg", tls=(cert, key), htpasswd=htpasswd) as reg:
+        yield AuthRegistry(reg, cert, "builder", "s3cret-pass")
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    return minilm_dir()
+
+
+@pytest.fixture
+def sharded_model(tmp_path):
+    return make_sharded_model(tmp_path / "model")
+
+
+@dataclass
+class Result:
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def last_line(self) -> str:
+        lines = self.stdout.strip().splitlines()
+        return lines[-1] if lines else ""
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, check: bool = True,
+            user: int | None = None, timeout: float = 300) -> Result:
+    """Run ``modelcar`` as a user would: a subprocess, its exit code, stdout and stderr."""
+    full_env = {**os.environ, **(env or {})}
+    proc = subprocess.run([sys.executable, "-m", "builder.cli", *args], capture_output=True,
+                          text=True, env=full_env, cwd=ROOT, timeout=timeout, user=user,
+                          stdin=subprocess.DEVNULL)
+    result = Result(proc.returncode, proc.stdout, proc.stderr)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"modelcar {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
+    return result
+
+
+def assert_one_line_error(result: Result, *needles: str) -> None:
+    assert result.code != 0, result
+    lines = [ln for ln in result.stderr.strip().splitlines() if ln.strip()]
+    errors = [ln for ln in lines if "error:" in ln]
+    assert len(errors) == 1, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    for needle in needles:
+        assert needle in errors[0], (needle, errors[0])
