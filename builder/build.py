@@ -201,7 +201,7 @@ class Builder:
         self.progress.add_total("hash", total)
         self.progress.add_total("upload", sum(archive_size(_members(layer)) for layer in plan))
         self.progress.log(f"building {len(files)} files ({total} bytes) in {len(plan)} layers "
-                          f"from {self.source.uri}")
+                          f"from {getattr(self.source, 'root', self.source.uri)}")
 
         with ThreadPoolExecutor(max_workers=max(1, self.options.jobs)) as pool:
             base_futs = [pool.submit(self._copy_base_blob, target, base, d) for d in base.layers]

@@ -82,6 +82,8 @@ def build(
         help="Fail before upload if a layer exceeds SIZE (ECR: 52000MiB).")] = None,
     stat_cache: Annotated[bool, typer.Option(
         help="Remember digests of unchanged files between builds.")] = True,
+    source_uri: Annotated[str | None, typer.Option(
+        help="Provenance to record for a local SOURCE (default file:<dirname>), e.g. a git URL@commit.")] = None,
     api: Annotated[str | None, typer.Option(
         envvar="MODELCAR_API", help="modelcar API to register the version with.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
@@ -115,7 +117,7 @@ def build(
         stat_cache=stat_cache,
         store=_store_options(plain_http, insecure, ca_file, docker_config),
     )
-    src = LocalSource(source, Selection(include=include or (), exclude=exclude or ()))
+    src = LocalSource(source, Selection(include=include or (), exclude=exclude or ()), uri=source_uri)
     progress = Progress(quiet=quiet)
     try:
         record = Builder(src, target_ref, options, progress).run()

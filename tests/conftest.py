@@ -91,12 +91,19 @@ class Result:
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, check: bool = True,
-            user: int | None = None, timeout: float = 300) -> Result:
-    """Run ``modelcar`` as a user would: a subprocess, its exit code, stdout and stderr."""
+            honour_permissions: bool = False, timeout: float = 300) -> Result:
+    """Run ``modelcar`` as a user would: a subprocess, its exit code, stdout and stderr.
+
+    ``honour_permissions``: as root, drop the capabilities that let root read any file,
+    so a mode-000 file is unreadable as it would be for a normal user.
+    """
     full_env = {**os.environ, **(env or {})}
-    proc = subprocess.run([sys.executable, "-m", "builder.cli", *args], capture_output=True,
-                          text=True, env=full_env, cwd=ROOT, timeout=timeout, user=user,
-                          stdin=subprocess.DEVNULL)
+    prefix: list[str] = []
+    if honour_permissions and os.geteuid() == 0:
+        prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
+    proc = subprocess.run([*prefix, sys.executable, "-m", "builder.cli", *args],
+                          capture_output=True, text=True, env=full_env, cwd=ROOT,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
     result = Result(proc.returncode, proc.stdout, proc.stderr)
     if check and proc.returncode != 0:
         raise AssertionError(f"modelcar {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")

@@ -27,7 +27,7 @@ def path_from_uri(text: str) -> Path:
 
 
 class LocalSource:
-    def __init__(self, location: str, selection: Selection | None = None):
+    def __init__(self, location: str, selection: Selection | None = None, uri: str | None = None):
         self.root = path_from_uri(location).expanduser()
         self.selection = selection or Selection()
         if not self.root.exists():
@@ -35,7 +35,9 @@ class LocalSource:
         if not self.root.is_dir():
             raise SourceNotFound("source is not a directory", subject=str(self.root))
         self.real_root = self.root.resolve()
-        self.uri = self.real_root.as_uri()
+        # The image records content provenance, not where this machine keeps it: the same
+        # tree in two checkouts must give one digest (docs/decisions/0004-local-source-uri.md).
+        self.uri = uri or f"file:{self.real_root.name}"
         self.created: int | None = None  # a plain directory has no commit time
 
     def _inside(self, real: Path) -> bool:
