@@ -20,19 +20,56 @@ from typing import Any
 from modelcar import mediatypes as mt
 from modelcar.digest import sha256_bytes
 from modelcar.errors import ImageFormatError, UsageError
-from modelcar.image import Descriptor, Manifest, canonical_json, load_json, parse_index, parse_manifest
+from modelcar.image import (
+    Descriptor,
+    Manifest,
+    canonical_json,
+    load_json,
+    parse_index,
+    parse_manifest,
+)
 from modelcar.reference import parse_ref
 from modelcar.store import ImageStore, StoreOptions, open_store
 from modelcar.tarstream import Member, TarWriter, with_parents
 
 EPOCH = "1970-01-01T00:00:00Z"
 BUSYBOX_LINKS = (
-    "[", "ash", "cat", "cp", "du", "echo", "env", "false", "find", "head", "id", "ln", "ls",
-    "mkdir", "mv", "readlink", "rm", "sh", "sha256sum", "sleep", "stat", "tail", "test",
-    "touch", "true", "wc",
+    "[",
+    "ash",
+    "cat",
+    "cp",
+    "du",
+    "echo",
+    "env",
+    "false",
+    "find",
+    "head",
+    "id",
+    "ln",
+    "ls",
+    "mkdir",
+    "mv",
+    "readlink",
+    "rm",
+    "sh",
+    "sha256sum",
+    "sleep",
+    "stat",
+    "tail",
+    "test",
+    "touch",
+    "true",
+    "wc",
 )
-_ELF_ARCH = {0x3E: "amd64", 0xB7: "arm64", 0x28: "arm", 0x03: "386", 0xF3: "riscv64",
-             0x15: "ppc64le", 0x16: "s390x"}
+_ELF_ARCH = {
+    0x3E: "amd64",
+    0xB7: "arm64",
+    0x28: "arm",
+    0x03: "386",
+    0xF3: "riscv64",
+    0x15: "ppc64le",
+    0x16: "s390x",
+}
 
 
 @dataclass
@@ -58,16 +95,19 @@ def _elf_arch_if_static(data: bytes, path: str) -> str:
     endian = "<" if data[5] == 1 else ">"
     machine = struct.unpack_from(endian + "H", data, 18)[0]
     if is64:
-        phoff, = struct.unpack_from(endian + "Q", data, 32)
+        (phoff,) = struct.unpack_from(endian + "Q", data, 32)
         phentsize, phnum = struct.unpack_from(endian + "HH", data, 54)
     else:
-        phoff, = struct.unpack_from(endian + "I", data, 28)
+        (phoff,) = struct.unpack_from(endian + "I", data, 28)
         phentsize, phnum = struct.unpack_from(endian + "HH", data, 42)
     for i in range(phnum):
-        p_type, = struct.unpack_from(endian + "I", data, phoff + i * phentsize)
+        (p_type,) = struct.unpack_from(endian + "I", data, phoff + i * phentsize)
         if p_type == 3:  # PT_INTERP: needs a dynamic loader the image does not have
-            raise UsageError("busybox is dynamically linked", subject=path,
-                             hint="install busybox-static or set MODELCAR_BUSYBOX to a static build")
+            raise UsageError(
+                "busybox is dynamically linked",
+                subject=path,
+                hint="install busybox-static or set MODELCAR_BUSYBOX to a static build",
+            )
     return _ELF_ARCH.get(machine, host_arch())
 
 
@@ -80,9 +120,12 @@ def busybox_base(path: str | None = None) -> BaseImage:
     try:
         binary = Path(path).read_bytes()
     except OSError:
-        raise UsageError("no busybox for the default base", subject=path,
-                         hint="apt-get install busybox-static, set MODELCAR_BUSYBOX, "
-                              "or pass --base REF / --base scratch") from None
+        raise UsageError(
+            "no busybox for the default base",
+            subject=path,
+            hint="apt-get install busybox-static, set MODELCAR_BUSYBOX, "
+            "or pass --base REF / --base scratch",
+        ) from None
     arch = _elf_arch_if_static(binary, path)
     members = [Member("bin/busybox", size=len(binary), mode=0o755, data=binary)]
     members += [Member(f"bin/{name}", kind="symlink", linkname="busybox") for name in BUSYBOX_LINKS]
@@ -98,25 +141,39 @@ def busybox_base(path: str | None = None) -> BaseImage:
         "history": [{"created": EPOCH, "created_by": "modelcar base: static busybox"}],
     }
     config_bytes = canonical_json(config)
-    desc = Descriptor(mediaType=mt.OCI_LAYER_TAR, digest=layer_digest, size=len(layer),
-                      annotations={mt.LAYER_ROLE: "base"})
+    desc = Descriptor(
+        mediaType=mt.OCI_LAYER_TAR,
+        digest=layer_digest,
+        size=len(layer),
+        annotations={mt.LAYER_ROLE: "base"},
+    )
     manifest = Manifest(
-        config=Descriptor(mediaType=mt.OCI_CONFIG, digest=sha256_bytes(config_bytes),
-                          size=len(config_bytes)),
+        config=Descriptor(
+            mediaType=mt.OCI_CONFIG, digest=sha256_bytes(config_bytes), size=len(config_bytes)
+        ),
         layers=[desc],
         annotations={mt.CREATED: EPOCH, mt.PREFIX + "base": "busybox"},
     )
     manifest_bytes = manifest.canonical()
     return BaseImage(
-        name="modelcar-busybox", digest=sha256_bytes(manifest_bytes), config=config, layers=[desc],
+        name="modelcar-busybox",
+        digest=sha256_bytes(manifest_bytes),
+        config=config,
+        layers=[desc],
         blobs={layer_digest: layer, sha256_bytes(config_bytes): config_bytes},
         manifest_bytes=manifest_bytes,
     )
 
 
 def scratch_base() -> BaseImage:
-    config = {"architecture": host_arch(), "os": "linux", "created": EPOCH, "config": {},
-              "rootfs": {"type": "layers", "diff_ids": []}, "history": []}
+    config = {
+        "architecture": host_arch(),
+        "os": "linux",
+        "created": EPOCH,
+        "config": {},
+        "rootfs": {"type": "layers", "diff_ids": []},
+        "history": [],
+    }
     return BaseImage(name="scratch", digest=None, config=config, layers=[])
 
 
@@ -136,8 +193,14 @@ def load_base(spec: str | None, options: StoreOptions) -> BaseImage:
     if fetched.media_type in mt.INDEX_TYPES:
         index = parse_index(data)
         arch = host_arch()
-        chosen = next((d for d in index.manifests if d.platform and d.platform.os == "linux"
-                       and d.platform.architecture == arch), None)
+        chosen = next(
+            (
+                d
+                for d in index.manifests
+                if d.platform and d.platform.os == "linux" and d.platform.architecture == arch
+            ),
+            None,
+        )
         if chosen is None:
             raise ImageFormatError(f"base image has no linux/{arch} manifest", subject=spec)
         fetched = store.get_manifest(chosen.digest)
@@ -145,13 +208,22 @@ def load_base(spec: str | None, options: StoreOptions) -> BaseImage:
     manifest = parse_manifest(data)
     config = load_json(store.read_blob(manifest.config.digest), "base image config")
     layers = [
-        Descriptor(mediaType=_LAYER_TYPES.get(d.mediaType, d.mediaType), digest=d.digest, size=d.size,
-                   annotations={mt.LAYER_ROLE: "base"})
+        Descriptor(
+            mediaType=_LAYER_TYPES.get(d.mediaType, d.mediaType),
+            digest=d.digest,
+            size=d.size,
+            annotations={mt.LAYER_ROLE: "base"},
+        )
         for d in manifest.layers
     ]
     diff_ids = config.get("rootfs", {}).get("diff_ids", [])
     if len(diff_ids) != len(layers):
         raise ImageFormatError("base image config does not match its layers", subject=spec)
-    return BaseImage(name=str(ref.with_tag(ref.tag) if not ref.digest else ref), digest=digest,
-                     config=json.loads(json.dumps(config)), layers=layers, store=store,
-                     manifest_bytes=data)
+    return BaseImage(
+        name=str(ref.with_tag(ref.tag) if not ref.digest else ref),
+        digest=digest,
+        config=json.loads(json.dumps(config)),
+        layers=layers,
+        store=store,
+        manifest_bytes=data,
+    )

@@ -108,13 +108,19 @@ def _layer_annotations(layer: LayerPlan, digests: dict[str, str]) -> dict[str, s
     else:
         ann[mt.TITLE] = f"{paths[0]} … {paths[-1]} ({len(paths)} files)"
     ann[mt.LAYER_FILES] = canonical_json(
-        [[f.path, f.size, digests[f"{mt.MODELS_DIR}/{f.path}"]] for f in layer.files]).decode()
+        [[f.path, f.size, digests[f"{mt.MODELS_DIR}/{f.path}"]] for f in layer.files]
+    ).decode()
     return ann
 
 
 class Builder:
-    def __init__(self, source: Source, target_ref: Ref, options: BuildOptions,
-                 progress: Progress | None = None):
+    def __init__(
+        self,
+        source: Source,
+        target_ref: Ref,
+        options: BuildOptions,
+        progress: Progress | None = None,
+    ):
         self.source = source
         self.target_ref = target_ref
         self.options = options
@@ -147,11 +153,17 @@ class Builder:
         size = archive_size(members)
         limit = self.options.max_layer_size
         if limit and size > limit:
-            raise BlobTooLarge(f"layer of {size} bytes exceeds the registry's limit of {limit}",
-                               subject=layer.files[0].origin or layer.files[0].path)
+            raise BlobTooLarge(
+                f"layer of {size} bytes exceeds the registry's limit of {limit}",
+                subject=layer.files[0].origin or layer.files[0].path,
+            )
         digest, file_digests = self._digest_layer(members, layer)
-        desc = Descriptor(mediaType=mt.OCI_LAYER_TAR, digest=digest, size=size,
-                          annotations=_layer_annotations(layer, file_digests))
+        desc = Descriptor(
+            mediaType=mt.OCI_LAYER_TAR,
+            digest=digest,
+            size=size,
+            annotations=_layer_annotations(layer, file_digests),
+        )
         if target.has_blob(digest):
             self.progress.advance("upload", size)
             return _LayerResult(desc, file_digests, 0, size)
@@ -194,19 +206,22 @@ class Builder:
         if not files:
             raise SourceEmpty("source has no files to package", subject=self.source.uri)
         base = load_base(self.options.base, self.options.store)
-        plan = plan_layers(files, self.options.large_file_threshold,
-                           self.options.max_layers - len(base.layers))
+        plan = plan_layers(
+            files, self.options.large_file_threshold, self.options.max_layers - len(base.layers)
+        )
         target = open_store(self.target_ref, self.options.store, create=True)
         total = sum(f.size for f in files)
         self.progress.add_total("hash", total)
         self.progress.add_total("upload", sum(archive_size(_members(layer)) for layer in plan))
-        self.progress.log(f"building {len(files)} files ({total} bytes) in {len(plan)} layers "
-                          f"from {getattr(self.source, 'root', self.source.uri)}")
+        self.progress.log(
+            f"building {len(files)} files ({total} bytes) in {len(plan)} layers "
+            f"from {getattr(self.source, 'root', self.source.uri)}"
+        )
 
         with ThreadPoolExecutor(max_workers=max(1, self.options.jobs)) as pool:
             base_futs = [pool.submit(self._copy_base_blob, target, base, d) for d in base.layers]
             layer_futs = [pool.submit(self._layer, target, layer) for layer in plan]
-            done, pending = wait(base_futs + layer_futs, return_when=FIRST_EXCEPTION)
+            _, pending = wait(base_futs + layer_futs, return_when=FIRST_EXCEPTION)
             for f in pending:
                 f.cancel()
             for f in base_futs + layer_futs:  # re-raise the first failure, in plan order
@@ -215,15 +230,23 @@ class Builder:
             base_sent = sum(f.result() for f in base_futs)
             results = [f.result() for f in layer_futs]
 
-        index = FileIndex(files=[
-            FileEntry(path=f.path, size=f.size, sha256=r.file_digests[f"{mt.MODELS_DIR}/{f.path}"],
-                      layer=r.descriptor.digest)
-            for layer, r in zip(plan, results, strict=True) for f in layer.files
-        ])
+        index = FileIndex(
+            files=[
+                FileEntry(
+                    path=f.path,
+                    size=f.size,
+                    sha256=r.file_digests[f"{mt.MODELS_DIR}/{f.path}"],
+                    layer=r.descriptor.digest,
+                )
+                for layer, r in zip(plan, results, strict=True)
+                for f in layer.files
+            ]
+        )
         for f in files:
             if f.sha256 and f.sha256 != next(e.sha256 for e in index.files if e.path == f.path):
-                raise DigestMismatch("file does not match the sha256 its source reported",
-                                     subject=f.origin or f.path)
+                raise DigestMismatch(
+                    "file does not match the sha256 its source reported", subject=f.origin or f.path
+                )
         created = _iso(created_time(self.source))
         config = self._config(base, results, plan, index, created)
         config_bytes = canonical_json(config)
@@ -243,7 +266,9 @@ class Builder:
             annotations[mt.BASE_DIGEST] = base.digest
             annotations[mt.BASE_DIGEST_OCI] = base.digest
         manifest = Manifest(
-            config=Descriptor(mediaType=mt.OCI_CONFIG, digest=config_digest, size=len(config_bytes)),
+            config=Descriptor(
+                mediaType=mt.OCI_CONFIG, digest=config_digest, size=len(config_bytes)
+            ),
             layers=[*base.layers, *(r.descriptor for r in results)],
             annotations=annotations,
         )
@@ -262,9 +287,15 @@ class Builder:
             created=created,
             size=index.total_size,
             files=len(index.files),
-            layers=[LayerRecord(digest=r.descriptor.digest, size=r.descriptor.size,
-                                files=[f.path for f in layer.files], uploaded=r.uploaded > 0)
-                    for layer, r in zip(plan, results, strict=True)],
+            layers=[
+                LayerRecord(
+                    digest=r.descriptor.digest,
+                    size=r.descriptor.size,
+                    files=[f.path for f in layer.files],
+                    uploaded=r.uploaded > 0,
+                )
+                for layer, r in zip(plan, results, strict=True)
+            ],
             base=base.name,
             base_digest=base.digest,
             index_digest=index.digest(),
@@ -273,8 +304,14 @@ class Builder:
             bytes_skipped=sum(r.skipped for r in results),
         )
 
-    def _config(self, base: BaseImage, results: list[_LayerResult], plan: list[LayerPlan],
-                index: FileIndex, created: str) -> dict:
+    def _config(
+        self,
+        base: BaseImage,
+        results: list[_LayerResult],
+        plan: list[LayerPlan],
+        index: FileIndex,
+        created: str,
+    ) -> dict:
         config = dict(base.config)
         config["created"] = created
         rootfs = dict(config.get("rootfs") or {"type": "layers"})

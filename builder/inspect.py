@@ -45,21 +45,36 @@ def describe(ref: Ref, options: StoreOptions) -> ImageInfo:
     pinned = str(ref.pinned(fetched.digest))
     if fetched.media_type in mt.INDEX_TYPES:
         index = parse_index(fetched.data)
-        plats = [f"{d.platform.os}/{d.platform.architecture}" for d in index.manifests if d.platform]
-        return ImageInfo(reference=pinned, digest=fetched.digest, media_type=fetched.media_type,
-                         platforms=plats)
+        plats = [
+            f"{d.platform.os}/{d.platform.architecture}" for d in index.manifests if d.platform
+        ]
+        return ImageInfo(
+            reference=pinned, digest=fetched.digest, media_type=fetched.media_type, platforms=plats
+        )
     manifest = parse_manifest(fetched.data)
     config = load_json(store.read_blob(manifest.config.digest), "image config")
     index = file_index_from_config(config)
     ann = manifest.annotations or {}
-    layers = [LayerInfo(digest=d.digest, size=d.size, media_type=d.mediaType,
-                        role=(d.annotations or {}).get(mt.LAYER_ROLE, "?"),
-                        title=(d.annotations or {}).get(mt.TITLE)) for d in manifest.layers]
+    layers = [
+        LayerInfo(
+            digest=d.digest,
+            size=d.size,
+            media_type=d.mediaType,
+            role=(d.annotations or {}).get(mt.LAYER_ROLE, "?"),
+            title=(d.annotations or {}).get(mt.TITLE),
+        )
+        for d in manifest.layers
+    ]
     return ImageInfo(
-        reference=pinned, digest=fetched.digest, media_type=fetched.media_type,
-        created=ann.get(mt.CREATED) or config.get("created"), source=ann.get(mt.SOURCE),
-        base=ann.get(mt.BASE_NAME), size=index.total_size if index else None,
-        layers=layers, files=index.files if index else [],
+        reference=pinned,
+        digest=fetched.digest,
+        media_type=fetched.media_type,
+        created=ann.get(mt.CREATED) or config.get("created"),
+        source=ann.get(mt.SOURCE),
+        base=ann.get(mt.BASE_NAME),
+        size=index.total_size if index else None,
+        layers=layers,
+        files=index.files if index else [],
     )
 
 
@@ -77,7 +92,9 @@ def render(info: ImageInfo) -> str:
         lines.append(f"size       {human(info.size)} in {len(info.files)} files")
     lines.append(f"layers     {len(info.layers)}")
     for layer in info.layers:
-        lines.append(f"  {layer.digest[:19]}  {human(layer.size):>10}  {layer.role:<5}  {layer.title or ''}")
+        lines.append(
+            f"  {layer.digest[:19]}  {human(layer.size):>10}  {layer.role:<5}  {layer.title or ''}"
+        )
     if info.files:
         lines.append("files")
         for f in info.files:
@@ -96,14 +113,20 @@ def _verify_plain_blob(store: ImageStore, digest: str) -> None:
 def verify_image(ref: Ref, options: StoreOptions) -> tuple[int, int]:
     store, fetched = _load(ref, options)
     if fetched.media_type in mt.INDEX_TYPES:
-        raise ImageFormatError("verify takes a single-platform image, not an index", subject=str(ref),
-                               hint="verify one of its manifests by digest")
+        raise ImageFormatError(
+            "verify takes a single-platform image, not an index",
+            subject=str(ref),
+            hint="verify one of its manifests by digest",
+        )
     manifest = parse_manifest(fetched.data)
     config = load_json(store.read_blob(manifest.config.digest), "image config")
     index = file_index_from_config(config)
     if index is None:
-        raise ImageFormatError("image has no modelcar file index", subject=str(ref),
-                               hint="it was not built by modelcar build")
+        raise ImageFormatError(
+            "image has no modelcar file index",
+            subject=str(ref),
+            hint="it was not built by modelcar build",
+        )
     expected = {f.path: f for f in index.files}
     seen: set[str] = set()
     for desc in manifest.layers:
@@ -114,5 +137,7 @@ def verify_image(ref: Ref, options: StoreOptions) -> tuple[int, int]:
             _verify_plain_blob(store, desc.digest)
     missing = sorted(set(expected) - seen)
     if missing:
-        raise DigestMismatch("files in the index are missing from the layers", subject=", ".join(missing[:5]))
+        raise DigestMismatch(
+            "files in the index are missing from the layers", subject=", ".join(missing[:5])
+        )
     return len(manifest.layers), len(seen)

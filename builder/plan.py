@@ -27,8 +27,11 @@ class LayerPlan:
 
 def plan_layers(files: list[SourceFile], threshold: int, budget: int) -> list[LayerPlan]:
     if budget < 1:
-        raise UsageError("no room for model layers", subject=f"layer budget {budget}",
-                         hint="raise --max-layers or use a base with fewer layers")
+        raise UsageError(
+            "no room for model layers",
+            subject=f"layer budget {budget}",
+            hint="raise --max-layers or use a base with fewer layers",
+        )
     units: list[list[SourceFile]] = []
     group: list[SourceFile] = []
     group_size = 0

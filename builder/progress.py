@@ -31,13 +31,26 @@ class Progress:
         self._tasks: dict[str, int] = {}
         if not quiet and self.stream.isatty():
             from rich.console import Console
-            from rich.progress import (BarColumn, DownloadColumn, Progress as RichProgress,
-                                       TextColumn, TimeRemainingColumn, TransferSpeedColumn)
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                TextColumn,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
+            from rich.progress import (
+                Progress as RichProgress,
+            )
 
             self._rich = RichProgress(
-                TextColumn("{task.description:<10}"), BarColumn(), DownloadColumn(binary_units=True),
-                TransferSpeedColumn(), TimeRemainingColumn(),
-                console=Console(file=self.stream), transient=False)
+                TextColumn("{task.description:<10}"),
+                BarColumn(),
+                DownloadColumn(binary_units=True),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+                console=Console(file=self.stream),
+                transient=False,
+            )
             self._rich.start()
 
     def add_total(self, phase: str, n: int) -> None:
@@ -60,7 +73,9 @@ class Progress:
             if self.quiet or now - self._last < self.interval:
                 return
             self._last = now
-            parts = [f"{p} {human(self._done[p])}/{human(self._totals.get(p, 0))}" for p in self._done]
+            parts = [
+                f"{p} {human(self._done[p])}/{human(self._totals.get(p, 0))}" for p in self._done
+            ]
             print("modelcar: " + ", ".join(parts), file=self.stream, flush=True)
 
     def log(self, message: str) -> None:

@@ -17,7 +17,8 @@ from pathlib import Path
 
 def default_path() -> Path:
     base = os.environ.get("MODELCAR_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "modelcar")
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "modelcar"
+    )
     return Path(base) / "statcache.db"
 
 
@@ -41,7 +42,8 @@ class StatCache:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS layers (key TEXT PRIMARY KEY, digest TEXT NOT NULL,"
-                " size INTEGER NOT NULL, files TEXT NOT NULL)")
+                " size INTEGER NOT NULL, files TEXT NOT NULL)"
+            )
             self._db.commit()
         except (OSError, sqlite3.Error):
             self._db = None  # a cache that cannot be opened is simply not used
@@ -51,8 +53,9 @@ class StatCache:
             return None
         with self._lock:
             try:
-                row = self._db.execute("SELECT digest, size, files FROM layers WHERE key = ?",
-                                       (key,)).fetchone()
+                row = self._db.execute(
+                    "SELECT digest, size, files FROM layers WHERE key = ?", (key,)
+                ).fetchone()
             except sqlite3.Error:
                 return None
         if row is None:
@@ -64,8 +67,10 @@ class StatCache:
             return
         with self._lock:
             try:
-                self._db.execute("INSERT OR REPLACE INTO layers VALUES (?, ?, ?, ?)",
-                                 (key, digest, size, json.dumps(files, sort_keys=True)))
+                self._db.execute(
+                    "INSERT OR REPLACE INTO layers VALUES (?, ?, ?, ?)",
+                    (key, digest, size, json.dumps(files, sort_keys=True)),
+                )
                 self._db.commit()
             except sqlite3.Error:
                 pass

@@ -119,8 +119,14 @@ class BlobTooLarge(RegistryError):
 class TransientRegistryError(RegistryError):
     """A failure worth retrying (429, 5xx, dropped connection)."""
 
-    def __init__(self, message: str, *, subject: str | None = None, hint: str | None = None,
-                 retry_after: float | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        subject: str | None = None,
+        hint: str | None = None,
+        retry_after: float | None = None,
+    ):
         super().__init__(message, subject=subject, hint=hint)
         self.retry_after = retry_after
 

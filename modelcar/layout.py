@@ -34,15 +34,20 @@ class OCILayout:
         marker = self.root / "oci-layout"
         if not marker.exists():
             if not create:
-                raise NotFound("no OCI image layout here", subject=str(self.root),
-                               hint="build into it first, or check the path")
+                raise NotFound(
+                    "no OCI image layout here",
+                    subject=str(self.root),
+                    hint="build into it first, or check the path",
+                )
             try:
                 (self.root / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
                 if not (self.root / "index.json").exists():
                     self._write_atomic(self.root / "index.json", Index(manifests=[]).canonical())
                 self._write_atomic(marker, LAYOUT_VERSION)
             except OSError as e:
-                raise LayoutError(f"cannot create OCI layout ({e.strerror})", subject=str(self.root)) from None
+                raise LayoutError(
+                    f"cannot create OCI layout ({e.strerror})", subject=str(self.root)
+                ) from None
 
     # --- blobs -----------------------------------------------------------
 
@@ -101,7 +106,9 @@ class OCILayout:
         with self.open_blob(digest) as f:
             data = f.read()
         if sha256_bytes(data) != digest:
-            raise DigestMismatch("blob does not match its digest", subject=f"{self.ref.name}@{digest}")
+            raise DigestMismatch(
+                "blob does not match its digest", subject=f"{self.ref.name}@{digest}"
+            )
         return data
 
     def mount_blob(self, digest: str, source: ImageStore) -> bool:
@@ -121,7 +128,9 @@ class OCILayout:
         try:
             return parse_index((self.root / "index.json").read_bytes())
         except FileNotFoundError:
-            raise LayoutError("index.json missing from OCI layout", subject=str(self.root)) from None
+            raise LayoutError(
+                "index.json missing from OCI layout", subject=str(self.root)
+            ) from None
 
     def tags(self) -> dict[str, Descriptor]:
         out = {}
@@ -139,7 +148,9 @@ class OCILayout:
                     return d
             if self.has_blob(reference):
                 data = self.read_blob(reference)
-                return Descriptor(mediaType=media_type_of(data, None), digest=reference, size=len(data))
+                return Descriptor(
+                    mediaType=media_type_of(data, None), digest=reference, size=len(data)
+                )
             raise NotFound("manifest not in layout", subject=f"{self.ref.name}@{reference}")
         desc = self.tags().get(reference)
         if desc is None:
@@ -152,17 +163,25 @@ class OCILayout:
         actual = sha256_bytes(data)
         if actual != desc.digest:
             raise DigestMismatch("manifest blob does not match its digest", subject=desc.digest)
-        return FetchedManifest(data=data, media_type=media_type_of(data, desc.mediaType), digest=actual)
+        return FetchedManifest(
+            data=data, media_type=media_type_of(data, desc.mediaType), digest=actual
+        )
 
     def put_manifest(self, data: bytes, media_type: str, reference: str) -> str:
         digest = self.put_bytes(data)
         if reference.startswith("sha256:"):
             return digest
-        desc = Descriptor(mediaType=media_type, digest=digest, size=len(data),
-                          annotations={mt.REF_NAME: reference})
+        desc = Descriptor(
+            mediaType=media_type,
+            digest=digest,
+            size=len(data),
+            annotations={mt.REF_NAME: reference},
+        )
         with self._locked():
             index = self._index()
-            kept = [d for d in index.manifests if (d.annotations or {}).get(mt.REF_NAME) != reference]
+            kept = [
+                d for d in index.manifests if (d.annotations or {}).get(mt.REF_NAME) != reference
+            ]
             index.manifests = [*kept, desc]
             self._write_atomic(self.root / "index.json", index.canonical())
         return digest

@@ -37,8 +37,14 @@ def find_binary() -> str | None:
 
 
 class LocalRegistry:
-    def __init__(self, root: Path, *, port: int | None = None, tls: tuple[Path, Path] | None = None,
-                 htpasswd: Path | None = None):
+    def __init__(
+        self,
+        root: Path,
+        *,
+        port: int | None = None,
+        tls: tuple[Path, Path] | None = None,
+        htpasswd: Path | None = None,
+    ):
         self.root = Path(root)
         self.port = port or free_port()
         self.tls = tls
@@ -74,26 +80,40 @@ class LocalRegistry:
         if self.tls:
             lines += ["  tls:", f"    certificate: {self.tls[0]}", f"    key: {self.tls[1]}"]
         if self.htpasswd:
-            lines += ["auth:", "  htpasswd:", "    realm: modelcar-test", f"    path: {self.htpasswd}"]
+            lines += [
+                "auth:",
+                "  htpasswd:",
+                "    realm: modelcar-test",
+                f"    path: {self.htpasswd}",
+            ]
         return "\n".join(lines) + "\n"
 
     def start(self, timeout: float = 15.0) -> LocalRegistry:
         binary = find_binary()
         if not binary:
-            raise ModelcarError("docker-registry is not installed",
-                                hint="apt-get install docker-registry (make test/demo do this as root)")
+            raise ModelcarError(
+                "docker-registry is not installed",
+                hint="apt-get install docker-registry (make test/demo do this as root)",
+            )
         self.root.mkdir(parents=True, exist_ok=True)
         config = self.root / "config.yml"
         config.write_text(self._config())
         log = open(self.root / "registry.log", "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=log,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [binary, "serve", str(config)],
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise ModelcarError("docker-registry exited at start",
-                                    subject=(self.root / "registry.log").read_text()[-300:])
+                raise ModelcarError(
+                    "docker-registry exited at start",
+                    subject=(self.root / "registry.log").read_text()[-300:],
+                )
             try:
                 r = httpx.get(self.url + "/v2/", verify=False, timeout=1.0)
                 if r.status_code in (200, 401):

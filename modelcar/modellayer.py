@@ -34,7 +34,9 @@ def member_path(name: str, layer: str) -> str | None:
         raise UnsafeArchive("absolute or odd path in layer", subject=f"{layer}: {name!r}")
     parts = [p for p in clean.rstrip("/").split("/")]
     if any(p in ("", ".", "..") for p in parts):
-        raise UnsafeArchive("path with '.', '..' or empty parts in layer", subject=f"{layer}: {name!r}")
+        raise UnsafeArchive(
+            "path with '.', '..' or empty parts in layer", subject=f"{layer}: {name!r}"
+        )
     if parts[0] != mt.MODELS_DIR:
         raise UnsafeArchive("path outside /models in layer", subject=f"{layer}: {name!r}")
     rel = "/".join(parts[1:])
@@ -55,16 +57,22 @@ def read_model_layer(
     for entry, body in TarReader(hashing):
         rel = member_path(entry.name, digest)
         if entry.mode & 0o7000:
-            raise UnsafeArchive("setuid/setgid/sticky bit in layer", subject=f"{digest}: {entry.name}")
+            raise UnsafeArchive(
+                "setuid/setgid/sticky bit in layer", subject=f"{digest}: {entry.name}"
+            )
         if entry.kind == "dir":
             if rel is not None:
                 if rel in seen:
-                    raise UnsafeArchive("directory over a file in layer", subject=f"{digest}: {rel}")
+                    raise UnsafeArchive(
+                        "directory over a file in layer", subject=f"{digest}: {rel}"
+                    )
                 dirs.add(rel)
             continue
         if entry.kind != "file":
-            raise UnsafeArchive(f"{entry.kind} entry in layer (only files and dirs allowed)",
-                                subject=f"{digest}: {entry.name}")
+            raise UnsafeArchive(
+                f"{entry.kind} entry in layer (only files and dirs allowed)",
+                subject=f"{digest}: {entry.name}",
+            )
         if rel is None:
             raise UnsafeArchive("file named like the models dir", subject=f"{digest}: {entry.name}")
         if rel in seen or rel in dirs:
@@ -73,10 +81,14 @@ def read_model_layer(
         if want is None:
             raise UnsafeArchive("file not in the image's file index", subject=f"{digest}: {rel}")
         if want.layer != digest:
-            raise UnsafeArchive("file is in another layer than the index says", subject=f"{digest}: {rel}")
+            raise UnsafeArchive(
+                "file is in another layer than the index says", subject=f"{digest}: {rel}"
+            )
         if entry.size != want.size:
-            raise UnsafeArchive(f"file size {entry.size} differs from the index ({want.size})",
-                                subject=f"{digest}: {rel}")
+            raise UnsafeArchive(
+                f"file size {entry.size} differs from the index ({want.size})",
+                subject=f"{digest}: {rel}",
+            )
         seen.add(rel)
         out = sink(rel, want) if sink else None
         h = hashlib.sha256()
@@ -92,8 +104,9 @@ def read_model_layer(
                 out.close()
         actual = "sha256:" + h.hexdigest()
         if actual != want.sha256:
-            raise DigestMismatch(f"file sha256 differs from the index (got {actual})",
-                                 subject=f"{digest}: {rel}")
+            raise DigestMismatch(
+                f"file sha256 differs from the index (got {actual})", subject=f"{digest}: {rel}"
+            )
     hashing.drain()
     if hashing.digest != digest:
         raise DigestMismatch(f"layer digest mismatch (got {hashing.digest})", subject=digest)

@@ -89,7 +89,6 @@ class ImageRef(_RefMixin):
         return f"{self.registry}/{self.repository}"
 
 
-
 @dataclass(frozen=True)
 class LayoutRef(_RefMixin):
     """A reference to an image in an OCI image-layout directory."""
@@ -103,7 +102,6 @@ class LayoutRef(_RefMixin):
     @property
     def name(self) -> str:  # type: ignore[override]
         return f"oci:{self.path}"
-
 
 
 Ref = ImageRef | LayoutRef

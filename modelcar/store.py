@@ -64,7 +64,9 @@ class StoreOptions:
     timeout: float = 60.0
 
 
-def open_store(ref: Ref, options: StoreOptions | None = None, *, create: bool = False) -> ImageStore:
+def open_store(
+    ref: Ref, options: StoreOptions | None = None, *, create: bool = False
+) -> ImageStore:
     options = options or StoreOptions()
     if isinstance(ref, LayoutRef):
         from modelcar.layout import OCILayout

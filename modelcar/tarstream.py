@@ -133,7 +133,9 @@ class TarWriter:
         try:
             f = m.opener()
         except FileNotFoundError:
-            raise SourceChanged("file vanished during the build", subject=m.origin or m.name) from None
+            raise SourceChanged(
+                "file vanished during the build", subject=m.origin or m.name
+            ) from None
         except PermissionError:
             raise SourceFileError(
                 "cannot read file (permission denied)",
@@ -141,7 +143,9 @@ class TarWriter:
                 hint="make it readable or --exclude it",
             ) from None
         except OSError as e:
-            raise SourceFileError(f"cannot read file ({e.strerror})", subject=m.origin or m.name) from None
+            raise SourceFileError(
+                f"cannot read file ({e.strerror})", subject=m.origin or m.name
+            ) from None
         h = hashlib.sha256()
         remaining = m.size
         with f:
@@ -159,9 +163,7 @@ class TarWriter:
                     f"cannot read file ({e.strerror or e})", subject=m.origin or m.name
                 ) from None
         if remaining or extra:
-            raise SourceChanged(
-                "file size changed during the build", subject=m.origin or m.name
-            )
+            raise SourceChanged("file size changed during the build", subject=m.origin or m.name)
         self.file_digests[m.name] = "sha256:" + h.hexdigest()
 
 
@@ -169,8 +171,15 @@ class TarWriter:
 
 EntryKind = Literal["file", "dir", "symlink", "hardlink", "char", "block", "fifo", "other"]
 _TYPES: dict[bytes, EntryKind] = {
-    b"0": "file", b"\0": "file", b"7": "file", b"5": "dir", b"2": "symlink", b"1": "hardlink",
-    b"3": "char", b"4": "block", b"6": "fifo",
+    b"0": "file",
+    b"\0": "file",
+    b"7": "file",
+    b"5": "dir",
+    b"2": "symlink",
+    b"1": "hardlink",
+    b"3": "char",
+    b"4": "block",
+    b"6": "fifo",
 }
 
 
@@ -300,7 +309,9 @@ class TarReader:
             stored = _num(block[148:156])
             actual = sum(block[:148]) + 8 * 32 + sum(block[156:])
             if stored != actual:
-                raise UnsafeArchive("bad tar header checksum", subject=f"offset {self.offset - BLOCK}")
+                raise UnsafeArchive(
+                    "bad tar header checksum", subject=f"offset {self.offset - BLOCK}"
+                )
             typeflag = block[156:157]
             size = _num(block[124:136])
             if typeflag in (b"x", b"g"):
@@ -329,8 +340,14 @@ class TarReader:
             if size < 0:
                 raise UnsafeArchive("negative size in tar header")
             kind = _TYPES.get(typeflag, "other")
-            entry = Entry(name=name, kind=kind, size=size if kind == "file" else 0,
-                          mode=_num(block[100:108]), linkname=linkname, pax=dict(pax))
+            entry = Entry(
+                name=name,
+                kind=kind,
+                size=size if kind == "file" else 0,
+                mode=_num(block[100:108]),
+                linkname=linkname,
+                pax=dict(pax),
+            )
             pax, longname, longlink = {}, None, None
             # Non-file members with a size (rare; hostile or exotic) have their data skipped.
             data_size = size if kind in ("file", "other") else 0

@@ -90,8 +90,13 @@ class Result:
         return lines[-1] if lines else ""
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, check: bool = True,
-            honour_permissions: bool = False, timeout: float = 300) -> Result:
+def run_cli(
+    *args: str,
+    env: dict[str, str] | None = None,
+    check: bool = True,
+    honour_permissions: bool = False,
+    timeout: float = 300,
+) -> Result:
     """Run ``modelcar`` as a user would: a subprocess, its exit code, stdout and stderr.
 
     ``honour_permissions``: as root, drop the capabilities that let root read any file,
@@ -101,12 +106,20 @@ def run_cli(*args: str, env: dict[str, str] | None = None, check: bool = True,
     prefix: list[str] = []
     if honour_permissions and os.geteuid() == 0:
         prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
-    proc = subprocess.run([*prefix, sys.executable, "-m", "builder.cli", *args],
-                          capture_output=True, text=True, env=full_env, cwd=ROOT,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        [*prefix, sys.executable, "-m", "builder.cli", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=ROOT,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
     result = Result(proc.returncode, proc.stdout, proc.stderr)
     if check and proc.returncode != 0:
-        raise AssertionError(f"modelcar {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
+        raise AssertionError(
+            f"modelcar {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}"
+        )
     return result
 
 

@@ -16,7 +16,9 @@ def _build(*args: str) -> tuple[dict, str]:
     return json.loads(lines[-2]), lines[-1]
 
 
-def test_two_builds_and_both_targets_give_one_digest(registry, sharded_model, tmp_path, monkeypatch):
+def test_two_builds_and_both_targets_give_one_digest(
+    registry, sharded_model, tmp_path, monkeypatch
+):
     rec1, ref1 = _build(str(sharded_model), f"{registry.host}/repro/a:one", "--plain-http")
     # A cold stat cache for the second build: digests must come from content alone.
     monkeypatch.setenv("MODELCAR_CACHE_DIR", str(tmp_path / "other-cache"))
@@ -40,13 +42,17 @@ def test_copy_of_the_tree_elsewhere_gives_the_same_digest(registry, sharded_mode
 
 def test_changing_one_shard_uploads_only_that_layer(registry, sharded_model):
     repo = f"{registry.host}/incr/m"
-    first, _ = _build(str(sharded_model), f"{repo}:v1", "--plain-http", "--large-file-threshold", "1MiB")
+    first, _ = _build(
+        str(sharded_model), f"{repo}:v1", "--plain-http", "--large-file-threshold", "1MiB"
+    )
     shards = [layer for layer in first["layers"] if layer["files"][0].endswith(".safetensors")]
     assert len(shards) == 3 and all(len(s["files"]) == 1 for s in shards)
     changed = sharded_model / "model-00002-of-00003.safetensors"
     write_safetensors(changed, changed.stat().st_size, seed=99)
 
-    second, _ = _build(str(sharded_model), f"{repo}:v2", "--plain-http", "--large-file-threshold", "1MiB")
+    second, _ = _build(
+        str(sharded_model), f"{repo}:v2", "--plain-http", "--large-file-threshold", "1MiB"
+    )
     uploaded = [layer for layer in second["layers"] if layer["uploaded"]]
     assert [layer["files"] for layer in uploaded] == [["model-00002-of-00003.safetensors"]]
     shard_layer = uploaded[0]["size"]
@@ -54,7 +60,9 @@ def test_changing_one_shard_uploads_only_that_layer(registry, sharded_model):
     assert shard_layer <= second["bytes_uploaded"] < shard_layer + 64 * 1024
     assert second["digest"] != first["digest"]
     # The unchanged layers have the same digests as in v1.
-    same = {layer["digest"] for layer in first["layers"]} & {layer["digest"] for layer in second["layers"]}
+    same = {layer["digest"] for layer in first["layers"]} & {
+        layer["digest"] for layer in second["layers"]
+    }
     assert len(same) == len(first["layers"]) - 1
     # v1 still points at the first build.
     store = open_store(parse_ref(f"{repo}:v1"), StoreOptions(plain_http=True))
@@ -74,8 +82,9 @@ def test_more_files_than_layers_are_grouped(tmp_path):
     src.mkdir()
     for i in range(30):
         (src / f"w{i:02d}.bin").write_bytes(bytes([i]) * (2048 + i))
-    rec, _ = _build(str(src), f"oci:{tmp_path / 'lay'}", "--max-layers", "5",
-                    "--large-file-threshold", "1KiB")
+    rec, _ = _build(
+        str(src), f"oci:{tmp_path / 'lay'}", "--max-layers", "5", "--large-file-threshold", "1KiB"
+    )
     assert len(rec["layers"]) == 4  # 5 minus the base layer
     assert sum(len(layer["files"]) for layer in rec["layers"]) == 30
     flat = [f for layer in rec["layers"] for f in layer["files"]]
@@ -104,8 +113,16 @@ def test_include_exclude_and_symlinks(tmp_path):
     (src / "pytorch_model.bin").write_bytes(b"dup")
     (src / "original" / "consolidated.pth").write_bytes(b"orig")
     (src / "empty").mkdir()
-    rec, _ = _build(str(src), f"oci:{tmp_path / 'lay'}", "--exclude", "*.bin",
-                    "--exclude", "original/", "--exclude", "blobs/")
+    rec, _ = _build(
+        str(src),
+        f"oci:{tmp_path / 'lay'}",
+        "--exclude",
+        "*.bin",
+        "--exclude",
+        "original/",
+        "--exclude",
+        "blobs/",
+    )
     files = [f for layer in rec["layers"] for f in layer["files"]]
     assert files == ["model.safetensors"]
 

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from builder.build import BuildOptions, Builder
+from builder.build import Builder, BuildOptions
 from builder.sources.local import LocalSource
 from modelcar.errors import SourceChanged
 from modelcar.localregistry import LocalRegistry, free_port
@@ -50,7 +48,9 @@ def test_empty_source(tagged, tmp_path):
 
 
 def test_unreachable_registry(minilm):
-    r = run_cli("build", str(minilm), f"127.0.0.1:{free_port()}/x/y:v1", "--plain-http", check=False)
+    r = run_cli(
+        "build", str(minilm), f"127.0.0.1:{free_port()}/x/y:v1", "--plain-http", check=False
+    )
     assert_one_line_error(r, "cannot connect to registry")
 
 
@@ -61,8 +61,10 @@ def test_https_to_a_plain_http_registry_hints_plain_http(registry, minilm):
 
 def test_bad_references(minilm):
     assert_one_line_error(run_cli("build", str(minilm), "Bad Ref", check=False), "invalid")
-    assert_one_line_error(run_cli("build", str(minilm), "127.0.0.1:5000/UPPER/x", check=False),
-                          "invalid repository name")
+    assert_one_line_error(
+        run_cli("build", str(minilm), "127.0.0.1:5000/UPPER/x", check=False),
+        "invalid repository name",
+    )
     r = run_cli("build", str(minilm), "127.0.0.1:5000/a@sha256:" + "0" * 64, check=False)
     assert_one_line_error(r, "cannot name a digest")
 
@@ -93,15 +95,19 @@ def test_symlink_outside_and_loop(tmp_path):
     (src / "sub" / "loop").symlink_to(src)
     r = run_cli("build", str(src), f"oci:{tmp_path / 'lay'}", check=False)
     assert_one_line_error(r, "symlink loop")
-    assert not (tmp_path / "lay" / "index.json").exists() or "manifests\":[]" in (
-        tmp_path / "lay" / "index.json").read_text()
+    assert (
+        not (tmp_path / "lay" / "index.json").exists()
+        or 'manifests":[]' in (tmp_path / "lay" / "index.json").read_text()
+    )
 
 
 def test_layer_over_the_size_limit(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
     (src / "big.bin").write_bytes(b"\1" * (3 << 20))
-    r = run_cli("build", str(src), f"oci:{tmp_path / 'lay'}", "--max-layer-size", "2MiB", check=False)
+    r = run_cli(
+        "build", str(src), f"oci:{tmp_path / 'lay'}", "--max-layer-size", "2MiB", check=False
+    )
     assert_one_line_error(r, "exceeds the registry's limit", "big.bin")
 
 
@@ -133,9 +139,23 @@ def test_registry_killed_mid_push_keeps_the_old_tag(tmp_path, minilm):
             f.write(b"\1")
         proc = subprocess.Popen(
             [sys.executable, "-m", "builder.cli", "build", str(big), target, "--plain-http"],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        uploads = tmp_path / "reg" / "storage" / "docker" / "registry" / "v2" / "repositories" / \
-            "killed" / "m" / "_uploads"
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        uploads = (
+            tmp_path
+            / "reg"
+            / "storage"
+            / "docker"
+            / "registry"
+            / "v2"
+            / "repositories"
+            / "killed"
+            / "m"
+            / "_uploads"
+        )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and proc.poll() is None:
             sizes = [p.stat().st_size for p in uploads.rglob("data")] if uploads.exists() else []

@@ -12,16 +12,28 @@ import pytest
 
 from tests.conftest import run_cli
 
-pytestmark = pytest.mark.skipif(not shutil.which("skopeo") or not shutil.which("umoci"),
-                                reason="skopeo/umoci not installed (make test installs them)")
+pytestmark = pytest.mark.skipif(
+    not shutil.which("skopeo") or not shutil.which("umoci"),
+    reason="skopeo/umoci not installed (make test installs them)",
+)
 
 KSERVE_INIT_CHECK = '[ -d /models ] && [ "$(ls -A /models)" ]'
 
 
 def _unpack(ref: str, work: Path) -> Path:
     layout = work / "layout"
-    subprocess.run(["skopeo", "copy", "--src-tls-verify=false", "--preserve-digests",
-                    f"docker://{ref}", f"oci:{layout}:img"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "skopeo",
+            "copy",
+            "--src-tls-verify=false",
+            "--preserve-digests",
+            f"docker://{ref}",
+            f"oci:{layout}:img",
+        ],
+        check=True,
+        capture_output=True,
+    )
     bundle = work / "bundle"
     args = ["umoci", "unpack", "--image", f"{layout}:img", str(bundle)]
     if os.geteuid() != 0:
@@ -31,7 +43,9 @@ def _unpack(ref: str, work: Path) -> Path:
 
 
 def _tree(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +53,9 @@ def unpacked(registry, tmp_path_factory):
     from tests.fixtures.models import minilm_dir
 
     work = tmp_path_factory.mktemp("interop")
-    result = run_cli("build", str(minilm_dir()), f"{registry.host}/interop/minilm:v1",
-                     "--plain-http", "-q")
+    result = run_cli(
+        "build", str(minilm_dir()), f"{registry.host}/interop/minilm:v1", "--plain-http", "-q"
+    )
     return result.last_line, _unpack(result.last_line, work)
 
 
@@ -63,9 +78,18 @@ def test_kserve_commands_run_in_the_image(unpacked):
     ok = subprocess.run(["chroot", str(rootfs), "/bin/sh", "-c", KSERVE_INIT_CHECK])
     assert ok.returncode == 0
     # The sidecar's link-and-sleep, with a bounded sleep.
-    out = subprocess.run(["chroot", str(rootfs), "/bin/sh", "-c",
-                          "ln -sf /models /tmp/models && ls /tmp/models/ && sleep 0"],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [
+            "chroot",
+            str(rootfs),
+            "/bin/sh",
+            "-c",
+            "ln -sf /models /tmp/models && ls /tmp/models/ && sleep 0",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "model.safetensors" in out.stdout
 
 

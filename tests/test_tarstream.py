@@ -34,8 +34,9 @@ class _IterReader:
 
 
 def test_writer_is_deterministic_and_sized():
-    members = with_parents([Member("models/b/x", size=3, data=b"abc"),
-                            Member("models/a", size=1, data=b"z")])
+    members = with_parents(
+        [Member("models/b/x", size=3, data=b"abc"), Member("models/a", size=1, data=b"z")]
+    )
     one = b"".join(TarWriter(members))
     two = b"".join(TarWriter(list(reversed(members))[::-1]))
     assert one == two and len(one) == archive_size(members)
@@ -51,8 +52,16 @@ def test_file_over_8_gib_round_trips(tmp_path):
     with open(path, "wb") as f:
         f.seek(size - 5)
         f.write(b"tail!")
-    members = with_parents([Member("models/huge.safetensors", size=size,
-                                   opener=lambda: open(path, "rb"), origin=str(path))])
+    members = with_parents(
+        [
+            Member(
+                "models/huge.safetensors",
+                size=size,
+                opener=lambda: open(path, "rb"),
+                origin=str(path),
+            )
+        ]
+    )
     writer = TarWriter(members)
     layer_hash = hashlib.sha256()
 
@@ -112,8 +121,12 @@ def _special(name: str, kind: bytes, link: str = "") -> tuple[tarfile.TarInfo, N
 
 def _check(layer: bytes, files: dict[str, bytes]):
     digest = "sha256:" + hashlib.sha256(layer).hexdigest()
-    index = {p: FileEntry(path=p, size=len(d), sha256="sha256:" + hashlib.sha256(d).hexdigest(),
-                          layer=digest) for p, d in files.items()}
+    index = {
+        p: FileEntry(
+            path=p, size=len(d), sha256="sha256:" + hashlib.sha256(d).hexdigest(), layer=digest
+        )
+        for p, d in files.items()
+    }
     return read_model_layer(io.BytesIO(layer), digest, index)
 
 
@@ -124,21 +137,24 @@ def test_good_layer_passes():
     assert _check(_tar(_file("models/a.bin", b"weights")), GOOD) == {"a.bin"}
 
 
-@pytest.mark.parametrize("layer, reason", [
-    (_tar(_file("models/../etc/passwd", b"x")), "'..'"),
-    (_tar(_file("/models/a.bin", b"weights")), "absolute"),
-    (_tar(_file("etc/a.bin", b"weights")), "outside /models"),
-    (_tar(_special("models/a.bin", tarfile.SYMTYPE, "/etc/passwd")), "symlink"),
-    (_tar(_special("models/a.bin", tarfile.LNKTYPE, "models/b")), "hardlink"),
-    (_tar(_special("models/dev", tarfile.CHRTYPE)), "char"),
-    (_tar(_special("models/fifo", tarfile.FIFOTYPE)), "fifo"),
-    (_tar(_file("models/a.bin", b"weights", mode=0o4755)), "setuid"),
-    (_tar(_file("models/a.bin", b"weights"), _file("models/a.bin", b"weights")), "duplicate"),
-    (_tar(_file("models/other.bin", b"weights")), "not in the image's file index"),
-    (_tar(_file("models/a.bin", b"weightz")), "sha256 differs"),
-    (_tar(_file("models/a.bin", b"weights!")), "size"),
-    (_tar(_file("models/a.bin", b"weights"))[:700], "truncated"),
-])
+@pytest.mark.parametrize(
+    "layer, reason",
+    [
+        (_tar(_file("models/../etc/passwd", b"x")), "'..'"),
+        (_tar(_file("/models/a.bin", b"weights")), "absolute"),
+        (_tar(_file("etc/a.bin", b"weights")), "outside /models"),
+        (_tar(_special("models/a.bin", tarfile.SYMTYPE, "/etc/passwd")), "symlink"),
+        (_tar(_special("models/a.bin", tarfile.LNKTYPE, "models/b")), "hardlink"),
+        (_tar(_special("models/dev", tarfile.CHRTYPE)), "char"),
+        (_tar(_special("models/fifo", tarfile.FIFOTYPE)), "fifo"),
+        (_tar(_file("models/a.bin", b"weights", mode=0o4755)), "setuid"),
+        (_tar(_file("models/a.bin", b"weights"), _file("models/a.bin", b"weights")), "duplicate"),
+        (_tar(_file("models/other.bin", b"weights")), "not in the image's file index"),
+        (_tar(_file("models/a.bin", b"weightz")), "sha256 differs"),
+        (_tar(_file("models/a.bin", b"weights!")), "size"),
+        (_tar(_file("models/a.bin", b"weights"))[:700], "truncated"),
+    ],
+)
 def test_hostile_layers_are_refused(layer, reason):
     with pytest.raises((UnsafeArchive, DigestMismatch)) as err:
         _check(layer, GOOD)

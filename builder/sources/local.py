@@ -50,17 +50,25 @@ class LocalSource:
         out.sort(key=lambda f: f.path.encode("utf-8", "surrogateescape"))
         return out
 
-    def _walk(self, directory: Path, rel: str, seen: set[tuple[int, int]], out: list[SourceFile]) -> None:
+    def _walk(
+        self, directory: Path, rel: str, seen: set[tuple[int, int]], out: list[SourceFile]
+    ) -> None:
         try:
             st = directory.stat()
             entries = sorted(os.scandir(directory), key=lambda e: e.name)
         except PermissionError:
-            raise SourceFileError("cannot read directory (permission denied)", subject=str(directory),
-                                  hint="make it readable or --exclude it") from None
+            raise SourceFileError(
+                "cannot read directory (permission denied)",
+                subject=str(directory),
+                hint="make it readable or --exclude it",
+            ) from None
         key = (st.st_dev, st.st_ino)
         if key in seen:
-            raise SourceError("symlink loop in source", subject=str(directory),
-                              hint="remove the link or --exclude it")
+            raise SourceError(
+                "symlink loop in source",
+                subject=str(directory),
+                hint="remove the link or --exclude it",
+            )
         seen.add(key)
         for entry in entries:
             path = rel + entry.name
@@ -70,8 +78,11 @@ class LocalSource:
                 if not self._inside(real):
                     if self.selection.excluded(path) or self.selection.excluded(path + "/"):
                         continue
-                    raise SourceError("symlink points outside the source", subject=f"{full} -> {real}",
-                                      hint="copy the target into the tree or --exclude the link")
+                    raise SourceError(
+                        "symlink points outside the source",
+                        subject=f"{full} -> {real}",
+                        hint="copy the target into the tree or --exclude the link",
+                    )
                 if not real.exists():
                     raise SourceError("dangling symlink in source", subject=str(full))
             try:
@@ -89,10 +100,17 @@ class LocalSource:
             if not stat.S_ISREG(st.st_mode):
                 raise SourceFileError("not a regular file", subject=str(full), hint="--exclude it")
             identity = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
-            out.append(SourceFile(path=path, size=st.st_size, opener=_opener(full),
-                                  origin=str(full), identity=identity))
+            out.append(
+                SourceFile(
+                    path=path,
+                    size=st.st_size,
+                    opener=_opener(full),
+                    origin=str(full),
+                    identity=identity,
+                )
+            )
         seen.discard(key)
 
 
 def _opener(path: Path):
-    return lambda: open(path, "rb")  # noqa: SIM115
+    return lambda: open(path, "rb")

@@ -47,8 +47,9 @@ def config_paths(explicit: str | None = None) -> list[Path]:
     if os.environ.get("XDG_RUNTIME_DIR"):
         paths.append(Path(os.environ["XDG_RUNTIME_DIR"]) / "containers" / "auth.json")
     docker_dir = os.environ.get("DOCKER_CONFIG")
-    paths.append(Path(docker_dir) / "config.json" if docker_dir
-                 else Path.home() / ".docker" / "config.json")
+    paths.append(
+        Path(docker_dir) / "config.json" if docker_dir else Path.home() / ".docker" / "config.json"
+    )
     return paths
 
 
@@ -74,11 +75,15 @@ def _host_keys(host: str) -> list[str]:
 def _helper(name: str, host: str) -> Credentials | None:
     binary = f"docker-credential-{name}"
     try:
-        proc = subprocess.run([binary, "get"], input=host.encode(), capture_output=True,
-                              timeout=30, check=False)
+        proc = subprocess.run(
+            [binary, "get"], input=host.encode(), capture_output=True, timeout=30, check=False
+        )
     except FileNotFoundError:
-        raise AuthenticationFailed(f"credential helper {binary} not found", subject=host,
-                                   hint="install it or remove it from config.json") from None
+        raise AuthenticationFailed(
+            f"credential helper {binary} not found",
+            subject=host,
+            hint="install it or remove it from config.json",
+        ) from None
     except subprocess.TimeoutExpired:
         raise AuthenticationFailed(f"credential helper {binary} timed out", subject=host) from None
     if proc.returncode != 0:
@@ -88,8 +93,9 @@ def _helper(name: str, host: str) -> Credentials | None:
         payload = json.loads(proc.stdout)
         return Credentials(payload["Username"], payload["Secret"])
     except (ValueError, KeyError):
-        raise AuthenticationFailed(f"credential helper {binary} gave no usable answer",
-                                   subject=host) from None
+        raise AuthenticationFailed(
+            f"credential helper {binary} gave no usable answer", subject=host
+        ) from None
 
 
 def find_credentials(host: str, docker_config: str | None = None) -> Credentials | None:
@@ -109,8 +115,9 @@ def find_credentials(host: str, docker_config: str | None = None) -> Credentials
             try:
                 user, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
             except ValueError:
-                raise AuthenticationFailed("malformed auth entry in docker config",
-                                           subject=host) from None
+                raise AuthenticationFailed(
+                    "malformed auth entry in docker config", subject=host
+                ) from None
             return Credentials(user, password)
         if entry.get("username"):
             return Credentials(entry["username"], entry.get("password", ""))
@@ -185,8 +192,11 @@ class RegistryAuth(httpx.Auth):
         scheme, params = parse_challenge(response.headers.get("WWW-Authenticate", ""))
         if scheme == "basic":
             if not self.credentials:
-                raise AuthenticationFailed("registry requires credentials", subject=self.host,
-                                           hint="log in (docker/skopeo/podman login) or add them to config.json")
+                raise AuthenticationFailed(
+                    "registry requires credentials",
+                    subject=self.host,
+                    hint="log in (docker/skopeo/podman login) or add them to config.json",
+                )
             if request.headers.get("Authorization") == self.credentials.basic():
                 raise AuthenticationFailed("registry rejected the credentials", subject=self.host)
             self._scheme = "basic"
@@ -195,14 +205,18 @@ class RegistryAuth(httpx.Auth):
             extra = scope_for(request)
             if extra:
                 scope = " ".join(dict.fromkeys((scope + " " + extra).split()))
-            if request.headers.get("Authorization", "").startswith("Bearer ") and \
-                    self._token_for(scope) is not None:
+            if (
+                request.headers.get("Authorization", "").startswith("Bearer ")
+                and self._token_for(scope) is not None
+            ):
                 raise AuthenticationFailed("registry refused the access token", subject=self.host)
             self._fetch_token(params, scope)
             self._scheme = "bearer"
         else:
-            raise AuthenticationFailed("registry asked for an unsupported auth scheme",
-                                       subject=f"{self.host} ({scheme or 'none'})")
+            raise AuthenticationFailed(
+                "registry asked for an unsupported auth scheme",
+                subject=f"{self.host} ({scheme or 'none'})",
+            )
         self._apply(request)
         yield request
 
@@ -219,12 +233,15 @@ class RegistryAuth(httpx.Auth):
             with httpx.Client(verify=self.verify, timeout=self.timeout) as c:
                 r = c.get(realm, params=query, headers=headers)
         except httpx.HTTPError as e:
-            raise RegistryUnreachable(f"token service unreachable ({type(e).__name__})",
-                                      subject=realm) from None
+            raise RegistryUnreachable(
+                f"token service unreachable ({type(e).__name__})", subject=realm
+            ) from None
         if r.status_code in (401, 403):
             raise AuthenticationFailed("token service rejected the credentials", subject=self.host)
         if r.status_code != 200:
-            raise AuthenticationFailed(f"token service answered HTTP {r.status_code}", subject=realm)
+            raise AuthenticationFailed(
+                f"token service answered HTTP {r.status_code}", subject=realm
+            )
         try:
             body = r.json()
             token = body.get("token") or body["access_token"]

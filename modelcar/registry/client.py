@@ -47,10 +47,13 @@ def _client_for(host: str, options: StoreOptions) -> tuple[httpx.Client, Registr
     with _clients_lock:
         if key not in _clients:
             verify = _verify(options)
-            auth = RegistryAuth(host, find_credentials(host, options.docker_config), verify,
-                                options.timeout)
+            auth = RegistryAuth(
+                host, find_credentials(host, options.docker_config), verify, options.timeout
+            )
             client = httpx.Client(
-                verify=verify, auth=auth, follow_redirects=True,
+                verify=verify,
+                auth=auth,
+                follow_redirects=True,
                 timeout=httpx.Timeout(options.timeout, connect=10.0),
                 limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
                 headers={"User-Agent": "modelcar/0.1"},
@@ -130,8 +133,10 @@ class Repository(ImageStore):
 
         def mount() -> bool:
             r = self.request(
-                "POST", f"/v2/{self.ref.repository}/blobs/uploads/",
-                params={"mount": digest, "from": source.ref.repository}, what=digest,
+                "POST",
+                f"/v2/{self.ref.repository}/blobs/uploads/",
+                params={"mount": digest, "from": source.ref.repository},
+                what=digest,
             )
             if r.status_code == 201:
                 return True
@@ -167,7 +172,9 @@ class Repository(ImageStore):
                 rest = f.read(max_size + 1 - len(data))
                 data += rest
             if sha256_bytes(data) != digest:
-                raise DigestMismatch("blob does not match its digest", subject=f"{self.ref.name}@{digest}")
+                raise DigestMismatch(
+                    "blob does not match its digest", subject=f"{self.ref.name}@{digest}"
+                )
             return data
 
         return self._retry(get)
@@ -178,8 +185,12 @@ class Repository(ImageStore):
         what = f"{self.ref.name}{'@' if reference.startswith('sha256:') else ':'}{reference}"
 
         def get() -> FetchedManifest:
-            r = self.request("GET", f"/v2/{self.ref.repository}/manifests/{reference}",
-                             headers={"Accept": mt.ACCEPT_MANIFESTS}, what=what)
+            r = self.request(
+                "GET",
+                f"/v2/{self.ref.repository}/manifests/{reference}",
+                headers={"Accept": mt.ACCEPT_MANIFESTS},
+                what=what,
+            )
             check(r, what)
             data = r.content
             digest = sha256_bytes(data)
@@ -191,9 +202,14 @@ class Repository(ImageStore):
 
     def head_manifest(self, reference: str) -> str | None:
         """The digest a tag points to, or None if there is no such manifest."""
+
         def head() -> str | None:
-            r = self.request("HEAD", f"/v2/{self.ref.repository}/manifests/{reference}",
-                             headers={"Accept": mt.ACCEPT_MANIFESTS}, what=reference)
+            r = self.request(
+                "HEAD",
+                f"/v2/{self.ref.repository}/manifests/{reference}",
+                headers={"Accept": mt.ACCEPT_MANIFESTS},
+                what=reference,
+            )
             if r.status_code == 404:
                 return None
             check(r, f"{self.ref.name}:{reference}")
@@ -206,13 +222,20 @@ class Repository(ImageStore):
         what = f"{self.ref.name}:{reference}"
 
         def put() -> str:
-            r = self.request("PUT", f"/v2/{self.ref.repository}/manifests/{reference}",
-                             content=data, headers={"Content-Type": media_type}, what=what)
+            r = self.request(
+                "PUT",
+                f"/v2/{self.ref.repository}/manifests/{reference}",
+                content=data,
+                headers={"Content-Type": media_type},
+                what=what,
+            )
             check(r, what)
             returned = r.headers.get("Docker-Content-Digest")
             if returned and returned != digest:
-                raise DigestMismatch("registry stored the manifest under another digest",
-                                     subject=f"{returned} != {digest}")
+                raise DigestMismatch(
+                    "registry stored the manifest under another digest",
+                    subject=f"{returned} != {digest}",
+                )
             return digest
 
         return self._retry(put)

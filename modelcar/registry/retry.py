@@ -72,10 +72,12 @@ def check(response: httpx.Response, what: str) -> httpx.Response:
     if code == 429 or code >= 500:
         raise TransientRegistryError(
             f"registry answered HTTP {code}" + (f" ({detail})" if detail else ""),
-            subject=what, retry_after=retry_after(response.headers),
+            subject=what,
+            retry_after=retry_after(response.headers),
         )
-    raise RegistryError(f"registry answered HTTP {code}" + (f" ({detail})" if detail else ""),
-                        subject=what)
+    raise RegistryError(
+        f"registry answered HTTP {code}" + (f" ({detail})" if detail else ""), subject=what
+    )
 
 
 def translate_transport(exc: httpx.HTTPError, host: str) -> RegistryError:
@@ -83,16 +85,23 @@ def translate_transport(exc: httpx.HTTPError, host: str) -> RegistryError:
     text = str(exc)
     if isinstance(exc, httpx.ConnectError):
         if "WRONG_VERSION_NUMBER" in text or "record layer failure" in text:
-            return RegistryUnreachable("registry does not speak TLS", subject=host,
-                                       hint="pass --plain-http for an HTTP registry")
+            return RegistryUnreachable(
+                "registry does not speak TLS",
+                subject=host,
+                hint="pass --plain-http for an HTTP registry",
+            )
         if "CERTIFICATE_VERIFY_FAILED" in text:
-            return RegistryUnreachable("registry's TLS certificate is not trusted", subject=host,
-                                       hint="pass --ca-file with its CA, or --insecure")
+            return RegistryUnreachable(
+                "registry's TLS certificate is not trusted",
+                subject=host,
+                hint="pass --ca-file with its CA, or --insecure",
+            )
         return RegistryUnreachable("cannot connect to registry", subject=host)
     if isinstance(exc, httpx.TimeoutException):
         return TransientRegistryError(f"registry timed out ({type(exc).__name__})", subject=host)
-    return TransientRegistryError(f"connection to registry failed ({type(exc).__name__})",
-                                  subject=host)
+    return TransientRegistryError(
+        f"connection to registry failed ({type(exc).__name__})", subject=host
+    )
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -129,8 +138,11 @@ def _log_retry(state: RetryCallState) -> None:
 def with_retries(fn: Callable[[], T], attempts: int) -> T:
     """Call ``fn`` until it succeeds, a non-transient error occurs, or attempts run out."""
     for attempt in Retrying(
-        retry=retry_if_exception(_retryable), stop=_stop_after(attempts), wait=_wait,
-        before_sleep=_log_retry, reraise=True,
+        retry=retry_if_exception(_retryable),
+        stop=_stop_after(attempts),
+        wait=_wait,
+        before_sleep=_log_retry,
+        reraise=True,
     ):
         with attempt:
             return fn()

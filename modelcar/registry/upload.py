@@ -75,7 +75,9 @@ def start(repo: Repository) -> str:
     r = repo.request("POST", f"/v2/{repo.ref.repository}/blobs/uploads/", what=repo.ref.name)
     if r.status_code != 202:
         check(r, repo.ref.name)
-        raise RegistryError(f"unexpected HTTP {r.status_code} starting an upload", subject=repo.ref.name)
+        raise RegistryError(
+            f"unexpected HTTP {r.status_code} starting an upload", subject=repo.ref.name
+        )
     return _location(repo, r)
 
 
@@ -96,25 +98,36 @@ def _finish_check(repo: Repository, src: _HashingSource, digest: str, size: int,
 def monolithic(repo: Repository, digest: str, size: int, chunks: Iterable[bytes]) -> int:
     url = start(repo)
     src = _HashingSource(chunks)
-    r = repo.request("PUT", _with_digest(url, digest), content=src.body(None),
-                     headers={"Content-Type": "application/octet-stream",
-                              "Content-Length": str(size)}, what=f"blob {digest}")
+    r = repo.request(
+        "PUT",
+        _with_digest(url, digest),
+        content=src.body(None),
+        headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
+        what=f"blob {digest}",
+    )
     if r.status_code == 400 and (src.sent != size or src.digest != digest):
         _finish_check(repo, src, digest, size, url)
     check(r, f"blob {digest}")
     return src.sent
 
 
-def chunked(repo: Repository, digest: str, size: int, chunks: Iterable[bytes], chunk_size: int) -> int:
+def chunked(
+    repo: Repository, digest: str, size: int, chunks: Iterable[bytes], chunk_size: int
+) -> int:
     url = start(repo)
     src = _HashingSource(chunks)
     offset = 0
     while offset < size:
         n = min(chunk_size, size - offset)
         r = repo.request(
-            "PATCH", url, content=src.body(n),
-            headers={"Content-Type": "application/octet-stream", "Content-Length": str(n),
-                     "Content-Range": f"{offset}-{offset + n - 1}"},
+            "PATCH",
+            url,
+            content=src.body(n),
+            headers={
+                "Content-Type": "application/octet-stream",
+                "Content-Length": str(n),
+                "Content-Range": f"{offset}-{offset + n - 1}",
+            },
             what=f"blob {digest}",
         )
         if offset == 0 and r.status_code in CHUNKED_REFUSED:
@@ -129,7 +142,12 @@ def chunked(repo: Repository, digest: str, size: int, chunks: Iterable[bytes], c
     for _ in src.body(None):
         pass
     _finish_check(repo, src, digest, size, url)
-    r = repo.request("PUT", _with_digest(url, digest), content=b"",
-                     headers={"Content-Length": "0"}, what=f"blob {digest}")
+    r = repo.request(
+        "PUT",
+        _with_digest(url, digest),
+        content=b"",
+        headers={"Content-Length": "0"},
+        what=f"blob {digest}",
+    )
     check(r, f"blob {digest}")
     return src.sent
