@@ -8,7 +8,7 @@ from typing import IO, Annotated
 
 from pydantic import AfterValidator
 
-from modelcar.errors import DigestMismatch, InvalidDigest
+from modelcar.errors import InvalidDigest
 
 _DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 CHUNK = 1 << 20  # 1 MiB: large enough for hashlib to release the GIL, small for memory
@@ -39,16 +39,6 @@ def sha256_bytes(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def sha256_file(fileobj: IO[bytes], chunk: int = CHUNK) -> tuple[str, int]:
-    """Hash a file object to its end; return (digest, bytes read)."""
-    h = hashlib.sha256()
-    n = 0
-    while block := fileobj.read(chunk):
-        h.update(block)
-        n += len(block)
-    return "sha256:" + h.hexdigest(), n
-
-
 class HashingReader:
     """Wrap a readable stream, hashing and counting everything read through it."""
 
@@ -63,11 +53,6 @@ class HashingReader:
         self.count += len(data)
         return data
 
-    def readinto(self, buf) -> int:  # pragma: no cover - tarfile does not use it
-        data = self.read(len(buf))
-        buf[: len(data)] = data
-        return len(data)
-
     def drain(self, chunk: int = CHUNK) -> int:
         """Read and hash what remains; return how many bytes that was."""
         n = 0
@@ -78,9 +63,3 @@ class HashingReader:
     @property
     def digest(self) -> str:
         return "sha256:" + self.hasher.hexdigest()
-
-
-def verify(expected: str, actual: str, what: str) -> None:
-    """Raise DigestMismatch naming ``what`` unless the digests are equal."""
-    if expected != actual:
-        raise DigestMismatch(f"digest mismatch for {what}: expected {expected}, got {actual}")

@@ -8,7 +8,7 @@ over those bytes, so nothing re-serialises them).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
@@ -76,8 +76,3 @@ def open_store(
     from modelcar.registry.client import Repository
 
     return Repository(ref, options)
-
-
-def read_exact_chunks(f: BinaryIO, chunk: int = 1 << 20) -> Iterator[bytes]:
-    while block := f.read(chunk):
-        yield block

@@ -18,8 +18,6 @@ from modelcar import mediatypes as mt
 from modelcar.digest import sha256_bytes
 from modelcar.errors import (
     DigestMismatch,
-    ModelcarError,
-    NotFound,
     RegistryError,
 )
 from modelcar.image import media_type_of
@@ -239,14 +237,3 @@ class Repository(ImageStore):
             return digest
 
         return self._retry(put)
-
-
-def ping(ref: ImageRef, options: StoreOptions) -> None:
-    """Check that the registry answers the /v2/ API (auth challenges count as answers)."""
-    repo = Repository(ref, options)
-    try:
-        r = repo.request("GET", "/v2/", what=ref.registry)
-    except ModelcarError:
-        raise
-    if r.status_code not in (200, 401):
-        raise NotFound("not an OCI registry (/v2/ did not answer)", subject=ref.registry)
