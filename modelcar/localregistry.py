@@ -44,11 +44,14 @@ class LocalRegistry:
         port: int | None = None,
         tls: tuple[Path, Path] | None = None,
         htpasswd: Path | None = None,
+        token_auth: dict[str, str] | None = None,
     ):
         self.root = Path(root)
         self.port = port or free_port()
         self.tls = tls
+        self.token_auth = token_auth  # realm, service, issuer, rootcertbundle
         self.htpasswd = htpasswd
+        self.token_auth = token_auth  # realm, service, issuer, rootcertbundle
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -86,6 +89,8 @@ class LocalRegistry:
                 "    realm: modelcar-test",
                 f"    path: {self.htpasswd}",
             ]
+        elif self.token_auth:
+            lines += ["auth:", "  token:"] + [f"    {k}: {v}" for k, v in self.token_auth.items()]
         return "\n".join(lines) + "\n"
 
     def start(self, timeout: float = 15.0) -> LocalRegistry:
