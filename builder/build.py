@@ -10,6 +10,7 @@ tags: a failed build never moves a tag.
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -82,8 +83,6 @@ def _iso(ts: int) -> str:
 
 
 def created_time(source: Source) -> int:
-    import os
-
     env = os.environ.get("SOURCE_DATE_EPOCH")
     if env:
         return int(env)
@@ -242,11 +241,13 @@ class Builder:
                 for f in layer.files
             ]
         )
+        actual = {e.path: e.sha256 for e in index.files}
         for f in files:
-            if f.sha256 and f.sha256 != next(e.sha256 for e in index.files if e.path == f.path):
+            if f.sha256 and f.sha256 != actual[f.path]:
                 raise DigestMismatch(
                     "file does not match the sha256 its source reported", subject=f.origin or f.path
                 )
+
         created = _iso(created_time(self.source))
         config = self._config(base, results, plan, index, created)
         config_bytes = canonical_json(config)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import email.utils
 import logging
+import random
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -115,8 +116,6 @@ def _wait(state: RetryCallState) -> float:
         return min(hinted, MAX_RETRY_AFTER)
     if isinstance(exc, RegistryUnreachable):
         return 0.3 * state.attempt_number
-    import random
-
     return min(30.0, 0.5 * 2 ** (state.attempt_number - 1)) * (0.5 + random.random() / 2)
 
 
