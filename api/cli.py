@@ -1,8 +1,209 @@
-"""``modelcar-api``: the model registry API (arrives with its own issue)."""
+"""``modelcar-api``: serve the catalog API, migrate its database, create tokens.
 
-import sys
+Settings come from flags, ``MODELCAR_API_*`` env vars, or a YAML file
+(``--config`` / ``MODELCAR_API_CONFIG``), flags winning.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Annotated, Any
+
+import typer
+
+from api.settings import Settings, load_settings
+from modelcar.apimodels import ROLES, TokenCreate
+from modelcar.cliutil import run_cli
+from modelcar.errors import UsageError
+
+app = typer.Typer(
+    name="modelcar-api",
+    help="The modelcar API: model names, versions and aliases to pinned images and mounts.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+db_app = typer.Typer(help="Database schema migrations.", no_args_is_help=True)
+token_app = typer.Typer(help="Bearer tokens (work on the database directly).", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(token_app, name="token")
+
+ConfigFile = Annotated[
+    str | None,
+    typer.Option("--config", help="YAML file of settings (env: MODELCAR_API_CONFIG)."),
+]
+DbUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--db",
+        help="Database URL: sqlite:///PATH (default sqlite:///./modelcar.db) or "
+        "postgresql://USER:PASS@HOST/DB (env: MODELCAR_API_DB).",
+    ),
+]
+SETTINGS_ENV = "MODELCAR_API_SETTINGS_JSON"
 
 
-def main() -> None:
-    print("modelcar-api: not implemented yet", file=sys.stderr)
-    sys.exit(1)
+def _database(config: str | None, db: str | None) -> Any:
+    from api.db.engine import Database
+
+    settings = load_settings(config, db=db)
+    return Database(settings.db, pool_size=2)
+
+
+def app_from_env() -> Any:
+    """uvicorn factory for ``--workers`` > 1: each worker builds the app from the env."""
+    from api.app import create_app
+
+    return create_app(Settings.model_validate_json(os.environ[SETTINGS_ENV]))
+
+
+@app.command()
+def serve(
+    config: ConfigFile = None,
+    db: DbUrl = None,
+    host: Annotated[str | None, typer.Option(help="Address to listen on [127.0.0.1].")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on [8080].")] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes [1].")] = None,
+    open_reads: Annotated[
+        bool | None,
+        typer.Option("--open-reads/--closed-reads", help="Serve reads without a token [closed]."),
+    ] = None,
+    stale_after: Annotated[
+        float | None, typer.Option(help="Seconds before a silent node counts as stale [120].")
+    ] = None,
+    cache_root: Annotated[
+        str | None, typer.Option(help="The cache daemons' cache dir [/var/lib/modelcar].")
+    ] = None,
+    access_log: Annotated[bool, typer.Option(help="Log every request.")] = True,
+) -> None:
+    """Serve the API (OpenAPI docs at /docs). Refuses an un-migrated database."""
+    import uvicorn
+
+    from api.app import create_app
+    from api.db.engine import Database, redact
+
+    settings = load_settings(
+        config,
+        db=db,
+        host=host,
+        port=port,
+        workers=workers,
+        open_reads=open_reads,
+        stale_after=stale_after,
+        cache_root=cache_root,
+    )
+    database = Database(settings.db, pool_size=settings.pool_size)
+    database.check_migrated()
+    typer.echo(
+        f"modelcar-api: serving on http://{settings.host}:{settings.port} "
+        f"(database {redact(settings.db)}, reads {'open' if settings.open_reads else 'closed'})",
+        err=True,
+    )
+    common: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level,
+        "access_log": access_log,
+        "server_header": False,
+    }
+    if settings.workers > 1:
+        database.dispose()
+        os.environ[SETTINGS_ENV] = settings.model_dump_json()
+        uvicorn.run("api.cli:app_from_env", factory=True, workers=settings.workers, **common)
+    else:
+        uvicorn.run(create_app(settings, database), **common)
+
+
+@db_app.command("upgrade")
+def db_upgrade(config: ConfigFile = None, db: DbUrl = None) -> None:
+    """Create or migrate the database schema to this release's revision."""
+    from api.db.engine import redact
+
+    database = _database(config, db)
+    before, after = database.upgrade()
+    if before == after:
+        typer.echo(f"{redact(database.url)}: already at {after}", err=True)
+    else:
+        typer.echo(f"{redact(database.url)}: upgraded {before or 'empty'} -> {after}", err=True)
+
+
+@db_app.command("current")
+def db_current(config: ConfigFile = None, db: DbUrl = None) -> None:
+    """Print the schema revision of the database and of this release."""
+    database = _database(config, db)
+    typer.echo(f"database: {database.current() or 'empty'}\nrelease:  {database.head()}")
+
+
+@token_app.command("create")
+def token_create(
+    role: Annotated[str, typer.Option(help=f"One of: {', '.join(ROLES)}.")],
+    name: Annotated[str, typer.Option(help="Who holds it (for role node: the node name).")],
+    node: Annotated[
+        str | None, typer.Option(help="For role node, the node if not the same as --name.")
+    ] = None,
+    config: ConfigFile = None,
+    db: DbUrl = None,
+) -> None:
+    """Create a token and print it (only it, once) on stdout."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from api.tokens import create_token
+
+    fields = {"name": name, "role": role}
+    if role == "node":
+        fields["node"] = node or name
+    elif node:
+        raise UsageError("--node is for node tokens only", hint="drop --node or use --role node")
+    try:
+        body = TypeAdapter(TokenCreate).validate_python(fields)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = next((p for p in reversed(err["loc"]) if p in ("name", "role", "node")), "role")
+        raise UsageError(
+            f"invalid --{where}: {err['msg']}",
+            hint=f"roles: {', '.join(ROLES)}; a node token's --node (default --name) is the "
+            "Kubernetes node name",
+        ) from None
+    database = _database(config, db)
+    database.check_migrated()
+    with database.writing() as s:
+        _, secret = create_token(s, body)
+    typer.echo(secret)
+
+
+@token_app.command("list")
+def token_list(config: ConfigFile = None, db: DbUrl = None) -> None:
+    """List tokens as JSON lines (never the secrets)."""
+    from api.tokens import list_tokens, token_out
+
+    database = _database(config, db)
+    database.check_migrated()
+    with database.reading() as s:
+        for t in list_tokens(s):
+            typer.echo(json.dumps(token_out(t).model_dump(mode="json")))
+
+
+@token_app.command("revoke")
+def token_revoke(
+    token_id: Annotated[int, typer.Argument(metavar="ID", help="The id from `token list`.")],
+    config: ConfigFile = None,
+    db: DbUrl = None,
+) -> None:
+    """Revoke a token; running servers refuse it within 5 seconds."""
+    from api.tokens import revoke_token
+
+    database = _database(config, db)
+    database.check_migrated()
+    with database.writing() as s:
+        t = revoke_token(s, token_id)
+    typer.echo(f"revoked token {t.id} ({t.name}, {t.role})", err=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_cli(app, "modelcar-api", argv)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

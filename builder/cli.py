@@ -6,15 +6,19 @@ exit; the last line on stdout of ``build`` is always the pinned reference.
 
 from __future__ import annotations
 
-import re
-import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from modelcar.apiclient import API_ENV, TOKEN_ENV, ApiClient
+from modelcar.cliutil import parse_size, run_cli
 from modelcar.errors import ModelcarError, UsageError
 from modelcar.reference import parse_ref
 from modelcar.store import StoreOptions
+
+if TYPE_CHECKING:
+    from builder.build import BuildRecord
+    from builder.progress import Progress
 
 app = typer.Typer(
     name="modelcar",
@@ -28,36 +32,6 @@ base_app = typer.Typer(
     help="The minimal busybox base image under model layers.", no_args_is_help=True
 )
 app.add_typer(base_app, name="base")
-
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.I)
-_UNITS = {
-    "": 1,
-    "B": 1,
-    "K": 1000,
-    "KB": 1000,
-    "KI": 1024,
-    "KIB": 1024,
-    "M": 10**6,
-    "MB": 10**6,
-    "MI": 1 << 20,
-    "MIB": 1 << 20,
-    "G": 10**9,
-    "GB": 10**9,
-    "GI": 1 << 30,
-    "GIB": 1 << 30,
-    "T": 10**12,
-    "TB": 10**12,
-    "TI": 1 << 40,
-    "TIB": 1 << 40,
-}
-
-
-def parse_size(text: str) -> int:
-    m = _SIZE_RE.match(text)
-    if not m:
-        raise UsageError("invalid size", subject=text, hint="use e.g. 64MiB, 52000MiB, 2GiB")
-    return int(float(m.group(1)) * _UNITS[(m.group(2) or "").upper()])
-
 
 PlainHttp = Annotated[
     bool,
@@ -80,6 +54,18 @@ DockerConfig = Annotated[
         "--docker-config",
         envvar="DOCKER_CONFIG",
         help="docker config.json (or its dir) with registry credentials.",
+    ),
+]
+
+
+Api = Annotated[
+    str | None,
+    typer.Option("--api", envvar=API_ENV, help="modelcar API URL, e.g. http://modelcar-api:8080."),
+]
+Token = Annotated[
+    str | None,
+    typer.Option(
+        "--token", envvar=TOKEN_ENV, help="API bearer token (better set in the environment)."
     ),
 ]
 
@@ -157,10 +143,17 @@ def build(
             "(default: file:<dirname>)."
         ),
     ] = None,
-    api: Annotated[
+    api: Api = None,
+    token: Token = None,
+    model: Annotated[
         str | None,
-        typer.Option(envvar="MODELCAR_API", help="modelcar API to register the version with."),
+        typer.Option(help="Model name to register under (default: the repository's last part)."),
     ] = None,
+    alias: Annotated[
+        str | None,
+        typer.Option(help="With --api: point this alias (e.g. prod) at the new version."),
+    ] = None,
+    reason: Annotated[str, typer.Option(help="With --alias: why, kept in its history.")] = "",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
     plain_http: PlainHttp = False,
     insecure: Insecure = False,
@@ -176,6 +169,7 @@ def build(
     """
     from builder.build import Builder, BuildOptions
     from builder.progress import Progress
+    from builder.register import check_names, default_model_name
     from builder.sources.base import Selection
     from builder.sources.local import LocalSource
 
@@ -186,6 +180,11 @@ def build(
             subject=target,
             hint="give a tag or none; the digest is printed",
         )
+    if (model or alias) and not api:
+        raise UsageError("--model and --alias need --api URL (or MODELCAR_API)")
+    model_name = model or (default_model_name(target_ref) if api else "")
+    if api:
+        check_names(model_name, alias)
     layer_limit = parse_size(max_layer_size) if max_layer_size else None
     if layer_limit is None and ".dkr.ecr." in str(target_ref):
         layer_limit = 52000 << 20  # ECR private caps a layer at 52,000 MiB
@@ -207,8 +206,6 @@ def build(
         record = Builder(src, target_ref, options, progress).run()
     finally:
         progress.close()
-    if api:
-        progress.log("--api: registration arrives with the API; nothing was registered")
     if not quiet:
         mib = 1 << 20
         progress.log(
@@ -218,7 +215,35 @@ def build(
         )
     if json_out:
         typer.echo(record.model_dump_json())
+    if api:
+        _register(api, token, record, model_name, alias, reason, progress)
     typer.echo(record.reference)
+
+
+def _register(
+    api: str,
+    token: str | None,
+    record: BuildRecord,
+    model: str,
+    alias: str | None,
+    reason: str,
+    progress: Progress,
+) -> None:
+    from builder.register import register
+
+    try:
+        with ApiClient(api, token) as client:
+            version, created = register(client, record, model, alias, reason)
+    except ModelcarError as e:
+        # The image is built and pushed: say so, then fail with the API's reason.
+        typer.echo(record.reference)
+        e.hint = (e.hint + "; " if e.hint else "") + (
+            "the image is pushed; run the same build again to register it (nothing is re-sent)"
+        )
+        raise
+    what = "registered" if created else "already registered as"
+    moved = f", {alias} -> {version.version}" if alias else ""
+    progress.log(f"{what} {model}:{version.version}{moved}")
 
 
 @base_app.command("create")
@@ -296,23 +321,64 @@ def verify(
     typer.echo(f"ok: {n_layers} layers and {n_files} files verified")
 
 
-def run_cli(application: typer.Typer, prog: str, argv: list[str] | None = None) -> None:
-    """Run a typer app; expected failures become one line on stderr and a non-zero exit.
+@app.command()
+def resolve(
+    ref: Annotated[
+        str, typer.Argument(metavar="REF", help="NAME@ALIAS, NAME:VERSION or NAME@sha256:HEX.")
+    ],
+    api: Api = None,
+    token: Token = None,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print the answer as one JSON line first.")
+    ] = False,
+    kserve: Annotated[
+        bool, typer.Option("--kserve", help="Print a KServe InferenceService (JSON) instead.")
+    ] = False,
+    mode: Annotated[
+        str | None,
+        typer.Option(help="Mount for the pod spec: oci (the image) or hostpath (the node cache)."),
+    ] = None,
+) -> None:
+    """Ask the API which image a model reference means; print the pinned image last."""
+    import json
 
-    Usage errors are typer's own (standalone mode, exit 2).
-    """
-    try:
-        application(args=argv, prog_name=prog)
-    except ModelcarError as e:
-        print(f"{prog}: error: {e.one_line()}", file=sys.stderr)
-        sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        sys.exit(130)
-    except OSError as e:
-        where = f": {e.filename}" if e.filename else ""
-        print(f"{prog}: error: {e.strerror or e}{where}", file=sys.stderr)
-        sys.exit(1)
+    from modelcar.modelref import parse_model_ref
+
+    parse_model_ref(ref)
+    if mode not in (None, "oci", "hostpath"):
+        raise UsageError("invalid --mode", subject=mode, hint="use oci or hostpath")
+    with ApiClient(api, token) as client:
+        if kserve:
+            typer.echo(json.dumps(client.resolve_kserve(ref, mode=mode), indent=2))
+            return
+        answer = client.resolve(ref, mode=mode)
+    if json_out:
+        typer.echo(answer.model_dump_json())
+    else:
+        ready = ", ".join(answer.nodes_ready) or "none yet"
+        typer.echo(f"{answer.name}:{answer.version} ready on: {ready}", err=True)
+    typer.echo(answer.image)
+
+
+@app.command("alias")
+def alias_cmd(
+    ref: Annotated[str, typer.Argument(metavar="NAME@ALIAS", help="The alias to move.")],
+    version: Annotated[int, typer.Argument(metavar="VERSION", min=1, help="Version to point at.")],
+    reason: Annotated[str, typer.Option(help="Why (kept in the alias's history).")] = "",
+    api: Api = None,
+    token: Token = None,
+) -> None:
+    """Point an alias at a version (a rollback is a move back); print the pinned image."""
+    from modelcar.modelref import parse_model_ref
+
+    parsed = parse_model_ref(ref)
+    if not parsed.alias:
+        raise UsageError("give the alias as NAME@ALIAS", subject=ref)
+    with ApiClient(api, token) as client:
+        moved = client.move_alias(parsed.name, parsed.alias, version, reason)
+        answer = client.resolve(ref)
+    typer.echo(f"{ref} -> {parsed.name}:{moved.version}", err=True)
+    typer.echo(answer.image)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -13,6 +13,10 @@ class ModelcarError(Exception):
 
     exit_code = 1
     default_hint = ""
+    #: The HTTP status the API answers with when it raises this error.
+    http_status = 400
+    #: A stable machine-readable name for the API's JSON error body.
+    code = "error"
 
     def __init__(self, message: str, *, subject: str | None = None, hint: str | None = None):
         super().__init__(message)
@@ -37,6 +41,8 @@ class ModelcarError(Exception):
 
 class UsageError(ModelcarError):
     exit_code = 2
+    http_status = 422
+    code = "invalid"
 
 
 class InvalidReference(UsageError):
@@ -133,3 +139,66 @@ class TransientRegistryError(RegistryError):
 
 class DiskFull(ModelcarError):
     default_hint = "free disk space or lower the cache budget"
+
+
+# --- the API and its clients -----------------------------------------------
+#
+# The API raises these; its error handler answers ``{"error": {code, message,
+# subject, hint}}`` with ``http_status``, and the client turns such an answer
+# back into the same class, so a CLI prints the server's own sentence.
+
+
+class ApiError(ModelcarError):
+    pass
+
+
+class Unauthorized(ApiError):
+    http_status = 401
+    code = "unauthorized"
+    default_hint = "send Authorization: Bearer TOKEN; the CLIs read MODELCAR_API_TOKEN"
+
+
+class Forbidden(ApiError):
+    http_status = 403
+    code = "forbidden"
+    default_hint = "the token's role does not allow this; ask an admin for one that does"
+
+
+class Missing(ApiError):
+    """A model, version, alias, node, policy or token the catalog does not hold."""
+
+    http_status = 404
+    code = "not_found"
+
+
+class Conflict(ApiError):
+    http_status = 409
+    code = "conflict"
+
+
+class InvalidRequest(UsageError):
+    code = "invalid"
+
+
+class ApiUnavailable(ApiError):
+    http_status = 503
+    code = "unavailable"
+    default_hint = "check the API address and that the API and its database run"
+
+
+class DatabaseNotReady(ApiError):
+    """The database is unreachable or its schema is not at the code's revision."""
+
+    http_status = 503
+    code = "database"
+
+
+API_ERRORS: dict[int, type[ApiError] | type[UsageError]] = {
+    400: InvalidRequest,
+    401: Unauthorized,
+    403: Forbidden,
+    404: Missing,
+    409: Conflict,
+    422: InvalidRequest,
+    503: ApiUnavailable,
+}

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from base64 import b64encode
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from api.settings import Settings
 from modelcar.localregistry import LocalRegistry
+from tests.fixtures.apiserver import ApiServer
 from tests.fixtures.models import make_sharded_model, minilm_dir
+from tests.fixtures.postgres import PostgresServer
 from tests.fixtures.tls import make_cert, make_htpasswd
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,6 +74,46 @@ def auth_registry(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def postgres():
+    # Not under pytest's 0700 temp root: the cluster runs as an unprivileged user.
+    root = Path(tempfile.mkdtemp(prefix="modelcar-pg-"))
+    root.chmod(0o755)
+    try:
+        with PostgresServer(root / "pg") as pg:
+            yield pg
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request, tmp_path):
+    """A fresh, empty database: a SQLite file or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/catalog.db"
+    return request.getfixturevalue("postgres").create_database()
+
+
+@pytest.fixture
+def make_api(db_url):
+    """Start an API server on the test's database with the given settings."""
+    servers: list[ApiServer] = []
+
+    def start(**settings) -> ApiServer:
+        server = ApiServer(Settings(db=db_url, **settings)).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def api(make_api) -> ApiServer:
+    return make_api()
+
+
+@pytest.fixture(scope="session")
 def minilm():
     return minilm_dir()
 
@@ -96,6 +141,7 @@ def run_cli(
     check: bool = True,
     honour_permissions: bool = False,
     timeout: float = 300,
+    module: str = "builder.cli",
 ) -> Result:
     """Run ``modelcar`` as a user would: a subprocess, its exit code, stdout and stderr.
 
@@ -107,7 +153,7 @@ def run_cli(
     if honour_permissions and os.geteuid() == 0:
         prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
     proc = subprocess.run(
-        [*prefix, sys.executable, "-m", "builder.cli", *args],
+        [*prefix, sys.executable, "-m", module, *args],
         capture_output=True,
         text=True,
         env=full_env,
@@ -118,9 +164,14 @@ def run_cli(
     result = Result(proc.returncode, proc.stdout, proc.stderr)
     if check and proc.returncode != 0:
         raise AssertionError(
-            f"modelcar {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}"
+            f"{module} {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}"
         )
     return result
+
+
+def run_api_cli(*args: str, **kwargs) -> Result:
+    """Run ``modelcar-api``."""
+    return run_cli(*args, module="api.cli", **kwargs)
 
 
 def assert_one_line_error(result: Result, *needles: str) -> None:

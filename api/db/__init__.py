@@ -1,0 +1,1 @@
+"""The API's database: tables, engine set-up and migrations."""

@@ -1,0 +1,179 @@
+"""The catalog's tables (SQLAlchemy 2). Migrations in ``migrations/`` create them.
+
+Every write to a model's versions or aliases first locks the model's row, so
+version numbers come out gap-free and alias history in order under concurrency.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC on the way out, on SQLite (which stores naive text) too."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        datetime: UTCDateTime,
+        dict[str, Any]: JSON,
+        int: Integer,
+    }
+
+
+class Model(Base):
+    __tablename__ = "models"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    owner: Mapped[str] = mapped_column(String(256), default="")
+    created: Mapped[datetime] = mapped_column(default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(128), default="")
+    #: The highest version number ever assigned; numbers are never reused.
+    last_version: Mapped[int] = mapped_column(default=0)
+
+    versions: Mapped[list[Version]] = relationship(
+        back_populates="model", order_by="Version.number", cascade="all, delete-orphan"
+    )
+    aliases: Mapped[list[Alias]] = relationship(
+        back_populates="model", order_by="Alias.name", cascade="all, delete-orphan"
+    )
+
+
+class Version(Base):
+    __tablename__ = "versions"
+    __table_args__ = (
+        UniqueConstraint("model_id", "number", name="uq_versions_model_number"),
+        UniqueConstraint("model_id", "digest", name="uq_versions_model_digest"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), index=True)
+    number: Mapped[int]
+    digest: Mapped[str] = mapped_column(String(71), index=True)
+    repository: Mapped[str] = mapped_column(String(512))
+    source_uri: Mapped[str] = mapped_column(String(2048), default="")
+    size: Mapped[int] = mapped_column(BigInteger, default=0)
+    file_count: Mapped[int] = mapped_column(BigInteger, default=0)
+    index_digest: Mapped[str | None] = mapped_column(String(71))
+    build: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created: Mapped[datetime] = mapped_column(default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(128), default="")
+
+    model: Mapped[Model] = relationship(back_populates="versions")
+
+
+class Alias(Base):
+    __tablename__ = "aliases"
+    __table_args__ = (UniqueConstraint("model_id", "name", name="uq_aliases_model_name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(63))
+    # RESTRICT: a version an alias points at cannot be deleted.
+    version_id: Mapped[int] = mapped_column(ForeignKey("versions.id", ondelete="RESTRICT"))
+    updated: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_by: Mapped[str] = mapped_column(String(128), default="")
+
+    model: Mapped[Model] = relationship(back_populates="aliases")
+    version: Mapped[Version] = relationship()
+
+
+class AliasEvent(Base):
+    """One move of an alias; ``from_number``/``to_number`` are null at creation/deletion."""
+
+    __tablename__ = "alias_events"
+    __table_args__ = (Index("ix_alias_events_model_alias", "model_id", "alias", "id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    alias: Mapped[str] = mapped_column(String(63))
+    from_number: Mapped[int | None]
+    to_number: Mapped[int | None]
+    actor: Mapped[str] = mapped_column(String(128))
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    reason: Mapped[str] = mapped_column(Text, default="")
+
+
+class Policy(Base):
+    __tablename__ = "policies"
+
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    models: Mapped[list[str]] = mapped_column(JSON, default=list)
+    node_selector: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    description: Mapped[str] = mapped_column(Text, default="")
+    updated: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_by: Mapped[str] = mapped_column(String(128), default="")
+
+
+class Node(Base):
+    __tablename__ = "nodes"
+
+    name: Mapped[str] = mapped_column(String(253), primary_key=True)
+    labels: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    cache_root: Mapped[str | None] = mapped_column(String(1024))
+    disk: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    last_seen: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+    models: Mapped[list[NodeModel]] = relationship(
+        order_by="NodeModel.digest", cascade="all, delete-orphan"
+    )
+
+
+class NodeModel(Base):
+    __tablename__ = "node_models"
+
+    node_name: Mapped[str] = mapped_column(
+        ForeignKey("nodes.name", ondelete="CASCADE"), primary_key=True
+    )
+    digest: Mapped[str] = mapped_column(String(71), primary_key=True, index=True)
+    state: Mapped[str] = mapped_column(String(16))
+    bytes_done: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes_total: Mapped[int] = mapped_column(BigInteger, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    updated: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Token(Base):
+    __tablename__ = "tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    role: Mapped[str] = mapped_column(String(16))
+    node: Mapped[str | None] = mapped_column(String(253))
+    #: sha256 of the secret; the secret itself is never stored.
+    secret_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created: Mapped[datetime] = mapped_column(default=utcnow)

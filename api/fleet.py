@@ -1,0 +1,204 @@
+"""Nodes, their status reports, cache policies and what each node should hold."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, selectinload
+
+from api import catalog
+from api.db.tables import Model, Node, NodeModel, Policy, utcnow
+from modelcar import apimodels as wire
+from modelcar.errors import Conflict, InvalidRequest, Missing, ModelcarError
+from modelcar.modelref import parse_model_ref
+
+
+def check_node(name: str) -> str:
+    if len(name) > 253 or not wire.NODE_NAME_RE.match(name):
+        raise InvalidRequest(
+            "invalid node name", subject=name[:100], hint="a Kubernetes node name (DNS subdomain)"
+        )
+    return name
+
+
+def fresh_since(stale_after: float) -> datetime:
+    return utcnow() - timedelta(seconds=stale_after)
+
+
+def nodes_ready(s: Session, digest: str, stale_after: float) -> list[str]:
+    """Nodes that hold ``digest`` ready and reported within ``stale_after`` seconds."""
+    return list(
+        s.scalars(
+            select(NodeModel.node_name)
+            .join(Node)
+            .where(
+                NodeModel.digest == digest,
+                NodeModel.state == "ready",
+                Node.last_seen >= fresh_since(stale_after),
+            )
+            .order_by(NodeModel.node_name)
+        ).all()
+    )
+
+
+def put_status(s: Session, name: str, body: wire.NodeStatusPut) -> Node:
+    """Replace the node's report with this one."""
+    check_node(name)
+    node = s.get(Node, name, with_for_update=True)
+    now = utcnow()
+    if node is None:
+        node = Node(name=name, labels={})
+        s.add(node)
+    node.labels = dict(body.labels) or node.labels
+    node.cache_root = body.cache_root or node.cache_root
+    node.disk = body.disk.model_dump() if body.disk else node.disk
+    node.last_seen = now
+    reported = {m.digest: m for m in body.models}  # the last entry of a digest wins
+    held = {m.digest: m for m in node.models}
+    for digest, row in held.items():
+        if digest not in reported:
+            node.models.remove(row)
+    for digest, m in sorted(reported.items()):
+        row = held.get(digest)
+        if row is None:
+            row = NodeModel(node_name=name, digest=digest, updated=now)
+            node.models.append(row)
+        elif (row.state, row.bytes_done, row.error) != (m.state, m.bytes_done, m.error):
+            row.updated = now
+        row.state, row.bytes_done, row.bytes_total, row.error = (
+            m.state,
+            m.bytes_done,
+            m.bytes_total,
+            m.error,
+        )
+    s.flush()
+    return node
+
+
+def get_node(s: Session, name: str) -> Node:
+    node = s.scalar(
+        select(Node).where(Node.name == check_node(name)).options(selectinload(Node.models))
+    )
+    if node is None:
+        raise Missing("unknown node", subject=name, hint="a node appears once its daemon reports")
+    return node
+
+
+def list_nodes(s: Session) -> list[Node]:
+    return list(s.scalars(select(Node).options(selectinload(Node.models)).order_by(Node.name)))
+
+
+def node_out(node: Node, stale_after: float, *, models: bool = True) -> wire.NodeOut:
+    stale = node.last_seen < fresh_since(stale_after)
+    return wire.NodeOut(
+        name=node.name,
+        labels=node.labels,
+        cache_root=node.cache_root,
+        last_seen=node.last_seen,
+        stale=stale,
+        disk=wire.DiskUsage.model_validate(node.disk) if node.disk else None,
+        ready=0 if stale else sum(m.state == "ready" for m in node.models),
+        models=[
+            wire.NodeModelOut(
+                digest=m.digest,
+                state=m.state,  # type: ignore[arg-type]
+                bytes_done=m.bytes_done,
+                bytes_total=m.bytes_total,
+                error=m.error,
+                updated=m.updated,
+            )
+            for m in node.models
+        ]
+        if models
+        else [],
+    )
+
+
+# --- policies ----------------------------------------------------------------
+
+
+def check_policy_name(name: str) -> str:
+    return catalog.check_name(name)
+
+
+def put_policy(s: Session, name: str, body: wire.PolicyPut, actor: str) -> Policy:
+    check_policy_name(name)
+    names = {parse_model_ref(ref).name for ref in body.models}
+    known = set(s.scalars(select(Model.name).where(Model.name.in_(names))).all())
+    if unknown := sorted(names - known):
+        raise Conflict(
+            f"unknown model{'s' if len(unknown) > 1 else ''} in policy: {', '.join(unknown)}",
+            subject=name,
+            hint="register a version of each model before assigning it",
+        )
+    policy = s.get(Policy, name, with_for_update=True)
+    if policy is None:
+        policy = Policy(name=name)
+        s.add(policy)
+    policy.models = list(dict.fromkeys(body.models))
+    policy.node_selector = dict(body.node_selector)
+    policy.description = body.description
+    policy.updated, policy.updated_by = utcnow(), actor
+    s.flush()
+    return policy
+
+
+def get_policy(s: Session, name: str) -> Policy:
+    policy = s.get(Policy, check_policy_name(name))
+    if policy is None:
+        raise Missing("unknown policy", subject=name, hint="list policies with GET /v1/policies")
+    return policy
+
+
+def policy_out(p: Policy) -> wire.PolicyOut:
+    return wire.PolicyOut(
+        name=p.name,
+        models=p.models,
+        node_selector=p.node_selector,
+        description=p.description,
+        updated=p.updated,
+        updated_by=p.updated_by,
+    )
+
+
+def assignments(s: Session, node: str, labels: dict[str, str] | None) -> wire.Assignments:
+    """What ``node`` should hold: every policy whose selector its labels match.
+
+    Aliases are resolved now, so moving ``prod`` re-targets every node at its
+    next poll. Without ``labels``, the labels of the node's last report count.
+    """
+    check_node(node)
+    if labels is None:
+        row = s.get(Node, node)
+        labels = dict(row.labels) if row else {}
+    chosen: dict[str, wire.Assignment] = {}
+    unresolved: list[wire.Unresolved] = []
+    for policy in s.scalars(select(Policy).order_by(Policy.name)):
+        if any(labels.get(k) != v for k, v in policy.node_selector.items()):
+            continue
+        for text in policy.models:
+            try:
+                version = catalog.find(s, parse_model_ref(text))
+            except ModelcarError as e:
+                unresolved.append(wire.Unresolved(policy=policy.name, ref=text, error=e.one_line()))
+                continue
+            entry = chosen.get(version.digest)
+            if entry is None:
+                entry = chosen[version.digest] = wire.Assignment(
+                    digest=version.digest,
+                    image=f"{version.repository}@{version.digest}",
+                    repository=version.repository,
+                    name=version.model.name,
+                    version=version.number,
+                    size=version.size,
+                    refs=[],
+                    policies=[],
+                )
+            if text not in entry.refs:
+                entry.refs.append(text)
+            if policy.name not in entry.policies:
+                entry.policies.append(policy.name)
+    return wire.Assignments(
+        node=node, labels=labels, models=list(chosen.values()), unresolved=unresolved
+    )

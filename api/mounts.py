@@ -1,0 +1,119 @@
+"""Turn a resolved version into what a pod needs: pinned image, storageUri, hostPath,
+a pod-spec snippet, and a KServe InferenceService.
+
+Two mounts:
+
+- ``oci``: the image itself. The pod spec uses a Kubernetes image volume
+  (``subPath: models``, so the files sit at /mnt/models); KServe users put
+  ``storage_uri`` (``oci://…``) in ``storageUri`` instead. Nodes where the
+  daemon holds the model are *preferred*: the image is warm there.
+- ``hostpath``: the daemon's verified copy, mounted read-only. The directory
+  exists only where the model is ready, so the node affinity is *required*.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from api.db.tables import Version
+from modelcar import apimodels as wire
+from modelcar.errors import Conflict
+from modelcar.nodecache import LABEL_READY, MOUNT_PATH, host_path, node_label_key
+from modelcar.reference import parse_ref
+
+VOLUME = "modelcar-models"
+KSERVE_API = "serving.kserve.io/v1beta1"
+
+
+def is_registry(repository: str) -> bool:
+    return parse_ref(repository).transport == "registry"
+
+
+def resolve_answer(
+    version: Version,
+    *,
+    alias: str | None,
+    nodes: list[str],
+    cache_root: str,
+    mode: wire.MountMode | None,
+) -> wire.ResolveAnswer:
+    image = f"{version.repository}@{version.digest}"
+    registry = is_registry(version.repository)
+    mode = mode or ("oci" if registry else "hostpath")
+    if mode == "oci" and not registry:
+        raise Conflict(
+            "this version's image is in an oci: layout, which pods cannot pull",
+            subject=image,
+            hint="use mode=hostpath, or push the image to a registry",
+        )
+    path = host_path(cache_root, version.digest)
+    return wire.ResolveAnswer(
+        name=version.model.name,
+        version=version.number,
+        alias=alias,
+        digest=version.digest,
+        repository=version.repository,
+        image=image,
+        storage_uri=f"oci://{image}" if registry else None,
+        host_path=path,
+        node_label=node_label_key(version.digest),
+        nodes_ready=nodes,
+        size=version.size,
+        file_count=version.file_count,
+        mode=mode,
+        pod_spec=pod_spec(image, path, node_label_key(version.digest), mode),
+    )
+
+
+def _affinity(label: str, *, required: bool) -> dict[str, Any]:
+    term = {"matchExpressions": [{"key": label, "operator": "In", "values": [LABEL_READY]}]}
+    if required:
+        rule = {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}}
+    else:
+        rule = {
+            "preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 100, "preference": term}]
+        }
+    return {"nodeAffinity": rule}
+
+
+def pod_spec(image: str, path: str, label: str, mode: wire.MountMode) -> dict[str, Any]:
+    mount: dict[str, Any] = {"name": VOLUME, "mountPath": MOUNT_PATH, "readOnly": True}
+    if mode == "oci":
+        volume = {"name": VOLUME, "image": {"reference": image, "pullPolicy": "IfNotPresent"}}
+        mount["subPath"] = "models"
+    else:
+        volume = {"name": VOLUME, "hostPath": {"path": path, "type": "Directory"}}
+    return {
+        "volumes": [volume],
+        "volumeMounts": [mount],
+        "affinity": _affinity(label, required=mode == "hostpath"),
+    }
+
+
+def inference_service(
+    answer: wire.ResolveAnswer, *, model_format: str, name: str | None = None
+) -> dict[str, Any]:
+    """A KServe v1beta1 InferenceService serving the resolved version."""
+    isvc_name = name or (answer.name if answer.name[0].isalpha() else f"m-{answer.name}")
+    model: dict[str, Any] = {"modelFormat": {"name": model_format}}
+    predictor: dict[str, Any] = {"model": model}
+    if answer.mode == "oci":
+        model["storageUri"] = answer.storage_uri
+        predictor["affinity"] = answer.pod_spec["affinity"]
+    else:
+        model["args"] = [f"--model_dir={MOUNT_PATH}"]
+        model["volumeMounts"] = answer.pod_spec["volumeMounts"]
+        predictor["volumes"] = answer.pod_spec["volumes"]
+        predictor["affinity"] = answer.pod_spec["affinity"]
+    return {
+        "apiVersion": KSERVE_API,
+        "kind": "InferenceService",
+        "metadata": {
+            "name": isvc_name[:63],
+            "annotations": {
+                "modelcar.dev/model": f"{answer.name}:{answer.version}",
+                "modelcar.dev/digest": answer.digest,
+            },
+        },
+        "spec": {"predictor": predictor},
+    }

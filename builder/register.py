@@ -1,0 +1,53 @@
+"""Record a built image in the modelcar API as a model version, optionally moving an alias."""
+
+from __future__ import annotations
+
+from builder.build import BuildRecord
+from modelcar.apiclient import ApiClient
+from modelcar.apimodels import VersionCreate, VersionOut
+from modelcar.errors import UsageError
+from modelcar.modelref import valid_alias, valid_model_name
+from modelcar.reference import Ref
+
+
+def default_model_name(target: Ref) -> str:
+    """The last path part of the target repository (or layout dir), if it is a valid name."""
+    name = str(target.name).rstrip("/").rsplit("/", 1)[-1].removeprefix("oci:").lower()
+    if not valid_model_name(name):
+        raise UsageError(
+            "cannot derive a model name from the target",
+            subject=str(target),
+            hint="pass --model NAME (lowercase letters, digits, '-')",
+        )
+    return name
+
+
+def check_names(model: str, alias: str | None) -> None:
+    """Fail before building, not after, on a name the API would refuse."""
+    if not valid_model_name(model):
+        raise UsageError(
+            "invalid --model", subject=model, hint="a DNS label: lowercase letters, digits, '-'"
+        )
+    if alias is not None and not valid_alias(alias):
+        raise UsageError(
+            "invalid --alias", subject=alias, hint="a letter, then lowercase letters, digits, '-'"
+        )
+
+
+def register(
+    client: ApiClient, record: BuildRecord, model: str, alias: str | None, reason: str
+) -> tuple[VersionOut, bool]:
+    repository = record.reference.rsplit("@", 1)[0]
+    body = VersionCreate(
+        digest=record.digest,
+        repository=repository,
+        source_uri=record.source,
+        size=record.size,
+        file_count=record.files,
+        index_digest=record.index_digest,
+        build=record.model_dump(mode="json"),
+    )
+    version, created = client.register_version(model, body)
+    if alias:
+        client.move_alias(model, alias, version.version, reason or f"build {record.digest[:19]}")
+    return version, created

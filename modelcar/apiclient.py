@@ -1,0 +1,152 @@
+"""A small client of ``modelcar-api`` for the builder, the cache daemon and scripts.
+
+Error answers become the same :mod:`modelcar.errors` class the server raised,
+with the server's message, so a CLI prints one clear line.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import httpx
+from pydantic import BaseModel, TypeAdapter, ValidationError
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from modelcar import apimodels as wire
+from modelcar.errors import API_ERRORS, ApiError, ApiUnavailable, InvalidRequest, UsageError
+
+API_ENV = "MODELCAR_API"
+TOKEN_ENV = "MODELCAR_API_TOKEN"
+M = TypeVar("M", bound=BaseModel)
+
+
+class ApiClient:
+    """``ApiClient(url, token)``; both default to ``$MODELCAR_API`` / ``$MODELCAR_API_TOKEN``."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        token: str | None = None,
+        *,
+        timeout: float = 30.0,
+        attempts: int = 4,
+        verify: bool | str = True,
+    ):
+        url = url or os.environ.get(API_ENV)
+        if not url:
+            raise UsageError("no modelcar API address", hint=f"pass --api URL or set {API_ENV}")
+        if not url.startswith(("http://", "https://")):
+            url = "http://" + url
+        self.url = url.rstrip("/")
+        token = token if token is not None else os.environ.get(TOKEN_ENV)
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.attempts = attempts
+        self._http = httpx.Client(
+            base_url=self.url, headers=headers, timeout=timeout, verify=verify
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> ApiClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- transport -------------------------------------------------------------
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """Send, retrying only when the API is unreachable or answers 503."""
+        for attempt in Retrying(
+            retry=retry_if_exception_type(ApiUnavailable),
+            stop=stop_after_attempt(self.attempts),
+            wait=wait_exponential(multiplier=0.25, max=4),
+            reraise=True,
+        ):
+            with attempt:
+                return self._once(method, path, **kwargs)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _once(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as e:
+            raise ApiUnavailable(
+                f"cannot reach the modelcar API ({type(e).__name__})", subject=self.url
+            ) from None
+        if response.status_code >= 400:
+            raise _error_of(response)
+        return response
+
+    def _get(self, path: str, model: type[M], **kwargs: Any) -> M:
+        return _parse(model, self.request("GET", path, **kwargs))
+
+    # --- catalog ---------------------------------------------------------------
+
+    def register_version(self, name: str, body: wire.VersionCreate) -> tuple[wire.VersionOut, bool]:
+        """Register a version; ``created`` is False when the digest was already there."""
+        r = self.request(
+            "POST", f"/v1/models/{_q(name)}/versions", json=body.model_dump(mode="json")
+        )
+        return _parse(wire.VersionOut, r), r.status_code == 201
+
+    def move_alias(self, name: str, alias: str, version: int, reason: str = "") -> wire.AliasOut:
+        body = wire.AliasMove(version=version, reason=reason).model_dump()
+        r = self.request("PUT", f"/v1/models/{_q(name)}/aliases/{_q(alias)}", json=body)
+        return _parse(wire.AliasOut, r)
+
+    def model(self, name: str) -> wire.ModelDetail:
+        return self._get(f"/v1/models/{_q(name)}", wire.ModelDetail)
+
+    def resolve(self, ref: str, *, mode: str | None = None) -> wire.ResolveAnswer:
+        params = {"mode": mode} if mode else {}
+        return self._get(f"/v1/resolve/{_q(ref)}", wire.ResolveAnswer, params=params)
+
+    def resolve_kserve(self, ref: str, *, mode: str | None = None) -> dict[str, Any]:
+        params = {"format": "kserve", **({"mode": mode} if mode else {})}
+        return self.request("GET", f"/v1/resolve/{_q(ref)}", params=params).json()
+
+    # --- nodes -----------------------------------------------------------------
+
+    def assignments(self, node: str, labels: dict[str, str] | None = None) -> wire.Assignments:
+        params = {}
+        if labels is not None:
+            params["labels"] = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+        return self._get(f"/v1/nodes/{_q(node)}/assignments", wire.Assignments, params=params)
+
+    def put_node_status(self, node: str, body: wire.NodeStatusPut) -> wire.NodeOut:
+        r = self.request("PUT", f"/v1/nodes/{_q(node)}/status", json=body.model_dump(mode="json"))
+        return _parse(wire.NodeOut, r)
+
+    def put_policy(self, name: str, body: wire.PolicyPut) -> wire.PolicyOut:
+        r = self.request("PUT", f"/v1/policies/{_q(name)}", json=body.model_dump(mode="json"))
+        return _parse(wire.PolicyOut, r)
+
+
+def _q(segment: str) -> str:
+    return quote(segment, safe="@:")
+
+
+def _parse(model: type[M], response: httpx.Response) -> M:
+    try:
+        return TypeAdapter(model).validate_json(response.content)
+    except ValidationError:
+        raise ApiError(
+            "the modelcar API answered something this client does not understand",
+            subject=str(response.request.url),
+            hint="check that client and API are the same release",
+        ) from None
+
+
+def _error_of(response: httpx.Response) -> Exception:
+    status = response.status_code
+    cls = API_ERRORS.get(status) or (ApiUnavailable if status >= 500 else InvalidRequest)
+    try:
+        detail = wire.ErrorBody.model_validate_json(response.content).error
+    except ValidationError:
+        return cls(f"the modelcar API answered HTTP {status}", subject=str(response.request.url))
+    hint = detail.hint if detail.hint is not None else None
+    return cls(detail.message, subject=detail.subject, hint=hint)

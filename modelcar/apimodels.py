@@ -1,0 +1,368 @@
+"""The API's wire contract: request and response bodies, shared by the API and its clients.
+
+The builder and the cache daemon speak to ``modelcar-api`` with these models,
+so a field renamed here is renamed on both sides at once.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    WithJsonSchema,
+)
+
+from modelcar.errors import InvalidReference
+from modelcar.modelref import ALIAS_RE, MODEL_NAME_RE
+from modelcar.reference import parse_ref
+
+Role = Literal["read", "publish", "admin", "node"]
+ROLES: tuple[Role, ...] = ("read", "publish", "admin", "node")
+ModelState = Literal["pending", "pulling", "ready", "failed", "evicted"]
+MountMode = Literal["oci", "hostpath"]
+
+DigestStr = Annotated[str, StringConstraints(pattern=r"^sha256:[a-f0-9]{64}$")]
+#: Free text: anything but NUL (which PostgreSQL text cannot hold).
+NO_NUL = r"^[^\x00]*$"
+Text = Annotated[str, StringConstraints(max_length=1024, pattern=NO_NUL)]
+
+
+def _json_integer(value: Any) -> Any:
+    """A JSON integer (``3`` or ``3.0``), never ``true`` or ``"3"``."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be a JSON integer")
+    return value
+
+
+#: JSON-safe (exact in a double): up to 8 PiB.
+Count = Annotated[int, Field(ge=0, le=2**53 - 1), BeforeValidator(_json_integer)]
+VersionNumber = Annotated[int, Field(ge=1, le=10**9), BeforeValidator(_json_integer)]
+
+# The patterns below are what the schema publishes; each is exact or a subset of
+# what the code accepts, so a request the schema allows is never refused as invalid.
+_DNS_LABEL = r"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?"
+_LABEL_NAME = r"[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+LABEL_KEY_PATTERN = rf"^(?:{_DNS_LABEL}(?:\.{_DNS_LABEL}){{0,2}}/)?{_LABEL_NAME}$"
+LABEL_VALUE_PATTERN = rf"^(?:{_LABEL_NAME})?$"
+LABELS_QUERY_PATTERN = (
+    rf"^(?:{LABEL_KEY_PATTERN[1:-1]}=(?:{_LABEL_NAME})?"
+    rf"(?:,{LABEL_KEY_PATTERN[1:-1]}=(?:{_LABEL_NAME})?)*)?$"
+)
+NODE_NAME_PATTERN = rf"^{_DNS_LABEL}(?:\.{_DNS_LABEL})*$"
+NODE_NAME_RE = re.compile(NODE_NAME_PATTERN)
+MODEL_NAME_PATTERN = MODEL_NAME_RE.pattern
+ALIAS_PATTERN = ALIAS_RE.pattern
+MODEL_REF_PATTERN = (
+    rf"^{MODEL_NAME_PATTERN[1:-1]}(?:@{ALIAS_PATTERN[1:-1]}|@sha256:[a-f0-9]{{64}}"
+    r"|:[1-9][0-9]{0,8})$"
+)
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_HOST = (
+    rf"(?:{_DNS_LABEL}(?:\.{_DNS_LABEL})+(?::[0-9]{{1,5}})?|{_DNS_LABEL}:[0-9]{{1,5}}|localhost)"
+)
+REPOSITORY_PATTERN = rf"^(?:oci:[^@:\s]+|{_HOST}/{_COMPONENT}(?:/{_COMPONENT})*)$"
+
+#: What each published pattern means, for error messages people can read.
+PATTERN_HELP = {
+    MODEL_REF_PATTERN: "a model reference: NAME@ALIAS, NAME:VERSION or NAME@sha256:HEX "
+    "(NAME: lowercase letters, digits, '-')",
+    MODEL_NAME_PATTERN: "a name: a DNS label of lowercase letters, digits and '-'",
+    ALIAS_PATTERN: "an alias: a letter, then lowercase letters, digits and '-'",
+    NODE_NAME_PATTERN: "a Kubernetes node name",
+    LABEL_KEY_PATTERN: "a Kubernetes label key",
+    LABEL_VALUE_PATTERN: "a Kubernetes label value",
+    LABELS_QUERY_PATTERN: "labels as k=v,k2=v2",
+    REPOSITORY_PATTERN: "a repository: HOST[:PORT]/PATH (no tag or digest) or oci:PATH",
+    r"^sha256:[a-f0-9]{64}$": "a digest: sha256: and 64 lowercase hex characters",
+    NO_NUL: "text without NUL characters",
+}
+
+
+LabelKey = Annotated[str, StringConstraints(max_length=255, pattern=LABEL_KEY_PATTERN)]
+LabelValue = Annotated[str, StringConstraints(max_length=63, pattern=LABEL_VALUE_PATTERN)]
+Labels = Annotated[
+    dict[LabelKey, LabelValue],
+    Field(max_length=64),
+    WithJsonSchema(
+        {
+            "type": "object",
+            "maxProperties": 64,
+            "propertyNames": {"pattern": LABEL_KEY_PATTERN, "maxLength": 255},
+            "additionalProperties": {
+                "type": "string",
+                "pattern": LABEL_VALUE_PATTERN,
+                "maxLength": 63,
+            },
+        }
+    ),
+]
+
+
+def _repository(value: str) -> str:
+    try:
+        ref = parse_ref(value)
+    except InvalidReference as e:
+        raise ValueError(e.one_line()) from None
+    if ref.tag or ref.digest:
+        raise ValueError("a repository has no tag or digest; the digest is a field of its own")
+    return ref.name
+
+
+ModelRefStr = Annotated[str, StringConstraints(max_length=200, pattern=MODEL_REF_PATTERN)]
+Repository = Annotated[
+    str,
+    StringConstraints(max_length=255, pattern=REPOSITORY_PATTERN),
+    AfterValidator(_repository),
+]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Response(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+# --- requests --------------------------------------------------------------
+
+
+class ModelUpdate(_Request):
+    """Create a model or change its description and owner."""
+
+    description: Text | None = None
+    owner: Annotated[str, StringConstraints(max_length=256, pattern=NO_NUL)] | None = None
+
+
+class VersionCreate(_Request):
+    """Register a built image as the model's next version (idempotent by digest)."""
+
+    digest: DigestStr
+    repository: Repository = Field(
+        description="Image repository without tag or digest, e.g. registry:5000/team/llama "
+        "or oci:/srv/layout"
+    )
+    source_uri: Annotated[str, StringConstraints(max_length=2048, pattern=NO_NUL)] = ""
+    size: Count = 0
+    file_count: Count = 0
+    index_digest: DigestStr | None = None
+    build: dict[str, Any] = Field(default_factory=dict, description="The builder's build record")
+    version: VersionNumber | None = Field(
+        None,
+        description="Expected version number: the next one, or an existing one "
+        "holding the same digest",
+    )
+
+
+class AliasMove(_Request):
+    version: VersionNumber
+    reason: Text = ""
+
+
+class PolicyPut(_Request):
+    """Which models nodes matching ``node_selector`` (all labels equal) keep warm."""
+
+    models: Annotated[list[ModelRefStr], Field(max_length=1000)]
+    node_selector: Labels = Field(default_factory=dict)
+    description: Text = ""
+
+
+class NodeModelStatus(_Request):
+    digest: DigestStr
+    state: ModelState
+    bytes_done: Count = 0
+    bytes_total: Count = 0
+    error: Annotated[str, StringConstraints(max_length=2048, pattern=NO_NUL)] | None = None
+
+
+class DiskUsage(_Request):
+    used_bytes: Count = 0
+    capacity_bytes: Count = 0
+    budget_bytes: Count | None = None
+
+
+class NodeStatusPut(_Request):
+    """A node's full report: every model it holds or works on replaces the last report."""
+
+    models: Annotated[list[NodeModelStatus], Field(max_length=10000)] = Field(default_factory=list)
+    disk: DiskUsage | None = None
+    labels: Labels = Field(default_factory=dict)
+    cache_root: Text | None = None
+
+
+TokenName = Annotated[
+    str, StringConstraints(min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$")
+]
+
+
+class UserTokenCreate(_Request):
+    name: TokenName
+    role: Literal["read", "publish", "admin"]
+
+
+class NodeTokenCreate(_Request):
+    name: TokenName
+    role: Literal["node"]
+    node: Annotated[str, StringConstraints(max_length=253, pattern=NODE_NAME_PATTERN)] = Field(
+        description="The node this token speaks for"
+    )
+
+
+TokenCreate = Annotated[UserTokenCreate | NodeTokenCreate, Field(discriminator="role")]
+
+
+# --- responses -------------------------------------------------------------
+
+
+class VersionOut(_Response):
+    model: str
+    version: int
+    digest: str
+    repository: str
+    image: str
+    source_uri: str
+    size: int
+    file_count: int
+    index_digest: str | None
+    build: dict[str, Any]
+    created: datetime
+    created_by: str
+    aliases: list[str] = Field(default_factory=list)
+    nodes_ready: list[str] = Field(default_factory=list)
+
+
+class AliasOut(_Response):
+    model: str
+    alias: str
+    version: int
+    digest: str
+    updated: datetime
+    updated_by: str
+
+
+class AliasEvent(_Response):
+    model: str
+    alias: str
+    from_version: int | None
+    to_version: int | None
+    actor: str
+    at: datetime
+    reason: str
+
+
+class ModelOut(_Response):
+    name: str
+    description: str
+    owner: str
+    created: datetime
+    latest_version: int | None
+    aliases: dict[str, int] = Field(default_factory=dict)
+
+
+class ModelDetail(ModelOut):
+    versions: list[VersionOut] = Field(default_factory=list)
+
+
+class ResolveAnswer(_Response):
+    name: str
+    version: int
+    alias: str | None
+    digest: str
+    repository: str
+    image: str = Field(description="The pinned image reference, repository@sha256:…")
+    storage_uri: str | None = Field(
+        description="KServe storageUri (oci://…); null for an image in an oci: layout"
+    )
+    host_path: str = Field(description="Where the cache daemon publishes the model on a node")
+    node_label: str = Field(description="The Node label key set to 'ready' where the model is")
+    nodes_ready: list[str]
+    size: int
+    file_count: int
+    mode: MountMode
+    pod_spec: dict[str, Any] = Field(
+        description="volumes, volumeMounts (at /mnt/models) and affinity for a pod spec"
+    )
+
+
+class Assignment(_Response):
+    digest: str
+    image: str
+    repository: str
+    name: str
+    version: int
+    size: int
+    refs: list[str]
+    policies: list[str]
+
+
+class Unresolved(_Response):
+    policy: str
+    ref: str
+    error: str
+
+
+class Assignments(_Response):
+    node: str
+    labels: dict[str, str]
+    models: list[Assignment]
+    unresolved: list[Unresolved] = Field(default_factory=list)
+
+
+class NodeModelOut(_Response):
+    digest: str
+    state: ModelState
+    bytes_done: int
+    bytes_total: int
+    error: str | None
+    updated: datetime
+
+
+class NodeOut(_Response):
+    name: str
+    labels: dict[str, str]
+    cache_root: str | None
+    last_seen: datetime
+    stale: bool
+    disk: DiskUsage | None
+    ready: int
+    models: list[NodeModelOut] = Field(default_factory=list)
+
+
+class PolicyOut(_Response):
+    name: str
+    models: list[str]
+    node_selector: dict[str, str]
+    description: str
+    updated: datetime
+    updated_by: str
+
+
+class TokenOut(_Response):
+    id: int
+    name: str
+    role: Role
+    node: str | None
+    created: datetime
+
+
+class TokenCreated(TokenOut):
+    token: str = Field(description="The secret; shown once, stored only as a hash")
+
+
+class ErrorDetail(_Response):
+    code: str
+    message: str
+    subject: str | None = None
+    hint: str | None = None
+
+
+class ErrorBody(_Response):
+    error: ErrorDetail

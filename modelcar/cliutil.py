@@ -1,0 +1,42 @@
+"""What the three command-line tools share: size parsing and the error wrapper."""
+
+from __future__ import annotations
+
+import re
+import sys
+
+import typer
+
+from modelcar.errors import ModelcarError, UsageError
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.I)
+_UNITS = {"": 1, "B": 1}
+for _i, _p in enumerate("KMGT", start=1):
+    _UNITS |= {_p: 1000**_i, f"{_p}B": 1000**_i, f"{_p}I": 1024**_i, f"{_p}IB": 1024**_i}
+
+
+def parse_size(text: str) -> int:
+    """``64MiB`` → 67108864; ``2G`` → 2000000000; a bare number is bytes."""
+    m = _SIZE_RE.match(text)
+    if not m:
+        raise UsageError("invalid size", subject=text, hint="use e.g. 64MiB, 52000MiB, 2GiB")
+    return int(float(m.group(1)) * _UNITS[(m.group(2) or "").upper()])
+
+
+def run_cli(application: typer.Typer, prog: str, argv: list[str] | None = None) -> None:
+    """Run a typer app; expected failures become one line on stderr and a non-zero exit.
+
+    Usage errors are typer's own (standalone mode, exit 2).
+    """
+    try:
+        application(args=argv, prog_name=prog)
+    except ModelcarError as e:
+        print(f"{prog}: error: {e.one_line()}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except OSError as e:
+        where = f": {e.filename}" if e.filename else ""
+        print(f"{prog}: error: {e.strerror or e}{where}", file=sys.stderr)
+        sys.exit(1)
