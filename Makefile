@@ -46,8 +46,12 @@ format: venv
 	$(VENV)/bin/ruff format modelcar builder cache_daemon api tests bench scripts
 	$(VENV)/bin/ruff check --fix modelcar builder cache_daemon api tests bench scripts
 
+# The benchmarks also need wrk (load generator) and MLflow (the baseline server).
 bench: system-deps venv
+	@$(MAKE) --no-print-directory system-deps APT_PACKAGES=wrk
+	$(PIP) install -q -e '.[test,bench]'
 	$(PY) bench/build.py
+	$(PY) bench/api.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .demo .bench

@@ -9,7 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 from starlette.exceptions import HTTPException
 from starlette.routing import Match, Route
 
@@ -19,7 +19,7 @@ from api.metrics import Metrics, Telemetry
 from api.routes import health, models, nodes, resolve, tokens
 from api.settings import Settings
 from modelcar.apimodels import PATTERN_HELP
-from modelcar.errors import Conflict, DatabaseNotReady, ModelcarError
+from modelcar.errors import Conflict, DatabaseNotReady, InvalidRequest, ModelcarError
 
 log = logging.getLogger("modelcar.api")
 
@@ -112,6 +112,13 @@ def create_app(settings: Settings, database: Database | None = None) -> FastAPI:
                 "the write conflicts with the catalog's current state; nothing was changed",
                 hint="read the current state and try again",
             )
+        )
+
+    @app.exception_handler(DataError)
+    async def _data(_: Request, exc: DataError) -> JSONResponse:
+        log.warning("value refused by the database: %s", str(exc.orig).splitlines()[0])
+        return _from_error(
+            InvalidRequest("a value is not acceptable to the database; nothing was changed")
         )
 
     @app.exception_handler(OperationalError)

@@ -7,11 +7,14 @@ time), which makes version numbers gap-free and alias history ordered.
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Connection, Select, bindparam, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
-from api.db.tables import Alias, AliasEvent, Model, Version, utcnow
+from api.db.tables import Alias, AliasEvent, Model, Node, NodeModel, Version, utcnow
 from modelcar import apimodels as wire
 from modelcar.errors import Conflict, InvalidRequest, Missing
 from modelcar.modelref import ModelRef, valid_alias, valid_model_name
@@ -215,23 +218,78 @@ def alias_history(s: Session, name: str, alias: str) -> list[AliasEvent]:
     return list(events)
 
 
-def find(s: Session, ref: ModelRef) -> Version:
-    """The version a catalog reference names (alias resolved now)."""
-    query = select(Version).join(Model).where(Model.name == ref.name)
+@dataclass(frozen=True)
+class Target:
+    """What a reference resolves to: enough to build a mount, nothing more."""
+
+    name: str
+    number: int
+    digest: str
+    repository: str
+    size: int
+    file_count: int
+    #: Fresh nodes where it is ready, when asked for (sorted).
+    nodes_ready: tuple[str, ...] = ()
+
+
+_READY_NODES = (
+    select(func.aggregate_strings(NodeModel.node_name, ","))
+    .join(Node, Node.name == NodeModel.node_name)
+    .where(
+        NodeModel.digest == Version.digest,
+        NodeModel.state == "ready",
+        Node.last_seen >= bindparam("since"),
+    )
+    .correlate(Version)
+    .scalar_subquery()
+)
+
+
+def _target_query(kind: str, with_nodes: bool) -> Select:
+    columns = [Model.name, Version.number, Version.digest, Version.repository, Version.size,
+               Version.file_count]  # fmt: skip
+    query = select(*columns, *([_READY_NODES] if with_nodes else []))
+    query = query.join(Model, Version.model_id == Model.id).where(Model.name == bindparam("name"))
+    if kind == "alias":
+        return query.join(Alias, Alias.version_id == Version.id).where(
+            Alias.name == bindparam("alias")
+        )
+    if kind == "version":
+        return query.where(Version.number == bindparam("version"))
+    return query.where(Version.digest == bindparam("digest"))
+
+
+_QUERIES = {
+    (kind, nodes): _target_query(kind, nodes)
+    for kind in ("alias", "version", "digest")
+    for nodes in (False, True)
+}
+
+
+def find(
+    conn: Connection | Session, ref: ModelRef, *, ready_since: datetime | None = None
+) -> Target:
+    """The version a catalog reference names (alias resolved now), in one indexed query;
+    with ``ready_since``, also the nodes that reported it ready since then.
+
+    Core, not the ORM: this is the hot path of resolve and of every node's poll.
+    """
+    kind = "alias" if ref.alias else "version" if ref.version is not None else "digest"
+    params: dict[str, object] = {"name": ref.name, kind: getattr(ref, kind)}
+    if ready_since is not None:
+        params["since"] = ready_since
+    row = conn.execute(_QUERIES[kind, ready_since is not None], params).first()
+    if row is not None:
+        nodes = tuple(sorted(row[6].split(","))) if len(row) > 6 and row[6] else ()
+        return Target(*row[:6], nodes_ready=nodes)
+    model = conn.execute(select(Model.id, Model.last_version).where(Model.name == ref.name)).first()
+    if model is None:
+        raise Missing("unknown model", subject=ref.name, hint="list models with GET /v1/models")
     if ref.alias:
-        query = query.join(Alias, Alias.version_id == Version.id).where(Alias.name == ref.alias)
-    elif ref.version is not None:
-        query = query.where(Version.number == ref.version)
-    else:
-        query = query.where(Version.digest == ref.digest)
-    version = s.scalar(query.options(selectinload(Version.model)))
-    if version is not None:
-        return version
-    model = get_model(s, ref.name)  # raises "unknown model" first
-    if ref.alias:
-        names = s.scalars(select(Alias.name).where(Alias.model_id == model.id)).all()
+        names = conn.execute(select(Alias.name).where(Alias.model_id == model.id)).scalars().all()
         hint = f"its aliases: {', '.join(sorted(names))}" if names else "it has no aliases yet"
         raise Missing("unknown alias", subject=str(ref), hint=hint)
     if ref.version is not None:
-        get_version(s, model, ref.version)
+        latest = f"the latest is {model.last_version}" if model.last_version else "none yet"
+        raise Missing("unknown version", subject=str(ref), hint=latest)
     raise Missing("no version of the model has this digest", subject=str(ref))

@@ -6,6 +6,7 @@ Settings come from flags, ``MODELCAR_API_*`` env vars, or a YAML file
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 from typing import Annotated, Any
@@ -56,7 +57,9 @@ def app_from_env() -> Any:
     """uvicorn factory for ``--workers`` > 1: each worker builds the app from the env."""
     from api.app import create_app
 
-    return create_app(Settings.model_validate_json(os.environ[SETTINGS_ENV]))
+    app = create_app(Settings.model_validate_json(os.environ[SETTINGS_ENV]))
+    gc.freeze()
+    return app
 
 
 @app.command()
@@ -113,7 +116,9 @@ def serve(
         os.environ[SETTINGS_ENV] = settings.model_dump_json()
         uvicorn.run("api.cli:app_from_env", factory=True, workers=settings.workers, **common)
     else:
-        uvicorn.run(create_app(settings, database), **common)
+        app = create_app(settings, database)
+        gc.freeze()  # the app's long-lived objects leave the collector's young generations
+        uvicorn.run(app, **common)
 
 
 @db_app.command("upgrade")

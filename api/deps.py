@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
 from api.auth import ANONYMOUS, Principal
 from api.db.engine import Database
@@ -43,15 +44,19 @@ class TokenCache:
             self._entries.clear()
 
 
-def get_db(request: Request) -> Database:
+# The dependencies are ``async def`` so that FastAPI runs them on the event loop:
+# a sync dependency costs a thread-pool round trip per request.
+
+
+async def get_db(request: Request) -> Database:
     return request.app.state.db
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def principal(
+async def principal(
     request: Request,
     creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Principal:
@@ -60,13 +65,17 @@ def principal(
     cache: TokenCache = request.app.state.tokens
     who = cache.get(creds.credentials)
     if who is None:
-        with get_db(request).reading() as s:
-            who = authenticate(s, creds.credentials)
+        who = await run_in_threadpool(_authenticate, request.app.state.db, creds.credentials)
         cache.put(creds.credentials, who)
     return who
 
 
-def reader(
+def _authenticate(db: Database, secret: str) -> Principal:
+    with db.reading() as s:
+        return authenticate(s, secret)
+
+
+async def reader(
     who: Annotated[Principal, Depends(principal)],
     settings: Annotated[Settings, Depends(get_settings)],
 ) -> Principal:
@@ -75,12 +84,12 @@ def reader(
     return who
 
 
-def publisher(who: Annotated[Principal, Depends(principal)]) -> Principal:
+async def publisher(who: Annotated[Principal, Depends(principal)]) -> Principal:
     who.require("publish")
     return who
 
 
-def admin(who: Annotated[Principal, Depends(principal)]) -> Principal:
+async def admin(who: Annotated[Principal, Depends(principal)]) -> Principal:
     who.require("admin")
     return who
 

@@ -26,22 +26,6 @@ def fresh_since(stale_after: float) -> datetime:
     return utcnow() - timedelta(seconds=stale_after)
 
 
-def nodes_ready(s: Session, digest: str, stale_after: float) -> list[str]:
-    """Nodes that hold ``digest`` ready and reported within ``stale_after`` seconds."""
-    return list(
-        s.scalars(
-            select(NodeModel.node_name)
-            .join(Node)
-            .where(
-                NodeModel.digest == digest,
-                NodeModel.state == "ready",
-                Node.last_seen >= fresh_since(stale_after),
-            )
-            .order_by(NodeModel.node_name)
-        ).all()
-    )
-
-
 def put_status(s: Session, name: str, body: wire.NodeStatusPut) -> Node:
     """Replace the node's report with this one."""
     check_node(name)
@@ -189,7 +173,7 @@ def assignments(s: Session, node: str, labels: dict[str, str] | None) -> wire.As
                     digest=version.digest,
                     image=f"{version.repository}@{version.digest}",
                     repository=version.repository,
-                    name=version.model.name,
+                    name=version.name,
                     version=version.number,
                     size=version.size,
                     refs=[],

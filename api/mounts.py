@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from api.db.tables import Version
+from api.catalog import Target
 from modelcar import apimodels as wire
 from modelcar.errors import Conflict
 from modelcar.nodecache import LABEL_READY, MOUNT_PATH, host_path, node_label_key
@@ -30,7 +30,7 @@ def is_registry(repository: str) -> bool:
 
 
 def resolve_answer(
-    version: Version,
+    version: Target,
     *,
     alias: str | None,
     nodes: list[str],
@@ -48,7 +48,7 @@ def resolve_answer(
         )
     path = host_path(cache_root, version.digest)
     return wire.ResolveAnswer(
-        name=version.model.name,
+        name=version.name,
         version=version.number,
         alias=alias,
         digest=version.digest,

@@ -1,31 +1,36 @@
-"""`make demo`: build the bundled all-MiniLM-L6-v2 into an oci: layout and a local registry.
+"""`make demo`: build the bundled all-MiniLM-L6-v2, register it with the API, resolve it.
 
-No servers to install by hand: the registry is Debian's docker-registry, started
-here on 127.0.0.1 with a temp storage dir and stopped at the end.
+No servers to install by hand: the registry is Debian's docker-registry and the
+API is modelcar-api on a SQLite file, both started here on 127.0.0.1 in a temp
+dir and stopped at the end.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from api.local import LocalApi
 from modelcar.localregistry import LocalRegistry, find_binary
 
 
-def modelcar(*args: str) -> str:
+def modelcar(*args: str, env: dict[str, str] | None = None) -> list[str]:
+    """Run `modelcar`; return its stdout lines (the last is the pinned reference)."""
     proc = subprocess.run(
         [sys.executable, "-m", "builder.cli", *args],
         capture_output=True,
         text=True,
         stdin=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
     )
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr)
         raise SystemExit(proc.returncode)
-    return proc.stdout.strip().splitlines()[-1]
+    return proc.stdout.strip().splitlines()
 
 
 def main() -> None:
@@ -40,7 +45,7 @@ def main() -> None:
     os.environ.setdefault("MODELCAR_CACHE_DIR", str(work / "cache"))
     print(f"model      all-MiniLM-L6-v2 ({model})")
 
-    layout_ref = modelcar("build", str(model), f"oci:{work / 'layout'}:minilm", "-q")
+    layout_ref = modelcar("build", str(model), f"oci:{work / 'layout'}:minilm", "-q")[-1]
     print(f"oci:       {layout_ref}")
 
     if find_binary() is None:
@@ -48,15 +53,26 @@ def main() -> None:
             "registry   skipped: docker-registry is not installed (apt-get install docker-registry)"
         )
     else:
-        with LocalRegistry(work / "registry") as reg:
+        with (
+            LocalRegistry(work / "registry") as reg,
+            LocalApi(f"sqlite:///{work / 'catalog.db'}", log=str(work / "api.log")) as api,
+        ):
+            env = {"MODELCAR_API": api.url, "MODELCAR_API_TOKEN": api.token}
+            print(f"api:       {api.url} (SQLite {work / 'catalog.db'})")
             ref = modelcar(
-                "build", str(model), f"{reg.host}/models/minilm:v1", "--plain-http", "-q"
-            )
+                "build", str(model), f"{reg.host}/models/minilm:v1", "--plain-http", "-q",
+                "--model", "minilm", "--alias", "prod", "--reason", "demo", env=env,
+            )[-1]  # fmt: skip
             print(f"registry:  {ref}")
             same = ref.split("@")[1] == layout_ref.split("@")[1]
             print(f"same digest in both targets: {'yes' if same else 'NO'}")
+            print(modelcar("verify", ref, "--plain-http")[-1])
             print()
-            print(modelcar("verify", ref, "--plain-http"))
+            answer = json.loads(modelcar("resolve", "minilm@prod", "--json", env=env)[0])
+            print("modelcar resolve minilm@prod")
+            for key in ("version", "image", "storage_uri", "host_path", "node_label"):
+                print(f"  {key:12} {answer[key]}")
+            print(f"  {'nodes_ready':12} {answer['nodes_ready'] or 'none yet (no cache daemon)'}")
     print()
     print(
         subprocess.run(

@@ -2,20 +2,36 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Response
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from api import catalog
+from api.db.engine import Database
 from api.deps import DB, Config, Reader
-from api.fleet import nodes_ready
+from api.fleet import fresh_since
 from api.mounts import inference_service, resolve_answer
 from api.routes import ERRORS
+from api.settings import Settings
 from modelcar import apimodels as wire
 from modelcar.errors import InvalidReference, InvalidRequest
-from modelcar.modelref import parse_model_ref
+from modelcar.modelref import ModelRef, parse_model_ref
 
 router = APIRouter(prefix="/v1", tags=["resolve"], responses=ERRORS)
+
+
+def _lookup(
+    db: Database, ref: ModelRef, settings: Settings, mode: wire.MountMode | None
+) -> wire.ResolveAnswer:
+    with db.connection() as conn:
+        target = catalog.find(conn, ref, ready_since=fresh_since(settings.stale_after))
+    return resolve_answer(
+        target, alias=ref.alias, nodes=list(target.nodes_ready), cache_root=settings.cache_root,
+        mode=mode,
+    )  # fmt: skip
 
 
 @router.get(
@@ -24,7 +40,7 @@ router = APIRouter(prefix="/v1", tags=["resolve"], responses=ERRORS)
     summary="Resolve name@alias, name:version or name@sha256:… to a pinned image and mounts",
     description="With format=kserve the answer is a KServe InferenceService instead.",
 )
-def resolve(
+async def resolve(
     ref: Annotated[
         str,
         Path(
@@ -45,17 +61,16 @@ def resolve(
         str,
         Query(max_length=63, pattern=r"^[a-z0-9][a-z0-9._-]*$", description="KServe modelFormat"),
     ] = "huggingface",
-) -> wire.ResolveAnswer | dict[str, Any]:
+) -> Response:
     try:
         parsed = parse_model_ref(ref)
     except InvalidReference as e:
         raise InvalidRequest(e.message, subject=e.subject, hint=e.hint) from None
-    with db.reading() as s:
-        version = catalog.find(s, parsed)
-        ready = nodes_ready(s, version.digest, settings.stale_after)
-        answer = resolve_answer(
-            version, alias=parsed.alias, nodes=ready, cache_root=settings.cache_root, mode=mode
-        )
+    lookup = partial(_lookup, db, parsed, settings, mode)
+    # SQLite is a local file: two indexed reads take less time than a trip to the
+    # thread pool, so they run on the event loop. A server database goes to the pool.
+    answer = lookup() if db.is_sqlite else await run_in_threadpool(lookup)
     if format == "kserve":
-        return inference_service(answer, model_format=model_format)
-    return answer
+        return JSONResponse(inference_service(answer, model_format=model_format))
+    # Serialised once here; FastAPI would validate the model again on the way out.
+    return Response(answer.model_dump_json(), media_type="application/json")

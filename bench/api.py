@@ -1,0 +1,205 @@
+"""Benchmark resolve: `modelcar-api` on SQLite and PostgreSQL against MLflow's alias lookup.
+
+Each server runs as its own process with one worker on 127.0.0.1; wrk (one
+thread, keep-alive connections) sends requests for a fixed time at 1 and at 50
+concurrent clients and reports throughput and latency percentiles. Both sides answer the same
+question — "which version is NAME@prod?" — MLflow via
+``GET /api/2.0/mlflow/registered-models/alias`` (what
+``MlflowClient.get_model_version_by_alias`` calls), modelcar via
+``GET /v1/resolve/NAME@prod`` (which also finds ready nodes and builds the pod spec).
+
+The catalog holds 50 models x 10 versions, an alias each, and 20 nodes reporting.
+Needs the `bench` extra (mlflow); PostgreSQL rows need Debian's postgresql.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from api.local import LocalApi  # noqa: E402
+from modelcar.localregistry import free_port  # noqa: E402
+from tests.fixtures.postgres import PostgresServer, find_pg_bin  # noqa: E402
+
+MODELS, VERSIONS, NODES = 50, 10, 20
+
+
+def digest(seed: object) -> str:
+    return "sha256:" + hashlib.sha256(str(seed).encode()).hexdigest()
+
+
+def wait_http(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited: {proc.args}")
+        try:
+            if httpx.get(url, timeout=1).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"server did not start: {url}")
+
+
+def start_modelcar(db: str) -> LocalApi:
+    api = LocalApi(db).start()
+    url, token = api.url, api.token
+    headers = {"Authorization": f"Bearer {token}"}
+    with httpx.Client(base_url=url, headers=headers, timeout=30) as c:
+        for m in range(MODELS):
+            for v in range(VERSIONS):
+                c.post(
+                    f"/v1/models/model-{m}/versions",
+                    json={"digest": digest((m, v)), "repository": f"registry.local/m{m}"},
+                ).raise_for_status()
+            c.put(f"/v1/models/model-{m}/aliases/prod", json={"version": VERSIONS})
+        for n in range(NODES):
+            models = [
+                {"digest": digest((m, VERSIONS - 1)), "state": "ready"} for m in range(0, MODELS, 3)
+            ]
+            c.put(f"/v1/nodes/gpu-{n}/status", json={"models": models}).raise_for_status()
+    return api
+
+
+def start_mlflow(work: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    mlflow = Path(sys.executable).with_name("mlflow")
+    proc = subprocess.Popen(
+        [str(mlflow), "server", "--backend-store-uri", f"sqlite:///{work}/mlflow.db",
+         "--default-artifact-root", str(work / "artifacts"), "--host", "127.0.0.1",
+         "--port", str(port), "--workers", "1"],
+        cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    wait_http(f"{url}/health", proc)
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=url)
+    for m in range(MODELS):
+        name = f"model-{m}"
+        client.create_registered_model(name)
+        for v in range(VERSIONS):
+            client.create_model_version(name, source=f"s3://bucket/{name}/{v}")
+        client.set_registered_model_alias(name, "prod", str(VERSIONS))
+    return proc, url
+
+
+WRK_SCRIPT = """
+local n = 0
+local prefix, suffix = os.getenv("WRK_PREFIX"), os.getenv("WRK_SUFFIX") or ""
+local auth = os.getenv("WRK_AUTH") or ""
+request = function()
+  n = n + 1
+  local headers = {}
+  if auth ~= "" then headers["Authorization"] = auth end
+  return wrk.format("GET", prefix .. (n % %d) .. suffix, headers)
+end
+"""
+
+
+def _ms(text: str) -> float:
+    units = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+    for unit in ("us", "ms", "s"):
+        if text.endswith(unit):
+            return float(text[: -len(unit)]) * units[unit]
+    raise ValueError(text)
+
+
+def measure(
+    url: str, auth: str, prefix: str, suffix: str, clients: int, seconds: float, work: Path
+) -> tuple[float, float, float]:
+    """wrk (one thread) for ``seconds``: requests/s, p50 and p99 in ms."""
+    script = work / "paths.lua"
+    script.write_text(WRK_SCRIPT.replace("%d", str(MODELS)))
+    env = {**os.environ, "WRK_PREFIX": prefix, "WRK_SUFFIX": suffix, "WRK_AUTH": auth}
+    cmd = ["wrk", "-t1", f"-c{clients}", "--latency", "-s", str(script), url]
+    subprocess.run([*cmd[:-1], "-d1s", url], env=env, capture_output=True, check=True)  # warm-up
+    out = subprocess.run(
+        [*cmd[:-1], f"-d{seconds:g}s", url], env=env, capture_output=True, text=True, check=True
+    ).stdout
+    if "Non-2xx" in out:
+        raise SystemExit(f"errors from {url}{prefix}:\n{out}")
+    rps = p50 = p99 = 0.0
+    for line in out.splitlines():
+        parts = line.split()
+        if line.startswith("Requests/sec:"):
+            rps = float(parts[1])
+        elif parts[:1] == ["50%"]:
+            p50 = _ms(parts[1])
+        elif parts[:1] == ["99%"]:
+            p99 = _ms(parts[1])
+    return rps, p50, p99
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=5.0, help="per measurement")
+    parser.add_argument("--no-postgres", action="store_true")
+    parser.add_argument("--no-mlflow", action="store_true")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="modelcar-bench-api-"))
+    work.chmod(0o755)
+    procs: list[subprocess.Popen] = []
+    apis: list[LocalApi] = []
+    pg = None
+    rows: list[tuple[str, int, float, float, float]] = []
+    try:
+        if not shutil.which("wrk"):
+            raise SystemExit("bench/api.py needs wrk (apt install wrk; make bench installs it)")
+        # (label, url, Authorization header, path prefix, path suffix)
+        targets: list[tuple[str, str, str, str, str]] = []
+        resolve = ("/v1/resolve/model-", "@prod")
+        apis.append(start_modelcar(f"sqlite:///{work}/catalog.db"))
+        targets.append(("modelcar, SQLite", apis[-1].url, f"Bearer {apis[-1].token}", *resolve))
+        if not args.no_postgres and find_pg_bin():
+            pg = PostgresServer(work / "pg").start()
+            apis.append(start_modelcar(pg.create_database()))
+            api = apis[-1]
+            targets.append(("modelcar, PostgreSQL", api.url, f"Bearer {api.token}", *resolve))
+        if not args.no_mlflow:
+            proc, url = start_mlflow(work)
+            procs.append(proc)
+            by_alias = ("/api/2.0/mlflow/registered-models/alias?alias=prod&name=model-", "")
+            targets.append(("MLflow, SQLite", url, "", *by_alias))
+        for clients in (1, 50):
+            for label, url, auth, prefix, suffix in targets:
+                rps, p50, p99 = measure(url, auth, prefix, suffix, clients, args.seconds, work)
+                rows.append((label, clients, rps, p50, p99))
+                print(f"  {label:22} c={clients:<3} {rps:8.0f} req/s", file=sys.stderr)
+    finally:
+        for api in apis:
+            api.stop()
+        for proc in procs:  # mlflow server and its workers: the whole process group
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=30)
+        if pg:
+            pg.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+    base = {c: rps for label, c, rps, _, _ in rows if label.startswith("MLflow")}
+    print(f"\nresolve: {MODELS} models x {VERSIONS} versions, {NODES} nodes; one worker each; "
+          f"{os.cpu_count()} CPUs shared with the load generator\n")  # fmt: skip
+    print(f"| {'server':22} | clients | req/s  | p50 ms | p99 ms | x MLflow |")
+    print(f"|{'-' * 24}|---------|--------|--------|--------|----------|")
+    for label, clients, rps, p50, p99 in rows:
+        ratio = f"{rps / base[clients]:.1f}x" if clients in base else "-"
+        print(f"| {label:22} | {clients:7} | {rps:6.0f} | {p50:6.2f} | {p99:6.2f} | {ratio:>8} |")
+
+
+if __name__ == "__main__":
+    main()
