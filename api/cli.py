@@ -15,16 +15,12 @@ import typer
 
 from api.settings import Settings, load_settings
 from modelcar.apimodels import ROLES, TokenCreate
-from modelcar.cliutil import run_cli
+from modelcar.cliutil import new_app, run_cli
 from modelcar.errors import UsageError
 
-app = typer.Typer(
-    name="modelcar-api",
-    help="The modelcar API: model names, versions and aliases to pinned images and mounts.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,
+app = new_app(
+    "modelcar-api",
+    "The modelcar API: model names, versions and aliases to pinned images and mounts.",
 )
 db_app = typer.Typer(help="Database schema migrations.", no_args_is_help=True)
 token_app = typer.Typer(help="Bearer tokens (work on the database directly).", no_args_is_help=True)

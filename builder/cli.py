@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from modelcar.apiclient import API_ENV, TOKEN_ENV, ApiClient
-from modelcar.cliutil import parse_size, run_cli
+from modelcar.cliutil import new_app, parse_size, run_cli
 from modelcar.errors import ModelcarError, UsageError
 from modelcar.reference import parse_ref
 from modelcar.store import StoreOptions
@@ -20,13 +20,10 @@ if TYPE_CHECKING:
     from builder.build import BuildRecord
     from builder.progress import Progress
 
-app = typer.Typer(
-    name="modelcar",
-    help="Package model weights as digest-pinned OCI images (modelcars) and inspect them.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,
+app = new_app(
+    "modelcar",
+    "Package model weights as digest-pinned OCI images (modelcars), inspect them, and "
+    "resolve model names through the modelcar API.",
 )
 base_app = typer.Typer(
     help="The minimal busybox base image under model layers.", no_args_is_help=True

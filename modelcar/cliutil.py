@@ -23,6 +23,19 @@ def parse_size(text: str) -> int:
     return int(float(m.group(1)) * _UNITS[(m.group(2) or "").upper()])
 
 
+def new_app(name: str, help: str) -> typer.Typer:
+    """A typer app with the settings all three CLIs share: plain help, no completion
+    installer, and no rich tracebacks (expected failures are one line, see run_cli)."""
+    return typer.Typer(
+        name=name,
+        help=help,
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+        rich_markup_mode=None,
+    )
+
+
 def run_cli(application: typer.Typer, prog: str, argv: list[str] | None = None) -> None:
     """Run a typer app; expected failures become one line on stderr and a non-zero exit.
 
