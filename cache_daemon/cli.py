@@ -1,8 +1,271 @@
-"""``modelcar-cache``: the node cache daemon (arrives with its own issue)."""
+"""``modelcar-cache``: keep assigned modelcars unpacked and verified on this node.
 
+``run`` is the daemon; ``pull``, ``ls``, ``gc`` and ``verify`` act on a cache dir
+in the foreground (the same code paths). Every failure a user can cause ends in
+one line on stderr and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
 import sys
+from typing import Annotated
+
+import typer
+
+from cache_daemon.cachedir import CacheDir
+from cache_daemon.evict import Budget, Evictor
+from cache_daemon.pull import Puller, PullOptions, pinned
+from modelcar.apiclient import API_ENV, TOKEN_ENV, ApiClient
+from modelcar.cliutil import new_app, parse_size, run_cli
+from modelcar.errors import UsageError
+from modelcar.nodecache import DEFAULT_CACHE_ROOT
+from modelcar.store import StoreOptions
+
+app = new_app("modelcar-cache", "Keep assigned modelcars unpacked and verified on this node.")
+
+CacheRoot = Annotated[
+    str,
+    typer.Option("--cache-dir", envvar="MODELCAR_CACHE_ROOT", help="The node cache directory."),
+]
+Jobs = Annotated[int, typer.Option(min=1, max=64, help="Layers pulled at once.")]
+MaxRate = Annotated[
+    str | None, typer.Option(help="Bandwidth cap for all layers together, e.g. 200MiB (per s).")
+]
+Mirror = Annotated[
+    list[str] | None,
+    typer.Option("--mirror", help="Registry mirror URL tried before the origin (repeatable)."),
+]
+MaxBytes = Annotated[str | None, typer.Option(help="Disk budget, e.g. 500GiB.")]
+High = Annotated[
+    float, typer.Option(min=0.1, max=1.0, help="Evict when usage passes this share of the budget.")
+]
+Low = Annotated[float, typer.Option(min=0.1, max=1.0, help="…down to this share.")]
+Checkpoint = Annotated[
+    str, typer.Option(help="Make pulled bytes durable (resumable after a crash) every SIZE.")
+]
+MaxPercent = Annotated[
+    float | None, typer.Option(min=1, max=100, help="Disk budget as % of the filesystem.")
+]
+PlainHttp = Annotated[
+    bool, typer.Option("--plain-http", envvar="MODELCAR_PLAIN_HTTP", help="HTTP registries.")
+]
+Insecure = Annotated[bool, typer.Option("--insecure", help="Skip registry TLS verification.")]
+CaFile = Annotated[str | None, typer.Option("--ca-file", envvar="MODELCAR_CA_FILE")]
+JsonOut = Annotated[bool, typer.Option("--json", help="JSON output.")]
 
 
-def main() -> None:
-    print("modelcar-cache: not implemented yet", file=sys.stderr)
-    sys.exit(1)
+def _setup_logging(verbose: bool = True) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def _pull_options(
+    jobs: int, max_rate: str | None, mirror: list[str] | None, plain_http: bool,
+    insecure: bool, ca_file: str | None, checkpoint: str = "64MiB",
+) -> PullOptions:  # fmt: skip
+    return PullOptions(
+        jobs=jobs,
+        checkpoint_bytes=max(1, parse_size(checkpoint)),
+        max_rate=parse_size(max_rate) if max_rate else None,
+        mirrors=mirror or [],
+        store=StoreOptions(plain_http=plain_http, insecure=insecure, ca_file=ca_file),
+    )
+
+
+def _budget(
+    max_bytes: str | None, max_percent: float | None, high: float = 0.95, low: float = 0.85
+) -> Budget:
+    if low > high:
+        raise UsageError("--low-watermark must not be above --high-watermark")
+    return Budget(
+        max_bytes=parse_size(max_bytes) if max_bytes else None,
+        max_percent=max_percent,
+        high=high,
+        low=low,
+    )
+
+
+def _labels(items: list[str] | None) -> dict[str, str]:
+    labels = {}
+    for item in items or []:
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise UsageError("--label takes KEY=VALUE", subject=item)
+        labels[key] = value
+    return labels
+
+
+@app.command()
+def run(
+    node: Annotated[
+        str, typer.Option(envvar=["MODELCAR_NODE", "NODE_NAME"], help="This node's name.")
+    ],
+    cache_dir: CacheRoot = DEFAULT_CACHE_ROOT,
+    api: Annotated[
+        str | None, typer.Option(envvar=API_ENV, help="modelcar API for assignments and status.")
+    ] = None,
+    token: Annotated[
+        str | None, typer.Option(envvar=TOKEN_ENV, help="A node token for this node.")
+    ] = None,
+    config: Annotated[
+        str | None,
+        typer.Option(help="YAML `models: [REPO@sha256:…]` instead of the API (re-read on change)."),
+    ] = None,
+    label: Annotated[
+        list[str] | None, typer.Option(help="Node label KEY=VALUE for policies (repeatable).")
+    ] = None,
+    interval: Annotated[float, typer.Option(help="Seconds between passes.")] = 30.0,
+    once: Annotated[bool, typer.Option("--once", help="One pass, then exit.")] = False,
+    listen: Annotated[
+        str, typer.Option(help="HOST:PORT for /metrics, /healthz, /readyz ('' for none).")
+    ] = "0.0.0.0:9090",
+    scrub_every: Annotated[
+        float, typer.Option(help="Seconds between re-hashes of each ready model.")
+    ] = 86400.0,
+    scrub_rate: Annotated[str, typer.Option(help="Re-hash speed cap per second.")] = "100MiB",
+    jobs: Jobs = 4,
+    max_rate: MaxRate = None,
+    mirror: Mirror = None,
+    max_bytes: MaxBytes = None,
+    max_percent: MaxPercent = None,
+    high_watermark: High = 0.95,
+    low_watermark: Low = 0.85,
+    checkpoint: Checkpoint = "64MiB",
+    plain_http: PlainHttp = False,
+    insecure: Insecure = False,
+    ca_file: CaFile = None,
+) -> None:
+    """Keep this node's assigned models ready: pull, verify, publish, evict, scrub, report."""
+    from cache_daemon.daemon import Daemon, DaemonOptions
+    from cache_daemon.desired import ApiSource, StaticSource
+    from cache_daemon.metrics import Metrics, StatusServer
+
+    if bool(api) == bool(config):
+        raise UsageError("give exactly one of --api URL (or MODELCAR_API) and --config FILE")
+    _setup_logging()
+    options = DaemonOptions(
+        node=node,
+        labels=_labels(label),
+        interval=interval,
+        pull=_pull_options(jobs, max_rate, mirror, plain_http, insecure, ca_file, checkpoint),
+        budget=_budget(max_bytes, max_percent, high_watermark, low_watermark),
+        scrub_every=scrub_every,
+        scrub_rate=parse_size(scrub_rate),
+    )
+    client = ApiClient(api, token) if api else None
+    source = ApiSource(client, node, options.labels) if client else StaticSource(config or "")
+    metrics = Metrics()
+    with CacheDir(cache_dir) as cache:
+        daemon = Daemon(cache, options, source, client, metrics)
+        server = None
+        if listen:
+            host, _, port = listen.rpartition(":")
+            server = StatusServer(host or "0.0.0.0", int(port), metrics, daemon.ready).start()
+            logging.getLogger("modelcar.cache").info("status on %s:%d", host, server.port)
+        signal.signal(signal.SIGTERM, lambda *_: daemon.stop())
+        try:
+            daemon.run(once=once)
+        finally:
+            if server:
+                server.stop()
+
+
+@app.command()
+def pull(
+    ref: Annotated[str, typer.Argument(metavar="REF", help="REPO@sha256:… or oci:PATH@sha256:…")],
+    cache_dir: CacheRoot = DEFAULT_CACHE_ROOT,
+    json_out: JsonOut = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
+    jobs: Jobs = 4,
+    max_rate: MaxRate = None,
+    mirror: Mirror = None,
+    max_bytes: MaxBytes = None,
+    max_percent: MaxPercent = None,
+    checkpoint: Checkpoint = "64MiB",
+    plain_http: PlainHttp = False,
+    insecure: Insecure = False,
+    ca_file: CaFile = None,
+) -> None:
+    """Pull one pinned model in the foreground; print the published directory last."""
+    pinned(ref)
+    _setup_logging(not quiet)
+    with CacheDir(cache_dir) as cache:
+        evictor = Evictor(cache, _budget(max_bytes, max_percent), set)
+        options = _pull_options(jobs, max_rate, mirror, plain_http, insecure, ca_file, checkpoint)
+        result = Puller(cache, options, make_room=evictor.make_room).pull(ref)
+    if json_out:
+        typer.echo(result.model_dump_json())
+    typer.echo(result.path)
+
+
+@app.command("ls")
+def list_models(cache_dir: CacheRoot = DEFAULT_CACHE_ROOT, json_out: JsonOut = False) -> None:
+    """List the models in a cache dir and their state."""
+    with CacheDir(cache_dir) as cache:
+        records = cache.db.all()
+    for r in records:
+        if json_out:
+            typer.echo(json.dumps(r.__dict__))
+        else:
+            err = f"  {r.error}" if r.error else ""
+            typer.echo(f"{r.digest}  {r.state:8} {r.size:>14}  {r.image}{err}")
+
+
+@app.command()
+def gc(
+    cache_dir: CacheRoot = DEFAULT_CACHE_ROOT,
+    max_bytes: MaxBytes = None,
+    max_percent: MaxPercent = None,
+    keep: Annotated[
+        list[str] | None, typer.Option(help="Pinned REF never to evict (repeatable).")
+    ] = None,
+) -> None:
+    """Evict least recently used models over the budget; remove leftover partial pulls."""
+    _setup_logging()
+    keep_digests = {pinned(k).digest or "" for k in keep or []}
+    with CacheDir(cache_dir) as cache:
+        for digest in cache.staged():
+            cache.remove_staging(digest)
+        evictor = Evictor(cache, _budget(max_bytes, max_percent), lambda: keep_digests)
+        evicted = evictor.collect()
+    typer.echo(f"evicted {len(evicted)} models", err=True)
+
+
+@app.command()
+def verify(
+    digests: Annotated[
+        list[str] | None, typer.Argument(metavar="[DIGEST]...", help="Default: every model.")
+    ] = None,
+    cache_dir: CacheRoot = DEFAULT_CACHE_ROOT,
+) -> None:
+    """Re-hash published models against their file index; exit 1 if any differ."""
+    from cache_daemon.scrub import check_model
+
+    bad = 0
+    with CacheDir(cache_dir) as cache:
+        targets = digests or cache.published()
+        for digest in targets:
+            if not cache.is_published(digest):
+                raise UsageError("no such published model in the cache", subject=digest)
+            problems = check_model(cache, digest)
+            typer.echo(f"{digest}  {'ok' if not problems else 'CORRUPT: ' + problems[0]}")
+            bad += bool(problems)
+    if bad:
+        raise UsageError(f"{bad} of {len(targets)} models differ from their file index")
+
+
+def main(argv: list[str] | None = None) -> None:
+    os.umask(0o022)
+    run_cli(app, "modelcar-cache", argv)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

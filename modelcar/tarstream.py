@@ -277,6 +277,16 @@ class TarReader:
             n -= len(d)
         return b"".join(parts)
 
+    def _read_block(self) -> bytes:
+        """One header block; a network stream may hand it over in pieces."""
+        block = self.stream.read(BLOCK)
+        while 0 < len(block) < BLOCK:
+            more = self.stream.read(BLOCK - len(block))
+            if not more:
+                break
+            block += more
+        return block
+
     def _skip_pending(self) -> None:
         if self._pending is not None:
             while self._pending.remaining > 0:
@@ -298,7 +308,7 @@ class TarReader:
         longname = longlink = None
         while True:
             self._skip_pending()
-            block = self.stream.read(BLOCK)
+            block = self._read_block()
             if len(block) < BLOCK:
                 if not block and not pax:
                     return  # tolerate a missing end-of-archive marker only at a boundary

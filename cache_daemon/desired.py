@@ -1,0 +1,79 @@
+"""What this node should hold: the API's assignments, or a static YAML list."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from cache_daemon.pull import pinned
+from modelcar.apiclient import ApiClient
+from modelcar.errors import ModelcarError, UsageError
+
+log = logging.getLogger("modelcar.cache")
+
+
+@dataclass(frozen=True)
+class Wanted:
+    digest: str
+    image: str
+    label: str  # name:version or the reference, for logs
+
+
+class StaticSource:
+    """``models: [REPO@sha256:…, …]`` in a YAML file, re-read when it changes."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._mtime: float | None = None
+        self._wanted: list[Wanted] = []
+
+    def desired(self) -> list[Wanted]:
+        try:
+            mtime = self.path.stat().st_mtime
+        except OSError as e:
+            raise UsageError(
+                "cannot read --config", subject=str(self.path), hint=e.strerror
+            ) from None
+        if mtime != self._mtime:
+            self._wanted = self._read()
+            self._mtime = mtime
+            log.info("config %s: %d models", self.path, len(self._wanted))
+        return self._wanted
+
+    def _read(self) -> list[Wanted]:
+        try:
+            data = yaml.safe_load(self.path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise UsageError("--config is not valid YAML", subject=str(self.path),
+                             hint=" ".join(str(e).split())) from None  # fmt: skip
+        models = data.get("models") if isinstance(data, dict) else None
+        if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
+            raise UsageError(
+                "--config needs `models:` as a list of pinned image references",
+                subject=str(self.path),
+            )
+        return [Wanted(pinned(m).digest or "", m, m) for m in models]
+
+
+class ApiSource:
+    """The node's assignments from ``modelcar-api`` (aliases resolved there, now)."""
+
+    def __init__(self, client: ApiClient, node: str, labels: dict[str, str]):
+        self.client, self.node, self.labels = client, node, labels
+        self._last: list[Wanted] | None = None
+
+    def desired(self) -> list[Wanted]:
+        try:
+            got = self.client.assignments(self.node, self.labels)
+        except ModelcarError as e:
+            if self._last is None:
+                raise
+            log.warning("assignments unavailable, keeping the last ones: %s", e.one_line())
+            return self._last
+        for u in got.unresolved:
+            log.warning("policy %s: %s does not resolve: %s", u.policy, u.ref, u.error)
+        self._last = [Wanted(a.digest, a.image, f"{a.name}:{a.version}") for a in got.models]
+        return self._last

@@ -1,0 +1,79 @@
+"""Prometheus metrics and the daemon's small HTTP endpoint (/metrics, /healthz, /readyz)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.bytes_pulled = Counter("modelcar_cache_pulled_bytes", "Bytes fetched", registry=r)
+        self.pull_seconds = Histogram(
+            "modelcar_cache_pull_seconds", "Seconds per completed pull", registry=r,
+            buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200),
+        )  # fmt: skip
+        self.verify_failures = Counter(
+            "modelcar_cache_verify_failures", "Layers or models that failed verification",
+            registry=r,
+        )  # fmt: skip
+        self.evictions = Counter("modelcar_cache_evictions", "Models evicted", registry=r)
+        self.cache_bytes = Gauge("modelcar_cache_bytes", "Bytes held by the cache", registry=r)
+        self.models = Gauge("modelcar_cache_models", "Models by state", ["state"], registry=r)
+
+    def pulled(self, fetched: int, seconds: float) -> None:
+        self.bytes_pulled.inc(fetched)
+        self.pull_seconds.observe(seconds)
+
+    def verify_failed(self) -> None:
+        self.verify_failures.inc()
+
+
+class StatusServer:
+    """``/metrics``, ``/healthz`` (the loop is alive) and ``/readyz`` (all assigned ready)."""
+
+    def __init__(self, host: str, port: int, metrics: Metrics, ready: Callable[[], bool]):
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path == "/metrics":
+                    body, kind, code = generate_latest(metrics.registry), CONTENT_TYPE_LATEST, 200
+                elif self.path == "/healthz":
+                    body, kind, code = b"ok\n", "text/plain", 200
+                elif self.path == "/readyz":
+                    ok = ready()
+                    body = b"ready\n" if ok else b"not ready: assigned models are missing\n"
+                    kind, code = "text/plain", 200 if ok else 503
+                else:
+                    body, kind, code = b"not found\n", "text/plain", 404
+                self.send_response(code)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer((host, port), Handler)
+        self.port = self.httpd.server_address[1]
+        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def start(self) -> StatusServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

@@ -1,0 +1,388 @@
+"""Pull a pinned modelcar into the cache: one pass from the socket to the final files.
+
+manifest (sha256 = the pinned digest) -> config and file index -> each model
+layer streamed: HTTP -> layer sha256 -> safe tar reader -> file sha256 -> file
+in ``staging/``. Several layers at once. Then every file of the index present
+with its size, fsynced, and one rename into ``models/``.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from cache_daemon.blobstream import BlobStream, RateLimiter
+from cache_daemon.cachedir import CacheDir
+from cache_daemon.journal import LayerJournal, Replay
+from modelcar.errors import (
+    DigestMismatch,
+    DiskFull,
+    ImageFormatError,
+    ModelcarError,
+    UsageError,
+)
+from modelcar.image import Descriptor, FileEntry
+from modelcar.modelimage import ModelImage, load_model_image
+from modelcar.modellayer import read_model_layer
+from modelcar.reference import ImageRef, parse_ref
+from modelcar.store import ImageStore, StoreOptions, open_store
+
+log = logging.getLogger("modelcar.cache")
+
+CHECKPOINT_BYTES = 64 << 20
+
+
+class PullOptions(BaseModel):
+    jobs: int = 4
+    max_rate: float | None = None  # bytes per second, all layers together
+    mirrors: list[str] = []
+    store: StoreOptions = StoreOptions()
+    attempts: int = 6
+    checkpoint_bytes: int = CHECKPOINT_BYTES
+
+    model_config = {"arbitrary_types_allowed": True}
+
+
+class PullResult(BaseModel):
+    digest: str
+    image: str
+    path: str
+    size: int
+    files: int
+    layers: int
+    bytes_fetched: int
+    bytes_resumed: int
+    seconds: float
+
+
+@dataclass
+class _Progress:
+    total: int
+    done: int = 0
+    fetched: int = 0
+    resumed: int = 0
+    on_change: Callable[[int, int], None] | None = None
+    _last: float = field(default=0.0)
+
+    def add(self, n: int) -> None:
+        self.done += n
+        now = time.monotonic()
+        if self.on_change and (now - self._last > 1.0 or self.done >= self.total):
+            self._last = now
+            self.on_change(self.done, self.total)
+
+
+def pinned(image: str):
+    ref = parse_ref(image)
+    if not ref.digest:
+        raise UsageError(
+            "the cache pulls pinned images only", subject=image, hint="use REPO@sha256:…"
+        )
+    return ref
+
+
+def mirror_stores(ref, mirrors: list[str], options: StoreOptions) -> list[ImageStore]:
+    """Mirrors first (host swapped, same repository), then the origin."""
+    stores: list[ImageStore] = []
+    if isinstance(ref, ImageRef):
+        for url in mirrors:
+            host = url.split("://", 1)[-1].rstrip("/")
+            opts = StoreOptions(**{**options.__dict__, "plain_http": url.startswith("http://")})
+            stores.append(open_store(ImageRef(host, ref.repository, digest=ref.digest), opts))
+    stores.append(open_store(ref, options))
+    return stores
+
+
+class _Tap:
+    """Between the blob and the tar reader: replays the journaled prefix, then the
+    network; journals every byte that is not file content."""
+
+    def __init__(self, replay: Replay, blob: BlobStream, journal: LayerJournal):
+        self.replay, self.blob, self.journal = replay, blob, journal
+        self.pos = 0
+        self.body_left = 0
+
+    def read(self, n: int = -1) -> bytes:
+        if self.pos < self.replay.end:
+            data = self.replay.read(n if n > 0 else 1 << 20)
+        else:
+            data = self.blob.read(n)
+            if data:
+                in_body = min(self.body_left, len(data))
+                if in_body < len(data):
+                    self.journal.raw(self.pos + in_body, data[in_body:])
+        self.body_left = max(0, self.body_left - len(data))
+        self.pos += len(data)
+        return data
+
+
+class _FileWriter:
+    """One staged file. Skips the bytes a resumed layer already has on disk."""
+
+    def __init__(self, puller: _LayerPull, rel: str, entry: FileEntry):
+        self.layer = puller
+        self.entry = entry
+        tap = puller.tap
+        self.start = tap.pos  # the file's body starts here in the layer
+        tap.body_left = entry.size
+        path = puller.staging / rel
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise ImageFormatError(
+                "the file index puts a file where a directory must be", subject=rel
+            ) from None
+        if self.start >= tap.replay.end:
+            puller.journal.file_start(self.start, rel, entry.size)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        self.fd = os.open(path, flags, 0o644)
+        os.fchmod(self.fd, 0o755 if entry.mode & 0o111 else 0o644)
+        self.pos = 0
+
+    def write(self, data: bytes) -> int:
+        n = len(data)
+        skip = max(0, min(n, self.layer.tap.replay.end - (self.start + self.pos)))
+        if skip < n:
+            view = memoryview(data)[skip:]
+            off = self.pos + skip
+            while view:
+                written = os.pwrite(self.fd, view, off)
+                view, off = view[written:], off + written
+            self.layer.since_checkpoint += n - skip
+            if self.layer.since_checkpoint >= self.layer.checkpoint_bytes:
+                self.layer.journal.checkpoint(self.start + self.pos + n, self.fd)
+                self.layer.since_checkpoint = 0
+        self.pos += n
+        return n
+
+    def close(self) -> None:
+        try:
+            if self.pos == self.entry.size:
+                os.ftruncate(self.fd, self.entry.size)
+                os.fsync(self.fd)
+        finally:
+            os.close(self.fd)
+
+
+class _LayerPull:
+    def __init__(self, staging: Path, journal: LayerJournal, checkpoint_bytes: int):
+        self.staging = staging
+        self.journal = journal
+        self.checkpoint_bytes = checkpoint_bytes
+        self.since_checkpoint = 0
+        self.tap: _Tap
+
+
+class Puller:
+    def __init__(
+        self,
+        cache: CacheDir,
+        options: PullOptions | None = None,
+        *,
+        make_room: Callable[[str, int], None] | None = None,
+        on_progress: Callable[[str, int, int], None] | None = None,
+        metrics=None,
+    ):
+        self.cache = cache
+        self.options = options or PullOptions()
+        self.limiter = RateLimiter(self.options.max_rate)
+        self.make_room = make_room
+        self.on_progress = on_progress
+        self.metrics = metrics
+
+    def pull(self, image: str) -> PullResult:
+        ref = pinned(image)
+        digest = ref.digest
+        assert digest is not None
+        db = self.cache.db
+        started = time.monotonic()
+        if self.cache.is_published(digest):
+            db.set(digest, image=image, state="ready", error=None, used=True)
+            size = db.get(digest).size  # type: ignore[union-attr]
+            return PullResult(
+                digest=digest, image=image, path=str(self.cache.model_dir(digest)), size=size,
+                files=0, layers=0, bytes_fetched=0, bytes_resumed=0, seconds=0.0,
+            )  # fmt: skip
+        sources = mirror_stores(ref, self.options.mirrors, self.options.store)
+        model = self._load(sources, ref)
+        if self.make_room:
+            self.make_room(digest, model.size)
+        db.set(digest, image=image, state="pulling", size=model.size, bytes_done=0, error=None)
+        log.info("pull %s: %d files, %d bytes", image, len(model.files), model.size)
+        try:
+            progress = self._pull_layers(digest, model, sources)
+            self._publish(digest, model)
+        except ModelcarError as e:
+            self._failed(digest, e)
+            raise
+        except OSError as e:
+            err = self._os_error(e, digest)
+            self._failed(digest, err)
+            raise err from None
+        seconds = time.monotonic() - started
+        db.set(digest, state="ready", bytes_done=model.size, error=None, used=True)
+        if self.metrics:
+            self.metrics.pulled(progress.fetched, seconds)
+        log.info("ready %s in %.1fs (%d bytes fetched)", image, seconds, progress.fetched)
+        return PullResult(
+            digest=digest, image=image, path=str(self.cache.model_dir(digest)), size=model.size,
+            files=len(model.files), layers=len(model.model_layers),
+            bytes_fetched=progress.fetched, bytes_resumed=progress.resumed, seconds=seconds,
+        )  # fmt: skip
+
+    # --- steps -----------------------------------------------------------------
+
+    def _load(self, sources: list[ImageStore], ref) -> ModelImage:
+        last: ModelcarError | None = None
+        for store in sources:
+            try:
+                return load_model_image(store, ref)
+            except DigestMismatch as e:
+                last = e  # a mirror with bad bytes: try the next source
+            except ModelcarError as e:
+                if isinstance(e, ImageFormatError):
+                    raise
+                last = e
+        assert last is not None
+        raise last
+
+    def _journal(self, digest: str, layer: str) -> LayerJournal:
+        staging = self.cache.staging_dir(digest)
+        jdir = staging.with_name(staging.name + ".journal")
+        return LayerJournal(jdir / layer.split(":", 1)[1], staging)
+
+    def _pull_layers(self, digest: str, model: ModelImage, sources) -> _Progress:
+        db = self.cache.db
+        staging = self.cache.staging_dir(digest)
+        if not staging.exists():
+            db.clear_layers(digest)
+            self._drop_journals(digest)
+        staging.mkdir(parents=True, exist_ok=True)
+        done = db.layers_done(digest) & {d.digest for d in model.model_layers}
+        files = model.files
+        for layer in list(done):  # trust a finished layer only if its files are all there
+            for f in files.values():
+                if f.layer == layer and _size(staging / f.path) != f.size:
+                    done.discard(layer)
+                    break
+        progress = _Progress(
+            total=model.size,
+            on_change=lambda d, t: self._report(digest, d, t),
+        )
+        progress.add(sum(f.size for f in files.values() if f.layer in done))
+        todo = [d for d in model.model_layers if d.digest not in done]
+        if todo:
+            with ThreadPoolExecutor(max_workers=max(1, self.options.jobs)) as pool:
+                futures = [
+                    pool.submit(self._pull_layer, digest, d, files, sources, progress) for d in todo
+                ]
+                errors = [f.exception() for f in futures]
+            first = next((e for e in errors if e is not None), None)
+            if first is not None:
+                raise first
+        return progress
+
+    def _pull_layer(
+        self, digest: str, desc: Descriptor, files: dict[str, FileEntry], sources, progress
+    ) -> None:
+        staging = self.cache.staging_dir(digest)
+        journal = self._journal(digest, desc.digest)
+        start = journal.load()
+        journal.open()
+        blob = BlobStream(
+            sources, desc.digest, desc.size, start=start, attempts=self.options.attempts,
+            limiter=self.limiter,
+        )  # fmt: skip
+        state = _LayerPull(staging, journal, self.options.checkpoint_bytes)
+        replay = journal.replay()
+        state.tap = _Tap(replay, blob, journal)
+        progress.resumed += start
+        try:
+            read_model_layer(
+                state.tap, desc.digest, files,
+                sink=lambda rel, entry: _FileWriter(state, rel, entry),
+                on_bytes=progress.add,
+            )  # fmt: skip
+        except (DigestMismatch, ImageFormatError):
+            journal.remove()  # what was staged for this layer cannot be trusted
+            if self.metrics:
+                self.metrics.verify_failed()
+            raise
+        except OSError as e:
+            if start and not _is_space(e):  # a broken journal: next time from zero
+                journal.remove()
+            raise
+        finally:
+            blob.close()
+            replay.close()
+            progress.fetched += blob.fetched
+            journal.close()
+        self.cache.db.layer_done(digest, desc.digest)
+        journal.remove()
+        log.info("layer %s verified (%d bytes fetched)", desc.digest[:19], blob.fetched)
+
+    def _publish(self, digest: str, model: ModelImage) -> None:
+        staging = self.cache.staging_dir(digest)
+        for f in model.index.files:
+            if _size(staging / f.path) != f.size:
+                raise DigestMismatch(
+                    "a file of the index is missing after the pull", subject=f.path
+                )
+        for d in sorted({p.parent for p in staging.rglob("*")} | {staging}, reverse=True):
+            fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        self.cache.save_index(digest, model.index)
+        self.cache.publish(digest)
+        self._drop_journals(digest)
+        self.cache.db.clear_layers(digest)
+
+    def _drop_journals(self, digest: str) -> None:
+        staging = self.cache.staging_dir(digest)
+        jdir = staging.with_name(staging.name + ".journal")
+        if jdir.exists():
+            for p in jdir.iterdir():
+                p.unlink()
+            jdir.rmdir()
+
+    def _failed(self, digest: str, e: ModelcarError) -> None:
+        resumable = not isinstance(e, DigestMismatch | ImageFormatError | DiskFull)
+        if not resumable:
+            self.cache.remove_staging(digest)
+            self._drop_journals(digest)
+            self.cache.db.clear_layers(digest)
+        self.cache.db.set(digest, state="failed", error=e.one_line())
+        log.warning("failed %s: %s", digest[:19], e.one_line())
+
+    def _os_error(self, e: OSError, digest: str) -> ModelcarError:
+        if _is_space(e):
+            return DiskFull("no space left on the cache filesystem", subject=str(self.cache.root))
+        where = f": {e.filename}" if e.filename else ""
+        return ModelcarError(f"cannot write the model ({e.strerror or e}){where}", subject=digest)
+
+    def _report(self, digest: str, done: int, total: int) -> None:
+        self.cache.db.set(digest, bytes_done=done)
+        if self.on_progress:
+            self.on_progress(digest, done, total)
+
+
+def _is_space(e: OSError) -> bool:
+    return e.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def _size(path: Path) -> int:
+    try:
+        st = path.lstat()
+    except OSError:
+        return -1
+    return st.st_size if path.is_file() and not path.is_symlink() else -1

@@ -1,0 +1,136 @@
+"""The cache dir's small state database (SQLite): per-model state and last use."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from modelcar.apimodels import ModelState
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS models (
+    digest      TEXT PRIMARY KEY,
+    image       TEXT NOT NULL,
+    state       TEXT NOT NULL,
+    size        INTEGER NOT NULL DEFAULT 0,
+    bytes_done  INTEGER NOT NULL DEFAULT 0,
+    error       TEXT,
+    last_used   REAL NOT NULL DEFAULT 0,
+    updated     REAL NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS layers_done (
+    digest TEXT NOT NULL,
+    layer  TEXT NOT NULL,
+    PRIMARY KEY (digest, layer)
+);
+"""
+
+
+@dataclass
+class ModelRecord:
+    digest: str
+    image: str
+    state: ModelState
+    size: int
+    bytes_done: int
+    error: str | None
+    last_used: float
+    updated: float
+
+
+class StateDB:
+    """Thread-safe: one connection, one lock (writes are tiny and rare)."""
+
+    def __init__(self, path: Path):
+        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=FULL")
+        self._conn.executescript(SCHEMA)
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def get(self, digest: str) -> ModelRecord | None:
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT digest, image, state, size, bytes_done, error, last_used, updated "
+                "FROM models WHERE digest = ?",
+                (digest,),
+            ).fetchone()
+        return ModelRecord(*row) if row else None
+
+    def all(self) -> list[ModelRecord]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT digest, image, state, size, bytes_done, error, last_used, updated "
+                "FROM models ORDER BY digest"
+            ).fetchall()
+        return [ModelRecord(*r) for r in rows]
+
+    def set(
+        self,
+        digest: str,
+        *,
+        image: str | None = None,
+        state: ModelState | None = None,
+        size: int | None = None,
+        bytes_done: int | None = None,
+        error: str | None = "",
+        used: bool = False,
+    ) -> None:
+        """Upsert the given fields (``error=""`` leaves it; ``None`` clears it)."""
+        now = time.time()
+        with self._tx() as c:
+            c.execute(
+                "INSERT INTO models (digest, image, state, updated) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(digest) DO NOTHING",
+                (digest, image or "", state or "pending", now),
+            )
+            fields = {"image": image, "state": state, "size": size, "bytes_done": bytes_done}
+            sets = [(k, v) for k, v in fields.items() if v is not None]
+            if error != "":
+                sets.append(("error", error))
+            if used:
+                sets.append(("last_used", now))
+            sets.append(("updated", now))
+            c.execute(
+                f"UPDATE models SET {', '.join(f'{k} = ?' for k, _ in sets)} WHERE digest = ?",
+                [v for _, v in sets] + [digest],
+            )
+
+    def forget(self, digest: str) -> None:
+        with self._tx() as c:
+            c.execute("DELETE FROM models WHERE digest = ?", (digest,))
+            c.execute("DELETE FROM layers_done WHERE digest = ?", (digest,))
+
+    def layers_done(self, digest: str) -> set[str]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT layer FROM layers_done WHERE digest = ?", (digest,)
+            ).fetchall()
+        return {r[0] for r in rows}
+
+    def layer_done(self, digest: str, layer: str) -> None:
+        with self._tx() as c:
+            c.execute("INSERT OR IGNORE INTO layers_done VALUES (?, ?)", (digest, layer))
+
+    def clear_layers(self, digest: str) -> None:
+        with self._tx() as c:
+            c.execute("DELETE FROM layers_done WHERE digest = ?", (digest,))
+
+    def close(self) -> None:
+        self._conn.close()
