@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -66,6 +67,8 @@ class CacheDir:
         os.write(fd, f"{os.getpid()}\n".encode())
         self._lock_fd = fd
         self.state = StateDB(self.root / "state.db")
+        with contextlib.suppress(ModelcarError):  # a full disk: the next pull says so
+            self.state.reset_interrupted()
         return self
 
     def close(self) -> None:

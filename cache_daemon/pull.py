@@ -214,7 +214,11 @@ class Puller:
         sources = mirror_stores(ref, self.options.mirrors, self.options.store)
         model = self._load(sources, ref)
         if self.make_room:
-            self.make_room(digest, model.size)
+            try:
+                self.make_room(digest, model.size)
+            except ModelcarError as e:
+                db.set(digest, image=image, state="failed", size=model.size, error=e.one_line())
+                raise
         db.set(digest, image=image, state="pulling", size=model.size, bytes_done=0, error=None)
         log.info("pull %s: %d files, %d bytes", image, len(model.files), model.size)
         try:
@@ -361,7 +365,10 @@ class Puller:
             self.cache.remove_staging(digest)
             self._drop_journals(digest)
             self.cache.db.clear_layers(digest)
-        self.cache.db.set(digest, state="failed", error=e.one_line())
+        try:
+            self.cache.db.set(digest, state="failed", error=e.one_line())
+        except ModelcarError as db_error:  # e.g. the disk is still full
+            log.warning("could not record the failure: %s", db_error.one_line())
         log.warning("failed %s: %s", digest[:19], e.one_line())
 
     def _os_error(self, e: OSError, digest: str) -> ModelcarError:

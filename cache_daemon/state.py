@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modelcar.apimodels import ModelState
+from modelcar.errors import DiskFull, ModelcarError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (
@@ -56,13 +57,20 @@ class StateDB:
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
             try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._conn
+                except BaseException:
+                    self._conn.execute("ROLLBACK")
+                    raise
+                self._conn.execute("COMMIT")
+            except sqlite3.OperationalError as e:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                if "full" in str(e):
+                    raise DiskFull("cannot record the cache state", subject=str(e)) from None
+                raise ModelcarError("cannot record the cache state", subject=str(e)) from None
 
     def get(self, digest: str) -> ModelRecord | None:
         with self._lock:
@@ -110,6 +118,14 @@ class StateDB:
             c.execute(
                 f"UPDATE models SET {', '.join(f'{k} = ?' for k, _ in sets)} WHERE digest = ?",
                 [v for _, v in sets] + [digest],
+            )
+
+    def reset_interrupted(self) -> None:
+        """Whoever holds the lock runs no pull yet: a 'pulling' row is a pull that died."""
+        with self._tx() as c:
+            c.execute(
+                "UPDATE models SET state = 'pending', error = 'interrupted; resumes on the next "
+                "pull' WHERE state = 'pulling'"
             )
 
     def forget(self, digest: str) -> None:

@@ -79,6 +79,12 @@ def _staged_bytes(cache) -> int:
     return total
 
 
+def _complete_or_absent(cache, model) -> None:
+    """Under models/ there is nothing, or the whole verified model: never a part of it."""
+    for name in published(cache):
+        assert tree(cache / "models" / name) == tree(model)
+
+
 def test_kill_9_at_many_points_resumes_and_never_shows_a_partial_model(registry, tmp_path):
     model = _big_model(tmp_path / "model")
     ref = build(model, f"{registry.host}/cache/killme", "--plain-http")
@@ -91,26 +97,30 @@ def test_kill_9_at_many_points_resumes_and_never_shows_a_partial_model(registry,
     ]  # fmt: skip
     kills = 0
     for fraction in (0.1, 0.3, 0.5, 0.7, 0.9):
+        target = max(fraction * total, _staged_bytes(cache) + (1 << 20))
         proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 60
         while proc.poll() is None and time.monotonic() < deadline:
-            assert published(cache) == []  # never a partial model under models/
-            if _staged_bytes(cache) >= fraction * total:
+            _complete_or_absent(cache, model)
+            if _staged_bytes(cache) >= target:
                 break
             time.sleep(0.02)
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
             kills += 1
         proc.communicate(timeout=30)
-        assert published(cache) == []
+        _complete_or_absent(cache, model)
+        if published(cache):
+            break  # it finished between two looks
     assert kills >= 3
     final = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert final.returncode == 0, final.stderr
     import json
 
     record = json.loads(final.stdout.splitlines()[-2])
-    assert record["bytes_fetched"] < total, record  # resumed, not from zero
-    assert record["bytes_resumed"] > 0
+    if record["bytes_fetched"]:  # not already finished inside the loop
+        assert record["bytes_fetched"] < total, record  # resumed, not from zero
+        assert record["bytes_resumed"] > 0
     assert tree(cache / "models" / f"sha256-{hex_of(record['digest'])}") == tree(model)
     assert cache_cli("verify", "--cache-dir", str(cache)).code == 0
     assert not any((cache / "staging").iterdir())
