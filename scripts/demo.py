@@ -1,8 +1,9 @@
-"""`make demo`: build the bundled all-MiniLM-L6-v2, register it with the API, resolve it.
+"""`make demo`: build the bundled all-MiniLM-L6-v2, register it, cache it on a node, resolve it.
 
 No servers to install by hand: the registry is Debian's docker-registry and the
 API is modelcar-api on a SQLite file, both started here on 127.0.0.1 in a temp
-dir and stopped at the end.
+dir and stopped at the end; one pass of the cache daemon pulls the model into a
+temp node cache.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import tempfile
 from pathlib import Path
 
 from api.local import LocalApi
+from modelcar.apiclient import ApiClient
+from modelcar.apimodels import PolicyPut
 from modelcar.localregistry import LocalRegistry, find_binary
 
 
@@ -55,7 +58,12 @@ def main() -> None:
     else:
         with (
             LocalRegistry(work / "registry") as reg,
-            LocalApi(f"sqlite:///{work / 'catalog.db'}", log=str(work / "api.log")) as api,
+            LocalApi(
+                f"sqlite:///{work / 'catalog.db'}",
+                "--cache-root",
+                str(work / "node-cache"),
+                log=str(work / "api.log"),
+            ) as api,
         ):
             env = {"MODELCAR_API": api.url, "MODELCAR_API_TOKEN": api.token}
             print(f"api:       {api.url} (SQLite {work / 'catalog.db'})")
@@ -68,11 +76,36 @@ def main() -> None:
             print(f"same digest in both targets: {'yes' if same else 'NO'}")
             print(modelcar("verify", ref, "--plain-http")[-1])
             print()
+            # a policy puts minilm@prod on nodes labelled gpu=demo; one daemon pass pulls it
+            with ApiClient(api.url, api.token) as client:
+                client.put_policy("demo", PolicyPut(models=["minilm@prod"],
+                                                    node_selector={"gpu": "demo"}))  # fmt: skip
+                node_token = client.request(
+                    "POST", "/v1/tokens", json={"name": "demo-node", "role": "node",
+                                                "node": "demo-node"},
+                ).json()["token"]  # fmt: skip
+            cache = work / "node-cache"
+            daemon = subprocess.run(
+                [sys.executable, "-m", "cache_daemon.cli", "run", "--node", "demo-node",
+                 "--label", "gpu=demo", "--api", api.url, "--cache-dir", str(cache),
+                 "--once", "--listen", "", "--plain-http"],
+                capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                env={**os.environ, "MODELCAR_API_TOKEN": node_token},
+            )  # fmt: skip
+            if daemon.returncode != 0:
+                sys.stderr.write(daemon.stderr)
+                raise SystemExit(daemon.returncode)
+            print(f"cache:     {cache} (modelcar-cache run --once: pulled, verified, published)")
+            verified = subprocess.run(
+                [sys.executable, "-m", "cache_daemon.cli", "verify", "--cache-dir", str(cache)],
+                capture_output=True, text=True, check=True,
+            ).stdout.strip()  # fmt: skip
+            print(f"           {verified}")
             answer = json.loads(modelcar("resolve", "minilm@prod", "--json", env=env)[0])
             print("modelcar resolve minilm@prod")
             for key in ("version", "image", "storage_uri", "host_path", "node_label"):
                 print(f"  {key:12} {answer[key]}")
-            print(f"  {'nodes_ready':12} {answer['nodes_ready'] or 'none yet (no cache daemon)'}")
+            print(f"  {'nodes_ready':12} {', '.join(answer['nodes_ready']) or 'none'}")
     print()
     print(
         subprocess.run(
