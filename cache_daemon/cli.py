@@ -122,6 +122,13 @@ def run(
     label: Annotated[
         list[str] | None, typer.Option(help="Node label KEY=VALUE for policies (repeatable).")
     ] = None,
+    kubeconfig: Annotated[
+        str | None,
+        typer.Option(
+            envvar="KUBECONFIG",
+            help="Label the Node through this kubeconfig (in a pod: the service account).",
+        ),
+    ] = None,
     interval: Annotated[float, typer.Option(help="Seconds between passes.")] = 30.0,
     once: Annotated[bool, typer.Option("--once", help="One pass, then exit.")] = False,
     listen: Annotated[
@@ -147,6 +154,7 @@ def run(
     from cache_daemon.daemon import Daemon, DaemonOptions
     from cache_daemon.desired import ApiSource, StaticSource
     from cache_daemon.metrics import Metrics, StatusServer
+    from cache_daemon.nodelabels import NodeLabeller
 
     if bool(api) == bool(config):
         raise UsageError("give exactly one of --api URL (or MODELCAR_API) and --config FILE")
@@ -164,7 +172,8 @@ def run(
     source = ApiSource(client, node, options.labels) if client else StaticSource(config or "")
     metrics = Metrics()
     with CacheDir(cache_dir) as cache:
-        daemon = Daemon(cache, options, source, client, metrics)
+        labeller = NodeLabeller.from_environment(node, kubeconfig)
+        daemon = Daemon(cache, options, source, client, metrics, labeller)
         server = None
         if listen:
             host, _, port = listen.rpartition(":")

@@ -13,6 +13,7 @@ from cache_daemon.cachedir import CacheDir
 from cache_daemon.desired import ApiSource, StaticSource, Wanted
 from cache_daemon.evict import Budget, Evictor
 from cache_daemon.metrics import Metrics
+from cache_daemon.nodelabels import NodeLabeller
 from cache_daemon.pull import Puller, PullOptions
 from cache_daemon.scrub import scrub
 from modelcar import apimodels as wire
@@ -46,12 +47,14 @@ class Daemon:
         source: ApiSource | StaticSource,
         api: ApiClient | None = None,
         metrics: Metrics | None = None,
+        labeller: NodeLabeller | None = None,
     ):
         self.cache = cache
         self.options = options
         self.source = source
         self.api = api
         self.metrics = metrics or Metrics()
+        self.labeller = labeller
         self.wanted: list[Wanted] = []
         self._assigned: set[str] = set()
         self.evictor = Evictor(cache, options.budget, lambda: self._assigned, self._evicted)
@@ -98,6 +101,8 @@ class Daemon:
             event("evicted", digest=digest)
         self._scrub_one()
         self._update_gauges()
+        if self.labeller:
+            self.labeller.sync(set(self.cache.published()))
         self.report()
 
     def _ensure(self, w: Wanted) -> None:

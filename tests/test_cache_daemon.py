@@ -231,3 +231,37 @@ def test_run_input_errors_are_one_line(tmp_path):
         "--listen", "", check=False,
     )  # fmt: skip
     assert "pinned images only" in r.stderr
+
+
+def test_node_labels_follow_ready_models(registry, tmp_path):
+    from modelcar.nodecache import node_label_key
+    from tests.fixtures.kubestub import KubeStub
+
+    refs = _images(registry, tmp_path, ["la", "lb"])
+    cache, config = tmp_path / "cache", tmp_path / "models.yaml"
+    budget = ["--max-bytes", "4MiB", "--high-watermark", "1", "--low-watermark", "1"]
+    with KubeStub(
+        {"gpu-1": {"kubernetes.io/hostname": "gpu-1", "modelcar.dev/sha256-stale": "ready"}}
+    ) as kube:
+        kubeconfig = kube.kubeconfig(tmp_path / "kubeconfig")
+        extra = ["--kubeconfig", str(kubeconfig), *budget]
+        config.write_text(json.dumps({"models": [refs["la"]]}))
+        r = cache_cli(
+            "run", "--node", "gpu-1", "--cache-dir", str(cache), "--config", str(config),
+            "--once", "--listen", "", "--plain-http", *extra,
+        )  # fmt: skip
+        assert r.code == 0, r.stderr
+        key_a, key_b = node_label_key(_dig(refs["la"])), node_label_key(_dig(refs["lb"]))
+        assert kube.labels["gpu-1"] == {"kubernetes.io/hostname": "gpu-1", key_a: "ready"}
+
+        # b replaces a (the budget holds one): the labels follow
+        config.write_text(json.dumps({"models": [refs["lb"]]}))
+        r = cache_cli(
+            "run", "--node", "gpu-1", "--cache-dir", str(cache), "--config", str(config),
+            "--once", "--listen", "", "--plain-http", *extra,
+        )  # fmt: skip
+        assert r.code == 0, r.stderr
+        assert kube.labels["gpu-1"] == {"kubernetes.io/hostname": "gpu-1", key_b: "ready"}
+        patches = [q for q in kube.requests if q[0] == "PATCH"]
+        assert patches and all(auth == "Bearer node-sa-token" for _, _, auth, _ in patches)
+        assert all("patch" in ctype for *_, ctype in patches)

@@ -173,3 +173,19 @@ def test_a_dropped_connection_resumes_with_a_range_request(registry, tmp_path):
     assert cut["done"] and ranges, proxy.log
     size = sum(p.stat().st_size for p in model.iterdir())
     assert record["bytes_fetched"] < size * 1.01  # the second request did not start over
+
+
+def test_mirrors_are_tried_first_and_the_origin_last(registry, sharded_model, tmp_path):
+    from modelcar.localregistry import free_port
+
+    ref = build(sharded_model, f"{registry.host}/cache/mirrored", "--plain-http")
+    with QuirkProxy(f"http://{registry.host}") as mirror:
+        _, record = pull(tmp_path / "c1", ref, "--plain-http", "--mirror", f"http://{mirror.host}")
+        served = [p for (m, p, s) in mirror.log if m == "GET" and "/blobs/" in p and s == 200]
+    assert record["layers"] and len(served) >= record["layers"]  # every layer from the mirror
+    # a mirror that is down costs a retry, not the pull
+    down = f"http://127.0.0.1:{free_port()}"
+    _, record = pull(tmp_path / "c2", ref, "--plain-http", "--mirror", down)
+    assert tree(tmp_path / "c2" / "models" / f"sha256-{hex_of(record['digest'])}") == tree(
+        sharded_model
+    )
