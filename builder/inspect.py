@@ -6,8 +6,9 @@ from pydantic import BaseModel
 
 from modelcar import mediatypes as mt
 from modelcar.digest import HashingReader
-from modelcar.errors import DigestMismatch, ImageFormatError
+from modelcar.errors import DigestMismatch
 from modelcar.image import FileEntry, file_index_from_config, load_json, parse_index, parse_manifest
+from modelcar.modelimage import load_model_image
 from modelcar.modellayer import read_model_layer
 from modelcar.reference import Ref
 from modelcar.store import ImageStore, StoreOptions, open_store
@@ -111,26 +112,14 @@ def _verify_plain_blob(store: ImageStore, digest: str) -> None:
 
 
 def verify_image(ref: Ref, options: StoreOptions) -> tuple[int, int]:
-    store, fetched = _load(ref, options)
-    if fetched.media_type in mt.INDEX_TYPES:
-        raise ImageFormatError(
-            "verify takes a single-platform image, not an index",
-            subject=str(ref),
-            hint="verify one of its manifests by digest",
-        )
-    manifest = parse_manifest(fetched.data)
-    config = load_json(store.read_blob(manifest.config.digest), "image config")
-    index = file_index_from_config(config)
-    if index is None:
-        raise ImageFormatError(
-            "image has no modelcar file index",
-            subject=str(ref),
-            hint="it was not built by modelcar build",
-        )
+    store = open_store(ref, options)
+    image = load_model_image(store, ref)
+    manifest, index = image.manifest, image.index
     expected = {f.path: f for f in index.files}
     seen: set[str] = set()
+    model_layers = {d.digest for d in image.model_layers}
     for desc in manifest.layers:
-        if (desc.annotations or {}).get(mt.LAYER_ROLE) == "model":
+        if desc.digest in model_layers:
             with store.open_blob(desc.digest) as f:
                 seen |= read_model_layer(f, desc.digest, expected)
         else:

@@ -120,7 +120,11 @@ def run(
         typer.Option(help="YAML `models: [REPO@sha256:…]` instead of the API (re-read on change)."),
     ] = None,
     label: Annotated[
-        list[str] | None, typer.Option(help="Node label KEY=VALUE for policies (repeatable).")
+        list[str] | None,
+        typer.Option(
+            help="Node label KEY=VALUE for policies (repeatable); default in Kubernetes: "
+            "the Node object's labels."
+        ),
     ] = None,
     kubeconfig: Annotated[
         str | None,

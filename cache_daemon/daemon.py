@@ -13,7 +13,7 @@ from cache_daemon.cachedir import CacheDir
 from cache_daemon.desired import ApiSource, StaticSource, Wanted
 from cache_daemon.evict import Budget, Evictor
 from cache_daemon.metrics import Metrics
-from cache_daemon.nodelabels import NodeLabeller
+from cache_daemon.nodelabels import OURS, NodeLabeller
 from cache_daemon.pull import Puller, PullOptions
 from cache_daemon.scrub import scrub
 from modelcar import apimodels as wire
@@ -85,6 +85,11 @@ class Daemon:
 
     def run_once(self) -> None:
         self.alive = time.monotonic()
+        if self.labeller and not self.options.labels and isinstance(self.source, ApiSource):
+            # in a cluster, policies select on the Node object's own labels
+            labels = self.labeller.node_labels()
+            if labels is not None:
+                self.source.labels = {k: v for k, v in labels.items() if not k.startswith(OURS)}
         try:
             self.wanted = self.source.desired()
         except ModelcarError as e:
@@ -187,7 +192,9 @@ class Daemon:
                 models.append(wire.NodeModelStatus(digest=w.digest, state="pending"))
         return wire.NodeStatusPut(
             models=models,
-            labels=self.options.labels,
+            labels=self.source.labels
+            if isinstance(self.source, ApiSource)
+            else self.options.labels,
             cache_root=str(self.cache.root),
             disk=wire.DiskUsage(
                 used_bytes=used,

@@ -36,6 +36,14 @@ class NodeLabeller:
             config.load_incluster_config()
         return cls(node, client.CoreV1Api())
 
+    def node_labels(self) -> dict[str, str] | None:
+        """The Node object's labels (what policies select on), or None if unreadable."""
+        try:
+            return dict(self.core.read_node(self.node).metadata.labels or {})  # type: ignore[attr-defined]
+        except Exception as e:
+            log.warning("reading node %s failed: %s", self.node, str(e).splitlines()[0][:300])
+            return None
+
     def sync(self, ready: set[str]) -> bool:
         """Make the node's labels say exactly which models are ready; True if in sync."""
         want = {node_label_key(d): LABEL_READY for d in ready}

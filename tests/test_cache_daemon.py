@@ -265,3 +265,25 @@ def test_node_labels_follow_ready_models(registry, tmp_path):
         patches = [q for q in kube.requests if q[0] == "PATCH"]
         assert patches and all(auth == "Bearer node-sa-token" for _, _, auth, _ in patches)
         assert all("patch" in ctype for *_, ctype in patches)
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_in_a_cluster_policies_match_the_node_objects_labels(registry, api, tmp_path):
+    from tests.fixtures.kubestub import KubeStub
+
+    refs = _images(registry, tmp_path, ["k1"])
+    admin = api.client(api.admin)
+    repo, digest = refs["k1"].split("@")
+    admin.post("/v1/models/k/versions", json={"digest": digest, "repository": repo})
+    admin.put("/v1/policies/h100", json={"models": ["k:1"], "node_selector": {"gpu": "h100"}})
+    with KubeStub({"gpu-7": {"gpu": "h100"}}) as kube:
+        r = cache_cli(
+            "run", "--node", "gpu-7", "--api", api.url, "--cache-dir", str(tmp_path / "cache"),
+            "--kubeconfig", str(kube.kubeconfig(tmp_path / "kubeconfig")), "--once",
+            "--listen", "", "--plain-http",
+            env={"MODELCAR_API_TOKEN": api.token("node", "gpu-7")},
+        )  # fmt: skip
+        assert r.code == 0, r.stderr
+        assert admin.get("/v1/resolve/k:1").json()["nodes_ready"] == ["gpu-7"]
+        assert kube.labels["gpu-7"]["gpu"] == "h100" and len(kube.labels["gpu-7"]) == 2
+        assert admin.get("/v1/nodes/gpu-7").json()["labels"] == {"gpu": "h100"}

@@ -174,3 +174,28 @@ def test_bad_checksum_is_refused():
     layer[0] ^= 1
     with pytest.raises(UnsafeArchive, match="checksum"):
         list(TarReader(io.BytesIO(bytes(layer))))
+
+
+class _Dribble(io.RawIOBase):
+    """A stream that hands out at most 1..7 bytes per read, like a socket after a resume."""
+
+    def __init__(self, data: bytes):
+        self._data, self._pos, self._n = data, 0, 0
+
+    def read(self, n: int = -1) -> bytes:
+        self._n = self._n % 7 + 1
+        take = self._n if n < 0 else min(n, self._n)
+        out = self._data[self._pos : self._pos + take]
+        self._pos += len(out)
+        return out
+
+
+def test_short_reads_are_not_truncation():
+    layer = _tar(_file("models/a.bin", b"weights" * 300))
+    digest = "sha256:" + hashlib.sha256(layer).hexdigest()
+    body = b"weights" * 300
+    entry = FileEntry(
+        path="a.bin", size=len(body), sha256="sha256:" + hashlib.sha256(body).hexdigest(),
+        layer=digest,
+    )  # fmt: skip
+    assert read_model_layer(_Dribble(layer), digest, {"a.bin": entry}) == {"a.bin"}
