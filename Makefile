@@ -52,6 +52,7 @@ bench: system-deps venv
 	$(PIP) install -q -e '.[test,bench]'
 	$(PY) bench/build.py
 	$(PY) bench/api.py
+	$(PY) bench/pull.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .demo .bench
