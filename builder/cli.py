@@ -78,15 +78,24 @@ def _store_options(
 @app.command()
 def build(
     source: Annotated[
-        str, typer.Argument(metavar="SOURCE", help="A local directory or file:///dir.")
+        str,
+        typer.Argument(
+            metavar="SOURCE",
+            help="A local directory (or file:///dir), or hf://ORG/NAME[@REVISION] "
+            "(HF_TOKEN, HF_ENDPOINT, HF_HUB_OFFLINE apply).",
+        ),
     ],
     target: Annotated[
-        str,
+        str | None,
         typer.Argument(
             metavar="TARGET",
             help="HOST[:PORT]/REPO[:TAG] (a registry) or oci:PATH[:TAG] (an OCI layout dir).",
         ),
-    ],
+    ] = None,
+    list_only: Annotated[
+        bool,
+        typer.Option("--list", help="Show what would be packaged, and its size; build nothing."),
+    ] = False,
     base: Annotated[
         str | None,
         typer.Option(
@@ -167,10 +176,12 @@ def build(
     from builder.build import Builder, BuildOptions
     from builder.progress import Progress
     from builder.register import check_names, default_model_name
+    from builder.sources import open_source
     from builder.sources.base import Selection
-    from builder.sources.local import LocalSource
 
-    target_ref = parse_ref(target)
+    if target is None and not list_only:
+        raise UsageError("missing TARGET", hint="give HOST/REPO[:TAG] or oci:PATH, or use --list")
+    target_ref = parse_ref(target or "oci:.")
     if target_ref.digest:
         raise UsageError(
             "a build target cannot name a digest",
@@ -195,10 +206,12 @@ def build(
         stat_cache=stat_cache,
         store=_store_options(plain_http, insecure, ca_file, docker_config),
     )
-    src = LocalSource(
-        source, Selection(include=include or (), exclude=exclude or ()), uri=source_uri
-    )
     progress = Progress(quiet=quiet)
+    selection = Selection(include=include or (), exclude=exclude or ())
+    src = open_source(source, selection, uri=source_uri, on_wait=progress.log)
+    if list_only:
+        _list_files(src)
+        return
     try:
         record = Builder(src, target_ref, options, progress).run()
     finally:
@@ -215,6 +228,14 @@ def build(
     if api:
         _register(api, token, record, model_name, alias, reason, progress)
     typer.echo(record.reference)
+
+
+def _list_files(src) -> None:
+    files = src.files()
+    for f in files:
+        typer.echo(f"{f.size:>14}  {f.sha256 or '':71}  {f.path}")
+    total = sum(f.size for f in files)
+    typer.echo(f"{len(files)} files, {total} bytes ({total / (1 << 30):.2f} GiB) from {src.uri}")
 
 
 def _register(

@@ -1,0 +1,282 @@
+"""Hugging Face Hub models: ``hf://ORG/NAME[@REVISION]``.
+
+The revision (branch, tag or short sha) is resolved to the full commit sha once,
+before anything is read; the image records ``hf://ORG/NAME@<sha>``. Files are
+listed at that commit with ``huggingface_hub`` and streamed over HTTP straight
+into the layer (no copy in the HF cache), unless they are already in the local
+HF cache. LFS files carry their sha256, which the build checks. ``HF_TOKEN``,
+``HF_ENDPOINT`` and ``HF_HUB_OFFLINE`` are honoured.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import httpx
+from huggingface_hub import HfApi, constants, hf_hub_url, try_to_load_from_cache
+from huggingface_hub.errors import (
+    GatedRepoError,
+    HfHubHTTPError,
+    LocalEntryNotFoundError,
+    OfflineModeIsEnabled,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from huggingface_hub.hf_api import RepoFile
+from huggingface_hub.utils import build_hf_headers, get_session
+
+from builder.sources.base import Selection, SourceFile, _matches
+from modelcar.errors import SourceError, SourceFileError, SourceNotFound, UsageError
+
+log = logging.getLogger("modelcar.build")
+
+try:  # huggingface_hub 2.x talks through httpx2; 1.x through httpx
+    import httpx2
+
+    HTTP_ERRORS: tuple[type[Exception], ...] = (httpx.HTTPError, httpx2.HTTPError)
+except ImportError:  # pragma: no cover
+    HTTP_ERRORS = (httpx.HTTPError,)
+T = TypeVar("T")
+
+#: Weight formats that duplicate safetensors; skipped when safetensors exist.
+DUPLICATE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.h5", "*.msgpack", "*.onnx", "*.ckpt", "*.ot")
+ALWAYS_SKIPPED = (".gitattributes", "original/")
+ATTEMPTS = 6
+
+
+def parse_hf_uri(uri: str) -> tuple[str, str]:
+    body = uri.removeprefix("hf://")
+    repo, _, revision = body.partition("@")
+    parts = repo.split("/")
+    if len(parts) != 2 or not all(parts) or any(c.isspace() for c in repo):
+        raise UsageError("invalid Hugging Face source", subject=uri, hint="use hf://ORG/NAME[@REV]")
+    return repo, revision or "main"
+
+
+def default_skip(path: str, has_safetensors: bool) -> bool:
+    if any(_matches(path, p) for p in ALWAYS_SKIPPED):
+        return True
+    return has_safetensors and any(_matches(path, p) for p in DUPLICATE_WEIGHTS)
+
+
+def _retry_after(response: Any) -> float | None:
+    if response is None or response.status_code not in (429, 500, 502, 503, 504):
+        return None
+    try:
+        return max(0.0, float(response.headers.get("Retry-After", "")))
+    except ValueError:
+        return 1.0
+
+
+class HfSource:
+    def __init__(
+        self,
+        uri: str,
+        selection: Selection | None = None,
+        *,
+        token: str | None = None,
+        endpoint: str | None = None,
+        on_wait: Callable[[str], None] | None = None,
+    ):
+        self.repo, revision = parse_hf_uri(uri)
+        self.selection = selection or Selection()
+        self.endpoint = (endpoint or constants.ENDPOINT).rstrip("/")
+        self.token = token
+        self.api = HfApi(endpoint=self.endpoint, token=token)
+        self.on_wait = on_wait or (lambda msg: log.warning("%s", msg))
+        what = f"hf://{self.repo}@{revision}"
+        info = self._call(lambda: self.api.model_info(self.repo, revision=revision), what)
+        if not info.sha:
+            raise SourceError("the Hub did not name a commit for the revision", subject=what)
+        self.sha: str = info.sha
+        self.revision = revision
+        self.uri = f"hf://{self.repo}@{self.sha}"
+        modified = getattr(info, "last_modified", None)
+        self.created: int | None = int(modified.timestamp()) if modified else None
+
+    # --- the Hub, with its errors as one line ----------------------------------
+
+    def _call(self, fn: Callable[[], T], what: str) -> T:
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                return fn()
+            except GatedRepoError:
+                raise SourceError(
+                    "the Hugging Face repo is gated", subject=what,
+                    hint="accept its terms on the Hub and set HF_TOKEN",
+                ) from None  # fmt: skip
+            except RepositoryNotFoundError:
+                raise SourceNotFound(
+                    "Hugging Face repo not found", subject=what,
+                    hint="check ORG/NAME; a private repo needs HF_TOKEN",
+                ) from None  # fmt: skip
+            except RevisionNotFoundError:
+                raise SourceNotFound(
+                    "revision not found in the Hugging Face repo", subject=what,
+                    hint="give a branch, tag or commit sha that exists",
+                ) from None  # fmt: skip
+            except (OfflineModeIsEnabled, LocalEntryNotFoundError):
+                raise SourceError(
+                    "HF_HUB_OFFLINE is set and the repo is not in the local HF cache",
+                    subject=what,
+                ) from None
+            except HfHubHTTPError as e:
+                wait = _retry_after(e.response)
+                if wait is None or attempt == ATTEMPTS:
+                    status = e.response.status_code if e.response is not None else "?"
+                    raise SourceError(
+                        f"the Hub answered HTTP {status}", subject=what,
+                        hint="rate limited; try again later" if status == 429 else None,
+                    ) from None  # fmt: skip
+                self._wait(wait, attempt, what)
+            except HTTP_ERRORS as e:
+                if attempt == ATTEMPTS:
+                    raise SourceError(
+                        f"cannot reach the Hugging Face Hub ({type(e).__name__})",
+                        subject=self.endpoint, hint="check HF_ENDPOINT and the network",
+                    ) from None  # fmt: skip
+                self._wait(min(2.0**attempt, 30.0), attempt, what)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _wait(self, seconds: float, attempt: int, what: str) -> None:
+        self.on_wait(
+            f"the Hub asked to wait: retrying {what} in {seconds:.1f}s "
+            f"(attempt {attempt + 1} of {ATTEMPTS})"
+        )
+        time.sleep(seconds)
+
+    # --- listing ---------------------------------------------------------------
+
+    def files(self) -> list[SourceFile]:
+        what = self.uri
+        entries = self._call(
+            lambda: list(
+                self.api.list_repo_tree(self.repo, revision=self.sha, recursive=True, expand=False)
+            ),
+            what,
+        )
+        repo_files = [e for e in entries if isinstance(e, RepoFile)]
+        has_safetensors = any(f.path.endswith(".safetensors") for f in repo_files)
+        out: list[SourceFile] = []
+        for f in repo_files:
+            explicit = bool(self.selection.include) and self.selection.wants(f.path)
+            if not self.selection.wants(f.path):
+                continue
+            if default_skip(f.path, has_safetensors) and not explicit:
+                continue
+            lfs = getattr(f, "lfs", None)
+            sha = f"sha256:{lfs.sha256}" if lfs is not None else None
+            out.append(
+                SourceFile(
+                    path=f.path,
+                    size=f.size,
+                    opener=self._opener(f.path, f.size),
+                    origin=f"{self.uri}/{f.path}",
+                    sha256=sha,
+                    # content-addressed: the stat cache may remember this file's layer
+                    identity=f"hf:{sha or f.blob_id}:{f.size}",
+                )
+            )
+        out.sort(key=lambda s: s.path.encode("utf-8", "surrogateescape"))
+        return out
+
+    def _opener(self, path: str, size: int) -> Callable[[], Any]:
+        def open_file():
+            cached = try_to_load_from_cache(self.repo, path, revision=self.sha)
+            if isinstance(cached, str):
+                return open(cached, "rb")
+            if constants.HF_HUB_OFFLINE:
+                raise SourceFileError(
+                    "HF_HUB_OFFLINE is set and the file is not in the local HF cache",
+                    subject=f"{self.uri}/{path}",
+                )
+            url = hf_hub_url(self.repo, path, revision=self.sha, endpoint=self.endpoint)
+            return HubFile(self, url, size, f"{self.uri}/{path}")
+
+        return open_file
+
+
+class HubFile:
+    """One file streamed from the Hub; resumes with a range request if the stream drops."""
+
+    def __init__(self, source: HfSource, url: str, size: int, what: str):
+        self.source, self.url, self.size, self.what = source, url, size, what
+        self.offset = 0
+        self._response: Any = None
+        self._chunks: Any = None
+        self._buf = b""
+
+    def _open(self) -> None:
+        headers = build_hf_headers(token=self.source.token)
+        if self.offset:
+            headers["Range"] = f"bytes={self.offset}-"
+        for attempt in range(1, ATTEMPTS + 1):
+            request = get_session().build_request("GET", self.url, headers=headers)
+            try:
+                response = get_session().send(request, stream=True, follow_redirects=True)
+            except HTTP_ERRORS as e:
+                if attempt == ATTEMPTS:
+                    raise SourceFileError(
+                        f"cannot download from the Hub ({type(e).__name__})", subject=self.what
+                    ) from None
+                self.source._wait(min(2.0**attempt, 30.0), attempt, self.what)
+                continue
+            if response.status_code in (200, 206):
+                if self.offset and response.status_code != 206:
+                    response.close()
+                    raise SourceFileError("the Hub ignored a range request", subject=self.what)
+                self._response = response
+                self._chunks = response.iter_raw(1 << 20)
+                return
+            response.read()
+            response.close()
+            wait = _retry_after(response)
+            if response.status_code == 404:
+                raise SourceFileError("file vanished from the Hub", subject=self.what)
+            if wait is None or attempt == ATTEMPTS:
+                hint = "rate limited; try again later" if response.status_code == 429 else None
+                raise SourceFileError(
+                    f"the Hub answered HTTP {response.status_code}", subject=self.what, hint=hint
+                )
+            self.source._wait(wait, attempt, self.what)
+
+    def read(self, n: int = -1) -> bytes:
+        if self.offset >= self.size and not self._buf:
+            return b""
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                if not self._buf:
+                    if self._chunks is None:
+                        self._open()
+                    self._buf = next(self._chunks, b"")
+                    if not self._buf and self.offset < self.size:
+                        raise EOFError("stream ended early")
+                break
+            except (*HTTP_ERRORS, EOFError) as e:
+                self._drop()
+                if attempt == ATTEMPTS:
+                    raise SourceFileError(
+                        f"download kept failing ({type(e).__name__})", subject=self.what
+                    ) from None
+                self.source._wait(min(0.5 * 2**attempt, 10.0), attempt, self.what)
+        take = len(self._buf) if n < 0 else n
+        out, self._buf = self._buf[:take], self._buf[take:]
+        self.offset += len(out)
+        return out
+
+    def _drop(self) -> None:
+        if self._response is not None:
+            self._response.close()
+        self._response, self._chunks, self._buf = None, None, b""
+
+    def close(self) -> None:
+        self._drop()
+
+    def __enter__(self) -> HubFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
