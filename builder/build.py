@@ -25,8 +25,15 @@ from builder.sources.base import Source
 from builder.statcache import StatCache, default_path, layer_key
 from modelcar import mediatypes as mt
 from modelcar.digest import sha256_bytes
-from modelcar.errors import BlobTooLarge, DigestMismatch, SourceChanged, SourceEmpty
+from modelcar.errors import (
+    BlobTooLarge,
+    DigestMismatch,
+    ModelcarError,
+    SourceChanged,
+    SourceEmpty,
+)
 from modelcar.image import Descriptor, FileEntry, FileIndex, Manifest, canonical_json
+from modelcar.modelimage import load_model_image
 from modelcar.reference import DEFAULT_TAG, Ref
 from modelcar.store import ImageStore, StoreOptions, open_store
 from modelcar.tarstream import Member, TarWriter, archive_size, header_bytes, with_parents
@@ -112,6 +119,26 @@ def _layer_annotations(layer: LayerPlan, digests: dict[str, str]) -> dict[str, s
     return ann
 
 
+@dataclass
+class PreviousImage:
+    """What the target tag held before this build: enough to skip unchanged layers."""
+
+    files: dict[str, FileEntry]
+    layer_sizes: dict[str, int]
+
+
+def previous_image(target: ImageStore, ref: Ref) -> PreviousImage | None:
+    if ref.digest:
+        return None
+    try:
+        image = load_model_image(target, ref.with_tag(ref.tag or DEFAULT_TAG))
+    except ModelcarError:
+        return None  # no previous image, or not a modelcar: build everything
+    return PreviousImage(
+        files=image.files, layer_sizes={d.digest: d.size for d in image.model_layers}
+    )
+
+
 class Builder:
     def __init__(
         self,
@@ -125,18 +152,45 @@ class Builder:
         self.options = options
         self.progress = progress or Progress(quiet=True)
         self.cache = StatCache(default_path() if options.stat_cache else None)
+        self.previous: PreviousImage | None = None
 
     # --- one layer -------------------------------------------------------
 
-    def _digest_layer(self, members: list[Member], layer: LayerPlan) -> tuple[str, dict[str, str]]:
+    @staticmethod
+    def _cache_key(members: list[Member], layer: LayerPlan) -> str | None:
         identities = [f.identity for f in layer.files]
-        key = None
-        if all(identities):
-            key = layer_key([header_bytes(m) for m in members], identities)  # type: ignore[arg-type]
-            hit = self.cache.get(key)
-            if hit:
-                self.progress.advance("hash", layer.size)
-                return hit[0], hit[2]
+        if not all(identities):
+            return None
+        return layer_key([header_bytes(m) for m in members], identities)  # type: ignore[arg-type]
+
+    def _known_digest(
+        self, target: ImageStore, members: list[Member], layer: LayerPlan
+    ) -> tuple[str, dict[str, str]] | None:
+        """The layer's digest without reading a byte: from the stat cache, or from the
+        target's previous image when the source reports every file's sha256."""
+        key = self._cache_key(members, layer)
+        hit = self.cache.get(key) if key else None
+        if hit:
+            self.progress.advance("hash", layer.size)
+            return hit[0], hit[2]
+        prev = self.previous
+        if prev is None or not all(f.sha256 for f in layer.files):
+            return None
+        entries = [prev.files.get(f.path) for f in layer.files]
+        if not all(e and e.size == f.size and e.sha256 == f.sha256 for e, f in
+                   zip(entries, layer.files, strict=True)):  # fmt: skip
+            return None
+        digest = entries[0].layer  # type: ignore[union-attr]
+        same_layer = {p for p, e in prev.files.items() if e.layer == digest}
+        if same_layer != {f.path for f in layer.files}:
+            return None
+        if prev.layer_sizes.get(digest) != archive_size(members) or not target.has_blob(digest):
+            return None
+        self.progress.advance("hash", layer.size)
+        return digest, {f"{mt.MODELS_DIR}/{f.path}": f.sha256 for f in layer.files}  # type: ignore[misc]
+
+    def _digest_layer(self, members: list[Member], layer: LayerPlan) -> tuple[str, dict[str, str]]:
+        key = self._cache_key(members, layer)
         writer = TarWriter(members)
         h = hashlib.sha256()
         for chunk in writer:
@@ -156,7 +210,12 @@ class Builder:
                 f"layer of {size} bytes exceeds the registry's limit of {limit}",
                 subject=layer.files[0].origin or layer.files[0].path,
             )
-        digest, file_digests = self._digest_layer(members, layer)
+        known = self._known_digest(target, members, layer)
+        if known is None and any(f.remote for f in layer.files):
+            pushed = self._push_once(target, members, layer, size)
+            if pushed is not None:
+                return pushed
+        digest, file_digests = known or self._digest_layer(members, layer)
         desc = Descriptor(
             mediaType=mt.OCI_LAYER_TAR,
             digest=digest,
@@ -177,6 +236,36 @@ class Builder:
         except DigestMismatch:
             names = ", ".join(f.origin or f.path for f in layer.files[:3])
             raise SourceChanged("file content changed during the build", subject=names) from None
+        return _LayerResult(desc, file_digests, sent, 0)
+
+    def _push_once(
+        self, target: ImageStore, members: list[Member], layer: LayerPlan, size: int
+    ) -> _LayerResult | None:
+        """Remote files: one download, hashed while it uploads (no local copy)."""
+        writers: list[TarWriter] = []
+
+        def chunks():
+            writer = TarWriter(members)
+            writers.append(writer)
+            for chunk in writer:
+                self.progress.advance("hash", len(chunk))
+                self.progress.advance("upload", len(chunk))
+                yield chunk
+
+        pushed = target.push_blob(size, chunks)
+        if pushed is None:  # the store needs the digest first: hash, then upload
+            return None
+        digest, sent = pushed
+        file_digests = writers[-1].file_digests
+        key = self._cache_key(members, layer)
+        if key:
+            self.cache.put(key, digest, size, file_digests)
+        desc = Descriptor(
+            mediaType=mt.OCI_LAYER_TAR,
+            digest=digest,
+            size=size,
+            annotations=_layer_annotations(layer, file_digests),
+        )
         return _LayerResult(desc, file_digests, sent, 0)
 
     def _copy_base_blob(self, target: ImageStore, base: BaseImage, desc: Descriptor) -> int:
@@ -209,6 +298,7 @@ class Builder:
             files, self.options.large_file_threshold, self.options.max_layers - len(base.layers)
         )
         target = open_store(self.target_ref, self.options.store, create=True)
+        self.previous = previous_image(target, self.target_ref)
         total = sum(f.size for f in files)
         self.progress.add_total("hash", total)
         self.progress.add_total("upload", sum(archive_size(_members(layer)) for layer in plan))

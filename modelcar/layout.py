@@ -86,6 +86,30 @@ class OCILayout:
                 os.unlink(tmp)
         return n
 
+    def push_blob(self, size: int, chunks: ChunkFactory) -> tuple[str, int] | None:
+        """Store bytes whose digest is not known yet, hashing them on the way (one pass)."""
+        h = hashlib.sha256()
+        n = 0
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self.root / "blobs" / "sha256")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                for block in chunks():
+                    h.update(block)
+                    n += len(block)
+                    f.write(block)
+            digest = "sha256:" + h.hexdigest()
+            if n != size:
+                raise DigestMismatch(f"blob of {n} bytes, {size} expected")
+            os.replace(tmp, self.blob_path(digest))
+        except OSError as e:
+            if e.errno == 28:
+                raise DiskFull("no space left writing OCI layout", subject=str(self.root)) from None
+            raise LayoutError(f"cannot write blob ({e.strerror})", subject=str(self.root)) from None
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        return digest, n
+
     def put_bytes(self, data: bytes) -> str:
         digest = sha256_bytes(data)
         self.put_blob(digest, len(data), lambda: [data])

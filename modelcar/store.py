@@ -34,6 +34,11 @@ class ImageStore(Protocol):
         """Store a blob whose digest is known; return bytes sent. Verifies the digest."""
         ...
 
+    def push_blob(self, size: int, chunks: ChunkFactory) -> tuple[str, int] | None:
+        """Store a blob whose digest is not known yet (hashed on the way); return
+        (digest, bytes sent), or None if this store needs the digest first."""
+        ...
+
     def open_blob(self, digest: str, offset: int = 0) -> AbstractContextManager[BinaryIO]: ...
 
     def read_blob(self, digest: str) -> bytes:

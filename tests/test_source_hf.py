@@ -130,3 +130,32 @@ def test_bytes_that_differ_from_the_reported_sha256_fail_with_nothing_tagged(hub
     assert_one_line_error(r, "sha256", "model.safetensors")
     store = open_store(parse_ref(target), StoreOptions(plain_http=True))
     assert store.head_manifest("1") is None
+
+
+def _gets(hub, name):
+    """Downloads of the file at repo path ``name``."""
+    return sum(
+        1
+        for (m, p, code) in hub.log
+        if m == "GET" and "/resolve/" in p and p.split("/resolve/")[1].split("/", 1)[1] == name
+        and code > 0
+    )  # fmt: skip
+
+
+def test_each_file_is_downloaded_once_and_unchanged_layers_not_at_all(
+    hub, registry, tmp_path, monkeypatch
+):
+    target = f"{registry.host}/hf/once:latest"
+    _, first = _build("hf://org/minilm@v1", target)
+    assert _gets(hub, "model.safetensors") == 1  # hashed while it uploaded: one download
+    assert first["bytes_uploaded"] > len(hub.files_v1["model.safetensors"])
+
+    # another machine (empty stat cache) builds the next commit into the same tag: the
+    # weights' sha256 from the Hub matches the previous image's index, so the registry
+    # is asked (HEAD) and the file is never downloaded
+    monkeypatch.setenv("MODELCAR_CACHE_DIR", str(tmp_path / "other-machine"))
+    _, second = _build("hf://org/minilm@main", target)
+    assert _gets(hub, "model.safetensors") == 1
+    assert second["bytes_skipped"] >= len(hub.files_v2["model.safetensors"])
+    assert second["bytes_uploaded"] < 1 << 20
+    assert _gets(hub, "config.json") == 2  # what changed (and small files) are read again

@@ -21,6 +21,7 @@ class SourceFile:
     origin: str = ""  # what to name in messages: an absolute path or a URI
     sha256: str | None = None  # known up front (HF LFS oid, S3 checksum), else None
     identity: str | None = None  # stat identity for the stat cache; None disables caching
+    remote: bool = False  # reading it costs a download: read it once, while uploading
 
 
 class Source(Protocol):

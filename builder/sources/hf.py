@@ -178,6 +178,7 @@ class HfSource:
                     sha256=sha,
                     # content-addressed: the stat cache may remember this file's layer
                     identity=f"hf:{sha or f.blob_id}:{f.size}",
+                    remote=True,
                 )
             )
         out.sort(key=lambda s: s.path.encode("utf-8", "surrogateescape"))

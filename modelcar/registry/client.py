@@ -116,10 +116,29 @@ class Repository(ImageStore):
         def attempt() -> int:
             if not self.monolithic and size > self.options.chunk_size:
                 try:
-                    return upload.chunked(self, digest, size, chunks(), self.options.chunk_size)
+                    return upload.chunked(
+                        self, digest, size, chunks(), self.options.chunk_size
+                    )[1]
                 except upload.ChunkedUnsupported:
                     self.monolithic = True
             return upload.monolithic(self, digest, size, chunks())
+
+        return self._retry(attempt)
+
+    def push_blob(self, size: int, chunks: ChunkFactory) -> tuple[str, int] | None:
+        """Upload bytes whose digest is not known yet, hashing them on the way (one pass).
+
+        None if this registry takes monolithic uploads only, which need the digest first.
+        """
+        if self.monolithic:
+            return None
+
+        def attempt() -> tuple[str, int] | None:
+            try:
+                return upload.chunked(self, None, size, chunks(), self.options.chunk_size)
+            except upload.ChunkedUnsupported:
+                self.monolithic = True
+                return None
 
         return self._retry(attempt)
 

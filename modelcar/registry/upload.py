@@ -112,8 +112,9 @@ def monolithic(repo: Repository, digest: str, size: int, chunks: Iterable[bytes]
 
 
 def chunked(
-    repo: Repository, digest: str, size: int, chunks: Iterable[bytes], chunk_size: int
-) -> int:
+    repo: Repository, digest: str | None, size: int, chunks: Iterable[bytes], chunk_size: int
+) -> tuple[str, int]:
+    """Upload in chunks; with ``digest`` None, the digest is what was sent (one pass)."""
     url = start(repo)
     src = _HashingSource(chunks)
     offset = 0
@@ -141,6 +142,7 @@ def chunked(
     # Anything left in the source means it grew: count it so the check below fails.
     for _ in src.body(None):
         pass
+    digest = digest or src.digest
     _finish_check(repo, src, digest, size, url)
     r = repo.request(
         "PUT",
@@ -150,4 +152,4 @@ def chunked(
         what=f"blob {digest}",
     )
     check(r, f"blob {digest}")
-    return src.sent
+    return digest, src.sent
