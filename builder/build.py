@@ -414,4 +414,7 @@ class Builder:
             history.append({"created": created, "created_by": f"modelcar build: /models/{names}"})
         config["history"] = history
         config[mt.CONFIG_INDEX_KEY] = index.model_dump(mode="json")
+        provenance = getattr(self.source, "provenance", None)
+        if provenance is not None:  # which object versions were read (S3 ETags)
+            config[mt.SOURCE_OBJECTS] = provenance()
         return config

@@ -81,8 +81,9 @@ def build(
         str,
         typer.Argument(
             metavar="SOURCE",
-            help="A local directory (or file:///dir), or hf://ORG/NAME[@REVISION] "
-            "(HF_TOKEN, HF_ENDPOINT, HF_HUB_OFFLINE apply).",
+            help="A local directory (or file:///dir); hf://ORG/NAME[@REVISION] "
+            "(HF_TOKEN, HF_ENDPOINT, HF_HUB_OFFLINE apply); s3://BUCKET/PREFIX (AWS credential "
+            "chain, AWS_ENDPOINT_URL).",
         ),
     ],
     target: Annotated[
@@ -91,6 +92,10 @@ def build(
             metavar="TARGET",
             help="HOST[:PORT]/REPO[:TAG] (a registry) or oci:PATH[:TAG] (an OCI layout dir).",
         ),
+    ] = None,
+    s3_endpoint: Annotated[
+        str | None,
+        typer.Option(help="S3-compatible endpoint URL for s3:// sources (else AWS_ENDPOINT_URL)."),
     ] = None,
     list_only: Annotated[
         bool,
@@ -208,7 +213,9 @@ def build(
     )
     progress = Progress(quiet=quiet)
     selection = Selection(include=include or (), exclude=exclude or ())
-    src = open_source(source, selection, uri=source_uri, on_wait=progress.log)
+    src = open_source(
+        source, selection, uri=source_uri, on_wait=progress.log, s3_endpoint=s3_endpoint
+    )
     if list_only:
         _list_files(src)
         return

@@ -14,19 +14,26 @@ def open_source(
     *,
     uri: str | None = None,
     on_wait: Callable[[str], None] | None = None,
+    s3_endpoint: str | None = None,
 ) -> Source:
-    """``hf://ORG/NAME[@REV]``, or a local directory (``./dir``, ``file:///dir``)."""
+    """``hf://ORG/NAME[@REV]``, ``s3://BUCKET/PREFIX``, or a local directory."""
     if text.startswith("hf://"):
         from builder.sources.hf import HfSource
 
         if uri:
             raise UsageError("--source-uri is for local sources; hf:// records its commit")
         return HfSource(text, selection, on_wait=on_wait)
+    if text.startswith("s3://"):
+        from builder.sources.s3 import S3Source
+
+        if uri:
+            raise UsageError("--source-uri is for local sources")
+        return S3Source(text, selection, endpoint=s3_endpoint, on_wait=on_wait)
     if "://" in text and not text.startswith("file://"):
         raise UsageError(
             "unknown source scheme",
             subject=text,
-            hint="use a directory, file:///dir or hf://ORG/NAME",
+            hint="use a directory, file:///dir, hf://ORG/NAME or s3://BUCKET/PREFIX",
         )
     from builder.sources.local import LocalSource
 

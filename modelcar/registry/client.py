@@ -116,9 +116,7 @@ class Repository(ImageStore):
         def attempt() -> int:
             if not self.monolithic and size > self.options.chunk_size:
                 try:
-                    return upload.chunked(
-                        self, digest, size, chunks(), self.options.chunk_size
-                    )[1]
+                    return upload.chunked(self, digest, size, chunks(), self.options.chunk_size)[1]
                 except upload.ChunkedUnsupported:
                     self.monolithic = True
             return upload.monolithic(self, digest, size, chunks())
