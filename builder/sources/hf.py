@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import httpx
 from huggingface_hub import HfApi, constants, hf_hub_url, try_to_load_from_cache
 from huggingface_hub.errors import (
     GatedRepoError,
@@ -29,16 +28,12 @@ from huggingface_hub.hf_api import RepoFile
 from huggingface_hub.utils import build_hf_headers, get_session
 
 from builder.sources.base import Selection, SourceFile, _matches
+from builder.sources.httpfile import HTTP_ERRORS, HttpFile, retry_after
 from modelcar.errors import SourceError, SourceFileError, SourceNotFound, UsageError
 
 log = logging.getLogger("modelcar.build")
 
-try:  # huggingface_hub 2.x talks through httpx2; 1.x through httpx
-    import httpx2
 
-    HTTP_ERRORS: tuple[type[Exception], ...] = (httpx.HTTPError, httpx2.HTTPError)
-except ImportError:  # pragma: no cover
-    HTTP_ERRORS = (httpx.HTTPError,)
 T = TypeVar("T")
 
 #: Weight formats that duplicate safetensors; skipped when safetensors exist.
@@ -60,15 +55,6 @@ def default_skip(path: str, has_safetensors: bool) -> bool:
     if any(_matches(path, p) for p in ALWAYS_SKIPPED):
         return True
     return has_safetensors and any(_matches(path, p) for p in DUPLICATE_WEIGHTS)
-
-
-def _retry_after(response: Any) -> float | None:
-    if response is None or response.status_code not in (429, 500, 502, 503, 504):
-        return None
-    try:
-        return max(0.0, float(response.headers.get("Retry-After", "")))
-    except ValueError:
-        return 1.0
 
 
 class HfSource:
@@ -124,7 +110,7 @@ class HfSource:
                     subject=what,
                 ) from None
             except HfHubHTTPError as e:
-                wait = _retry_after(e.response)
+                wait = retry_after(e.response)
                 if wait is None or attempt == ATTEMPTS:
                     status = e.response.status_code if e.response is not None else "?"
                     raise SourceError(
@@ -195,89 +181,14 @@ class HfSource:
                     subject=f"{self.uri}/{path}",
                 )
             url = hf_hub_url(self.repo, path, revision=self.sha, endpoint=self.endpoint)
-            return HubFile(self, url, size, f"{self.uri}/{path}")
+
+            def open_at(offset: int) -> Any:
+                headers = build_hf_headers(token=self.token)
+                if offset:
+                    headers["Range"] = f"bytes={offset}-"
+                request = get_session().build_request("GET", url, headers=headers)
+                return get_session().send(request, stream=True, follow_redirects=True)
+
+            return HttpFile(open_at, size, f"{self.uri}/{path}", self._wait)
 
         return open_file
-
-
-class HubFile:
-    """One file streamed from the Hub; resumes with a range request if the stream drops."""
-
-    def __init__(self, source: HfSource, url: str, size: int, what: str):
-        self.source, self.url, self.size, self.what = source, url, size, what
-        self.offset = 0
-        self._response: Any = None
-        self._chunks: Any = None
-        self._buf = b""
-
-    def _open(self) -> None:
-        headers = build_hf_headers(token=self.source.token)
-        if self.offset:
-            headers["Range"] = f"bytes={self.offset}-"
-        for attempt in range(1, ATTEMPTS + 1):
-            request = get_session().build_request("GET", self.url, headers=headers)
-            try:
-                response = get_session().send(request, stream=True, follow_redirects=True)
-            except HTTP_ERRORS as e:
-                if attempt == ATTEMPTS:
-                    raise SourceFileError(
-                        f"cannot download from the Hub ({type(e).__name__})", subject=self.what
-                    ) from None
-                self.source._wait(min(2.0**attempt, 30.0), attempt, self.what)
-                continue
-            if response.status_code in (200, 206):
-                if self.offset and response.status_code != 206:
-                    response.close()
-                    raise SourceFileError("the Hub ignored a range request", subject=self.what)
-                self._response = response
-                self._chunks = response.iter_raw(1 << 20)
-                return
-            response.read()
-            response.close()
-            wait = _retry_after(response)
-            if response.status_code == 404:
-                raise SourceFileError("file vanished from the Hub", subject=self.what)
-            if wait is None or attempt == ATTEMPTS:
-                hint = "rate limited; try again later" if response.status_code == 429 else None
-                raise SourceFileError(
-                    f"the Hub answered HTTP {response.status_code}", subject=self.what, hint=hint
-                )
-            self.source._wait(wait, attempt, self.what)
-
-    def read(self, n: int = -1) -> bytes:
-        if self.offset >= self.size and not self._buf:
-            return b""
-        for attempt in range(1, ATTEMPTS + 1):
-            try:
-                if not self._buf:
-                    if self._chunks is None:
-                        self._open()
-                    self._buf = next(self._chunks, b"")
-                    if not self._buf and self.offset < self.size:
-                        raise EOFError("stream ended early")
-                break
-            except (*HTTP_ERRORS, EOFError) as e:
-                self._drop()
-                if attempt == ATTEMPTS:
-                    raise SourceFileError(
-                        f"download kept failing ({type(e).__name__})", subject=self.what
-                    ) from None
-                self.source._wait(min(0.5 * 2**attempt, 10.0), attempt, self.what)
-        take = len(self._buf) if n < 0 else n
-        out, self._buf = self._buf[:take], self._buf[take:]
-        self.offset += len(out)
-        return out
-
-    def _drop(self) -> None:
-        if self._response is not None:
-            self._response.close()
-        self._response, self._chunks, self._buf = None, None, b""
-
-    def close(self) -> None:
-        self._drop()
-
-    def __enter__(self) -> HubFile:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -1,0 +1,128 @@
+"""A file streamed over HTTP that survives dropped connections and rate limits.
+
+``open_at(offset)`` sends the request (a range request when ``offset`` > 0) and
+returns the streamed response; this class reads it, retries 429/5xx after
+``Retry-After`` (saying so through ``on_wait``), and reopens at the byte it had
+reached when the stream breaks. Shared by the Hugging Face and MLflow sources.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from modelcar.errors import SourceFileError
+
+try:  # huggingface_hub 2.x talks through httpx2
+    import httpx2
+
+    HTTP_ERRORS: tuple[type[Exception], ...] = (httpx.HTTPError, httpx2.HTTPError)
+except ImportError:  # pragma: no cover
+    HTTP_ERRORS = (httpx.HTTPError,)
+
+ATTEMPTS = 6
+
+
+def retry_after(response: Any) -> float | None:
+    """Seconds to wait before retrying this answer, or None if it is not retryable."""
+    if response is None or response.status_code not in (429, 500, 502, 503, 504):
+        return None
+    try:
+        return max(0.0, float(response.headers.get("Retry-After", "")))
+    except ValueError:
+        return 1.0
+
+
+class HttpFile:
+    def __init__(
+        self,
+        open_at: Callable[[int], Any],
+        size: int,
+        what: str,
+        on_wait: Callable[[float, int, str], None],
+    ):
+        self.open_at, self.size, self.what, self.on_wait = open_at, size, what, on_wait
+        self.offset = 0
+        self._response: Any = None
+        self._chunks: Any = None
+        self._buf = b""
+
+    def _open(self) -> None:
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                response = self.open_at(self.offset)
+            except HTTP_ERRORS as e:
+                if attempt == ATTEMPTS:
+                    raise SourceFileError(
+                        f"cannot download ({type(e).__name__})", subject=self.what
+                    ) from None
+                self.on_wait(min(2.0**attempt, 30.0), attempt, self.what)
+                continue
+            if response.status_code in (200, 206):
+                skip = 0
+                if self.offset and response.status_code == 200:
+                    skip = self.offset  # the server ignored the range: read past what we have
+                self._response = response
+                self._chunks = response.iter_raw(1 << 20)
+                while skip:
+                    block = next(self._chunks, b"")
+                    if not block:
+                        raise EOFError("stream ended early")
+                    if len(block) > skip:
+                        self._buf = block[skip:]
+                        skip = 0
+                    else:
+                        skip -= len(block)
+                return
+            response.read()
+            response.close()
+            wait = retry_after(response)
+            if response.status_code == 404:
+                raise SourceFileError("file vanished from the source", subject=self.what)
+            if wait is None or attempt == ATTEMPTS:
+                hint = "rate limited; try again later" if response.status_code == 429 else None
+                raise SourceFileError(
+                    f"the source answered HTTP {response.status_code}", subject=self.what, hint=hint
+                )
+            self.on_wait(wait, attempt, self.what)
+
+    def read(self, n: int = -1) -> bytes:
+        if self.offset >= self.size and not self._buf:
+            return b""
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                if not self._buf:
+                    if self._chunks is None:
+                        self._open()
+                    if not self._buf:
+                        self._buf = next(self._chunks, b"")
+                    if not self._buf and self.offset < self.size:
+                        raise EOFError("stream ended early")
+                break
+            except (*HTTP_ERRORS, EOFError) as e:
+                self._drop()
+                if attempt == ATTEMPTS:
+                    raise SourceFileError(
+                        f"download kept failing ({type(e).__name__})", subject=self.what
+                    ) from None
+                self.on_wait(min(0.5 * 2**attempt, 10.0), attempt, self.what)
+        take = len(self._buf) if n < 0 else n
+        out, self._buf = self._buf[:take], self._buf[take:]
+        self.offset += len(out)
+        return out
+
+    def _drop(self) -> None:
+        if self._response is not None:
+            self._response.close()
+        self._response, self._chunks, self._buf = None, None, b""
+
+    def close(self) -> None:
+        self._drop()
+
+    def __enter__(self) -> HttpFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
