@@ -353,6 +353,9 @@ class Builder:
             mt.INDEX_DIGEST: index.digest(),
             mt.BASE_NAME: base.name,
         }
+        extra = getattr(self.source, "annotations", None)
+        if extra is not None:  # e.g. the MLflow run id
+            annotations.update(extra())
         if base.digest:
             annotations[mt.BASE_DIGEST] = base.digest
             annotations[mt.BASE_DIGEST_OCI] = base.digest

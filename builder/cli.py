@@ -82,8 +82,10 @@ def build(
         typer.Argument(
             metavar="SOURCE",
             help="A local directory (or file:///dir); hf://ORG/NAME[@REVISION] "
-            "(HF_TOKEN, HF_ENDPOINT, HF_HUB_OFFLINE apply); s3://BUCKET/PREFIX (AWS credential "
-            "chain, AWS_ENDPOINT_URL).",
+            "(HF_TOKEN, HF_ENDPOINT, HF_HUB_OFFLINE apply); models:/NAME/VERSION, "
+            "models:/NAME@ALIAS or mlflow://NAME@ALIAS (MLFLOW_TRACKING_URI; artifacts stream "
+            "from the server's proxy, S3 or a path, other stores are downloaded by MLflow to a "
+            "temp dir first); s3://BUCKET/PREFIX (AWS credential chain, AWS_ENDPOINT_URL).",
         ),
     ],
     target: Annotated[

@@ -33,6 +33,7 @@ FILE_COUNT = PREFIX + "file-count"
 INDEX_DIGEST = PREFIX + "index.digest"  # sha256 of the canonical file index JSON
 BASE_DIGEST = PREFIX + "base.digest"
 BASE_NAME = PREFIX + "base.name"
+SOURCE_RUN_ID = PREFIX + "source.run-id"  # MLflow: the run that logged the model
 SOURCE_OBJECTS = PREFIX + "source.objects"  # config: {path: {etag, version}} for object stores
 LAYER_ROLE = PREFIX + "layer.role"  # "base" | "model"
 LAYER_FILES = PREFIX + "layer.files"  # JSON [[path, size, sha256], ...] for model layers

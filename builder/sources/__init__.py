@@ -16,13 +16,20 @@ def open_source(
     on_wait: Callable[[str], None] | None = None,
     s3_endpoint: str | None = None,
 ) -> Source:
-    """``hf://ORG/NAME[@REV]``, ``s3://BUCKET/PREFIX``, or a local directory."""
+    """``hf://ORG/NAME[@REV]``, ``models:/NAME@ALIAS`` (MLflow), ``s3://BUCKET/PREFIX``,
+    or a local directory."""
     if text.startswith("hf://"):
         from builder.sources.hf import HfSource
 
         if uri:
             raise UsageError("--source-uri is for local sources; hf:// records its commit")
         return HfSource(text, selection, on_wait=on_wait)
+    if text.startswith(("models:/", "mlflow://")):
+        from builder.sources.mlflow import MlflowSource
+
+        if uri:
+            raise UsageError("--source-uri is for local sources; MLflow records its version")
+        return MlflowSource(text, selection, on_wait=on_wait, s3_endpoint=s3_endpoint)
     if text.startswith("s3://"):
         from builder.sources.s3 import S3Source
 
@@ -33,7 +40,8 @@ def open_source(
         raise UsageError(
             "unknown source scheme",
             subject=text,
-            hint="use a directory, file:///dir, hf://ORG/NAME or s3://BUCKET/PREFIX",
+            hint="use a directory, file:///dir, hf://ORG/NAME, models:/NAME@ALIAS or "
+            "s3://BUCKET/PREFIX",
         )
     from builder.sources.local import LocalSource
 
