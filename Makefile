@@ -53,6 +53,7 @@ bench: system-deps venv
 	$(PY) bench/build.py
 	$(PY) bench/api.py
 	$(PY) bench/pull.py
+	$(PY) bench/hf.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .demo .bench

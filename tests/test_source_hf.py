@@ -159,3 +159,24 @@ def test_each_file_is_downloaded_once_and_unchanged_layers_not_at_all(
     assert second["bytes_skipped"] >= len(hub.files_v2["model.safetensors"])
     assert second["bytes_uploaded"] < 1 << 20
     assert _gets(hub, "config.json") == 2  # what changed (and small files) are read again
+
+
+def test_files_in_the_local_hf_cache_are_read_from_there(hub, registry):
+    from huggingface_hub import hf_hub_download
+
+    hf_hub_download("org/minilm", "model.safetensors", revision=hub.sha_v2)
+    before = _gets(hub, "model.safetensors")
+    _, record = _build("hf://org/minilm", f"{registry.host}/hf/cached:1", "--no-stat-cache")
+    assert record["source"] == f"hf://org/minilm@{hub.sha_v2}"
+    assert _gets(hub, "model.safetensors") == before  # not downloaded again
+
+
+def test_a_hf_cache_snapshot_dir_builds_as_a_local_source(hub, registry, tmp_path):
+    from huggingface_hub import snapshot_download
+
+    snapshot = snapshot_download("org/minilm", revision=hub.sha_v2)
+    r, _ = _build(snapshot, f"{registry.host}/hf/snapshot:1", "--exclude", "*.bin",
+                  "--exclude", "original/", "--exclude", ".gitattributes")  # fmt: skip
+    _, pulled = pull(tmp_path / "cache", r.last_line, "--plain-http")
+    model_dir = tmp_path / "cache" / "models" / f"sha256-{hex_of(pulled['digest'])}"
+    assert tree(model_dir) == _expected(hub.files_v2)

@@ -1,7 +1,7 @@
 """A local directory (``./dir``, ``/abs/dir`` or ``file:///abs/dir``).
 
-Symlinks are followed (a Hugging Face cache snapshot is symlinks into
-``blobs/``), but only to targets inside the source tree; a link that leaves
+Symlinks are followed, but only to targets inside the source tree (or, for a
+Hugging Face cache snapshot, into that repo's ``blobs/``); a link that leaves
 the tree or loops is an error. Empty directories are skipped; anything that
 is not a regular file or directory is refused.
 """
@@ -41,7 +41,12 @@ class LocalSource:
         self.created: int | None = None  # a plain directory has no commit time
 
     def _inside(self, real: Path) -> bool:
-        return real == self.real_root or self.real_root in real.parents
+        if real == self.real_root or self.real_root in real.parents:
+            return True
+        # A Hugging Face cache snapshot (…/models--ORG--NAME/snapshots/<sha>/) is symlinks
+        # into the repo's own blobs/ directory: those targets belong to the snapshot.
+        blobs = self.real_root.parent.parent / "blobs"
+        return self.real_root.parent.name == "snapshots" and blobs in real.parents
 
     def files(self) -> list[SourceFile]:
         out: list[SourceFile] = []
