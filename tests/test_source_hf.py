@@ -14,6 +14,13 @@ from tests.conftest import assert_one_line_error, run_cli
 from tests.fixtures.hfhub import HubServer
 
 
+def _in_process(hub) -> dict:
+    """huggingface_hub reads HF_ENDPOINT and HF_HOME once, at import: name them per call."""
+    import os
+
+    return {"endpoint": hub.url, "cache_dir": os.path.join(os.environ["HF_HOME"], "hub")}
+
+
 def _read_dir(root):
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
@@ -164,7 +171,7 @@ def test_each_file_is_downloaded_once_and_unchanged_layers_not_at_all(
 def test_files_in_the_local_hf_cache_are_read_from_there(hub, registry):
     from huggingface_hub import hf_hub_download
 
-    hf_hub_download("org/minilm", "model.safetensors", revision=hub.sha_v2)
+    hf_hub_download("org/minilm", "model.safetensors", revision=hub.sha_v2, **_in_process(hub))
     before = _gets(hub, "model.safetensors")
     _, record = _build("hf://org/minilm", f"{registry.host}/hf/cached:1", "--no-stat-cache")
     assert record["source"] == f"hf://org/minilm@{hub.sha_v2}"
@@ -174,9 +181,27 @@ def test_files_in_the_local_hf_cache_are_read_from_there(hub, registry):
 def test_a_hf_cache_snapshot_dir_builds_as_a_local_source(hub, registry, tmp_path):
     from huggingface_hub import snapshot_download
 
-    snapshot = snapshot_download("org/minilm", revision=hub.sha_v2)
+    snapshot = snapshot_download("org/minilm", revision=hub.sha_v2, **_in_process(hub))
     r, _ = _build(snapshot, f"{registry.host}/hf/snapshot:1", "--exclude", "*.bin",
                   "--exclude", "original/", "--exclude", ".gitattributes")  # fmt: skip
     _, pulled = pull(tmp_path / "cache", r.last_line, "--plain-http")
     model_dir = tmp_path / "cache" / "models" / f"sha256-{hex_of(pulled['digest'])}"
     assert tree(model_dir) == _expected(hub.files_v2)
+
+
+def test_offline_builds_come_from_the_local_hf_cache(hub, registry, tmp_path):
+    from huggingface_hub import snapshot_download
+
+    snapshot_download("org/minilm", revision="main", **_in_process(hub))
+    offline = {"HF_HUB_OFFLINE": "1"}
+    requests = len(hub.log)
+    r = run_cli("build", "hf://org/minilm@main", f"{registry.host}/hf/offline:1", "--plain-http",
+                "--json", env=offline)  # fmt: skip
+    assert len(hub.log) == requests  # not one request to the hub
+    assert json.loads(r.stdout.splitlines()[-2])["source"] == f"hf://org/minilm@{hub.sha_v2}"
+    _, pulled = pull(tmp_path / "cache", r.last_line, "--plain-http")
+    model_dir = tmp_path / "cache" / "models" / f"sha256-{hex_of(pulled['digest'])}"
+    assert tree(model_dir) == _expected(hub.files_v2)
+    missing = run_cli("build", "hf://org/other", f"{registry.host}/hf/offline:2", "--plain-http",
+                      env=offline, check=False)  # fmt: skip
+    assert_one_line_error(missing, "HF_HUB_OFFLINE")

@@ -5,7 +5,9 @@ before anything is read; the image records ``hf://ORG/NAME@<sha>``. Files are
 listed at that commit with ``huggingface_hub`` and streamed over HTTP straight
 into the layer (no copy in the HF cache), unless they are already in the local
 HF cache. LFS files carry their sha256, which the build checks. ``HF_TOKEN``,
-``HF_ENDPOINT`` and ``HF_HUB_OFFLINE`` are honoured.
+``HF_ENDPOINT`` and ``HF_HUB_OFFLINE`` are honoured; offline, the revision and
+files come from the local HF cache, and the image's ``created`` is the epoch
+(the cache does not keep commit times).
 """
 
 from __future__ import annotations
@@ -13,9 +15,16 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
-from huggingface_hub import HfApi, constants, hf_hub_url, try_to_load_from_cache
+from huggingface_hub import (
+    HfApi,
+    constants,
+    hf_hub_url,
+    snapshot_download,
+    try_to_load_from_cache,
+)
 from huggingface_hub.errors import (
     GatedRepoError,
     HfHubHTTPError,
@@ -74,6 +83,17 @@ class HfSource:
         self.api = HfApi(endpoint=self.endpoint, token=token)
         self.on_wait = on_wait or (lambda msg: log.warning("%s", msg))
         what = f"hf://{self.repo}@{revision}"
+        self.snapshot: str | None = None
+        if constants.HF_HUB_OFFLINE:  # the local HF cache only
+            self.snapshot = self._call(
+                lambda: snapshot_download(self.repo, revision=revision, local_files_only=True),
+                what,
+            )
+            self.sha = Path(self.snapshot).name
+            self.revision = revision
+            self.uri = f"hf://{self.repo}@{self.sha}"
+            self.created = None  # the cache does not keep the commit time
+            return
         info = self._call(lambda: self.api.model_info(self.repo, revision=revision), what)
         if not info.sha:
             raise SourceError("the Hub did not name a commit for the revision", subject=what)
@@ -136,7 +156,19 @@ class HfSource:
 
     # --- listing ---------------------------------------------------------------
 
+    def _select(self, path: str, has_safetensors: bool) -> bool:
+        explicit = bool(self.selection.include) and self.selection.wants(path)
+        if not self.selection.wants(path):
+            return False
+        return explicit or not default_skip(path, has_safetensors)
+
     def files(self) -> list[SourceFile]:
+        if self.snapshot is not None:
+            from builder.sources.local import LocalSource
+
+            local = LocalSource(self.snapshot, uri=self.uri).files()
+            has_st = any(f.path.endswith(".safetensors") for f in local)
+            return [f for f in local if self._select(f.path, has_st)]
         what = self.uri
         entries = self._call(
             lambda: list(
@@ -148,10 +180,7 @@ class HfSource:
         has_safetensors = any(f.path.endswith(".safetensors") for f in repo_files)
         out: list[SourceFile] = []
         for f in repo_files:
-            explicit = bool(self.selection.include) and self.selection.wants(f.path)
-            if not self.selection.wants(f.path):
-                continue
-            if default_skip(f.path, has_safetensors) and not explicit:
+            if not self._select(f.path, has_safetensors):
                 continue
             lfs = getattr(f, "lfs", None)
             sha = f"sha256:{lfs.sha256}" if lfs is not None else None
