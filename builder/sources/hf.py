@@ -37,7 +37,14 @@ from huggingface_hub.hf_api import RepoFile
 from huggingface_hub.utils import build_hf_headers, get_session
 
 from builder.sources.base import Selection, SourceFile, _matches
-from builder.sources.httpfile import HTTP_ERRORS, HttpFile, retry_after
+from builder.sources.httpfile import (
+    ATTEMPTS,
+    HTTP_ERRORS,
+    HttpFile,
+    RetryLater,
+    retry_after,
+    with_retries,
+)
 from modelcar.errors import SourceError, SourceFileError, SourceNotFound, UsageError
 
 log = logging.getLogger("modelcar.build")
@@ -48,7 +55,6 @@ T = TypeVar("T")
 #: Weight formats that duplicate safetensors; skipped when safetensors exist.
 DUPLICATE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.h5", "*.msgpack", "*.onnx", "*.ckpt", "*.ot")
 ALWAYS_SKIPPED = (".gitattributes", "original/")
-ATTEMPTS = 6
 
 
 def parse_hf_uri(uri: str) -> tuple[str, str]:
@@ -106,7 +112,9 @@ class HfSource:
     # --- the Hub, with its errors as one line ----------------------------------
 
     def _call(self, fn: Callable[[], T], what: str) -> T:
-        for attempt in range(1, ATTEMPTS + 1):
+        """One call to the Hub; rate limits and 5xx are waited out (``with_retries``)."""
+
+        def once() -> T:
             try:
                 return fn()
             except GatedRepoError:
@@ -130,22 +138,23 @@ class HfSource:
                     subject=what,
                 ) from None
             except HfHubHTTPError as e:
+                status = e.response.status_code if e.response is not None else "?"
+                error = SourceError(
+                    f"the Hub answered HTTP {status}", subject=what,
+                    hint="rate limited; try again later" if status == 429 else None,
+                )  # fmt: skip
                 wait = retry_after(e.response)
-                if wait is None or attempt == ATTEMPTS:
-                    status = e.response.status_code if e.response is not None else "?"
-                    raise SourceError(
-                        f"the Hub answered HTTP {status}", subject=what,
-                        hint="rate limited; try again later" if status == 429 else None,
-                    ) from None  # fmt: skip
-                self._wait(wait, attempt, what)
+                if wait is None:
+                    raise error from None
+                raise RetryLater(wait, error) from None
             except HTTP_ERRORS as e:
-                if attempt == ATTEMPTS:
-                    raise SourceError(
-                        f"cannot reach the Hugging Face Hub ({type(e).__name__})",
-                        subject=self.endpoint, hint="check HF_ENDPOINT and the network",
-                    ) from None  # fmt: skip
-                self._wait(min(2.0**attempt, 30.0), attempt, what)
-        raise AssertionError("unreachable")  # pragma: no cover
+                error = SourceError(
+                    f"cannot reach the Hugging Face Hub ({type(e).__name__})",
+                    subject=self.endpoint, hint="check HF_ENDPOINT and the network",
+                )  # fmt: skip
+                raise RetryLater(None, error) from None
+
+        return with_retries(once, what, self._wait)
 
     def _wait(self, seconds: float, attempt: int, what: str) -> None:
         self.on_wait(

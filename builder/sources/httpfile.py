@@ -9,11 +9,12 @@ reached when the stream breaks. Shared by the Hugging Face and MLflow sources.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 
-from modelcar.errors import SourceFileError
+from modelcar.errors import ModelcarError, SourceFileError
 
 try:  # huggingface_hub 2.x talks through httpx2
     import httpx2
@@ -23,6 +24,39 @@ except ImportError:  # pragma: no cover
     HTTP_ERRORS = (httpx.HTTPError,)
 
 ATTEMPTS = 6
+T = TypeVar("T")
+
+
+class RetryLater(Exception):
+    """Raised inside ``with_retries``: wait ``seconds`` (None: back off) and try again;
+    after the last attempt, ``error`` is what the user sees."""
+
+    def __init__(self, seconds: float | None, error: ModelcarError):
+        super().__init__(error.one_line())
+        self.seconds, self.error = seconds, error
+
+
+def _wait_for(state: RetryCallState) -> float:
+    e = state.outcome.exception() if state.outcome else None
+    seconds = getattr(e, "seconds", None)
+    return seconds if seconds is not None else min(0.5 * 2**state.attempt_number, 30.0)
+
+
+def with_retries(fn: Callable[[], T], what: str, on_wait: Callable[[float, int, str], None]) -> T:
+    """Call ``fn`` until it stops raising ``RetryLater`` (tenacity, honouring Retry-After)."""
+    try:
+        for attempt in Retrying(
+            stop=stop_after_attempt(ATTEMPTS),
+            retry=retry_if_exception_type(RetryLater),
+            wait=_wait_for,
+            before_sleep=lambda s: on_wait(_wait_for(s), s.attempt_number, what),
+            reraise=True,
+        ):
+            with attempt:
+                return fn()
+    except RetryLater as e:
+        raise e.error from None
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def retry_after(response: Any) -> float | None:
@@ -50,43 +84,39 @@ class HttpFile:
         self._buf = b""
 
     def _open(self) -> None:
-        for attempt in range(1, ATTEMPTS + 1):
-            try:
-                response = self.open_at(self.offset)
-            except HTTP_ERRORS as e:
-                if attempt == ATTEMPTS:
-                    raise SourceFileError(
-                        f"cannot download ({type(e).__name__})", subject=self.what
-                    ) from None
-                self.on_wait(min(2.0**attempt, 30.0), attempt, self.what)
-                continue
-            if response.status_code in (200, 206):
-                skip = 0
-                if self.offset and response.status_code == 200:
-                    skip = self.offset  # the server ignored the range: read past what we have
-                self._response = response
-                self._chunks = response.iter_raw(1 << 20)
-                while skip:
-                    block = next(self._chunks, b"")
-                    if not block:
-                        raise EOFError("stream ended early")
-                    if len(block) > skip:
-                        self._buf = block[skip:]
-                        skip = 0
-                    else:
-                        skip -= len(block)
-                return
-            response.read()
-            response.close()
-            wait = retry_after(response)
-            if response.status_code == 404:
-                raise SourceFileError("file vanished from the source", subject=self.what)
-            if wait is None or attempt == ATTEMPTS:
-                hint = "rate limited; try again later" if response.status_code == 429 else None
-                raise SourceFileError(
-                    f"the source answered HTTP {response.status_code}", subject=self.what, hint=hint
-                )
-            self.on_wait(wait, attempt, self.what)
+        with_retries(self._open_once, self.what, self.on_wait)
+
+    def _open_once(self) -> None:
+        try:
+            response = self.open_at(self.offset)
+        except HTTP_ERRORS as e:
+            error = SourceFileError(f"cannot download ({type(e).__name__})", subject=self.what)
+            raise RetryLater(None, error) from None
+        if response.status_code in (200, 206):
+            skip = self.offset if self.offset and response.status_code == 200 else 0
+            self._response = response
+            self._chunks = response.iter_raw(1 << 20)
+            while skip:  # the server ignored the range: read past what we have
+                block = next(self._chunks, b"")
+                if not block:
+                    raise EOFError("stream ended early")
+                if len(block) > skip:
+                    self._buf, skip = block[skip:], 0
+                else:
+                    skip -= len(block)
+            return
+        response.read()
+        response.close()
+        if response.status_code == 404:
+            raise SourceFileError("file vanished from the source", subject=self.what)
+        hint = "rate limited; try again later" if response.status_code == 429 else None
+        error = SourceFileError(
+            f"the source answered HTTP {response.status_code}", subject=self.what, hint=hint
+        )
+        wait = retry_after(response)
+        if wait is None:
+            raise error
+        raise RetryLater(wait, error)
 
     def read(self, n: int = -1) -> bytes:
         if self.offset >= self.size and not self._buf:
