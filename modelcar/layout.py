@@ -57,37 +57,8 @@ class OCILayout:
     def has_blob(self, digest: str) -> bool:
         return self.blob_path(digest).is_file()
 
-    def put_blob(self, digest: str, size: int, chunks: ChunkFactory) -> int:
-        if self.has_blob(digest):
-            return 0
-        dest = self.blob_path(digest)
-        h = hashlib.sha256()
-        n = 0
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=dest.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                for block in chunks():
-                    h.update(block)
-                    n += len(block)
-                    f.write(block)
-            actual = "sha256:" + h.hexdigest()
-            if actual != digest or n != size:
-                raise DigestMismatch(
-                    f"blob content does not match its digest (expected {digest}, "
-                    f"{size} bytes; got {actual}, {n} bytes)"
-                )
-            os.replace(tmp, dest)
-        except OSError as e:
-            if e.errno == 28:
-                raise DiskFull("no space left writing OCI layout", subject=str(self.root)) from None
-            raise LayoutError(f"cannot write blob ({e.strerror})", subject=str(dest)) from None
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-        return n
-
-    def push_blob(self, size: int, chunks: ChunkFactory) -> tuple[str, int] | None:
-        """Store bytes whose digest is not known yet, hashing them on the way (one pass)."""
+    def _write(self, size: int, chunks: ChunkFactory, expected: str | None) -> tuple[str, int]:
+        """Write the chunks to a temp file, hashing; move it to its digest's place."""
         h = hashlib.sha256()
         n = 0
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self.root / "blobs" / "sha256")
@@ -97,10 +68,13 @@ class OCILayout:
                     h.update(block)
                     n += len(block)
                     f.write(block)
-            digest = "sha256:" + h.hexdigest()
-            if n != size:
-                raise DigestMismatch(f"blob of {n} bytes, {size} expected")
-            os.replace(tmp, self.blob_path(digest))
+            actual = "sha256:" + h.hexdigest()
+            if actual != (expected or actual) or n != size:
+                raise DigestMismatch(
+                    f"blob content does not match its digest (expected {expected or '?'}, "
+                    f"{size} bytes; got {actual}, {n} bytes)"
+                )
+            os.replace(tmp, self.blob_path(actual))
         except OSError as e:
             if e.errno == 28:
                 raise DiskFull("no space left writing OCI layout", subject=str(self.root)) from None
@@ -108,7 +82,16 @@ class OCILayout:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-        return digest, n
+        return actual, n
+
+    def put_blob(self, digest: str, size: int, chunks: ChunkFactory) -> int:
+        if self.has_blob(digest):
+            return 0
+        return self._write(size, chunks, digest)[1]
+
+    def push_blob(self, size: int, chunks: ChunkFactory) -> tuple[str, int] | None:
+        """Store bytes whose digest is not known yet, hashing them on the way (one pass)."""
+        return self._write(size, chunks, None)
 
     def put_bytes(self, data: bytes) -> str:
         digest = sha256_bytes(data)
