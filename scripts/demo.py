@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+import yaml
 
 from api.local import LocalApi
 from modelcar.apiclient import ApiClient
@@ -106,15 +109,14 @@ def main() -> None:
             for key in ("version", "image", "storage_uri", "host_path", "node_label"):
                 print(f"  {key:12} {answer[key]}")
             print(f"  {'nodes_ready':12} {', '.join(answer['nodes_ready']) or 'none'}")
-    print()
-    print(
-        subprocess.run(
-            [sys.executable, "-m", "builder.cli", "inspect", layout_ref],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.rstrip()
-    )
+            print()
+            kserve = modelcar("resolve", "minilm@prod", "--kserve", "--mode", "hostpath", env=env)
+            print("KServe InferenceService (modelcar resolve minilm@prod --kserve --mode hostpath)")
+            print(yaml.safe_dump(json.loads("\n".join(kserve)), sort_keys=False).rstrip())
+    if "--keep" in sys.argv:
+        print(f"\nkept {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
