@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
-APT_PACKAGES := docker-registry skopeo umoci busybox-static openssl postgresql
+APT_PACKAGES := docker-registry skopeo umoci busybox-static openssl postgresql containerd
 PYTEST_ARGS ?=
 
 .PHONY: demo test lint format bench system-deps venv clean

@@ -133,6 +133,17 @@ def run(
             help="Label the Node through this kubeconfig (in a pod: the service account).",
         ),
     ] = None,
+    warm_cri: Annotated[
+        bool,
+        typer.Option(
+            "--warm-cri",
+            help="Also pull each ready model's image through the runtime's CRI socket and pin "
+            "it, so KServe's oci:// path starts without a pull.",
+        ),
+    ] = False,
+    cri_socket: Annotated[
+        str, typer.Option(help="The CRI socket for --warm-cri.")
+    ] = "/run/containerd/containerd.sock",
     interval: Annotated[float, typer.Option(help="Seconds between passes.")] = 30.0,
     once: Annotated[bool, typer.Option("--once", help="One pass, then exit.")] = False,
     listen: Annotated[
@@ -155,6 +166,7 @@ def run(
     ca_file: CaFile = None,
 ) -> None:
     """Keep this node's assigned models ready: pull, verify, publish, evict, scrub, report."""
+    from cache_daemon.cri import RuntimeWarmer
     from cache_daemon.daemon import Daemon, DaemonOptions
     from cache_daemon.desired import ApiSource, StaticSource
     from cache_daemon.metrics import Metrics, StatusServer
@@ -177,7 +189,8 @@ def run(
     metrics = Metrics()
     with CacheDir(cache_dir) as cache:
         labeller = NodeLabeller.from_environment(node, kubeconfig)
-        daemon = Daemon(cache, options, source, client, metrics, labeller)
+        warmer = RuntimeWarmer(cri_socket) if warm_cri else None
+        daemon = Daemon(cache, options, source, client, metrics, labeller, warmer)
         server = None
         if listen:
             host, _, port = listen.rpartition(":")

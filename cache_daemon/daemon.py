@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from cache_daemon.blobstream import RateLimiter
 from cache_daemon.cachedir import CacheDir
+from cache_daemon.cri import RuntimeWarmer
 from cache_daemon.desired import ApiSource, StaticSource, Wanted
 from cache_daemon.evict import Budget, Evictor
 from cache_daemon.metrics import Metrics
@@ -48,6 +49,7 @@ class Daemon:
         api: ApiClient | None = None,
         metrics: Metrics | None = None,
         labeller: NodeLabeller | None = None,
+        warmer: RuntimeWarmer | None = None,
     ):
         self.cache = cache
         self.options = options
@@ -55,6 +57,8 @@ class Daemon:
         self.api = api
         self.metrics = metrics or Metrics()
         self.labeller = labeller
+        self.warmer = warmer
+        self._warmed: set[str] = set()
         self.wanted: list[Wanted] = []
         self._assigned: set[str] = set()
         self.evictor = Evictor(cache, options.budget, lambda: self._assigned, self._evicted)
@@ -117,6 +121,7 @@ class Daemon:
             if record is None or record.state != "ready":
                 db.set(w.digest, image=w.image, state="ready", error=None)
             db.set(w.digest, used=True)
+            self._warm(w)
             return
         event("pulling", digest=w.digest, image=w.image, model=w.label)
         self.report(force=True)
@@ -129,7 +134,20 @@ class Daemon:
             "ready", digest=w.digest, model=w.label, seconds=round(result.seconds, 2),
             fetched=result.bytes_fetched,
         )  # fmt: skip
+        self._warm(w)
         self.report(force=True)
+
+    def _warm(self, w: Wanted) -> None:
+        """With --warm-cri: the runtime pulls the image too, and pins it (once per process)."""
+        if self.warmer is None or w.digest in self._warmed or w.image.startswith("oci:"):
+            return
+        try:
+            self.warmer.warm(w.image)
+        except ModelcarError as e:
+            event("warm-failed", digest=w.digest, error=e.one_line())
+            return
+        self._warmed.add(w.digest)
+        event("warmed", digest=w.digest, image=w.image)
 
     def _drop_stale_staging(self) -> None:
         """Partial pulls of models no longer wanted are removed; wanted ones resume."""

@@ -287,3 +287,33 @@ def test_in_a_cluster_policies_match_the_node_objects_labels(registry, api, tmp_
         assert admin.get("/v1/resolve/k:1").json()["nodes_ready"] == ["gpu-7"]
         assert kube.labels["gpu-7"]["gpu"] == "h100" and len(kube.labels["gpu-7"]) == 2
         assert admin.get("/v1/nodes/gpu-7").json()["labels"] == {"gpu": "h100"}
+
+
+def test_warm_cri_pulls_through_containerd_and_pins(registry, tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("containerd needs root")
+    from cache_daemon.cri import PINNED_LABEL, RuntimeWarmer
+    from tests.fixtures.containerd import Containerd
+
+    refs = _images(registry, tmp_path, ["warm"])
+    runtime = Containerd(tmp_path / "containerd").start()
+    try:
+        runtime.trust_http(registry.host)
+        cache, config = tmp_path / "cache", tmp_path / "models.yaml"
+        r = _run_once(cache, config, refs, ["warm"], "--warm-cri", "--cri-socket",
+                      str(runtime.socket))  # fmt: skip
+        assert r.code == 0, r.stderr
+        assert '"event": "warmed"' in r.stderr
+        warmer = RuntimeWarmer(str(runtime.socket))
+        try:
+            assert warmer.labels(refs["warm"])[PINNED_LABEL] == "pinned"
+        finally:
+            warmer.close()
+        # the daemon's own copy is there too
+        assert len(published(cache)) == 1
+        # a socket with no runtime behind it is a warning, not a failed model
+        r = _run_once(cache, config, refs, ["warm"], "--warm-cri", "--cri-socket",
+                      str(tmp_path / "none.sock"))  # fmt: skip
+        assert r.code == 0 and '"event": "warm-failed"' in r.stderr
+    finally:
+        runtime.stop()
