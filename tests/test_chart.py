@@ -102,6 +102,12 @@ def test_the_daemon_gets_its_node_name_and_cache_dir():
     assert db["MODELCAR_API_DB"]["valueFrom"]["secretKeyRef"]["name"] == "modelcar-db"
     assert db["MODELCAR_API_CACHE_ROOT"]["value"] == "/mnt/nvme/modelcar"
     assert "PersistentVolumeClaim" not in kinds  # PostgreSQL: no SQLite volume
+    # --warm-cri: the CRI socket is mounted, and only then does the daemon run as root
+    assert "--warm-cri" in c["command"]
+    cri = daemon["template"]["spec"]["volumes"][-1]["hostPath"]
+    assert cri == {"path": "/run/containerd/containerd.sock", "type": "Socket"}
+    assert c["securityContext"]["runAsUser"] == 0
+    assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
 
 
 @pytest.mark.parametrize(
