@@ -174,14 +174,19 @@ def hash_all(model: Path) -> float:
     return time.perf_counter() - t
 
 
-def main() -> None:
+def model_args(description: str | None) -> argparse.Namespace:
+    """The options every model benchmark takes: its size, and whether to measure RSS."""
     ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--shards", type=int, default=8)
     ap.add_argument("--shard-mib", type=int, default=256)
     ap.add_argument("--skip-rss", action="store_true")
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = model_args(__doc__)
 
     work = Path(tempfile.mkdtemp(prefix="modelcar-bench-"))
     os.environ["MODELCAR_CACHE_DIR"] = str(work / "statcache")

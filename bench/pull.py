@@ -16,7 +16,6 @@ and the peak RSS of `modelcar-cache pull` for a 1 GiB and a 4 GiB model.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -31,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from build import MiB, clear_skopeo_cache, make_model  # noqa: E402
+from build import MiB, clear_skopeo_cache, make_model, model_args  # noqa: E402
 
 from modelcar.localregistry import LocalRegistry  # noqa: E402
 
@@ -114,13 +113,7 @@ def model_layers(layout: Path) -> list[str]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--shards", type=int, default=8)
-    ap.add_argument("--shard-mib", type=int, default=256)
-    ap.add_argument("--skip-rss", action="store_true")
-    args = ap.parse_args()
+    args = model_args(__doc__)
 
     work = Path(tempfile.mkdtemp(prefix="modelcar-bench-pull-"))
     os.environ["MODELCAR_CACHE_DIR"] = str(work / "statcache")

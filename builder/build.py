@@ -164,10 +164,11 @@ class Builder:
         return layer_key([header_bytes(m) for m in members], identities)  # type: ignore[arg-type]
 
     def _known_digest(
-        self, target: ImageStore, members: list[Member], layer: LayerPlan
+        self, members: list[Member], layer: LayerPlan
     ) -> tuple[str, dict[str, str]] | None:
         """The layer's digest without reading a byte: from the stat cache, or from the
-        target's previous image when the source reports every file's sha256."""
+        target's previous image when the source reports every file's sha256. (Whether
+        the target holds it is the caller's one HEAD.)"""
         key = self._cache_key(members, layer)
         hit = self.cache.get(key) if key else None
         if hit:
@@ -184,7 +185,7 @@ class Builder:
         same_layer = {p for p, e in prev.files.items() if e.layer == digest}
         if same_layer != {f.path for f in layer.files}:
             return None
-        if prev.layer_sizes.get(digest) != archive_size(members) or not target.has_blob(digest):
+        if prev.layer_sizes.get(digest) != archive_size(members):
             return None
         self.progress.advance("hash", layer.size)
         return digest, {f"{mt.MODELS_DIR}/{f.path}": f.sha256 for f in layer.files}  # type: ignore[misc]
@@ -210,7 +211,7 @@ class Builder:
                 f"layer of {size} bytes exceeds the registry's limit of {limit}",
                 subject=layer.files[0].origin or layer.files[0].path,
             )
-        known = self._known_digest(target, members, layer)
+        known = self._known_digest(members, layer)
         if known is None and any(f.remote for f in layer.files):
             pushed = self._push_once(target, members, layer, size)
             if pushed is not None:

@@ -268,7 +268,7 @@ class Puller:
         staging = self.cache.staging_dir(digest)
         if not staging.exists():
             db.clear_layers(digest)
-            self._drop_journals(digest)
+            self.drop_journals(digest)
         staging.mkdir(parents=True, exist_ok=True)
         done = db.layers_done(digest) & {d.digest for d in model.model_layers}
         files = model.files
@@ -348,10 +348,10 @@ class Puller:
                 os.close(fd)
         self.cache.save_index(digest, model.index)
         self.cache.publish(digest)
-        self._drop_journals(digest)
+        self.drop_journals(digest)
         self.cache.db.clear_layers(digest)
 
-    def _drop_journals(self, digest: str) -> None:
+    def drop_journals(self, digest: str) -> None:
         staging = self.cache.staging_dir(digest)
         jdir = staging.with_name(staging.name + ".journal")
         if jdir.exists():
@@ -363,7 +363,7 @@ class Puller:
         resumable = not isinstance(e, DigestMismatch | ImageFormatError | DiskFull)
         if not resumable:
             self.cache.remove_staging(digest)
-            self._drop_journals(digest)
+            self.drop_journals(digest)
             self.cache.db.clear_layers(digest)
         try:
             self.cache.db.set(digest, state="failed", error=e.one_line())
