@@ -75,7 +75,6 @@ class BlobStream:
         self.size = size
         self.offset = start
         self.fetched = 0  # bytes that came over the network
-        self.reconnects = 0
         self._attempts = attempts
         self._limiter = limiter or RateLimiter(None)
         self._backoff = backoff
@@ -126,7 +125,6 @@ class BlobStream:
                 failures += 1
                 if failures >= self._attempts or not _transient(e):
                     raise
-                self.reconnects += 1
                 self._source += 1  # try the next source from here
                 delay = min(self._backoff * 2 ** (failures - 1), 10.0)
                 log.info(

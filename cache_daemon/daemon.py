@@ -70,7 +70,6 @@ class Daemon:
         self._scrubbed: dict[str, float] = {}
         self._stop = threading.Event()
         self._last_report = 0.0
-        self.alive = time.monotonic()
 
     # --- the loop ----------------------------------------------------------------
 
@@ -88,7 +87,6 @@ class Daemon:
         return all(self.cache.is_published(w.digest) for w in self.wanted)
 
     def run_once(self) -> None:
-        self.alive = time.monotonic()
         if self.labeller and not self.options.labels and isinstance(self.source, ApiSource):
             # in a cluster, policies select on the Node object's own labels
             labels = self.labeller.node_labels()
@@ -124,7 +122,7 @@ class Daemon:
             self._warm(w)
             return
         event("pulling", digest=w.digest, image=w.image, model=w.label)
-        self.report(force=True)
+        self.report()
         try:
             result = self.puller.pull(w.image)
         except ModelcarError as e:
@@ -135,7 +133,7 @@ class Daemon:
             fetched=result.bytes_fetched,
         )  # fmt: skip
         self._warm(w)
-        self.report(force=True)
+        self.report()
 
     def _warm(self, w: Wanted) -> None:
         """With --warm-cri: the runtime pulls the image too, and pins it (once per process)."""
@@ -223,9 +221,9 @@ class Daemon:
 
     def _maybe_report(self) -> None:
         if time.monotonic() - self._last_report > 5.0:
-            self.report(force=True)
+            self.report()
 
-    def report(self, force: bool = True) -> None:
+    def report(self) -> None:
         if self.api is None:
             return
         self._last_report = time.monotonic()

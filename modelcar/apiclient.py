@@ -148,5 +148,4 @@ def _error_of(response: httpx.Response) -> Exception:
         detail = wire.ErrorBody.model_validate_json(response.content).error
     except ValidationError:
         return cls(f"the modelcar API answered HTTP {status}", subject=str(response.request.url))
-    hint = detail.hint if detail.hint is not None else None
-    return cls(detail.message, subject=detail.subject, hint=hint)
+    return cls(detail.message, subject=detail.subject, hint=detail.hint)
