@@ -50,7 +50,7 @@ class Principal:
     def require_node(self, node: str, *, write: bool) -> None:
         """Its own node for a ``node`` token; admin (or read, for reads) otherwise."""
         if self.role == "node":
-            if self.node != node:
+            if self.node != ANY_NODE and self.node != node:
                 raise Forbidden(
                     f"a node token for {self.node} cannot act for another node",
                     subject=node,
@@ -61,3 +61,6 @@ class Principal:
 
 
 ANONYMOUS = Principal(name="anonymous", role=None)
+#: A node token for every node: one shared Secret for a DaemonSet, still limited to
+#: node status and assignments (no catalog writes, no reads beyond nodes).
+ANY_NODE = "*"

@@ -142,7 +142,11 @@ def token_create(
     role: Annotated[str, typer.Option(help=f"One of: {', '.join(ROLES)}.")],
     name: Annotated[str, typer.Option(help="Who holds it (for role node: the node name).")],
     node: Annotated[
-        str | None, typer.Option(help="For role node, the node if not the same as --name.")
+        str | None,
+        typer.Option(
+            help="For role node: the node if not the same as --name; '*' for every node "
+            "(one token for a whole DaemonSet, still limited to node endpoints)."
+        ),
     ] = None,
     config: ConfigFile = None,
     db: DbUrl = None,

@@ -211,9 +211,9 @@ class UserTokenCreate(_Request):
 class NodeTokenCreate(_Request):
     name: TokenName
     role: Literal["node"]
-    node: Annotated[str, StringConstraints(max_length=253, pattern=NODE_NAME_PATTERN)] = Field(
-        description="The node this token speaks for"
-    )
+    node: Annotated[
+        str, StringConstraints(max_length=253, pattern=rf"^(\*|{NODE_NAME_PATTERN[1:-1]})$")
+    ] = Field(description="The node this token speaks for; * for every node (a DaemonSet's)")
 
 
 TokenCreate = Annotated[UserTokenCreate | NodeTokenCreate, Field(discriminator="role")]

@@ -170,3 +170,13 @@ def test_tokens_are_stored_hashed_and_can_be_revoked(api):
     assert admin.delete(f"/v1/tokens/{token_id}").status_code == 204
     assert register(api.client(secret), "m", 2).status_code == 401
     assert admin.delete(f"/v1/tokens/{token_id}").status_code == 404
+
+
+def test_a_fleet_node_token_acts_for_every_node_and_nothing_more(api):
+    fleet = api.client(api.token("node", "daemonset", node="*"))
+    for node in ("gpu-1", "gpu-2"):
+        assert fleet.put(f"/v1/nodes/{node}/status", json={"models": []}).status_code == 200
+        assert fleet.get(f"/v1/nodes/{node}/assignments").status_code == 200
+    assert register(fleet, "m", 1).status_code == 403
+    assert fleet.get("/v1/models").status_code == 403
+    assert fleet.put("/v1/policies/p", json={"models": []}).status_code == 403
