@@ -13,7 +13,6 @@ files come from the local HF cache, and the image's ``created`` is the epoch
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -154,14 +153,13 @@ class HfSource:
                 )  # fmt: skip
                 raise RetryLater(None, error) from None
 
-        return with_retries(once, what, self._wait)
+        return with_retries(once, what, self._announce)
 
-    def _wait(self, seconds: float, attempt: int, what: str) -> None:
+    def _announce(self, seconds: float, attempt: int, what: str) -> None:
         self.on_wait(
             f"the Hub asked to wait: retrying {what} in {seconds:.1f}s "
             f"(attempt {attempt + 1} of {ATTEMPTS})"
         )
-        time.sleep(seconds)
 
     # --- listing ---------------------------------------------------------------
 
@@ -227,6 +225,6 @@ class HfSource:
                 request = get_session().build_request("GET", url, headers=headers)
                 return get_session().send(request, stream=True, follow_redirects=True)
 
-            return HttpFile(open_at, size, f"{self.uri}/{path}", self._wait)
+            return HttpFile(open_at, size, f"{self.uri}/{path}", self._announce)
 
         return open_file

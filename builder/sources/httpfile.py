@@ -2,8 +2,9 @@
 
 ``open_at(offset)`` sends the request (a range request when ``offset`` > 0) and
 returns the streamed response; this class reads it, retries 429/5xx after
-``Retry-After`` (saying so through ``on_wait``), and reopens at the byte it had
-reached when the stream breaks. Shared by the Hugging Face and MLflow sources.
+``Retry-After``, and reopens at the byte it had reached when the stream breaks.
+All waiting is ``with_retries``' (tenacity): ``on_wait`` only announces it.
+Shared by the Hugging Face, MLflow and S3 sources.
 """
 
 from __future__ import annotations
@@ -42,11 +43,16 @@ def _wait_for(state: RetryCallState) -> float:
     return seconds if seconds is not None else min(0.5 * 2**state.attempt_number, 30.0)
 
 
-def with_retries(fn: Callable[[], T], what: str, on_wait: Callable[[float, int, str], None]) -> T:
+def with_retries(
+    fn: Callable[[], T],
+    what: str,
+    on_wait: Callable[[float, int, str], None],
+    attempts: int = ATTEMPTS,
+) -> T:
     """Call ``fn`` until it stops raising ``RetryLater`` (tenacity, honouring Retry-After)."""
     try:
         for attempt in Retrying(
-            stop=stop_after_attempt(ATTEMPTS),
+            stop=stop_after_attempt(attempts),
             retry=retry_if_exception_type(RetryLater),
             wait=_wait_for,
             before_sleep=lambda s: on_wait(_wait_for(s), s.attempt_number, what),
@@ -84,9 +90,6 @@ class HttpFile:
         self._buf = b""
 
     def _open(self) -> None:
-        with_retries(self._open_once, self.what, self.on_wait)
-
-    def _open_once(self) -> None:
         try:
             response = self.open_at(self.offset)
         except HTTP_ERRORS as e:
@@ -118,26 +121,27 @@ class HttpFile:
             raise error
         raise RetryLater(wait, error)
 
+    def _fill(self) -> None:
+        """The next block into the buffer; a broken stream is reopened at ``offset``."""
+        try:
+            if self._chunks is None:
+                self._open()
+            if not self._buf:
+                self._buf = next(self._chunks, b"")
+            if not self._buf and self.offset < self.size:
+                raise EOFError("stream ended early")
+        except (*HTTP_ERRORS, EOFError) as e:
+            self._drop()
+            error = SourceFileError(
+                f"download kept failing ({type(e).__name__})", subject=self.what
+            )
+            raise RetryLater(None, error) from None
+
     def read(self, n: int = -1) -> bytes:
         if self.offset >= self.size and not self._buf:
             return b""
-        for attempt in range(1, ATTEMPTS + 1):
-            try:
-                if not self._buf:
-                    if self._chunks is None:
-                        self._open()
-                    if not self._buf:
-                        self._buf = next(self._chunks, b"")
-                    if not self._buf and self.offset < self.size:
-                        raise EOFError("stream ended early")
-                break
-            except (*HTTP_ERRORS, EOFError) as e:
-                self._drop()
-                if attempt == ATTEMPTS:
-                    raise SourceFileError(
-                        f"download kept failing ({type(e).__name__})", subject=self.what
-                    ) from None
-                self.on_wait(min(0.5 * 2**attempt, 10.0), attempt, self.what)
+        if not self._buf:
+            with_retries(self._fill, self.what, self.on_wait)
         take = len(self._buf) if n < 0 else n
         out, self._buf = self._buf[:take], self._buf[take:]
         self.offset += len(out)

@@ -16,7 +16,6 @@ import atexit
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote, urlparse
@@ -198,8 +197,7 @@ class ArtifactProxyTree:
             headers = {"Range": f"bytes={offset}-"} if offset else {}
             return self.http.send(self.http.build_request("GET", url, headers=headers), stream=True)
 
-        def wait(seconds: float, attempt: int, what: str) -> None:
+        def announce(seconds: float, attempt: int, what: str) -> None:
             self.on_wait(f"retrying {what} in {seconds:.1f}s (attempt {attempt + 1})")
-            time.sleep(seconds)
 
-        return lambda: HttpFile(open_at, size, f"mlflow-artifacts:/{self.root}/{path}", wait)
+        return lambda: HttpFile(open_at, size, f"mlflow-artifacts:/{self.root}/{path}", announce)

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import base64
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
 from builder.sources.base import Selection, SourceFile
+from builder.sources.httpfile import RetryLater, with_retries
 from modelcar.errors import SourceError, SourceFileError, SourceNotFound, UsageError
 
 log = logging.getLogger("modelcar.build")
@@ -164,27 +164,27 @@ class S3Object:
         if self.offset >= self.size:
             return b""
         what = f"s3://{self.source.bucket}/{self.key}"
-        for attempt in range(1, ATTEMPTS + 1):
+
+        def once() -> bytes:
             try:
                 if self._body is None:
                     self._open()
                 data = self._body.read(n if n > 0 else None)
                 if not data:
                     raise EOFError("stream ended early")
-                self.offset += len(data)
-                return data
             except ClientError as e:
                 raise self.source._error(e, what) from None
             except (BotoCoreError, OSError, EOFError) as e:
                 self.close()
-                if attempt == ATTEMPTS:
-                    raise SourceFileError(
-                        f"download kept failing ({type(e).__name__})", subject=what
-                    ) from None
-                delay = min(0.5 * 2**attempt, 10.0)
-                self.source.on_wait(f"{what}: {e}; resuming at byte {self.offset} in {delay:.1f}s")
-                time.sleep(delay)
-        raise AssertionError("unreachable")  # pragma: no cover
+                error = SourceFileError(f"download kept failing ({type(e).__name__})", subject=what)
+                raise RetryLater(None, error) from None
+            self.offset += len(data)
+            return data
+
+        def announce(seconds: float, attempt: int, what: str) -> None:
+            self.source.on_wait(f"{what}: resuming at byte {self.offset} in {seconds:.1f}s")
+
+        return with_retries(once, what, announce, attempts=ATTEMPTS)
 
     def close(self) -> None:
         if self._body is not None:
