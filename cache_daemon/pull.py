@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -71,12 +72,19 @@ class _Progress:
     resumed: int = 0
     on_change: Callable[[int, int], None] | None = None
     _last: float = field(default=0.0)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def add(self, n: int) -> None:
-        self.done += n
-        now = time.monotonic()
-        if self.on_change and (now - self._last > 1.0 or self.done >= self.total):
-            self._last = now
+    def add(self, n: int = 0, *, fetched: int = 0, resumed: int = 0) -> None:
+        """Counts from several layer threads at once."""
+        with self._lock:
+            self.done += n
+            self.fetched += fetched
+            self.resumed += resumed
+            now = time.monotonic()
+            report = self.on_change and (now - self._last > 1.0 or self.done >= self.total)
+            if report:
+                self._last = now
+        if report and self.on_change:
             self.on_change(self.done, self.total)
 
 
@@ -249,12 +257,10 @@ class Puller:
         for store in sources:
             try:
                 return load_model_image(store, ref)
-            except DigestMismatch as e:
-                last = e  # a mirror with bad bytes: try the next source
+            except ImageFormatError:
+                raise  # the image itself is wrong, wherever it comes from
             except ModelcarError as e:
-                if isinstance(e, ImageFormatError):
-                    raise
-                last = e
+                last = e  # unreachable, or a mirror with bad bytes: try the next source
         assert last is not None
         raise last
 
@@ -308,7 +314,7 @@ class Puller:
         state = _LayerPull(staging, journal, self.options.checkpoint_bytes)
         replay = journal.replay()
         state.tap = _Tap(replay, blob, journal)
-        progress.resumed += start
+        progress.add(resumed=start)
         try:
             read_model_layer(
                 state.tap, desc.digest, files,
@@ -327,7 +333,7 @@ class Puller:
         finally:
             blob.close()
             replay.close()
-            progress.fetched += blob.fetched
+            progress.add(fetched=blob.fetched)
             journal.close()
         self.cache.db.layer_done(digest, desc.digest)
         journal.remove()
