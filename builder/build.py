@@ -299,7 +299,8 @@ class Builder:
             files, self.options.large_file_threshold, self.options.max_layers - len(base.layers)
         )
         target = open_store(self.target_ref, self.options.store, create=True)
-        self.previous = previous_image(target, self.target_ref)
+        if any(f.sha256 for f in files):  # only then can its index vouch for a layer
+            self.previous = previous_image(target, self.target_ref)
         total = sum(f.size for f in files)
         self.progress.add_total("hash", total)
         self.progress.add_total("upload", sum(archive_size(_members(layer)) for layer in plan))
