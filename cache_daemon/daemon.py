@@ -115,10 +115,7 @@ class Daemon:
     def _ensure(self, w: Wanted) -> None:
         db = self.cache.db
         if self.cache.is_published(w.digest):
-            record = db.get(w.digest)
-            if record is None or record.state != "ready":
-                db.set(w.digest, image=w.image, state="ready", error=None)
-            db.set(w.digest, used=True)
+            db.set(w.digest, image=w.image, state="ready", error=None, used=True)
             self._warm(w)
             return
         event("pulling", digest=w.digest, image=w.image, model=w.label)
