@@ -116,6 +116,14 @@ def test_the_daemon_gets_its_node_name_and_cache_dir():
         ({"api": {"replicas": "three"}}, "replicas"),
         ({"cache": {"maxPercent": 150}}, "maxPercent"),
         ({"cache": {"cacheDir": "relative/path"}}, "cacheDir"),
+        # the root init container chowns cacheDir: system directories are refused
+        ({"cache": {"cacheDir": "/etc"}}, "cacheDir"),
+        ({"cache": {"cacheDir": "/var/lib/kubelet"}}, "cacheDir"),
+        ({"cache": {"cacheDir": "/."}}, "cacheDir"),
+        ({"cache": {"cacheDir": "/"}}, "cacheDir"),
+        ({"cache": {"cacheDir": "/var/lib/modelcar/../kubelet"}}, "cacheDir"),
+        ({"cache": {"cacheDir": "/mnt/kubelet"}}, "cacheDir"),
+        ({"cache": {"cacheDir": "/usr/local"}}, "cacheDir"),
         ({"image": {"pullPolicy": "Sometimes"}}, "pullPolicy"),
         ({"colour": "blue"}, "colour"),
     ],
@@ -130,3 +138,180 @@ def test_sqlite_allows_one_replica_only():
     with pytest.raises(helm_python.HelmError) as err:
         render({"api": {"replicas": 2}})
     assert "PostgreSQL" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "path", ["/var/lib/modelcar", "/var/cache/modelcar/x", "/mnt/nvme/modelcar", "/data/mc"]
+)
+def test_the_schema_takes_cache_dirs_under_the_allowed_prefixes(path):
+    daemon = by_kind(render({"cache": {"cacheDir": path}}))["DaemonSet"][0]
+    assert daemon["spec"]["template"]["spec"]["volumes"][0]["hostPath"]["path"] == path
+
+
+def test_the_node_token_is_a_mounted_file_and_not_optional():
+    for values in ({}, PRODUCTION):
+        spec = by_kind(render(values))["DaemonSet"][0]["spec"]["template"]["spec"]
+        c = spec["containers"][0]
+        env = {e["name"]: e for e in c["env"]}
+        assert "MODELCAR_API_TOKEN" not in env  # no secret in the environment
+        assert all("secretKeyRef" not in e.get("valueFrom", {}) for e in c["env"])
+        path = env["MODELCAR_API_TOKEN_FILE"]["value"]
+        mount = next(m for m in c["volumeMounts"] if m["name"] == "token")
+        assert mount["readOnly"] is True and path.startswith(mount["mountPath"] + "/")
+        volume = next(v for v in spec["volumes"] if v["name"] == "token")["secret"]
+        assert "optional" not in volume or volume["optional"] is False
+        assert volume["secretName"] == (values.get("cache", {}).get("apiToken", {}).get(
+            "secretName") or "mc-modelcar-node-token")  # fmt: skip
+        # every init container has resources, like the main containers
+        kinds = by_kind(render(values))
+        for pod in (spec, kinds["Deployment"][0]["spec"]["template"]["spec"]):
+            for init in pod.get("initContainers", []):
+                assert init["resources"]["requests"] and init["resources"]["limits"]
+    # a non-root daemon reads the 0440 token file through its group
+    spec = by_kind(render({}))["DaemonSet"][0]["spec"]["template"]["spec"]
+    assert spec["securityContext"]["fsGroup"] == 65532
+
+
+def test_warm_cri_carries_a_warning_in_values_and_readme():
+    values = (CHART / "values.yaml").read_text()
+    assert "WARNING: the CRI socket" in values
+    readme = " ".join((CHART.parent.parent / "README.md").read_text().split())
+    assert "WARNING" in readme and "node-root equivalent" in readme
+
+
+def _policy(values: dict, kind: str) -> dict:
+    return next(
+        o for o in by_kind(render(values))["NetworkPolicy"] if o["metadata"]["name"].endswith(kind)
+    )
+
+
+def test_network_policies_name_who_may_connect_and_where_daemons_may_go():
+    values = {**PRODUCTION, "networkPolicy": PRODUCTION["networkPolicy"]}
+    api = _policy(values, "-api")["spec"]
+    cache = _policy(values, "-cache")["spec"]
+    assert api["policyTypes"] == cache["policyTypes"] == ["Ingress", "Egress"]
+    # every ingress rule names its peers: nobody else may connect
+    for spec in (api, cache):
+        assert spec["ingress"] and all(rule.get("from") for rule in spec["ingress"])
+    peers = api["ingress"][0]["from"]
+    assert {"kubernetes.io/metadata.name": "kserve"} in [
+        p.get("namespaceSelector", {}).get("matchLabels") for p in peers
+    ]
+    assert any(
+        p.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/component")
+        == "cache"
+        for p in peers
+    )
+    metrics = cache["ingress"][0]
+    assert metrics["from"][0]["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": "monitoring"
+    }
+    assert metrics["ports"] == [{"port": 9090, "protocol": "TCP"}]
+    # the daemons reach the API, DNS, the registry CIDRs and the Kubernetes API only
+    targets = [peer for rule in cache["egress"] for peer in rule["to"]]
+    cidrs = sorted(p["ipBlock"]["cidr"] for p in targets if "ipBlock" in p)
+    assert cidrs == ["10.0.0.1/32", "10.30.0.0/16"]
+    assert all("ipBlock" not in p or p["ipBlock"]["cidr"] != "0.0.0.0/0" for p in targets)
+    dns = [r for r in cache["egress"] if {"port": 53, "protocol": "UDP"} in r.get("ports", [])]
+    assert dns
+    # and the API reaches DNS and what apiEgress names (its database)
+    assert any(
+        p.get("ipBlock", {}).get("cidr") == "10.20.0.5/32"
+        for rule in api["egress"]
+        for p in rule["to"]
+    )
+
+
+def test_network_policy_without_registry_cidrs_is_refused():
+    with pytest.raises(helm_python.HelmError) as err:
+        render({"networkPolicy": {"enabled": True}})
+    assert "registryCIDRs" in str(err.value)
+
+
+# --- the node policy's CEL, evaluated by an independent CEL implementation ---------------
+
+
+def _cel_policy() -> tuple[dict, list[tuple[str, str]]]:
+    policy = by_kind(render({}))["ValidatingAdmissionPolicy"][0]["spec"]
+    variables = {v["name"]: v["expression"] for v in policy["variables"]}
+    return variables, [(v["expression"], v["message"]) for v in policy["validations"]]
+
+
+def _admit(old: dict, new: dict, node: str = "gpu-1") -> list[str]:
+    """The messages of the validations that deny this old -> new Node update."""
+    import celpy
+
+    env = celpy.Environment()
+    variables, validations = _cel_policy()
+    request = {"userInfo": {"username": "sa", "extra": {
+        "authentication.kubernetes.io/node-name": [node]}}}  # fmt: skip
+    activation = {"object": new, "oldObject": old, "request": request}
+    values = {
+        name: env.program(env.compile(expr)).evaluate(
+            {k: celpy.json_to_cel(v) for k, v in activation.items()}
+        )
+        for name, expr in variables.items()
+    }
+    denied = []
+    for expr, message in validations:
+        act = {k: celpy.json_to_cel(v) for k, v in activation.items()}
+        act["variables"] = celpy.celtypes.MapType(
+            {celpy.celtypes.StringType(k): v for k, v in values.items()}
+        )
+        result = env.program(env.compile(expr)).evaluate(act)
+        if not (isinstance(result, celpy.celtypes.BoolType) and bool(result)):
+            denied.append(message)
+    return denied
+
+
+NODE = {
+    "metadata": {
+        "name": "gpu-1",
+        "labels": {"gpu": "a100", f"{LABEL_PREFIX}/sha256-aaaa": "ready"},
+        "annotations": {"node.alpha.kubernetes.io/ttl": "0"},
+    },
+    "spec": {"podCIDR": "10.1.0.0/24", "taints": [{"key": "gpu", "effect": "NoSchedule"}]},
+}
+
+
+def _changed(**patch) -> dict:
+    import copy
+
+    node = copy.deepcopy(NODE)
+    for path, value in patch.items():
+        where = node
+        *parents, last = path.split("__")
+        for p in parents:
+            where = where.setdefault(p, {})
+        if value is None:
+            where.pop(last, None)
+        else:
+            where[last] = value
+    return node
+
+
+@pytest.mark.parametrize(
+    "new, allowed",
+    [
+        (_changed(metadata__labels={**NODE["metadata"]["labels"],
+                                    f"{LABEL_PREFIX}/sha256-bbbb": "ready"}), True),
+        (_changed(metadata__labels={"gpu": "a100"}), True),  # drop our own label
+        (_changed(metadata__labels={**NODE["metadata"]["labels"], "gpu": "h100"}), False),
+        (_changed(spec__taints=[]), False),
+        (_changed(spec__unschedulable=True), False),
+        (_changed(metadata__annotations={"x": "y"}), False),
+        (_changed(metadata__annotations=None), False),
+        (_changed(metadata__finalizers=["example.com/hold"]), False),
+    ],
+    ids=["add-own-label", "drop-own-label", "other-label", "taints", "unschedulable",
+         "annotations", "drop-annotations", "finalizers"],
+)  # fmt: skip
+def test_the_node_policy_allows_only_modelcar_labels(new, allowed):
+    denied = _admit(NODE, new)
+    assert (denied == []) is allowed, denied
+
+
+def test_the_node_policy_allows_only_the_own_node():
+    assert _admit(NODE, NODE, node="gpu-2") == [
+        "the modelcar cache daemon may change only the Node it runs on"
+    ]
