@@ -20,6 +20,7 @@ from typing import BinaryIO
 from modelcar import mediatypes as mt
 from modelcar.digest import hex_of, sha256_bytes
 from modelcar.errors import DigestMismatch, DiskFull, LayoutError, NotFound
+from modelcar.httpbody import MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, ResponseTooLarge, human_limit
 from modelcar.image import Descriptor, Index, media_type_of, parse_index
 from modelcar.reference import LayoutRef
 from modelcar.store import ChunkFactory, FetchedManifest, ImageStore
@@ -109,9 +110,14 @@ class OCILayout:
                 f.seek(offset)
             yield f
 
-    def read_blob(self, digest: str) -> bytes:
+    def read_blob(self, digest: str, max_size: int = MAX_CONFIG_BYTES) -> bytes:
         with self.open_blob(digest) as f:
-            data = f.read()
+            data = f.read(max_size + 1)
+        if len(data) > max_size:
+            raise ResponseTooLarge(
+                f"blob is larger than the {human_limit(max_size)} limit",
+                subject=f"{self.ref.name}@{digest}",
+            )
         if sha256_bytes(data) != digest:
             raise DigestMismatch(
                 "blob does not match its digest", subject=f"{self.ref.name}@{digest}"
@@ -154,7 +160,7 @@ class OCILayout:
                 if d.digest == reference:
                     return d
             if self.has_blob(reference):
-                data = self.read_blob(reference)
+                data = self.read_blob(reference, MAX_MANIFEST_BYTES)
                 return Descriptor(
                     mediaType=media_type_of(data, None), digest=reference, size=len(data)
                 )
@@ -166,7 +172,7 @@ class OCILayout:
 
     def get_manifest(self, reference: str) -> FetchedManifest:
         desc = self.resolve(reference)
-        data = self.read_blob(desc.digest)
+        data = self.read_blob(desc.digest, MAX_MANIFEST_BYTES)
         actual = sha256_bytes(data)
         if actual != desc.digest:
             raise DigestMismatch("manifest blob does not match its digest", subject=desc.digest)

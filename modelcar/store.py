@@ -13,6 +13,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
+from modelcar.httpbody import DEFAULT_PROGRESS, Progress
 from modelcar.reference import ImageRef, LayoutRef, Ref
 
 ChunkFactory = Callable[[], Iterable[bytes]]
@@ -41,8 +42,9 @@ class ImageStore(Protocol):
 
     def open_blob(self, digest: str, offset: int = 0) -> AbstractContextManager[BinaryIO]: ...
 
-    def read_blob(self, digest: str) -> bytes:
-        """A small blob (config, manifest), verified against its digest."""
+    def read_blob(self, digest: str, max_size: int = ...) -> bytes:
+        """A small blob (config, manifest), verified against its digest and refused
+        past ``max_size`` bytes."""
         ...
 
     def get_manifest(self, reference: str) -> FetchedManifest: ...
@@ -67,6 +69,8 @@ class StoreOptions:
     retries: int = 5
     chunk_size: int = 64 << 20
     timeout: float = 60.0
+    #: Minimum progress of every download (None: only ``timeout`` per read).
+    progress: Progress | None = DEFAULT_PROGRESS
 
 
 def open_store(

@@ -16,6 +16,13 @@ import httpx
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 
 from modelcar.errors import ModelcarError, SourceFileError
+from modelcar.httpbody import (
+    DEFAULT_PROGRESS,
+    BodyReader,
+    Progress,
+    SourceStalled,
+    read_error_body,
+)
 
 try:  # huggingface_hub 2.x talks through httpx2
     import httpx2
@@ -82,8 +89,10 @@ class HttpFile:
         size: int,
         what: str,
         on_wait: Callable[[float, int, str], None],
+        progress: Progress | None = DEFAULT_PROGRESS,
     ):
         self.open_at, self.size, self.what, self.on_wait = open_at, size, what, on_wait
+        self.progress = progress
         self.offset = 0
         self._response: Any = None
         self._chunks: Any = None
@@ -98,9 +107,9 @@ class HttpFile:
         if response.status_code in (200, 206):
             skip = self.offset if self.offset and response.status_code == 200 else 0
             self._response = response
-            self._chunks = response.iter_raw(1 << 20)
+            self._chunks = BodyReader(response, what=self.what, progress=self.progress)
             while skip:  # the server ignored the range: read past what we have
-                block = next(self._chunks, b"")
+                block = self._chunks.read(1 << 20)
                 if not block:
                     raise EOFError("stream ended early")
                 if len(block) > skip:
@@ -108,7 +117,7 @@ class HttpFile:
                 else:
                     skip -= len(block)
             return
-        response.read()
+        read_error_body(response)
         response.close()
         if response.status_code == 404:
             raise SourceFileError("file vanished from the source", subject=self.what)
@@ -127,14 +136,13 @@ class HttpFile:
             if self._chunks is None:
                 self._open()
             if not self._buf:
-                self._buf = next(self._chunks, b"")
+                self._buf = self._chunks.read(1 << 20)
             if not self._buf and self.offset < self.size:
                 raise EOFError("stream ended early")
-        except (*HTTP_ERRORS, EOFError) as e:
+        except (*HTTP_ERRORS, EOFError, SourceStalled) as e:
             self._drop()
-            error = SourceFileError(
-                f"download kept failing ({type(e).__name__})", subject=self.what
-            )
+            reason = e.message if isinstance(e, SourceStalled) else type(e).__name__
+            error = SourceFileError(f"download kept failing ({reason})", subject=self.what)
             raise RetryLater(None, error) from None
 
     def read(self, n: int = -1) -> bytes:

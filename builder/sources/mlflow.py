@@ -13,6 +13,7 @@ a temporary directory first: MLflow offers no streaming read for them.
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import shutil
 import tempfile
@@ -26,6 +27,7 @@ from builder.sources.base import Selection, SourceFile
 from builder.sources.httpfile import HttpFile
 from modelcar import mediatypes as mt
 from modelcar.errors import SourceError, SourceNotFound, UsageError
+from modelcar.httpbody import MAX_API_BYTES, ResponseTooLarge, read_body
 
 HINT = "use models:/NAME/VERSION, models:/NAME@ALIAS or mlflow://NAME@ALIAS"
 
@@ -157,15 +159,21 @@ class ArtifactProxyTree:
     def _list(self, rel: str) -> list[dict]:
         path = f"{self.root}/{rel}".strip("/")
         try:
-            r = self.http.get(self.api, params={"path": path})
+            with self.http.stream("GET", self.api, params={"path": path}) as r:
+                status = r.status_code
+                body = read_body(r, MAX_API_BYTES, self.api) if status == 200 else b""
         except httpx.HTTPError as e:
             raise SourceError(
                 f"cannot list MLflow artifacts ({type(e).__name__})", subject=self.api
             ) from None
-        if r.status_code != 200:
-            raise SourceError(f"MLflow artifact listing answered HTTP {r.status_code}",
-                              subject=path)  # fmt: skip
-        return r.json().get("files", [])
+        except ResponseTooLarge as e:
+            raise SourceError(e.message, subject=path) from None
+        if status != 200:
+            raise SourceError(f"MLflow artifact listing answered HTTP {status}", subject=path)
+        try:
+            return json.loads(body).get("files", [])
+        except (ValueError, AttributeError):
+            raise SourceError("MLflow artifact listing is not JSON", subject=path) from None
 
     def files(self) -> list[SourceFile]:
         out: list[SourceFile] = []

@@ -24,6 +24,7 @@ from pathlib import Path
 import httpx
 
 from modelcar.errors import AuthenticationFailed, RegistryUnreachable
+from modelcar.httpbody import MAX_TOKEN_BYTES, read_body
 
 
 @dataclass(frozen=True)
@@ -230,20 +231,22 @@ class RegistryAuth(httpx.Auth):
         query += [("scope", s) for s in scope.split()]
         headers = {"Authorization": self.credentials.basic()} if self.credentials else {}
         try:
-            with httpx.Client(verify=self.verify, timeout=self.timeout) as c:
-                r = c.get(realm, params=query, headers=headers)
+            with (
+                httpx.Client(verify=self.verify, timeout=self.timeout) as c,
+                c.stream("GET", realm, params=query, headers=headers) as r,
+            ):
+                status = r.status_code
+                data = read_body(r, MAX_TOKEN_BYTES, realm) if status == 200 else b""
         except httpx.HTTPError as e:
             raise RegistryUnreachable(
                 f"token service unreachable ({type(e).__name__})", subject=realm
             ) from None
-        if r.status_code in (401, 403):
+        if status in (401, 403):
             raise AuthenticationFailed("token service rejected the credentials", subject=self.host)
-        if r.status_code != 200:
-            raise AuthenticationFailed(
-                f"token service answered HTTP {r.status_code}", subject=realm
-            )
+        if status != 200:
+            raise AuthenticationFailed(f"token service answered HTTP {status}", subject=realm)
         try:
-            body = r.json()
+            body = json.loads(data)
             token = body.get("token") or body["access_token"]
         except (ValueError, KeyError):
             raise AuthenticationFailed("token service gave no token", subject=realm) from None

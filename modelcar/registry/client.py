@@ -20,6 +20,17 @@ from modelcar.errors import (
     DigestMismatch,
     RegistryError,
 )
+from modelcar.httpbody import (
+    MAX_CONFIG_BYTES,
+    MAX_ERROR_BYTES,
+    MAX_MANIFEST_BYTES,
+    BodyReader,
+    ResponseTooLarge,
+    human_limit,
+    read_body,
+    read_error_body,
+    stall_timeout,
+)
 from modelcar.image import media_type_of
 from modelcar.reference import ImageRef
 from modelcar.registry import upload
@@ -54,28 +65,11 @@ def _client_for(host: str, options: StoreOptions) -> tuple[httpx.Client, Registr
                 follow_redirects=True,
                 timeout=httpx.Timeout(options.timeout, connect=10.0),
                 limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
-                headers={"User-Agent": "modelcar/0.1"},
+                # identity: digests and Range offsets are over the stored bytes
+                headers={"User-Agent": "modelcar/0.1", "Accept-Encoding": "identity"},
             )
             _clients[key] = (client, auth)
         return _clients[key]
-
-
-class _ResponseReader:
-    """A read()-able view of a streamed response body."""
-
-    def __init__(self, response: httpx.Response, chunk: int = 1 << 20):
-        self._it = response.iter_raw(chunk)
-        self._buf = b""
-
-    def read(self, n: int = -1) -> bytes:
-        if n < 0:
-            return self._buf + b"".join(self._it)
-        while not self._buf:
-            self._buf = next(self._it, b"")
-            if not self._buf:
-                return b""
-        out, self._buf = self._buf[:n], self._buf[n:]
-        return out
 
 
 class Repository(ImageStore):
@@ -89,13 +83,35 @@ class Repository(ImageStore):
 
     # --- plumbing --------------------------------------------------------
 
-    def request(self, method: str, url: str | httpx.URL, *, what: str, **kw: Any) -> httpx.Response:
+    def request(
+        self,
+        method: str,
+        url: str | httpx.URL,
+        *,
+        what: str,
+        limit: int = MAX_ERROR_BYTES,
+        **kw: Any,
+    ) -> httpx.Response:
+        """One request whose answer is read whole, but never past ``limit`` bytes (an
+        error answer is cut there) nor slower than the progress rule."""
         if isinstance(url, str) and url.startswith("/"):
             url = self.base_url + url
+        rule = self.options.progress if method == "GET" else None
         try:
-            return self.client.request(method, url, **kw)
+            request = self.client.build_request(
+                method, url, timeout=stall_timeout(self.options.timeout, rule), **kw
+            )
+            r = self.client.send(request, stream=True)
+            try:
+                if r.status_code >= 400:
+                    body = read_error_body(r)
+                else:
+                    body = read_body(r, limit, what, rule)
+            finally:
+                r.close()
         except httpx.HTTPError as e:
             raise translate_transport(e, self.ref.registry) from None
+        return httpx.Response(r.status_code, headers=r.headers, content=body, request=r.request)
 
     def _retry(self, fn):
         return with_retries(fn, self.options.retries)
@@ -164,28 +180,32 @@ class Repository(ImageStore):
         return self._retry(mount)
 
     @contextlib.contextmanager
-    def open_blob(self, digest: str, offset: int = 0) -> Iterator[BinaryIO]:
+    def open_blob(
+        self, digest: str, offset: int = 0, *, limit: int | None = None
+    ) -> Iterator[BinaryIO]:
+        """The blob from ``offset``, as it arrives; ``limit`` caps the bytes read."""
         headers = {"Range": f"bytes={offset}-"} if offset else {}
         url = f"{self.base_url}/v2/{self.ref.repository}/blobs/{digest}"
+        what = f"{self.ref.name}@{digest}"
+        rule = self.options.progress
         try:
-            with self.client.stream("GET", url, headers=headers) as r:
+            timeout = stall_timeout(self.options.timeout, rule)
+            with self.client.stream("GET", url, headers=headers, timeout=timeout) as r:
                 if r.status_code >= 400:
-                    r.read()
-                check(r, f"{self.ref.name}@{digest}")
+                    error = httpx.Response(
+                        r.status_code, headers=r.headers, content=read_error_body(r)
+                    )
+                    check(error, what)
                 if offset and r.status_code != 206:
                     raise RegistryError("registry ignored the range request", subject=digest)
-                yield _ResponseReader(r)  # type: ignore[misc]
+                yield BodyReader(r, what=what, limit=limit, progress=rule)  # type: ignore[misc]
         except httpx.HTTPError as e:
             raise translate_transport(e, self.ref.registry) from None
 
-    def read_blob(self, digest: str, max_size: int = 64 << 20) -> bytes:
+    def read_blob(self, digest: str, max_size: int = MAX_CONFIG_BYTES) -> bytes:
         def get() -> bytes:
-            with self.open_blob(digest) as f:
-                data = f.read(max_size + 1)
-                if len(data) > max_size:
-                    raise RegistryError("blob larger than expected", subject=digest)
-                rest = f.read(max_size + 1 - len(data))
-                data += rest
+            with self.open_blob(digest, limit=max_size) as f:
+                data = f.read()
             if sha256_bytes(data) != digest:
                 raise DigestMismatch(
                     "blob does not match its digest", subject=f"{self.ref.name}@{digest}"
@@ -196,8 +216,12 @@ class Repository(ImageStore):
 
     # --- manifests -------------------------------------------------------
 
+    def _subject(self, reference: str) -> str:
+        """``name@sha256:…`` for a digest, ``name:tag`` for a tag."""
+        return f"{self.ref.name}{'@' if reference.startswith('sha256:') else ':'}{reference}"
+
     def get_manifest(self, reference: str) -> FetchedManifest:
-        what = f"{self.ref.name}{'@' if reference.startswith('sha256:') else ':'}{reference}"
+        what = self._subject(reference)
 
         def get() -> FetchedManifest:
             r = self.request(
@@ -205,6 +229,7 @@ class Repository(ImageStore):
                 f"/v2/{self.ref.repository}/manifests/{reference}",
                 headers={"Accept": mt.ACCEPT_MANIFESTS},
                 what=what,
+                limit=MAX_MANIFEST_BYTES,
             )
             check(r, what)
             data = r.content
@@ -227,14 +252,20 @@ class Repository(ImageStore):
             )
             if r.status_code == 404:
                 return None
-            check(r, f"{self.ref.name}:{reference}")
+            check(r, self._subject(reference))
             return r.headers.get("Docker-Content-Digest")
 
         return self._retry(head)
 
     def put_manifest(self, data: bytes, media_type: str, reference: str) -> str:
         digest = sha256_bytes(data)
-        what = f"{self.ref.name}:{reference}"
+        what = self._subject(reference)
+        if len(data) > MAX_MANIFEST_BYTES:
+            raise ResponseTooLarge(
+                f"manifest of {len(data)} bytes is over the {human_limit(MAX_MANIFEST_BYTES)} "
+                "registry limit",
+                subject=what,
+            )
 
         def put() -> str:
             r = self.request(
