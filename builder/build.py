@@ -21,19 +21,23 @@ from pydantic import BaseModel
 from builder.base import BaseImage, load_base
 from builder.plan import LayerPlan, plan_layers
 from builder.progress import Progress
-from builder.sources.base import Source
+from builder.sources.base import Source, SourceFile
 from builder.statcache import StatCache, default_path, layer_key
 from modelcar import mediatypes as mt
 from modelcar.digest import sha256_bytes
 from modelcar.errors import (
     BlobTooLarge,
     DigestMismatch,
+    ImageTooLarge,
     ModelcarError,
     SourceChanged,
     SourceEmpty,
+    SourceFileError,
 )
+from modelcar.httpbody import MAX_CONFIG_WRITE_BYTES, MAX_MANIFEST_BYTES, human_limit
 from modelcar.image import Descriptor, FileEntry, FileIndex, Manifest, canonical_json
 from modelcar.modelimage import load_model_image
+from modelcar.modelpath import path_problem, shown
 from modelcar.reference import DEFAULT_TAG, Ref
 from modelcar.store import ImageStore, StoreOptions, open_store
 from modelcar.tarstream import Member, TarWriter, archive_size, header_bytes, with_parents
@@ -113,9 +117,6 @@ def _layer_annotations(layer: LayerPlan, digests: dict[str, str]) -> dict[str, s
         ann[mt.FILE_SIZE] = str(f.size)
     else:
         ann[mt.TITLE] = f"{paths[0]} … {paths[-1]} ({len(paths)} files)"
-    ann[mt.LAYER_FILES] = canonical_json(
-        [[f.path, f.size, digests[f"{mt.MODELS_DIR}/{f.path}"]] for f in layer.files]
-    ).decode()
     return ann
 
 
@@ -294,10 +295,19 @@ class Builder:
         files = self.source.files()
         if not files:
             raise SourceEmpty("source has no files to package", subject=self.source.uri)
+        for f in files:
+            problem = path_problem(f.path)
+            if problem is not None:
+                raise SourceFileError(
+                    f"cannot package this file: {problem}",
+                    subject=shown(f.origin or f.path),
+                    hint="rename it or --exclude it; README: Model paths",
+                )
         base = load_base(self.options.base, self.options.store)
         plan = plan_layers(
             files, self.options.large_file_threshold, self.options.max_layers - len(base.layers)
         )
+        self._check_sizes(files, base, plan)
         target = open_store(self.target_ref, self.options.store, create=True)
         if any(f.sha256 for f in files):  # only then can its index vouch for a layer
             self.previous = previous_image(target, self.target_ref)
@@ -340,35 +350,9 @@ class Builder:
                     "file does not match the sha256 its source reported", subject=f.origin or f.path
                 )
 
-        created = _iso(created_time(self.source))
-        config = self._config(base, results, plan, index, created)
-        config_bytes = canonical_json(config)
+        config_bytes, manifest_bytes = self._documents(base, plan, results, index)
         config_digest = sha256_bytes(config_bytes)
         config_sent = target.put_blob(config_digest, len(config_bytes), lambda: [config_bytes])
-
-        annotations = {
-            mt.CREATED: created,
-            mt.CONTRACT: mt.CONTRACT_VERSION,
-            mt.SOURCE: self.source.uri,
-            mt.SIZE: str(index.total_size),
-            mt.FILE_COUNT: str(len(index.files)),
-            mt.INDEX_DIGEST: index.digest(),
-            mt.BASE_NAME: base.name,
-        }
-        extra = getattr(self.source, "annotations", None)
-        if extra is not None:  # e.g. the MLflow run id
-            annotations.update(extra())
-        if base.digest:
-            annotations[mt.BASE_DIGEST] = base.digest
-            annotations[mt.BASE_DIGEST_OCI] = base.digest
-        manifest = Manifest(
-            config=Descriptor(
-                mediaType=mt.OCI_CONFIG, digest=config_digest, size=len(config_bytes)
-            ),
-            layers=[*base.layers, *(r.descriptor for r in results)],
-            annotations=annotations,
-        )
-        manifest_bytes = manifest.canonical()
         digest = target.put_manifest(manifest_bytes, mt.OCI_MANIFEST, sha256_bytes(manifest_bytes))
         tags = list(dict.fromkeys([self.target_ref.tag or DEFAULT_TAG, *self.options.tags]))
         for tag in tags:  # last: the tag moves only once everything it names is in place
@@ -380,7 +364,7 @@ class Builder:
             digest=digest,
             tags=tags,
             source=self.source.uri,
-            created=created,
+            created=_iso(created_time(self.source)),
             size=index.total_size,
             files=len(index.files),
             layers=[
@@ -399,6 +383,76 @@ class Builder:
             bytes_uploaded=uploaded,
             bytes_skipped=sum(r.skipped for r in results),
         )
+
+    def _documents(
+        self,
+        base: BaseImage,
+        plan: list[LayerPlan],
+        results: list[_LayerResult],
+        index: FileIndex,
+    ) -> tuple[bytes, bytes]:
+        """The config and the manifest bytes."""
+        created = _iso(created_time(self.source))
+        config_bytes = canonical_json(self._config(base, results, plan, index, created))
+        annotations = {
+            mt.CREATED: created,
+            mt.CONTRACT: mt.CONTRACT_VERSION,
+            mt.SOURCE: self.source.uri,
+            mt.SIZE: str(index.total_size),
+            mt.FILE_COUNT: str(len(index.files)),
+            mt.INDEX_DIGEST: index.digest(),
+            mt.BASE_NAME: base.name,
+        }
+        extra = getattr(self.source, "annotations", None)
+        if extra is not None:  # e.g. the MLflow run id
+            annotations.update(extra())
+        if base.digest:
+            annotations[mt.BASE_DIGEST] = base.digest
+            annotations[mt.BASE_DIGEST_OCI] = base.digest
+        manifest = Manifest(
+            config=Descriptor(
+                mediaType=mt.OCI_CONFIG, digest=sha256_bytes(config_bytes), size=len(config_bytes)
+            ),
+            layers=[*base.layers, *(r.descriptor for r in results)],
+            annotations=annotations,
+        )
+        return config_bytes, manifest.canonical()
+
+    def _check_sizes(self, files: list[SourceFile], base: BaseImage, plan: list[LayerPlan]) -> None:
+        """Refuse, before a byte is uploaded, an image whose config or manifest would be
+        over the 4 MiB that registries and runtimes accept. Digests have a fixed length,
+        so placeholder ones give the exact sizes."""
+        placeholder = "sha256:" + "0" * 64
+        results = []
+        for layer in plan:
+            digests = {f"{mt.MODELS_DIR}/{f.path}": placeholder for f in layer.files}
+            desc = Descriptor(
+                mediaType=mt.OCI_LAYER_TAR,
+                digest=placeholder,
+                size=archive_size(_members(layer)),
+                annotations=_layer_annotations(layer, digests),
+            )
+            results.append(_LayerResult(desc, digests, 0, 0))
+        index = FileIndex(
+            files=[
+                FileEntry(path=f.path, size=f.size, sha256=placeholder, layer=placeholder)
+                for layer in plan
+                for f in layer.files
+            ]
+        )
+        config, manifest = self._documents(base, plan, results, index)
+        for what, size, limit in (
+            ("image config", len(config), MAX_CONFIG_WRITE_BYTES),
+            ("manifest", len(manifest), MAX_MANIFEST_BYTES),
+        ):
+            if size > limit:
+                raise ImageTooLarge(
+                    f"the {what} would be {size} bytes, over the {human_limit(limit)} that "
+                    f"registries and runtimes accept ({len(files)} files in {len(plan)} layers; "
+                    f"the file index holds one entry per file)",
+                    subject=self.source.uri,
+                    hint="package many small files into one archive file, or --exclude some",
+                )
 
     def _config(
         self,

@@ -30,6 +30,8 @@ class ImageInfo(BaseModel):
     source: str | None = None
     base: str | None = None
     size: int | None = None
+    #: The manifest's annotations: source URI, HF commit, MLflow run id, base, …
+    annotations: dict[str, str] = {}
     platforms: list[str] = []
     layers: list[LayerInfo] = []
     files: list[FileEntry] = []
@@ -74,6 +76,7 @@ def describe(ref: Ref, options: StoreOptions) -> ImageInfo:
         source=ann.get(mt.SOURCE),
         base=ann.get(mt.BASE_NAME),
         size=index.total_size if index else None,
+        annotations=ann,
         layers=layers,
         files=index.files if index else [],
     )
@@ -86,7 +89,13 @@ def render(info: ImageInfo) -> str:
     if info.platforms:
         lines.append("platforms  " + ", ".join(info.platforms))
         return "\n".join(lines)
-    for label, value in (("created", info.created), ("source", info.source), ("base", info.base)):
+    ann = info.annotations
+    for label, value in (
+        ("created", info.created),
+        ("source", info.source or "unknown (not built by modelcar build)"),
+        ("run", ann.get(mt.SOURCE_RUN_ID)),
+        ("base", info.base),
+    ):
         if value:
             lines.append(f"{label:<10} {value}")
     if info.size is not None:

@@ -83,6 +83,10 @@ class DigestMismatch(ModelcarError):
     default_hint = "the bytes are corrupt or were changed in transit; nothing was published"
 
 
+class ImageTooLarge(ModelcarError):
+    """The image's config or manifest would be over what registries accept."""
+
+
 class ImageFormatError(ModelcarError):
     """A manifest, config, index or layer does not follow the contract."""
 

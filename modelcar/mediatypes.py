@@ -36,7 +36,6 @@ BASE_NAME = PREFIX + "base.name"
 SOURCE_RUN_ID = PREFIX + "source.run-id"  # MLflow: the run that logged the model
 SOURCE_OBJECTS = PREFIX + "source.objects"  # config: {path: {etag, version}} for object stores
 LAYER_ROLE = PREFIX + "layer.role"  # "base" | "model"
-LAYER_FILES = PREFIX + "layer.files"  # JSON [[path, size, sha256], ...] for model layers
 FILE_SHA256 = PREFIX + "file.sha256"  # one-file layers: that file's sha256
 FILE_SIZE = PREFIX + "file.size"
 

@@ -17,6 +17,7 @@ from modelcar import mediatypes as mt
 from modelcar.digest import CHUNK, HashingReader
 from modelcar.errors import DigestMismatch, UnsafeArchive
 from modelcar.image import FileEntry
+from modelcar.modelpath import path_problem, shown
 from modelcar.tarstream import TarReader
 
 PREFIX = mt.MODELS_DIR + "/"
@@ -28,19 +29,18 @@ class FileSink(Protocol):
 
 
 def member_path(name: str, layer: str) -> str | None:
-    """The path under models/ for a tar member name, None for the models/ dir itself."""
-    clean = name.removeprefix("./")
-    if clean.startswith("/") or "\\" in clean:
-        raise UnsafeArchive("absolute or odd path in layer", subject=f"{layer}: {name!r}")
-    parts = [p for p in clean.rstrip("/").split("/")]
-    if any(p in ("", ".", "..") for p in parts):
-        raise UnsafeArchive(
-            "path with '.', '..' or empty parts in layer", subject=f"{layer}: {name!r}"
-        )
-    if parts[0] != mt.MODELS_DIR:
-        raise UnsafeArchive("path outside /models in layer", subject=f"{layer}: {name!r}")
-    rel = "/".join(parts[1:])
-    return rel or None
+    """The path under models/ for a tar member name, None for the models/ dir itself.
+    The path must pass the same rule the builder applies (:mod:`modelcar.modelpath`)."""
+    clean = name.removeprefix("./").rstrip("/")
+    if clean == mt.MODELS_DIR:
+        return None
+    rel = clean.removeprefix(PREFIX)
+    problem = path_problem(rel)
+    if problem is not None:
+        raise UnsafeArchive(f"{problem} in layer", subject=f"{layer}: {shown(name)}")
+    if rel == clean:
+        raise UnsafeArchive("path outside /models in layer", subject=f"{layer}: {shown(name)}")
+    return rel
 
 
 def read_model_layer(
