@@ -15,6 +15,7 @@ import errno
 import fcntl
 import os
 import shutil
+import stat
 import time
 from pathlib import Path
 
@@ -22,6 +23,10 @@ from cache_daemon.state import StateDB
 from modelcar.errors import ModelcarError, UsageError
 from modelcar.image import FileIndex
 from modelcar.nodecache import model_dir_name
+
+
+class CacheVanished(ModelcarError):
+    default_hint = "was it deleted or unmounted while in use? nothing was published"
 
 
 class CacheBusy(ModelcarError):
@@ -40,6 +45,7 @@ class CacheDir:
     def __init__(self, root: str | Path):
         self.root = Path(root).absolute()
         self._lock_fd: int | None = None
+        self._identity: tuple[int, int] | None = None
         self.state: StateDB | None = None
 
     # --- ownership -------------------------------------------------------------
@@ -66,6 +72,8 @@ class CacheDir:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._lock_fd = fd
+        st = os.stat(self.root)
+        self._identity = (st.st_dev, st.st_ino)
         self.state = StateDB(self.root / "state.db")
         with contextlib.suppress(ModelcarError):  # a full disk: the next pull says so
             self.state.reset_interrupted()
@@ -121,6 +129,56 @@ class CacheDir:
     def load_index(self, digest: str) -> FileIndex:
         return FileIndex.model_validate_json(self.index_path(digest).read_bytes())
 
+    def published_problem(self, digest: str) -> str | None:
+        """Why the dir at ``models/sha256-<hex>`` is not a whole published model (no
+        saved index, a file missing or of the wrong size, an extra file), or None.
+        Sizes only: contents are ``verify``'s and the scrubber's job."""
+        try:
+            index = self.load_index(digest)
+        except (OSError, ValueError):
+            return "no file index saved for it"
+        root = self.model_dir(digest)
+        for f in index.files:
+            try:
+                st = (root / f.path).lstat()
+            except OSError:
+                return f"{f.path} is missing"
+            if not stat.S_ISREG(st.st_mode) or st.st_size != f.size:
+                return f"{f.path} is not the indexed file"
+        count = sum(len(files) for _, _, files in os.walk(root))
+        if count != len(index.files):
+            return f"{count - len(index.files)} files that are not in the index"
+        return None
+
+    def vanished(self) -> bool:
+        """True if the cache dir was removed or replaced since it was opened."""
+        try:
+            st = os.stat(self.root)
+            os.stat(self.root / "staging")
+        except OSError:
+            return True
+        return self._identity is not None and (st.st_dev, st.st_ino) != self._identity
+
+    def check_writable(self, digest: str) -> None:
+        """Before a pull: a dir can be made in staging/ and renamed into models/ (the
+        publish step), so a pull never fails only after the whole download."""
+        probe = self.staging_dir(digest).with_name(f".probe-{os.getpid()}-{time.time_ns()}")
+        dest = self.root / "models" / probe.name
+        try:
+            probe.mkdir()
+            os.rename(probe, dest)
+            dest.rmdir()
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                probe.rmdir()
+            where = e.filename2 if isinstance(e.filename2, str) else e.filename
+            raise ModelcarError(
+                f"cannot publish into the cache ({e.strerror})",
+                subject=str(Path(where).parent) if where else str(self.root / "models"),
+                hint="the daemon's user must be able to write staging/ and models/, "
+                "on one filesystem",
+            ) from None
+
     # --- moves -----------------------------------------------------------------
 
     def save_index(self, digest: str, index: FileIndex) -> None:
@@ -134,10 +192,15 @@ class CacheDir:
     def publish(self, digest: str) -> Path:
         """One atomic rename from staging to models, then make it durable."""
         src, dst = self.staging_dir(digest), self.model_dir(digest)
-        fsync_dir(src)
-        os.rename(src, dst)
-        fsync_dir(dst.parent)
-        fsync_dir(src.parent)
+        try:
+            fsync_dir(src)
+            os.rename(src, dst)
+            fsync_dir(dst.parent)
+            fsync_dir(src.parent)
+        except OSError as e:
+            raise ModelcarError(
+                f"cannot publish the model ({e.strerror})", subject=str(dst)
+            ) from None
         return dst
 
     def remove_staging(self, digest: str) -> None:
@@ -154,7 +217,7 @@ class CacheDir:
 
     def quarantine(self, digest: str) -> Path:
         src = self.model_dir(digest)
-        dst = self.root / "quarantine" / f"{src.name}-{int(time.time())}"
+        dst = self.root / "quarantine" / f"{src.name}-{time.time_ns()}"
         os.rename(src, dst)
         return dst
 

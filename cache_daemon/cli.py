@@ -19,9 +19,10 @@ import typer
 from cache_daemon.cachedir import CacheDir
 from cache_daemon.evict import Budget, Evictor
 from cache_daemon.pull import Puller, PullOptions, pinned
-from modelcar.apiclient import API_ENV, TOKEN_ENV, ApiClient
+from modelcar.apiclient import API_ENV, TOKEN_ENV, TOKEN_FILE_ENV, ApiClient
 from modelcar.cliutil import new_app, parse_size, run_cli
 from modelcar.errors import UsageError
+from modelcar.httpbody import Progress
 from modelcar.nodecache import DEFAULT_CACHE_ROOT
 from modelcar.store import StoreOptions
 
@@ -56,6 +57,17 @@ PlainHttp = Annotated[
 Insecure = Annotated[bool, typer.Option("--insecure", help="Skip registry TLS verification.")]
 CaFile = Annotated[str | None, typer.Option("--ca-file", envvar="MODELCAR_CA_FILE")]
 JsonOut = Annotated[bool, typer.Option("--json", help="JSON output.")]
+StallTimeout = Annotated[
+    float,
+    typer.Option(
+        min=1,
+        help="A source that delivers less than --min-speed over this many seconds of waiting "
+        "is stalled: the next source resumes at the same offset.",
+    ),
+]
+MinSpeed = Annotated[
+    str, typer.Option(help="Minimum bytes per second a source must deliver, e.g. 16KiB.")
+]
 
 
 def _setup_logging(verbose: bool = True) -> None:
@@ -69,14 +81,17 @@ def _setup_logging(verbose: bool = True) -> None:
 
 def _pull_options(
     jobs: int, max_rate: str | None, mirror: list[str] | None, plain_http: bool,
-    insecure: bool, ca_file: str | None, checkpoint: str = "64MiB",
+    insecure: bool, ca_file: str | None, checkpoint: str, stall_timeout: float, min_speed: str,
 ) -> PullOptions:  # fmt: skip
+    rule = Progress(window=stall_timeout, min_speed=parse_size(min_speed))
     return PullOptions(
         jobs=jobs,
         checkpoint_bytes=max(1, parse_size(checkpoint)),
         max_rate=parse_size(max_rate) if max_rate else None,
         mirrors=mirror or [],
-        store=StoreOptions(plain_http=plain_http, insecure=insecure, ca_file=ca_file),
+        store=StoreOptions(
+            plain_http=plain_http, insecure=insecure, ca_file=ca_file, progress=rule
+        ),
     )
 
 
@@ -114,6 +129,14 @@ def run(
     ] = None,
     token: Annotated[
         str | None, typer.Option(envvar=TOKEN_ENV, help="A node token for this node.")
+    ] = None,
+    token_file: Annotated[
+        str | None,
+        typer.Option(
+            envvar=TOKEN_FILE_ENV,
+            help="Read the node token from this file (a mounted Secret); re-read when it "
+            "changes or the API answers 401.",
+        ),
     ] = None,
     config: Annotated[
         str | None,
@@ -161,6 +184,8 @@ def run(
     high_watermark: High = 0.95,
     low_watermark: Low = 0.85,
     checkpoint: Checkpoint = "64MiB",
+    stall_timeout: StallTimeout = 30.0,
+    min_speed: MinSpeed = "16KiB",
     plain_http: PlainHttp = False,
     insecure: Insecure = False,
     ca_file: CaFile = None,
@@ -179,12 +204,22 @@ def run(
         node=node,
         labels=_labels(label),
         interval=interval,
-        pull=_pull_options(jobs, max_rate, mirror, plain_http, insecure, ca_file, checkpoint),
+        pull=_pull_options(
+            jobs,
+            max_rate,
+            mirror,
+            plain_http,
+            insecure,
+            ca_file,
+            checkpoint,
+            stall_timeout,
+            min_speed,
+        ),
         budget=_budget(max_bytes, max_percent, high_watermark, low_watermark),
         scrub_every=scrub_every,
         scrub_rate=parse_size(scrub_rate),
     )
-    client = ApiClient(api, token) if api else None
+    client = ApiClient(api, token, token_file=token_file) if api else None
     source = ApiSource(client, node, options.labels) if client else StaticSource(config or "")
     metrics = Metrics()
     with CacheDir(cache_dir) as cache:
@@ -216,6 +251,8 @@ def pull(
     max_bytes: MaxBytes = None,
     max_percent: MaxPercent = None,
     checkpoint: Checkpoint = "64MiB",
+    stall_timeout: StallTimeout = 30.0,
+    min_speed: MinSpeed = "16KiB",
     plain_http: PlainHttp = False,
     insecure: Insecure = False,
     ca_file: CaFile = None,
@@ -225,7 +262,17 @@ def pull(
     _setup_logging(not quiet)
     with CacheDir(cache_dir) as cache:
         evictor = Evictor(cache, _budget(max_bytes, max_percent), set)
-        options = _pull_options(jobs, max_rate, mirror, plain_http, insecure, ca_file, checkpoint)
+        options = _pull_options(
+            jobs,
+            max_rate,
+            mirror,
+            plain_http,
+            insecure,
+            ca_file,
+            checkpoint,
+            stall_timeout,
+            min_speed,
+        )
         result = Puller(cache, options, make_room=evictor.make_room).pull(ref)
     if json_out:
         typer.echo(result.model_dump_json())

@@ -114,7 +114,7 @@ class Daemon:
 
     def _ensure(self, w: Wanted) -> None:
         db = self.cache.db
-        if self.cache.is_published(w.digest):
+        if self.puller.present(w.digest):
             db.set(w.digest, image=w.image, state="ready", error=None, used=True)
             self._warm(w)
             return

@@ -15,13 +15,13 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from pydantic import BaseModel
 
 from cache_daemon.blobstream import BlobStream, RateLimiter
-from cache_daemon.cachedir import CacheDir
+from cache_daemon.cachedir import CacheDir, CacheVanished
 from cache_daemon.journal import LayerJournal, Replay
 from modelcar.errors import (
     DigestMismatch,
@@ -98,12 +98,13 @@ def pinned(image: str):
 
 
 def mirror_stores(ref, mirrors: list[str], options: StoreOptions) -> list[ImageStore]:
-    """Mirrors first (host swapped, same repository), then the origin."""
+    """Mirrors first (host swapped, same repository), then the origin. A mirror gets one
+    try per request: the next source is its retry."""
     stores: list[ImageStore] = []
     if isinstance(ref, ImageRef):
         for url in mirrors:
             host = url.split("://", 1)[-1].rstrip("/")
-            opts = StoreOptions(**{**options.__dict__, "plain_http": url.startswith("http://")})
+            opts = replace(options, plain_http=url.startswith("http://"), retries=1)
             stores.append(open_store(ImageRef(host, ref.repository, digest=ref.digest), opts))
     stores.append(open_store(ref, options))
     return stores
@@ -205,6 +206,7 @@ class Puller:
         self.make_room = make_room
         self.on_progress = on_progress
         self.metrics = metrics
+        self._present: set[str] = set()  # published dirs found whole in this process
 
     def pull(self, image: str) -> PullResult:
         ref = pinned(image)
@@ -212,7 +214,7 @@ class Puller:
         assert digest is not None
         db = self.cache.db
         started = time.monotonic()
-        if self.cache.is_published(digest):
+        if self.present(digest):
             db.set(digest, image=image, state="ready", error=None, used=True)
             size = db.get(digest).size  # type: ignore[union-attr]
             return PullResult(
@@ -220,26 +222,25 @@ class Puller:
                 files=0, layers=0, bytes_fetched=0, bytes_resumed=0, seconds=0.0,
             )  # fmt: skip
         sources = mirror_stores(ref, self.options.mirrors, self.options.store)
-        model = self._load(sources, ref)
-        if self.make_room:
-            try:
+        try:
+            self.cache.check_writable(digest)
+            model = self._load(sources, ref)
+            if self.make_room:
                 self.make_room(digest, model.size)
-            except ModelcarError as e:
-                db.set(digest, image=image, state="failed", size=model.size, error=e.one_line())
-                raise
+        except ModelcarError as e:  # nothing staged yet: record why, for ls and the API
+            db.set(digest, image=image, state="failed", error=e.one_line())
+            raise
         db.set(digest, image=image, state="pulling", size=model.size, bytes_done=0, error=None)
         log.info("pull %s: %d files, %d bytes", image, len(model.files), model.size)
         try:
             progress = self._pull_layers(digest, model, sources)
             self._publish(digest, model)
-        except ModelcarError as e:
-            self._failed(digest, e)
-            raise
-        except OSError as e:
-            err = self._os_error(e, digest)
+        except (ModelcarError, OSError) as e:
+            err = self._as_error(e, digest)
             self._failed(digest, err)
             raise err from None
         seconds = time.monotonic() - started
+        self._present.add(digest)
         db.set(digest, state="ready", bytes_done=model.size, error=None, used=True)
         if self.metrics:
             self.metrics.pulled(progress.fetched, seconds)
@@ -376,6 +377,32 @@ class Puller:
         except ModelcarError as db_error:  # e.g. the disk is still full
             log.warning("could not record the failure: %s", db_error.one_line())
         log.warning("failed %s: %s", digest[:19], e.one_line())
+
+    def present(self, digest: str) -> bool:
+        """True if the model is published whole. A dir at its place that is not (left
+        by hand, or by an older release) is moved to quarantine/ so the pull can
+        publish there."""
+        if digest in self._present:
+            return self.cache.is_published(digest)
+        if not self.cache.is_published(digest):
+            return False
+        problem = self.cache.published_problem(digest)
+        if problem is None:
+            self._present.add(digest)
+            return True
+        moved = self.cache.quarantine(digest)
+        log.warning("%s was not a whole model (%s); moved to %s", digest[:19], problem, moved)
+        self.cache.db.set(digest, state="failed", error=f"not a whole model: {problem}")
+        return False
+
+    def _as_error(self, e: ModelcarError | OSError, digest: str) -> ModelcarError:
+        if self.cache.vanished():
+            return CacheVanished(
+                "the cache dir vanished during the pull", subject=str(self.cache.root)
+            )
+        if isinstance(e, ModelcarError):
+            return e
+        return self._os_error(e, digest)
 
     def _os_error(self, e: OSError, digest: str) -> ModelcarError:
         if _is_space(e):

@@ -15,10 +15,19 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from modelcar import apimodels as wire
-from modelcar.errors import API_ERRORS, ApiError, ApiUnavailable, InvalidRequest, UsageError
+from modelcar.errors import (
+    API_ERRORS,
+    ApiError,
+    ApiUnavailable,
+    InvalidRequest,
+    Unauthorized,
+    UsageError,
+)
+from modelcar.httpbody import MAX_API_BYTES, ResponseTooLarge, read_body
 
 API_ENV = "MODELCAR_API"
 TOKEN_ENV = "MODELCAR_API_TOKEN"
+TOKEN_FILE_ENV = "MODELCAR_API_TOKEN_FILE"
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -33,6 +42,7 @@ class ApiClient:
         timeout: float = 30.0,
         attempts: int = 4,
         verify: bool | str = True,
+        token_file: str | None = None,
     ):
         url = url or os.environ.get(API_ENV)
         if not url:
@@ -43,9 +53,36 @@ class ApiClient:
         token = token if token is not None else os.environ.get(TOKEN_ENV)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.attempts = attempts
+        self.token_file = token_file
+        self._token_stamp: tuple[int, int] | None = None
         self._http = httpx.Client(
             base_url=self.url, headers=headers, timeout=timeout, verify=verify
         )
+        if token_file:
+            self._load_token(force=True)
+
+    def _load_token(self, *, force: bool = False) -> bool:
+        """(Re-)read the token file if it changed on disk (a rotated Secret); True if
+        the token is now another one."""
+        assert self.token_file
+        try:
+            st = os.stat(self.token_file)
+            stamp = (st.st_ino, st.st_mtime_ns)
+            if not force and stamp == self._token_stamp:
+                return False
+            with open(self.token_file) as f:
+                token = f.read().strip()
+        except OSError as e:
+            raise UsageError(
+                f"cannot read the API token file ({e.strerror})", subject=self.token_file
+            ) from None
+        if not token:
+            raise UsageError("the API token file is empty", subject=self.token_file)
+        self._token_stamp = stamp
+        header = f"Bearer {token}"
+        changed = self._http.headers.get("Authorization") != header
+        self._http.headers["Authorization"] = header
+        return changed
 
     def close(self) -> None:
         self._http.close()
@@ -67,16 +104,33 @@ class ApiClient:
             reraise=True,
         ):
             with attempt:
-                return self._once(method, path, **kwargs)
+                if self.token_file:
+                    self._load_token()
+                try:
+                    return self._once(method, path, **kwargs)
+                except Unauthorized:
+                    if not (self.token_file and self._load_token(force=True)):
+                        raise
+                    return self._once(method, path, **kwargs)  # once, with the new token
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _once(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
-            response = self._http.request(method, path, **kwargs)
+            request = self._http.build_request(method, path, **kwargs)
+            streamed = self._http.send(request, stream=True)
+            try:
+                body = read_body(streamed, MAX_API_BYTES, str(request.url))
+            finally:
+                streamed.close()
         except httpx.HTTPError as e:
             raise ApiUnavailable(
                 f"cannot reach the modelcar API ({type(e).__name__})", subject=self.url
             ) from None
+        except ResponseTooLarge as e:
+            raise ApiError(e.message, subject=e.subject) from None
+        response = httpx.Response(
+            streamed.status_code, headers=streamed.headers, content=body, request=request
+        )
         if response.status_code >= 400:
             raise _error_of(response)
         return response
