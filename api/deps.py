@@ -15,12 +15,18 @@ from api.db.engine import Database
 from api.settings import Settings
 from api.tokens import authenticate
 
+READ_METHODS = frozenset({"GET", "HEAD"})
 bearer = HTTPBearer(auto_error=False, description="A modelcar token (mct_…)")
 
 
 class TokenCache:
-    """Recently checked tokens, for ``ttl`` seconds (a revocation on another
-    replica takes effect within that time; on this one, at once)."""
+    """Recently checked tokens, for ``ttl`` seconds, used for reads only (GET, HEAD).
+
+    Every write (publishing, alias moves, node reports, token and policy management)
+    checks its token against the database, so a revoked token cannot write anywhere
+    once the revocation commits. A revoked token can still *read* for up to ``ttl``
+    seconds on workers and replicas other than the one that revoked it (that one
+    clears its cache at once). Documented in docs/decisions/0008-api-tokens.md."""
 
     def __init__(self, ttl: float = 5.0, size: int = 4096):
         self.ttl, self.size = ttl, size
@@ -62,6 +68,8 @@ async def principal(
 ) -> Principal:
     if creds is None:
         return ANONYMOUS
+    if request.method not in READ_METHODS:  # writes never trust a cached authorization
+        return await run_in_threadpool(_authenticate, request.app.state.db, creds.credentials)
     cache: TokenCache = request.app.state.tokens
     who = cache.get(creds.credentials)
     if who is None:
