@@ -7,6 +7,20 @@ and credential helpers (``credHelpers`` / ``credsStore``). Reading and merging
 the config files, the helper call and the challenge flow are ours: they must
 honour ``$DOCKER_CONFIG`` and run inside httpx's auth flow (streamed uploads);
 see docs/decisions/0002-own-oci-client.md.
+
+Long-lived processes (the node daemon) outlive both tokens and credentials, so
+(docs/decisions/0020-credentials-that-expire.md):
+
+* credentials are re-read when a config file changes on disk (a rotated Secret),
+  when the registry or its token service refuses them (once: a wrong password
+  fails at once, it does not storm), and at least every ``REFRESH_SECONDS``
+  (credential helpers: ECR passwords last 12 hours);
+* a bearer token is used only until shortly before the ``expires_in`` (and
+  ``issued_at``) its token service gave; a 401 to a request that carried a token
+  drops that token, fetches a new one once and sends the request again. Only a
+  second 401 in a row is a refusal. A request whose body cannot be sent twice (a
+  streamed upload) raises :class:`TokenExpired` instead, which the upload code
+  retries from the start of the chunk or blob.
 """
 
 from __future__ import annotations
@@ -17,13 +31,15 @@ import os
 import re
 import subprocess
 import threading
+import time
 from collections.abc import Generator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import httpx
 
-from modelcar.errors import AuthenticationFailed, RegistryUnreachable
+from modelcar.errors import AuthenticationFailed, RegistryUnreachable, TransientRegistryError
 from modelcar.httpbody import MAX_TOKEN_BYTES, read_body
 
 
@@ -37,11 +53,21 @@ class Credentials:
         return "Basic " + base64.b64encode(raw).decode()
 
 
+#: Credentials are re-read at least this often by long-lived processes.
+REFRESH_SECONDS = 300.0
+#: Without ``expires_in`` a token lives 60 s (the Docker token specification).
+DEFAULT_TOKEN_SECONDS = 60.0
+
+
 def config_paths(explicit: str | None = None) -> list[Path]:
+    """The config files to merge: ``explicit`` (files or dirs holding config.json,
+    several separated by ':', later ones winning) or the usual places."""
     paths: list[Path] = []
     if explicit:
-        p = Path(explicit)
-        paths.append(p / "config.json" if p.is_dir() else p)
+        for part in explicit.split(os.pathsep):
+            if part:
+                p = Path(part)
+                paths.append(p / "config.json" if p.is_dir() else p)
         return paths
     if os.environ.get("REGISTRY_AUTH_FILE"):
         paths.append(Path(os.environ["REGISTRY_AUTH_FILE"]))
@@ -150,38 +176,145 @@ def scope_for(request: httpx.Request) -> str | None:
     return " ".join(scopes)
 
 
+class CredentialStore:
+    """One host's credentials, re-read when the config files change on disk, on
+    :meth:`refresh` (after a refusal), and every ``REFRESH_SECONDS``."""
+
+    def __init__(self, host: str, docker_config: str | None = None):
+        self.host = host
+        self.docker_config = docker_config
+        self._creds: Credentials | None = None
+        self._stamp: tuple | None = None
+        self._loaded_at = float("-inf")
+        self._lock = threading.Lock()
+        self.loads = 0
+
+    def _files_stamp(self) -> tuple:
+        out = []
+        for p in config_paths(self.docker_config):
+            try:
+                st = p.stat()  # follows the symlinks a mounted Secret swaps on update
+                out.append((str(p), st.st_ino, st.st_mtime_ns, st.st_size))
+            except OSError:
+                out.append((str(p), None))
+        return tuple(out)
+
+    def get(self) -> Credentials | None:
+        with self._lock:
+            stamp = self._files_stamp()
+            stale = time.monotonic() - self._loaded_at > REFRESH_SECONDS
+            if stale or stamp != self._stamp:
+                self._load(stamp)
+            return self._creds
+
+    def refresh(self) -> bool:
+        """Read the credentials again now; True if they changed."""
+        with self._lock:
+            before = self._creds
+            self._load(self._files_stamp())
+            return self._creds != before
+
+    def _load(self, stamp: tuple) -> None:
+        try:
+            self._creds = find_credentials(self.host, self.docker_config)
+        except AuthenticationFailed:
+            if not self.loads:
+                raise
+            # a config caught mid-rewrite, or a helper failing once: keep what worked
+            # and read again on the next request
+            return
+        self._stamp, self._loaded_at = stamp, time.monotonic()
+        self.loads += 1
+
+
+class TokenExpired(TransientRegistryError):
+    """A streamed request met a 401 after its token expired: send it again from the
+    start (the token is already renewed)."""
+
+    default_hint = "the registry's access token expired mid-request; it was renewed"
+
+
+@dataclass
+class _Token:
+    value: str
+    expires: float  # time.monotonic() after which it is not used
+
+    def fresh(self) -> bool:
+        return time.monotonic() < self.expires
+
+
+def _lifetime(body: dict) -> float:
+    """Seconds this token may still be used: ``expires_in`` counted from ``issued_at``
+    (when given and sane), less a margin so it is renewed before the registry refuses."""
+    try:
+        seconds = float(body.get("expires_in") or DEFAULT_TOKEN_SECONDS)
+    except (TypeError, ValueError):
+        seconds = DEFAULT_TOKEN_SECONDS
+    issued = body.get("issued_at")
+    if isinstance(issued, str):
+        try:
+            age = time.time() - datetime.fromisoformat(issued.replace("Z", "+00:00")).timestamp()
+            if 0 < age < seconds:  # a skewed clock in the future is ignored
+                seconds -= age
+        except ValueError:
+            pass
+    return max(0.0, seconds - min(30.0, seconds * 0.2))
+
+
+def _replayable(request: httpx.Request) -> bool:
+    return isinstance(request.stream, httpx.ByteStream)
+
+
 class RegistryAuth(httpx.Auth):
-    """httpx auth flow: answer Basic and Bearer challenges, cache tokens per scope.
+    """httpx auth flow: answer Basic and Bearer challenges, cache tokens per scope
+    until they expire, renew them on a 401, and re-read refused credentials once.
 
     After the first challenge the scheme is known, so later requests (including
-    streamed uploads, whose bodies cannot be replayed) carry credentials up front.
+    streamed uploads, whose bodies cannot be replayed) carry credentials up front,
+    and a bearer token is fetched before a request that has no fresh one.
     """
 
-    def __init__(self, host: str, credentials: Credentials | None, verify, timeout: float):
+    def __init__(self, host: str, credentials: CredentialStore, verify, timeout: float):
         self.host = host
         self.credentials = credentials
         self.verify = verify
         self.timeout = timeout
         self._scheme: str | None = None
-        self._bearer: dict[str, str] = {}
         self._challenge: dict[str, str] = {}
+        self._bearer: dict[str, _Token] = {}
         self._lock = threading.Lock()
+        self.tokens_fetched = 0
 
     def _token_for(self, scope: str | None) -> str | None:
         if scope is None:
-            return self._bearer.get("")
+            t = self._bearer.get("")
+            return t.value if t and t.fresh() else None
         needed = scope.split(" ")
-        for key, token in self._bearer.items():
+        for key, token in list(self._bearer.items()):
+            if not token.fresh():
+                continue
             have = key.split(" ")
             if all(s in have or s.replace(":pull", ":pull,push") in have for s in needed):
-                return token
+                return token.value
         return None
 
+    def _drop(self, value: str) -> None:
+        with self._lock:
+            for key, token in list(self._bearer.items()):
+                if token.value == value:
+                    del self._bearer[key]
+
     def _apply(self, request: httpx.Request) -> None:
-        if self._scheme == "basic" and self.credentials:
-            request.headers["Authorization"] = self.credentials.basic()
+        request.headers.pop("Authorization", None)
+        if self._scheme == "basic":
+            creds = self.credentials.get()
+            if creds:
+                request.headers["Authorization"] = creds.basic()
         elif self._scheme == "bearer":
-            token = self._token_for(scope_for(request))
+            scope = scope_for(request)
+            token = self._token_for(scope)
+            if token is None and scope is not None and self._challenge.get("realm"):
+                token = self._fetch_token(self._challenge, scope)  # renew before it is refused
             if token:
                 request.headers["Authorization"] = f"Bearer {token}"
 
@@ -190,38 +323,65 @@ class RegistryAuth(httpx.Auth):
         response = yield request
         if response.status_code != 401:
             return
+        sent = request.headers.get("Authorization", "")
         scheme, params = parse_challenge(response.headers.get("WWW-Authenticate", ""))
         if scheme == "basic":
-            if not self.credentials:
+            creds = self.credentials.get()
+            if creds and sent == creds.basic() and self.credentials.refresh():
+                creds = self.credentials.get()  # a rotated password: try the new one once
+            elif creds and sent == creds.basic():
+                raise AuthenticationFailed("registry rejected the credentials", subject=self.host)
+            if not creds:
                 raise AuthenticationFailed(
                     "registry requires credentials",
                     subject=self.host,
                     hint="log in (docker/skopeo/podman login) or add them to config.json",
                 )
-            if request.headers.get("Authorization") == self.credentials.basic():
-                raise AuthenticationFailed("registry rejected the credentials", subject=self.host)
             self._scheme = "basic"
         elif scheme == "bearer":
             scope = params.get("scope") or scope_for(request) or ""
             extra = scope_for(request)
             if extra:
                 scope = " ".join(dict.fromkeys((scope + " " + extra).split()))
-            if (
-                request.headers.get("Authorization", "").startswith("Bearer ")
-                and self._token_for(scope) is not None
-            ):
-                raise AuthenticationFailed("registry refused the access token", subject=self.host)
-            self._fetch_token(params, scope)
+            if sent.startswith("Bearer "):
+                self._drop(sent.removeprefix("Bearer "))  # expired or revoked: renew once
+            self._challenge = params
             self._scheme = "bearer"
+            self._fetch_token(params, scope)
         else:
             raise AuthenticationFailed(
                 "registry asked for an unsupported auth scheme",
                 subject=f"{self.host} ({scheme or 'none'})",
             )
+        if not _replayable(request):
+            raise TokenExpired("registry refused a streamed request's token", subject=self.host)
         self._apply(request)
-        yield request
+        retry = yield request
+        if retry.status_code == 401 and scheme == "bearer":
+            raise AuthenticationFailed("registry refused the access token", subject=self.host)
 
-    def _fetch_token(self, params: dict[str, str], scope: str) -> None:
+    def _fetch_token(self, params: dict[str, str], scope: str) -> str:
+        with self._lock:
+            token = self._token_for(scope)  # another thread may have just renewed it
+            if token is not None:
+                return token
+            try:
+                body = self._request_token(params, scope)
+            except AuthenticationFailed:
+                if not self.credentials.refresh():  # one re-read of rotated credentials
+                    raise
+                body = self._request_token(params, scope)
+            try:
+                value = body.get("token") or body["access_token"]
+            except (AttributeError, KeyError):
+                raise AuthenticationFailed(
+                    "token service gave no token", subject=params.get("realm")
+                ) from None
+            self._bearer[scope] = _Token(value, time.monotonic() + _lifetime(body))
+            self.tokens_fetched += 1
+            return value
+
+    def _request_token(self, params: dict[str, str], scope: str) -> dict:
         realm = params.get("realm")
         if not realm:
             raise AuthenticationFailed("bearer challenge without a realm", subject=self.host)
@@ -229,7 +389,8 @@ class RegistryAuth(httpx.Auth):
         if params.get("service"):
             query.append(("service", params["service"]))
         query += [("scope", s) for s in scope.split()]
-        headers = {"Authorization": self.credentials.basic()} if self.credentials else {}
+        creds = self.credentials.get()
+        headers = {"Authorization": creds.basic()} if creds else {}
         try:
             with (
                 httpx.Client(verify=self.verify, timeout=self.timeout) as c,
@@ -247,8 +408,6 @@ class RegistryAuth(httpx.Auth):
             raise AuthenticationFailed(f"token service answered HTTP {status}", subject=realm)
         try:
             body = json.loads(data)
-            token = body.get("token") or body["access_token"]
-        except (ValueError, KeyError):
+        except ValueError:
             raise AuthenticationFailed("token service gave no token", subject=realm) from None
-        with self._lock:
-            self._bearer[scope] = token
+        return body if isinstance(body, dict) else {}

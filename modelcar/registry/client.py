@@ -34,7 +34,7 @@ from modelcar.httpbody import (
 from modelcar.image import media_type_of
 from modelcar.reference import ImageRef
 from modelcar.registry import upload
-from modelcar.registry.auth import RegistryAuth, find_credentials
+from modelcar.registry.auth import CredentialStore, RegistryAuth
 from modelcar.registry.retry import check, translate_transport, with_retries
 from modelcar.store import ChunkFactory, FetchedManifest, ImageStore, StoreOptions
 
@@ -57,7 +57,7 @@ def _client_for(host: str, options: StoreOptions) -> tuple[httpx.Client, Registr
         if key not in _clients:
             verify = _verify(options)
             auth = RegistryAuth(
-                host, find_credentials(host, options.docker_config), verify, options.timeout
+                host, CredentialStore(host, options.docker_config), verify, options.timeout
             )
             client = httpx.Client(
                 verify=verify,
