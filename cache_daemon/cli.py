@@ -65,6 +65,15 @@ StallTimeout = Annotated[
         "is stalled: the next source resumes at the same offset.",
     ),
 ]
+DockerConfigs = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--docker-config",
+        help="Registry credentials: a docker config.json or a dir holding one (repeatable; "
+        "merged, later ones win). Default: $DOCKER_CONFIG, ~/.docker/config.json, "
+        "$REGISTRY_AUTH_FILE. Re-read when a file changes.",
+    ),
+]
 MinSpeed = Annotated[
     str, typer.Option(help="Minimum bytes per second a source must deliver, e.g. 16KiB.")
 ]
@@ -82,6 +91,7 @@ def _setup_logging(verbose: bool = True) -> None:
 def _pull_options(
     jobs: int, max_rate: str | None, mirror: list[str] | None, plain_http: bool,
     insecure: bool, ca_file: str | None, checkpoint: str, stall_timeout: float, min_speed: str,
+    docker_config: list[str] | None,
 ) -> PullOptions:  # fmt: skip
     rule = Progress(window=stall_timeout, min_speed=parse_size(min_speed))
     return PullOptions(
@@ -90,7 +100,11 @@ def _pull_options(
         max_rate=parse_size(max_rate) if max_rate else None,
         mirrors=mirror or [],
         store=StoreOptions(
-            plain_http=plain_http, insecure=insecure, ca_file=ca_file, progress=rule
+            plain_http=plain_http,
+            insecure=insecure,
+            ca_file=ca_file,
+            progress=rule,
+            docker_config=os.pathsep.join(docker_config) if docker_config else None,
         ),
     )
 
@@ -186,6 +200,7 @@ def run(
     checkpoint: Checkpoint = "64MiB",
     stall_timeout: StallTimeout = 30.0,
     min_speed: MinSpeed = "16KiB",
+    docker_config: DockerConfigs = None,
     plain_http: PlainHttp = False,
     insecure: Insecure = False,
     ca_file: CaFile = None,
@@ -214,6 +229,7 @@ def run(
             checkpoint,
             stall_timeout,
             min_speed,
+            docker_config,
         ),
         budget=_budget(max_bytes, max_percent, high_watermark, low_watermark),
         scrub_every=scrub_every,
@@ -253,6 +269,7 @@ def pull(
     checkpoint: Checkpoint = "64MiB",
     stall_timeout: StallTimeout = 30.0,
     min_speed: MinSpeed = "16KiB",
+    docker_config: DockerConfigs = None,
     plain_http: PlainHttp = False,
     insecure: Insecure = False,
     ca_file: CaFile = None,
@@ -272,6 +289,7 @@ def pull(
             checkpoint,
             stall_timeout,
             min_speed,
+            docker_config,
         )
         result = Puller(cache, options, make_room=evictor.make_room).pull(ref)
     if json_out:

@@ -315,3 +315,36 @@ def test_the_node_policy_allows_only_the_own_node():
     assert _admit(NODE, NODE, node="gpu-2") == [
         "the modelcar cache daemon may change only the Node it runs on"
     ]
+
+
+def test_registry_pull_secrets_are_mounted_read_only_and_merged():
+    role = {"eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/pull"}
+    values = {
+        "cache": {
+            "registryAuth": {"existingSecrets": ["harbor-robot", "ghcr-pull"]},
+            "serviceAccount": {"annotations": role},
+        }
+    }
+    kinds = by_kind(render(values))
+    for kube in ("1.30", "1.33"):
+        for obj in kinds["DaemonSet"] + kinds["ServiceAccount"]:
+            validate(obj, kube, strict=True)
+    spec = kinds["DaemonSet"][0]["spec"]["template"]["spec"]
+    c = spec["containers"][0]
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    for name in ("harbor-robot", "ghcr-pull"):
+        m = mounts[f"/etc/modelcar/registry-auth/{name}"]
+        assert m["readOnly"] is True
+        secret = volumes[m["name"]]["secret"]
+        assert secret["secretName"] == name
+        assert secret["items"] == [{"key": ".dockerconfigjson", "path": "config.json"}]
+        assert f"--docker-config=/etc/modelcar/registry-auth/{name}" in c["command"]
+    order = [a for a in c["command"] if a.startswith("--docker-config=")]
+    assert order == [f"--docker-config=/etc/modelcar/registry-auth/{n}"
+                     for n in ("harbor-robot", "ghcr-pull")]  # fmt: skip
+    assert all("DOCKER" not in e["name"] for e in c["env"])  # no secrets in env
+    sa = next(o for o in kinds["ServiceAccount"] if o["metadata"]["name"].endswith("-cache"))
+    assert sa["metadata"]["annotations"] == {
+        "eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/pull"
+    }
