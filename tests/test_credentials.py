@@ -29,7 +29,7 @@ from tests.fixtures.tls import make_cert
 from tests.fixtures.tokenserver import ISSUER, SERVICE, TokenServer
 
 MiB = 1 << 20
-LIFETIME = 3  # seconds the registry accepts a token
+LIFETIME = 5  # seconds the registry accepts a token (proxies below add 1 s per request)
 
 
 @dataclass

@@ -238,9 +238,10 @@ class TokenExpired(TransientRegistryError):
 class _Token:
     value: str
     expires: float  # time.monotonic() after which it is not used
+    fetched: float = 0.0  # time.monotonic() when it was issued to us
 
-    def fresh(self) -> bool:
-        return time.monotonic() < self.expires
+    def fresh(self, newer_than: float = float("-inf")) -> bool:
+        return time.monotonic() < self.expires and self.fetched > newer_than
 
 
 def _lifetime(body: dict) -> float:
@@ -285,24 +286,31 @@ class RegistryAuth(httpx.Auth):
         self._lock = threading.Lock()
         self.tokens_fetched = 0
 
-    def _token_for(self, scope: str | None) -> str | None:
+    def _token_for(self, scope: str | None, newer_than: float = float("-inf")) -> str | None:
         if scope is None:
             t = self._bearer.get("")
-            return t.value if t and t.fresh() else None
+            return t.value if t and t.fresh(newer_than) else None
         needed = scope.split(" ")
         for key, token in list(self._bearer.items()):
-            if not token.fresh():
+            if not token.fresh(newer_than):
                 continue
             have = key.split(" ")
             if all(s in have or s.replace(":pull", ":pull,push") in have for s in needed):
                 return token.value
         return None
 
-    def _drop(self, value: str) -> None:
+    def _drop(self, value: str) -> float:
+        """Forget a refused token and every token obtained no later than it (the
+        registry will refuse those too); return when the refused one was obtained."""
         with self._lock:
+            when = max(
+                (t.fetched for t in self._bearer.values() if t.value == value),
+                default=time.monotonic(),
+            )
             for key, token in list(self._bearer.items()):
-                if token.value == value:
+                if token.fetched <= when:
                     del self._bearer[key]
+            return when
 
     def _apply(self, request: httpx.Request) -> None:
         request.headers.pop("Authorization", None)
@@ -343,11 +351,12 @@ class RegistryAuth(httpx.Auth):
             extra = scope_for(request)
             if extra:
                 scope = " ".join(dict.fromkeys((scope + " " + extra).split()))
-            if sent.startswith("Bearer "):
-                self._drop(sent.removeprefix("Bearer "))  # expired or revoked: renew once
+            refused = float("-inf")
+            if sent.startswith("Bearer "):  # expired or revoked: renew once
+                refused = self._drop(sent.removeprefix("Bearer "))
             self._challenge = params
             self._scheme = "bearer"
-            self._fetch_token(params, scope)
+            self._fetch_token(params, scope, newer_than=refused)
         else:
             raise AuthenticationFailed(
                 "registry asked for an unsupported auth scheme",
@@ -360,9 +369,11 @@ class RegistryAuth(httpx.Auth):
         if retry.status_code == 401 and scheme == "bearer":
             raise AuthenticationFailed("registry refused the access token", subject=self.host)
 
-    def _fetch_token(self, params: dict[str, str], scope: str) -> str:
+    def _fetch_token(
+        self, params: dict[str, str], scope: str, newer_than: float = float("-inf")
+    ) -> str:
         with self._lock:
-            token = self._token_for(scope)  # another thread may have just renewed it
+            token = self._token_for(scope, newer_than)  # another thread may have renewed it
             if token is not None:
                 return token
             try:
@@ -377,7 +388,8 @@ class RegistryAuth(httpx.Auth):
                 raise AuthenticationFailed(
                     "token service gave no token", subject=params.get("realm")
                 ) from None
-            self._bearer[scope] = _Token(value, time.monotonic() + _lifetime(body))
+            now = time.monotonic()
+            self._bearer[scope] = _Token(value, now + _lifetime(body), fetched=now)
             self.tokens_fetched += 1
             return value
 
