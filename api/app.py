@@ -13,12 +13,12 @@ from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 from starlette.exceptions import HTTPException
 from starlette.routing import Match, Route
 
-from api.db.engine import Database
-from api.deps import TokenCache
-from api.metrics import Metrics, Telemetry
-from api.routes import health, models, nodes, resolve, tokens
-from api.settings import Settings
-from modelcar.apimodels import PATTERN_HELP
+from modelcar.api.db.engine import Database
+from modelcar.api.deps import TokenCache
+from modelcar.api.metrics import Metrics, Telemetry
+from modelcar.api.routes import health, models, nodes, resolve, tokens
+from modelcar.api.settings import Settings
+from modelcar.contract.wire import PATTERN_HELP
 from modelcar.errors import Conflict, DatabaseNotReady, InvalidRequest, ModelcarError
 
 log = logging.getLogger("modelcar.api")

@@ -13,7 +13,7 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 
-from modelcar.apimodels import Role
+from modelcar.contract.wire import Role
 from modelcar.errors import Forbidden, Unauthorized
 
 TOKEN_PREFIX = "mct_"

@@ -14,10 +14,10 @@ from sqlalchemy import Connection, Select, bindparam, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
-from api.db.tables import Alias, AliasEvent, Model, Node, NodeModel, Version, utcnow
-from modelcar import apimodels as wire
+from modelcar.api.db.tables import Alias, AliasEvent, Model, Node, NodeModel, Version, utcnow
+from modelcar.contract import wire as wire
+from modelcar.contract.modelref import ModelRef, valid_alias, valid_model_name
 from modelcar.errors import Conflict, InvalidRequest, Missing
-from modelcar.modelref import ModelRef, valid_alias, valid_model_name
 
 
 def check_name(name: str) -> str:

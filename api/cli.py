@@ -13,9 +13,9 @@ from typing import Annotated, Any
 
 import typer
 
-from api.settings import Settings, load_settings
-from modelcar.apimodels import ROLES, TokenCreate
+from modelcar.api.settings import Settings, load_settings
 from modelcar.cliutil import new_app, run_cli
+from modelcar.contract.wire import ROLES, TokenCreate
 from modelcar.errors import UsageError
 
 app = new_app(
@@ -43,7 +43,7 @@ SETTINGS_ENV = "MODELCAR_API_SETTINGS_JSON"
 
 
 def _database(config: str | None, db: str | None) -> Any:
-    from api.db.engine import Database
+    from modelcar.api.db.engine import Database
 
     settings = load_settings(config, db=db)
     return Database(settings.db, pool_size=2)
@@ -51,7 +51,7 @@ def _database(config: str | None, db: str | None) -> Any:
 
 def app_from_env() -> Any:
     """uvicorn factory for ``--workers`` > 1: each worker builds the app from the env."""
-    from api.app import create_app
+    from modelcar.api.app import create_app
 
     app = create_app(Settings.model_validate_json(os.environ[SETTINGS_ENV]))
     gc.freeze()
@@ -80,8 +80,8 @@ def serve(
     """Serve the API (OpenAPI docs at /docs). Refuses an un-migrated database."""
     import uvicorn
 
-    from api.app import create_app
-    from api.db.engine import Database, redact
+    from modelcar.api.app import create_app
+    from modelcar.api.db.engine import Database, redact
 
     settings = load_settings(
         config,
@@ -110,7 +110,9 @@ def serve(
     if settings.workers > 1:
         database.dispose()
         os.environ[SETTINGS_ENV] = settings.model_dump_json()
-        uvicorn.run("api.cli:app_from_env", factory=True, workers=settings.workers, **common)
+        uvicorn.run(
+            "modelcar.api.cli:app_from_env", factory=True, workers=settings.workers, **common
+        )
     else:
         app = create_app(settings, database)
         gc.freeze()  # the app's long-lived objects leave the collector's young generations
@@ -120,7 +122,7 @@ def serve(
 @db_app.command("upgrade")
 def db_upgrade(config: ConfigFile = None, db: DbUrl = None) -> None:
     """Create or migrate the database schema to this release's revision."""
-    from api.db.engine import redact
+    from modelcar.api.db.engine import redact
 
     database = _database(config, db)
     before, after = database.upgrade()
@@ -154,7 +156,7 @@ def token_create(
     """Create a token and print it (only it, once) on stdout."""
     from pydantic import TypeAdapter, ValidationError
 
-    from api.tokens import create_token
+    from modelcar.api.tokens import create_token
 
     fields = {"name": name, "role": role}
     if role == "node":
@@ -181,7 +183,7 @@ def token_create(
 @token_app.command("list")
 def token_list(config: ConfigFile = None, db: DbUrl = None) -> None:
     """List tokens as JSON lines (never the secrets)."""
-    from api.tokens import list_tokens, token_out
+    from modelcar.api.tokens import list_tokens, token_out
 
     database = _database(config, db)
     database.check_migrated()
@@ -197,7 +199,7 @@ def token_revoke(
     db: DbUrl = None,
 ) -> None:
     """Revoke a token; running servers refuse it within 5 seconds."""
-    from api.tokens import revoke_token
+    from modelcar.api.tokens import revoke_token
 
     database = _database(config, db)
     database.check_migrated()

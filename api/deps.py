@@ -10,10 +10,10 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
-from api.auth import ANONYMOUS, Principal
-from api.db.engine import Database
-from api.settings import Settings
-from api.tokens import authenticate
+from modelcar.api.auth import ANONYMOUS, Principal
+from modelcar.api.db.engine import Database
+from modelcar.api.settings import Settings
+from modelcar.api.tokens import authenticate
 
 READ_METHODS = frozenset({"GET", "HEAD"})
 bearer = HTTPBearer(auto_error=False, description="A modelcar token (mct_…)")

@@ -7,11 +7,11 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
-from api import catalog
-from api.db.tables import Model, Node, NodeModel, Policy, utcnow
-from modelcar import apimodels as wire
+from modelcar.api import catalog
+from modelcar.api.db.tables import Model, Node, NodeModel, Policy, utcnow
+from modelcar.contract import wire as wire
+from modelcar.contract.modelref import parse_model_ref
 from modelcar.errors import Conflict, InvalidRequest, Missing, ModelcarError
-from modelcar.modelref import parse_model_ref
 
 
 def check_node(name: str) -> str:

@@ -12,10 +12,10 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from starlette.exceptions import HTTPException
 
-from api.db.engine import Database
-from api.db.tables import Model, Node, NodeModel, Version
-from api.fleet import fresh_since
-from api.settings import Settings
+from modelcar.api.db.engine import Database
+from modelcar.api.db.tables import Model, Node, NodeModel, Version
+from modelcar.api.fleet import fresh_since
+from modelcar.api.settings import Settings
 
 Scope = dict[str, Any]
 

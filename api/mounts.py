@@ -15,11 +15,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from api.catalog import Target
-from modelcar import apimodels as wire
+from modelcar.api.catalog import Target
+from modelcar.contract import wire as wire
+from modelcar.contract.nodecache import LABEL_READY, MOUNT_PATH, host_path, node_label_key
 from modelcar.errors import Conflict
-from modelcar.nodecache import LABEL_READY, MOUNT_PATH, host_path, node_label_key
-from modelcar.reference import parse_ref
+from modelcar.oci.reference import parse_ref
 
 VOLUME = "modelcar-models"
 KSERVE_API = "serving.kserve.io/v1beta1"

@@ -9,8 +9,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from modelcar.contract.nodecache import DEFAULT_CACHE_ROOT
 from modelcar.errors import UsageError
-from modelcar.nodecache import DEFAULT_CACHE_ROOT
 
 ENV_PREFIX = "MODELCAR_API_"
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.auth import Principal, hash_secret, new_secret
-from api.db.tables import Token, utcnow
-from modelcar import apimodels as wire
+from modelcar.api.auth import Principal, hash_secret, new_secret
+from modelcar.api.db.tables import Token, utcnow
+from modelcar.contract import wire as wire
 from modelcar.errors import Missing, Unauthorized
 
 

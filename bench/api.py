@@ -30,9 +30,9 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from api.local import LocalApi  # noqa: E402
-from modelcar.localregistry import free_port  # noqa: E402
-from tests.fixtures.postgres import PostgresServer, find_pg_bin  # noqa: E402
+from harness.localapi import LocalApi  # noqa: E402
+from harness.localregistry import free_port  # noqa: E402
+from harness.postgres import PostgresServer, find_pg_bin  # noqa: E402
 
 MODELS, VERSIONS, NODES = 50, 10, 20
 

@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from modelcar.localregistry import LocalRegistry  # noqa: E402
+from harness.localregistry import LocalRegistry  # noqa: E402
 
 MiB = 1 << 20
 
@@ -58,7 +58,7 @@ def modelcar(*args: str) -> tuple[float, dict]:
     """Run `modelcar build`; return (seconds, build record)."""
     t = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-m", "builder.cli", "build", *args, "--json", "-q"],
+        [sys.executable, "-m", "modelcar.builder.cli", "build", *args, "--json", "-q"],
         capture_output=True,
         cwd=ROOT,
     )
@@ -71,7 +71,7 @@ def modelcar(*args: str) -> tuple[float, dict]:
 def peak_rss(*args: str) -> int:
     """Peak RSS (KiB) of one `modelcar build` run, via wait4."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "builder.cli", "build", *args, "-q"],
+        [sys.executable, "-m", "modelcar.builder.cli", "build", *args, "-q"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         cwd=ROOT,

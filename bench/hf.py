@@ -28,8 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from modelcar.localregistry import LocalRegistry  # noqa: E402
-from tests.fixtures.hfhub import HubServer  # noqa: E402
+from harness.hfhub import HubServer  # noqa: E402
+from harness.localregistry import LocalRegistry  # noqa: E402
 
 MiB = 1 << 20
 
@@ -103,7 +103,7 @@ def main() -> None:
                 t = time.perf_counter()
                 with PeakDisk(scratch) as disk:
                     if label == "modelcar build":
-                        run([sys.executable, "-m", "builder.cli", "build", "hf://org/model",
+                        run([sys.executable, "-m", "modelcar.builder.cli", "build", "hf://org/model",
                              target, "--plain-http", "-q"], env)  # fmt: skip
                     else:
                         code = (
@@ -114,7 +114,7 @@ def main() -> None:
                             [sys.executable, "-c", code], env=env, cwd=ROOT,
                             capture_output=True, text=True, check=True,
                         )  # fmt: skip
-                        run([sys.executable, "-m", "builder.cli", "build",
+                        run([sys.executable, "-m", "modelcar.builder.cli", "build",
                              snap.stdout.strip().splitlines()[-1], target, "--plain-http",
                              "-q"], env)  # fmt: skip
                 rows.append((label, time.perf_counter() - t, disk.peak))

@@ -32,14 +32,25 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from build import MiB, clear_skopeo_cache, make_model, model_args  # noqa: E402
 
-from modelcar.localregistry import LocalRegistry  # noqa: E402
+from harness.localregistry import LocalRegistry  # noqa: E402
 
 
 def build(model: Path, target: str) -> str:
     proc = subprocess.run(
-        [sys.executable, "-m", "builder.cli", "build", str(model), target, "--plain-http", "-q"],
-        capture_output=True, text=True, cwd=ROOT,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "modelcar.builder.cli",
+            "build",
+            str(model),
+            target,
+            "--plain-http",
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     if proc.returncode:
         raise SystemExit(f"build failed: {proc.stderr}")
     return proc.stdout.strip().splitlines()[-1]
@@ -67,7 +78,7 @@ def modelcar_pull(ref: str, cache: Path) -> tuple[float, int]:
     shutil.rmtree(cache, ignore_errors=True)
     drop_caches()
     return timed(
-        [sys.executable, "-m", "cache_daemon.cli", "pull", ref, "--cache-dir", str(cache),
+        [sys.executable, "-m", "modelcar.cache_daemon.cli", "pull", ref, "--cache-dir", str(cache),
          "--plain-http", "-q", "--jobs", "4"],
         cwd=ROOT,
     )  # fmt: skip

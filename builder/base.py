@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from modelcar import mediatypes as mt
-from modelcar.digest import sha256_bytes
 from modelcar.errors import ImageFormatError, UsageError
-from modelcar.image import (
+from modelcar.format import keys as mt
+from modelcar.oci import mediatypes as oci_mt
+from modelcar.oci.digest import sha256_bytes
+from modelcar.oci.manifest import (
     Descriptor,
     Manifest,
     canonical_json,
@@ -28,9 +29,10 @@ from modelcar.image import (
     parse_index,
     parse_manifest,
 )
-from modelcar.reference import parse_ref
-from modelcar.store import ImageStore, StoreOptions, open_store
-from modelcar.tarstream import Member, TarWriter, with_parents
+from modelcar.oci.reference import parse_ref
+from modelcar.oci.store import ImageStore, StoreOptions
+from modelcar.oci.stores import open_store
+from modelcar.oci.tarstream import Member, TarWriter, with_parents
 
 EPOCH = "1970-01-01T00:00:00Z"
 BUSYBOX_LINKS = (
@@ -142,17 +144,17 @@ def busybox_base(path: str | None = None) -> BaseImage:
     }
     config_bytes = canonical_json(config)
     desc = Descriptor(
-        mediaType=mt.OCI_LAYER_TAR,
+        mediaType=oci_mt.OCI_LAYER_TAR,
         digest=layer_digest,
         size=len(layer),
         annotations={mt.LAYER_ROLE: "base"},
     )
     manifest = Manifest(
         config=Descriptor(
-            mediaType=mt.OCI_CONFIG, digest=sha256_bytes(config_bytes), size=len(config_bytes)
+            mediaType=oci_mt.OCI_CONFIG, digest=sha256_bytes(config_bytes), size=len(config_bytes)
         ),
         layers=[desc],
-        annotations={mt.CREATED: EPOCH, mt.PREFIX + "base": "busybox"},
+        annotations={oci_mt.CREATED: EPOCH, mt.PREFIX + "base": "busybox"},
     )
     manifest_bytes = manifest.canonical()
     return BaseImage(
@@ -177,7 +179,10 @@ def scratch_base() -> BaseImage:
     return BaseImage(name="scratch", digest=None, config=config, layers=[])
 
 
-_LAYER_TYPES = {mt.DOCKER_LAYER_TAR: mt.OCI_LAYER_TAR, mt.DOCKER_LAYER_GZIP: mt.OCI_LAYER_GZIP}
+_LAYER_TYPES = {
+    oci_mt.DOCKER_LAYER_TAR: oci_mt.OCI_LAYER_TAR,
+    oci_mt.DOCKER_LAYER_GZIP: oci_mt.OCI_LAYER_GZIP,
+}
 
 
 def load_base(spec: str | None, options: StoreOptions) -> BaseImage:
@@ -190,7 +195,7 @@ def load_base(spec: str | None, options: StoreOptions) -> BaseImage:
     store = open_store(ref, options)
     fetched = store.get_manifest(ref.reference)
     data, digest = fetched.data, fetched.digest
-    if fetched.media_type in mt.INDEX_TYPES:
+    if fetched.media_type in oci_mt.INDEX_TYPES:
         index = parse_index(data)
         arch = host_arch()
         chosen = next(

@@ -18,13 +18,11 @@ from datetime import UTC, datetime
 
 from pydantic import BaseModel
 
-from builder.base import BaseImage, load_base
-from builder.plan import LayerPlan, plan_layers
-from builder.progress import Progress
-from builder.sources.base import Source, SourceFile
-from builder.statcache import StatCache, default_path, layer_key
-from modelcar import mediatypes as mt
-from modelcar.digest import sha256_bytes
+from modelcar.builder.base import BaseImage, load_base
+from modelcar.builder.plan import LayerPlan, plan_layers
+from modelcar.builder.progress import Progress
+from modelcar.builder.sources.base import Source, SourceFile
+from modelcar.builder.statcache import StatCache, default_path, layer_key
 from modelcar.errors import (
     BlobTooLarge,
     DigestMismatch,
@@ -34,13 +32,18 @@ from modelcar.errors import (
     SourceEmpty,
     SourceFileError,
 )
-from modelcar.httpbody import MAX_CONFIG_WRITE_BYTES, MAX_MANIFEST_BYTES, human_limit
-from modelcar.image import Descriptor, FileEntry, FileIndex, Manifest, canonical_json
-from modelcar.modelimage import load_model_image
-from modelcar.modelpath import path_problem, shown
-from modelcar.reference import DEFAULT_TAG, Ref
-from modelcar.store import ImageStore, StoreOptions, open_store
-from modelcar.tarstream import Member, TarWriter, archive_size, header_bytes, with_parents
+from modelcar.format import keys as mt
+from modelcar.format.fileindex import FileEntry, FileIndex
+from modelcar.format.image import load_model_image
+from modelcar.format.paths import path_problem, shown
+from modelcar.http.body import MAX_CONFIG_WRITE_BYTES, MAX_MANIFEST_BYTES, human_limit
+from modelcar.oci import mediatypes as oci_mt
+from modelcar.oci.digest import sha256_bytes
+from modelcar.oci.manifest import Descriptor, Manifest, canonical_json
+from modelcar.oci.reference import DEFAULT_TAG, Ref
+from modelcar.oci.store import ImageStore, StoreOptions
+from modelcar.oci.stores import open_store
+from modelcar.oci.tarstream import Member, TarWriter, archive_size, header_bytes, with_parents
 
 MiB = 1 << 20
 
@@ -112,11 +115,11 @@ def _layer_annotations(layer: LayerPlan, digests: dict[str, str]) -> dict[str, s
     ann = {mt.LAYER_ROLE: "model"}
     if len(paths) == 1:
         f = layer.files[0]
-        ann[mt.TITLE] = f.path
+        ann[oci_mt.TITLE] = f.path
         ann[mt.FILE_SHA256] = digests[f"{mt.MODELS_DIR}/{f.path}"]
         ann[mt.FILE_SIZE] = str(f.size)
     else:
-        ann[mt.TITLE] = f"{paths[0]} … {paths[-1]} ({len(paths)} files)"
+        ann[oci_mt.TITLE] = f"{paths[0]} … {paths[-1]} ({len(paths)} files)"
     return ann
 
 
@@ -219,7 +222,7 @@ class Builder:
                 return pushed
         digest, file_digests = known or self._digest_layer(members, layer)
         desc = Descriptor(
-            mediaType=mt.OCI_LAYER_TAR,
+            mediaType=oci_mt.OCI_LAYER_TAR,
             digest=digest,
             size=size,
             annotations=_layer_annotations(layer, file_digests),
@@ -263,7 +266,7 @@ class Builder:
         if key:
             self.cache.put(key, digest, size, file_digests)
         desc = Descriptor(
-            mediaType=mt.OCI_LAYER_TAR,
+            mediaType=oci_mt.OCI_LAYER_TAR,
             digest=digest,
             size=size,
             annotations=_layer_annotations(layer, file_digests),
@@ -353,10 +356,12 @@ class Builder:
         config_bytes, manifest_bytes = self._documents(base, plan, results, index)
         config_digest = sha256_bytes(config_bytes)
         config_sent = target.put_blob(config_digest, len(config_bytes), lambda: [config_bytes])
-        digest = target.put_manifest(manifest_bytes, mt.OCI_MANIFEST, sha256_bytes(manifest_bytes))
+        digest = target.put_manifest(
+            manifest_bytes, oci_mt.OCI_MANIFEST, sha256_bytes(manifest_bytes)
+        )
         tags = list(dict.fromkeys([self.target_ref.tag or DEFAULT_TAG, *self.options.tags]))
         for tag in tags:  # last: the tag moves only once everything it names is in place
-            target.put_manifest(manifest_bytes, mt.OCI_MANIFEST, tag)
+            target.put_manifest(manifest_bytes, oci_mt.OCI_MANIFEST, tag)
 
         uploaded = sum(r.uploaded for r in results) + base_sent + config_sent + len(manifest_bytes)
         return BuildRecord(
@@ -395,7 +400,7 @@ class Builder:
         created = _iso(created_time(self.source))
         config_bytes = canonical_json(self._config(base, results, plan, index, created))
         annotations = {
-            mt.CREATED: created,
+            oci_mt.CREATED: created,
             mt.CONTRACT: mt.CONTRACT_VERSION,
             mt.SOURCE: self.source.uri,
             mt.SIZE: str(index.total_size),
@@ -408,10 +413,12 @@ class Builder:
             annotations.update(extra())
         if base.digest:
             annotations[mt.BASE_DIGEST] = base.digest
-            annotations[mt.BASE_DIGEST_OCI] = base.digest
+            annotations[oci_mt.BASE_DIGEST_OCI] = base.digest
         manifest = Manifest(
             config=Descriptor(
-                mediaType=mt.OCI_CONFIG, digest=sha256_bytes(config_bytes), size=len(config_bytes)
+                mediaType=oci_mt.OCI_CONFIG,
+                digest=sha256_bytes(config_bytes),
+                size=len(config_bytes),
             ),
             layers=[*base.layers, *(r.descriptor for r in results)],
             annotations=annotations,
@@ -427,7 +434,7 @@ class Builder:
         for layer in plan:
             digests = {f"{mt.MODELS_DIR}/{f.path}": placeholder for f in layer.files}
             desc = Descriptor(
-                mediaType=mt.OCI_LAYER_TAR,
+                mediaType=oci_mt.OCI_LAYER_TAR,
                 digest=placeholder,
                 size=archive_size(_members(layer)),
                 annotations=_layer_annotations(layer, digests),

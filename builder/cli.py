@@ -10,15 +10,15 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from modelcar.apiclient import API_ENV, TOKEN_ENV, ApiClient
 from modelcar.cliutil import new_app, parse_size, run_cli
+from modelcar.contract.client import API_ENV, TOKEN_ENV, ApiClient
 from modelcar.errors import ModelcarError, UsageError
-from modelcar.reference import parse_ref
-from modelcar.store import StoreOptions
+from modelcar.oci.reference import parse_ref
+from modelcar.oci.store import StoreOptions
 
 if TYPE_CHECKING:
-    from builder.build import BuildRecord
-    from builder.progress import Progress
+    from modelcar.builder.build import BuildRecord
+    from modelcar.builder.progress import Progress
 
 app = new_app(
     "modelcar",
@@ -180,11 +180,11 @@ def build(
     options give the same digest, in a registry or an oci: layout. Tags move only
     after every blob and the manifest are in place.
     """
-    from builder.build import Builder, BuildOptions
-    from builder.progress import Progress
-    from builder.register import check_names, default_model_name
-    from builder.sources import open_source
-    from builder.sources.base import Selection
+    from modelcar.builder.build import Builder, BuildOptions
+    from modelcar.builder.progress import Progress
+    from modelcar.builder.register import check_names, default_model_name
+    from modelcar.builder.sources import open_source
+    from modelcar.builder.sources.base import Selection
 
     if target is None and not list_only:
         raise UsageError("missing TARGET", hint="give HOST/REPO[:TAG] or oci:PATH, or use --list")
@@ -256,7 +256,7 @@ def _register(
     reason: str,
     progress: Progress,
 ) -> None:
-    from builder.register import register
+    from modelcar.builder.register import register
 
     try:
         with ApiClient(api, token) as client:
@@ -290,10 +290,10 @@ def base_create(
     docker_config: DockerConfig = None,
 ) -> None:
     """Write the default base image (static busybox) to TARGET; print its pinned reference."""
-    from builder.base import busybox_base
-    from modelcar import mediatypes as mt
-    from modelcar.reference import DEFAULT_TAG
-    from modelcar.store import open_store
+    from modelcar.builder.base import busybox_base
+    from modelcar.oci import mediatypes as mt
+    from modelcar.oci.reference import DEFAULT_TAG
+    from modelcar.oci.stores import open_store
 
     ref = parse_ref(target)
     img = busybox_base(busybox)
@@ -323,7 +323,7 @@ def inspect(
     docker_config: DockerConfig = None,
 ) -> None:
     """Show a modelcar's manifest summary and file index."""
-    from builder.inspect import describe, render
+    from modelcar.builder.inspect import describe, render
 
     info = describe(parse_ref(ref), _store_options(plain_http, insecure, ca_file, docker_config))
     typer.echo(info.model_dump_json(indent=2) if json_out else render(info))
@@ -340,7 +340,7 @@ def verify(
     docker_config: DockerConfig = None,
 ) -> None:
     """Download every blob again and check each layer digest and each file's sha256."""
-    from builder.inspect import verify_image
+    from modelcar.builder.inspect import verify_image
 
     n_layers, n_files = verify_image(
         parse_ref(ref), _store_options(plain_http, insecure, ca_file, docker_config)
@@ -369,7 +369,7 @@ def resolve(
     """Ask the API which image a model reference means; print the pinned image last."""
     import json
 
-    from modelcar.modelref import parse_model_ref
+    from modelcar.contract.modelref import parse_model_ref
 
     parse_model_ref(ref)
     if mode not in (None, "oci", "hostpath"):
@@ -396,7 +396,7 @@ def alias_cmd(
     token: Token = None,
 ) -> None:
     """Point an alias at a version (a rollback is a move back); print the pinned image."""
-    from modelcar.modelref import parse_model_ref
+    from modelcar.contract.modelref import parse_model_ref
 
     parsed = parse_model_ref(ref)
     if not parsed.alias:

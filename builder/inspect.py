@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from modelcar import mediatypes as mt
-from modelcar.digest import HashingReader
 from modelcar.errors import DigestMismatch
-from modelcar.image import FileEntry, file_index_from_config, load_json, parse_index, parse_manifest
-from modelcar.modelimage import load_model_image
-from modelcar.modellayer import read_model_layer
-from modelcar.reference import Ref
-from modelcar.store import ImageStore, StoreOptions, open_store
+from modelcar.format import keys as mt
+from modelcar.format.fileindex import FileEntry, file_index_from_config
+from modelcar.format.image import load_model_image
+from modelcar.format.layer import read_model_layer
+from modelcar.oci import mediatypes as oci_mt
+from modelcar.oci.digest import HashingReader
+from modelcar.oci.manifest import load_json, parse_index, parse_manifest
+from modelcar.oci.reference import Ref
+from modelcar.oci.store import ImageStore, StoreOptions
+from modelcar.oci.stores import open_store
 
 
 class LayerInfo(BaseModel):
@@ -46,7 +49,7 @@ def _load(ref: Ref, options: StoreOptions):
 def describe(ref: Ref, options: StoreOptions) -> ImageInfo:
     store, fetched = _load(ref, options)
     pinned = str(ref.pinned(fetched.digest))
-    if fetched.media_type in mt.INDEX_TYPES:
+    if fetched.media_type in oci_mt.INDEX_TYPES:
         index = parse_index(fetched.data)
         plats = [
             f"{d.platform.os}/{d.platform.architecture}" for d in index.manifests if d.platform
@@ -64,7 +67,7 @@ def describe(ref: Ref, options: StoreOptions) -> ImageInfo:
             size=d.size,
             media_type=d.mediaType,
             role=(d.annotations or {}).get(mt.LAYER_ROLE, "?"),
-            title=(d.annotations or {}).get(mt.TITLE),
+            title=(d.annotations or {}).get(oci_mt.TITLE),
         )
         for d in manifest.layers
     ]
@@ -72,7 +75,7 @@ def describe(ref: Ref, options: StoreOptions) -> ImageInfo:
         reference=pinned,
         digest=fetched.digest,
         media_type=fetched.media_type,
-        created=ann.get(mt.CREATED) or config.get("created"),
+        created=ann.get(oci_mt.CREATED) or config.get("created"),
         source=ann.get(mt.SOURCE),
         base=ann.get(mt.BASE_NAME),
         size=index.total_size if index else None,
@@ -83,7 +86,7 @@ def describe(ref: Ref, options: StoreOptions) -> ImageInfo:
 
 
 def render(info: ImageInfo) -> str:
-    from builder.progress import human
+    from modelcar.builder.progress import human
 
     lines = [f"reference  {info.reference}", f"type       {info.media_type}"]
     if info.platforms:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from builder.sources.base import SourceFile
+from modelcar.builder.sources.base import SourceFile
 from modelcar.errors import UsageError
 
 

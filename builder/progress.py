@@ -38,9 +38,7 @@ class Progress:
                 TimeRemainingColumn,
                 TransferSpeedColumn,
             )
-            from rich.progress import (
-                Progress as RichProgress,
-            )
+            from rich.progress import Progress as RichProgress
 
             self._rich = RichProgress(
                 TextColumn("{task.description:<10}"),

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from builder.build import BuildRecord
-from modelcar.apiclient import ApiClient
-from modelcar.apimodels import VersionCreate, VersionOut
+from modelcar.builder.build import BuildRecord
+from modelcar.contract.client import ApiClient
+from modelcar.contract.modelref import valid_alias, valid_model_name
+from modelcar.contract.wire import VersionCreate, VersionOut
 from modelcar.errors import UsageError
-from modelcar.modelref import valid_alias, valid_model_name
-from modelcar.reference import Ref
+from modelcar.oci.reference import Ref
 
 
 def default_model_name(target: Ref) -> str:

@@ -24,7 +24,7 @@ from modelcar.errors import (
     RegistryUnreachable,
     TransientRegistryError,
 )
-from modelcar.store import ImageStore
+from modelcar.oci.store import ImageStore
 
 log = logging.getLogger("modelcar.cache")
 

@@ -19,10 +19,10 @@ import stat
 import time
 from pathlib import Path
 
-from cache_daemon.state import StateDB
+from modelcar.cache_daemon.state import StateDB
+from modelcar.contract.nodecache import model_dir_name
 from modelcar.errors import ModelcarError, UsageError
-from modelcar.image import FileIndex
-from modelcar.nodecache import model_dir_name
+from modelcar.format.fileindex import FileIndex
 
 
 class CacheVanished(ModelcarError):

@@ -16,15 +16,15 @@ from typing import Annotated
 
 import typer
 
-from cache_daemon.cachedir import CacheDir
-from cache_daemon.evict import Budget, Evictor
-from cache_daemon.pull import Puller, PullOptions, pinned
-from modelcar.apiclient import API_ENV, TOKEN_ENV, TOKEN_FILE_ENV, ApiClient
+from modelcar.cache_daemon.cachedir import CacheDir
+from modelcar.cache_daemon.evict import Budget, Evictor
+from modelcar.cache_daemon.pull import Puller, PullOptions, pinned
 from modelcar.cliutil import new_app, parse_size, run_cli
+from modelcar.contract.client import API_ENV, TOKEN_ENV, TOKEN_FILE_ENV, ApiClient
+from modelcar.contract.nodecache import DEFAULT_CACHE_ROOT
 from modelcar.errors import UsageError
-from modelcar.httpbody import Progress
-from modelcar.nodecache import DEFAULT_CACHE_ROOT
-from modelcar.store import StoreOptions
+from modelcar.http.body import Progress
+from modelcar.oci.store import StoreOptions
 
 app = new_app("modelcar-cache", "Keep assigned modelcars unpacked and verified on this node.")
 
@@ -206,11 +206,11 @@ def run(
     ca_file: CaFile = None,
 ) -> None:
     """Keep this node's assigned models ready: pull, verify, publish, evict, scrub, report."""
-    from cache_daemon.cri import RuntimeWarmer
-    from cache_daemon.daemon import Daemon, DaemonOptions
-    from cache_daemon.desired import ApiSource, StaticSource
-    from cache_daemon.metrics import Metrics, StatusServer
-    from cache_daemon.nodelabels import NodeLabeller
+    from modelcar.cache_daemon.cri import RuntimeWarmer
+    from modelcar.cache_daemon.daemon import Daemon, DaemonOptions
+    from modelcar.cache_daemon.desired import ApiSource, StaticSource
+    from modelcar.cache_daemon.metrics import Metrics, StatusServer
+    from modelcar.cache_daemon.nodelabels import NodeLabeller
 
     if bool(api) == bool(config):
         raise UsageError("give exactly one of --api URL (or MODELCAR_API) and --config FILE")
@@ -338,7 +338,7 @@ def verify(
     cache_dir: CacheRoot = DEFAULT_CACHE_ROOT,
 ) -> None:
     """Re-hash published models against their file index; exit 1 if any differ."""
-    from cache_daemon.scrub import check_model
+    from modelcar.cache_daemon.scrub import check_model
 
     bad = 0
     with CacheDir(cache_dir) as cache:

@@ -8,17 +8,17 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from cache_daemon.blobstream import RateLimiter
-from cache_daemon.cachedir import CacheDir
-from cache_daemon.cri import RuntimeWarmer
-from cache_daemon.desired import ApiSource, StaticSource, Wanted
-from cache_daemon.evict import Budget, Evictor
-from cache_daemon.metrics import Metrics
-from cache_daemon.nodelabels import OURS, NodeLabeller
-from cache_daemon.pull import Puller, PullOptions
-from cache_daemon.scrub import scrub
-from modelcar import apimodels as wire
-from modelcar.apiclient import ApiClient
+from modelcar.cache_daemon.blobstream import RateLimiter
+from modelcar.cache_daemon.cachedir import CacheDir
+from modelcar.cache_daemon.cri import RuntimeWarmer
+from modelcar.cache_daemon.desired import ApiSource, StaticSource, Wanted
+from modelcar.cache_daemon.evict import Budget, Evictor
+from modelcar.cache_daemon.metrics import Metrics
+from modelcar.cache_daemon.nodelabels import OURS, NodeLabeller
+from modelcar.cache_daemon.pull import Puller, PullOptions
+from modelcar.cache_daemon.scrub import scrub
+from modelcar.contract import wire as wire
+from modelcar.contract.client import ApiClient
 from modelcar.errors import ModelcarError
 
 log = logging.getLogger("modelcar.cache")

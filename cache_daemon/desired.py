@@ -8,8 +8,8 @@ from pathlib import Path
 
 import yaml
 
-from cache_daemon.pull import pinned
-from modelcar.apiclient import ApiClient
+from modelcar.cache_daemon.pull import pinned
+from modelcar.contract.client import ApiClient
 from modelcar.errors import ModelcarError, UsageError
 
 log = logging.getLogger("modelcar.cache")

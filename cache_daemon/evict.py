@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from cache_daemon.cachedir import CacheDir
+from modelcar.cache_daemon.cachedir import CacheDir
 from modelcar.errors import DiskFull
 
 log = logging.getLogger("modelcar.cache")

@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import BinaryIO
 
-from modelcar.digest import CHUNK
+from modelcar.oci.digest import CHUNK
 
 
 class LayerJournal:

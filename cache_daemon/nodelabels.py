@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 
-from modelcar.nodecache import LABEL_PREFIX, LABEL_READY, node_label_key
+from modelcar.contract.nodecache import LABEL_PREFIX, LABEL_READY, node_label_key
 
 log = logging.getLogger("modelcar.cache")
 OURS = f"{LABEL_PREFIX}/sha256-"

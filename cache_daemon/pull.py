@@ -20,9 +20,9 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from cache_daemon.blobstream import BlobStream, RateLimiter
-from cache_daemon.cachedir import CacheDir, CacheVanished
-from cache_daemon.journal import LayerJournal, Replay
+from modelcar.cache_daemon.blobstream import BlobStream, RateLimiter
+from modelcar.cache_daemon.cachedir import CacheDir, CacheVanished
+from modelcar.cache_daemon.journal import LayerJournal, Replay
 from modelcar.errors import (
     DigestMismatch,
     DiskFull,
@@ -30,11 +30,13 @@ from modelcar.errors import (
     ModelcarError,
     UsageError,
 )
-from modelcar.image import Descriptor, FileEntry
-from modelcar.modelimage import ModelImage, load_model_image
-from modelcar.modellayer import read_model_layer
-from modelcar.reference import ImageRef, parse_ref
-from modelcar.store import ImageStore, StoreOptions, open_store
+from modelcar.format.fileindex import FileEntry
+from modelcar.format.image import ModelImage, load_model_image
+from modelcar.format.layer import read_model_layer
+from modelcar.oci.manifest import Descriptor
+from modelcar.oci.reference import ImageRef, parse_ref
+from modelcar.oci.store import ImageStore, StoreOptions
+from modelcar.oci.stores import open_store
 
 log = logging.getLogger("modelcar.cache")
 

@@ -7,9 +7,9 @@ import logging
 import os
 from pathlib import Path
 
-from cache_daemon.blobstream import RateLimiter
-from cache_daemon.cachedir import CacheDir
-from modelcar.digest import CHUNK
+from modelcar.cache_daemon.blobstream import RateLimiter
+from modelcar.cache_daemon.cachedir import CacheDir
+from modelcar.oci.digest import CHUNK
 
 log = logging.getLogger("modelcar.cache")
 

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from modelcar.apimodels import ModelState
+from modelcar.contract.wire import ModelState
 from modelcar.errors import DiskFull, ModelcarError
 
 SCHEMA = """

@@ -18,16 +18,19 @@ from pathlib import Path
 
 import yaml
 
-from api.local import LocalApi
-from modelcar.apiclient import ApiClient
-from modelcar.apimodels import PolicyPut
-from modelcar.localregistry import LocalRegistry, find_binary
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the harness (local registry and API) is not installed
+
+from harness.localapi import LocalApi  # noqa: E402
+from harness.localregistry import LocalRegistry, find_binary  # noqa: E402
+from modelcar.contract.client import ApiClient  # noqa: E402
+from modelcar.contract.wire import PolicyPut  # noqa: E402
 
 
 def modelcar(*args: str, env: dict[str, str] | None = None) -> list[str]:
     """Run `modelcar`; return its stdout lines (the last is the pinned reference)."""
     proc = subprocess.run(
-        [sys.executable, "-m", "builder.cli", *args],
+        [sys.executable, "-m", "modelcar.builder.cli", *args],
         capture_output=True,
         text=True,
         stdin=subprocess.DEVNULL,
@@ -89,7 +92,7 @@ def main() -> None:
                 ).json()["token"]  # fmt: skip
             cache = work / "node-cache"
             daemon = subprocess.run(
-                [sys.executable, "-m", "cache_daemon.cli", "run", "--node", "demo-node",
+                [sys.executable, "-m", "modelcar.cache_daemon.cli", "run", "--node", "demo-node",
                  "--label", "gpu=demo", "--api", api.url, "--cache-dir", str(cache),
                  "--once", "--listen", "", "--plain-http"],
                 capture_output=True, text=True, stdin=subprocess.DEVNULL,
@@ -100,9 +103,18 @@ def main() -> None:
                 raise SystemExit(daemon.returncode)
             print(f"cache:     {cache} (modelcar-cache run --once: pulled, verified, published)")
             verified = subprocess.run(
-                [sys.executable, "-m", "cache_daemon.cli", "verify", "--cache-dir", str(cache)],
-                capture_output=True, text=True, check=True,
-            ).stdout.strip()  # fmt: skip
+                [
+                    sys.executable,
+                    "-m",
+                    "modelcar.cache_daemon.cli",
+                    "verify",
+                    "--cache-dir",
+                    str(cache),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.strip()
             print(f"           {verified}")
             answer = json.loads(modelcar("resolve", "minilm@prod", "--json", env=env)[0])
             print("modelcar resolve minilm@prod")

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 import tempfile
 from base64 import b64encode
 from dataclasses import dataclass
@@ -14,14 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from api.settings import Settings
-from modelcar.localregistry import LocalRegistry
-from tests.fixtures.apiserver import ApiServer
-from tests.fixtures.models import make_sharded_model, minilm_dir
-from tests.fixtures.postgres import PostgresServer
-from tests.fixtures.tls import make_cert, make_htpasswd
-
-ROOT = Path(__file__).resolve().parent.parent
+from harness.apiserver import ApiServer
+from harness.localregistry import LocalRegistry
+from harness.models import make_sharded_model, minilm_dir
+from harness.postgres import PostgresServer
+from harness.tls import make_cert, make_htpasswd
+from modelcar.api.settings import Settings
 
 
 @pytest.fixture(autouse=True)
@@ -121,64 +116,3 @@ def minilm():
 @pytest.fixture
 def sharded_model(tmp_path):
     return make_sharded_model(tmp_path / "model")
-
-
-@dataclass
-class Result:
-    code: int
-    stdout: str
-    stderr: str
-
-    @property
-    def last_line(self) -> str:
-        lines = self.stdout.strip().splitlines()
-        return lines[-1] if lines else ""
-
-
-def run_cli(
-    *args: str,
-    env: dict[str, str] | None = None,
-    check: bool = True,
-    honour_permissions: bool = False,
-    timeout: float = 300,
-    module: str = "builder.cli",
-) -> Result:
-    """Run ``modelcar`` as a user would: a subprocess, its exit code, stdout and stderr.
-
-    ``honour_permissions``: as root, drop the capabilities that let root read any file,
-    so a mode-000 file is unreadable as it would be for a normal user.
-    """
-    full_env = {**os.environ, **(env or {})}
-    prefix: list[str] = []
-    if honour_permissions and os.geteuid() == 0:
-        prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
-    proc = subprocess.run(
-        [*prefix, sys.executable, "-m", module, *args],
-        capture_output=True,
-        text=True,
-        env=full_env,
-        cwd=ROOT,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
-    result = Result(proc.returncode, proc.stdout, proc.stderr)
-    if check and proc.returncode != 0:
-        raise AssertionError(
-            f"{module} {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}"
-        )
-    return result
-
-
-def run_api_cli(*args: str, **kwargs) -> Result:
-    """Run ``modelcar-api``."""
-    return run_cli(*args, module="api.cli", **kwargs)
-
-
-def assert_one_line_error(result: Result, *needles: str) -> None:
-    assert result.code != 0, result
-    lines = [ln for ln in result.stderr.strip().splitlines() if ln.strip()]
-    errors = [ln for ln in lines if "error:" in ln]
-    assert len(errors) == 1, result.stderr
-    assert "Traceback" not in result.stderr, result.stderr
-    for needle in needles:
-        assert needle in errors[0], (needle, errors[0])

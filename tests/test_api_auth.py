@@ -7,7 +7,7 @@ import itertools
 import pytest
 from sqlalchemy import text
 
-from tests.apihelpers import digest, error_of, register
+from tests.helpers import digest, error_of, register
 
 _seq = itertools.count()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from tests.apihelpers import digest, error_of, register
+from tests.helpers import digest, error_of, register
 
 
 def test_versions_are_numbered_and_immutable(api):

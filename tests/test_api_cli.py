@@ -11,8 +11,8 @@ import time
 import httpx
 import pytest
 
-from modelcar.localregistry import free_port
-from tests.conftest import ROOT, assert_one_line_error, run_api_cli
+from harness.localregistry import free_port
+from tests.helpers import ROOT, assert_one_line_error, run_api_cli
 
 
 def test_serve_refuses_an_unmigrated_database(tmp_path):
@@ -94,7 +94,7 @@ def test_serve_from_config_file_and_env(db_url, tmp_path):
     config.write_text(f"db: {db_url}\nport: {port}\nstale_after: 30\n")
     env = {**os.environ, "MODELCAR_API_OPEN_READS": "true", "MODELCAR_API_CONFIG": str(config)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "api.cli", "serve", "--no-access-log"],
+        [sys.executable, "-m", "modelcar.api.cli", "serve", "--no-access-log"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,

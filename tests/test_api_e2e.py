@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from modelcar.localregistry import free_port
-from tests.conftest import assert_one_line_error, run_cli
-from tests.fixtures.models import write_safetensors
+from harness.localregistry import free_port
+from harness.models import write_safetensors
+from tests.helpers import assert_one_line_error, run_cli
 
 
 @pytest.fixture

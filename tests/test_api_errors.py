@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from sqlalchemy import text
 
-from api.db.tables import Base
-from tests.apihelpers import digest, error_of, register
+from modelcar.api.db.tables import Base
+from tests.helpers import digest, error_of, register
 
 
 def _snapshot(api) -> dict[str, list]:

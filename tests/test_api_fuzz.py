@@ -10,10 +10,10 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from api.app import create_app
-from api.settings import Settings
-from tests.apihelpers import digest, register
-from tests.fixtures.apiserver import ApiServer
+from harness.apiserver import ApiServer
+from modelcar.api.app import create_app
+from modelcar.api.settings import Settings
+from tests.helpers import digest, register
 
 EXAMPLES = 30
 

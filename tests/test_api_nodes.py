@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from tests.apihelpers import digest, error_of, register
+from tests.helpers import digest, error_of, register
 
 
 def _status(c, node, models, labels=None, **extra):

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from modelcar.reference import parse_ref
-from modelcar.store import StoreOptions, open_store
-from tests.conftest import assert_one_line_error, run_cli
+from modelcar.oci.reference import parse_ref
+from modelcar.oci.store import StoreOptions
+from modelcar.oci.stores import open_store
+from tests.helpers import assert_one_line_error, run_cli
 
 
 def test_push_with_docker_config_credentials(auth_registry, minilm, tmp_path):
@@ -89,9 +90,9 @@ def test_bearer_token_realm(tmp_path, minilm):
     import base64
     import json
 
-    from modelcar.localregistry import LocalRegistry
-    from tests.fixtures.tls import make_cert
-    from tests.fixtures.tokenserver import ISSUER, SERVICE, TokenServer
+    from harness.localregistry import LocalRegistry
+    from harness.tls import make_cert
+    from harness.tokenserver import ISSUER, SERVICE, TokenServer
 
     cert, key = make_cert(tmp_path)
     with TokenServer(cert, key, "ci", "tok-pass") as tokens:

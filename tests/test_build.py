@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 
-from modelcar.reference import parse_ref
-from modelcar.store import StoreOptions, open_store
-from tests.conftest import run_cli
-from tests.fixtures.models import write_safetensors
+from harness.models import write_safetensors
+from modelcar.oci.reference import parse_ref
+from modelcar.oci.store import StoreOptions
+from modelcar.oci.stores import open_store
+from tests.helpers import run_cli
 
 
 def _build(*args: str) -> tuple[dict, str]:

@@ -13,11 +13,10 @@ import time
 import httpx
 import pytest
 
-from modelcar.digest import hex_of
-from modelcar.localregistry import free_port
-from tests.cachehelpers import build, cache_cli, published, pull, tree
-from tests.conftest import ROOT, assert_one_line_error
-from tests.fixtures.models import write_safetensors
+from harness.localregistry import free_port
+from harness.models import write_safetensors
+from modelcar.oci.digest import hex_of
+from tests.helpers import ROOT, assert_one_line_error, build, cache_cli, published, pull, tree
 
 MiB = 1 << 20
 
@@ -157,10 +156,24 @@ def test_the_daemon_follows_policies_and_aliases_through_the_api(registry, api, 
     port = free_port()
     env = {**os.environ, "MODELCAR_API_TOKEN": api.token("node", "gpu-1")}
     args = [
-        sys.executable, "-m", "cache_daemon.cli", "run", "--node", "gpu-1", "--label", "gpu=a100",
-        "--api", api.url, "--cache-dir", str(cache), "--plain-http", "--interval", "0.3",
-        "--listen", f"127.0.0.1:{port}",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "modelcar.cache_daemon.cli",
+        "run",
+        "--node",
+        "gpu-1",
+        "--label",
+        "gpu=a100",
+        "--api",
+        api.url,
+        "--cache-dir",
+        str(cache),
+        "--plain-http",
+        "--interval",
+        "0.3",
+        "--listen",
+        f"127.0.0.1:{port}",
+    ]
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
     try:
 
@@ -205,10 +218,26 @@ def test_one_daemon_per_cache_dir(tmp_path):
     config = tmp_path / "models.yaml"
     config.write_text("models: []\n")
     holder = subprocess.Popen(
-        [sys.executable, "-m", "cache_daemon.cli", "run", "--node", "n", "--cache-dir", str(cache),
-         "--config", str(config), "--listen", "", "--interval", "30"],
-        cwd=ROOT, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "modelcar.cache_daemon.cli",
+            "run",
+            "--node",
+            "n",
+            "--cache-dir",
+            str(cache),
+            "--config",
+            str(config),
+            "--listen",
+            "",
+            "--interval",
+            "30",
+        ],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 30
         while not (cache / ".lock").exists() or not (cache / ".lock").read_text().strip():
@@ -234,8 +263,8 @@ def test_run_input_errors_are_one_line(tmp_path):
 
 
 def test_node_labels_follow_ready_models(registry, tmp_path):
-    from modelcar.nodecache import node_label_key
-    from tests.fixtures.kubestub import KubeStub
+    from harness.kubestub import KubeStub
+    from modelcar.contract.nodecache import node_label_key
 
     refs = _images(registry, tmp_path, ["la", "lb"])
     cache, config = tmp_path / "cache", tmp_path / "models.yaml"
@@ -269,7 +298,7 @@ def test_node_labels_follow_ready_models(registry, tmp_path):
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_in_a_cluster_policies_match_the_node_objects_labels(registry, api, tmp_path):
-    from tests.fixtures.kubestub import KubeStub
+    from harness.kubestub import KubeStub
 
     refs = _images(registry, tmp_path, ["k1"])
     admin = api.client(api.admin)
@@ -292,8 +321,8 @@ def test_in_a_cluster_policies_match_the_node_objects_labels(registry, api, tmp_
 def test_warm_cri_pulls_through_containerd_and_pins(registry, tmp_path):
     if os.geteuid() != 0:
         pytest.skip("containerd needs root")
-    from cache_daemon.cri import PINNED_LABEL, RuntimeWarmer
-    from tests.fixtures.containerd import Containerd
+    from harness.containerd import Containerd
+    from modelcar.cache_daemon.cri import PINNED_LABEL, RuntimeWarmer
 
     refs = _images(registry, tmp_path, ["warm"])
     runtime = Containerd(tmp_path / "containerd").start()

@@ -8,11 +8,10 @@ import subprocess
 import sys
 import time
 
-from modelcar.digest import hex_of
-from tests.cachehelpers import build, cache_cli, published, pull, tree
-from tests.conftest import ROOT, assert_one_line_error
-from tests.fixtures.models import write_safetensors
-from tests.fixtures.proxy import QuirkProxy
+from harness.models import write_safetensors
+from harness.proxy import QuirkProxy
+from modelcar.oci.digest import hex_of
+from tests.helpers import ROOT, assert_one_line_error, build, cache_cli, published, pull, tree
 
 
 def test_pull_publishes_exactly_the_built_files(registry, sharded_model, tmp_path):
@@ -91,7 +90,7 @@ def test_kill_9_at_many_points_resumes_and_never_shows_a_partial_model(registry,
     total = sum(p.stat().st_size for p in model.iterdir())
     cache = tmp_path / "cache"
     args = [
-        sys.executable, "-m", "cache_daemon.cli", "pull", ref, "--cache-dir", str(cache),
+        sys.executable, "-m", "modelcar.cache_daemon.cli", "pull", ref, "--cache-dir", str(cache),
         "--plain-http", "--json", "-q", "--max-rate", "16MiB", "--checkpoint", "512KiB",
         "--jobs", "2",
     ]  # fmt: skip
@@ -130,9 +129,10 @@ def test_a_flipped_byte_never_becomes_ready(registry, tmp_path):
     model = _big_model(tmp_path / "model", files=2, size=2 << 20)
     ref = build(model, f"{registry.host}/cache/flip", "--plain-http")
     digest = ref.split("@")[1]
-    from modelcar.modelimage import load_model_image
-    from modelcar.reference import parse_ref
-    from modelcar.store import StoreOptions, open_store
+    from modelcar.format.image import load_model_image
+    from modelcar.oci.reference import parse_ref
+    from modelcar.oci.store import StoreOptions
+    from modelcar.oci.stores import open_store
 
     pinned_ref = parse_ref(ref)
     image = load_model_image(open_store(pinned_ref, StoreOptions(plain_http=True)), pinned_ref)
@@ -176,7 +176,7 @@ def test_a_dropped_connection_resumes_with_a_range_request(registry, tmp_path):
 
 
 def test_mirrors_are_tried_first_and_the_origin_last(registry, sharded_model, tmp_path):
-    from modelcar.localregistry import free_port
+    from harness.localregistry import free_port
 
     ref = build(sharded_model, f"{registry.host}/cache/mirrored", "--plain-http")
     with QuirkProxy(f"http://{registry.host}") as mirror:

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from kubernetes_validate import validate
 
-from modelcar.nodecache import LABEL_PREFIX
+from modelcar.contract.nodecache import LABEL_PREFIX
 
 CHART = Path(__file__).resolve().parent.parent / "charts" / "modelcar"
 PRODUCTION = yaml.safe_load((CHART / "ci" / "production-values.yaml").read_text())

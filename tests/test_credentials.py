@@ -20,13 +20,12 @@ from pathlib import Path
 
 import pytest
 
-from modelcar.localregistry import LocalRegistry
-from tests.cachehelpers import cache_cli, tree
-from tests.conftest import ROOT, assert_one_line_error, run_cli
-from tests.fixtures.models import write_safetensors
-from tests.fixtures.proxy import QuirkProxy
-from tests.fixtures.tls import make_cert
-from tests.fixtures.tokenserver import ISSUER, SERVICE, TokenServer
+from harness.localregistry import LocalRegistry
+from harness.models import write_safetensors
+from harness.proxy import QuirkProxy
+from harness.tls import make_cert
+from harness.tokenserver import ISSUER, SERVICE, TokenServer
+from tests.helpers import ROOT, assert_one_line_error, cache_cli, run_cli, tree
 
 MiB = 1 << 20
 LIFETIME = 5  # seconds the registry accepts a token (proxies below add 1 s per request)
@@ -162,7 +161,7 @@ def test_the_daemon_pulls_a_model_assigned_after_its_first_token_expired(token_r
     config, cache = tmp_path / "models.yaml", tmp_path / "cache"
     config.write_text(json.dumps({"models": [a]}))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cache_daemon.cli", "run", "--node", "n1", "--cache-dir",
+        [sys.executable, "-m", "modelcar.cache_daemon.cli", "run", "--node", "n1", "--cache-dir",
          str(cache), "--config", str(config), "--interval", "1", "--listen", "",
          "--plain-http"],
         cwd=ROOT, env={**os.environ, **_env(cfg)},
@@ -208,7 +207,7 @@ def test_a_password_rotated_mid_pull_is_picked_up_from_the_rewritten_config(
     ).last_line
     cache = tmp_path / "cache"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cache_daemon.cli", "pull", ref, "--cache-dir", str(cache),
+        [sys.executable, "-m", "modelcar.cache_daemon.cli", "pull", ref, "--cache-dir", str(cache),
          "--plain-http", "--json", "-q", "--jobs", "1", "--max-rate", "1MiB"],
         cwd=ROOT, env={**os.environ, **_env(cfg)},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

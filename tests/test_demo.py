@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 
 def test_the_demo_shows_a_ready_model_and_the_resolve_answer(tmp_path):

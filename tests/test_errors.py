@@ -8,13 +8,14 @@ import time
 
 import pytest
 
-from builder.build import Builder, BuildOptions
-from builder.sources.local import LocalSource
+from harness.localregistry import LocalRegistry, free_port
+from modelcar.builder.build import Builder, BuildOptions
+from modelcar.builder.sources.local import LocalSource
 from modelcar.errors import SourceChanged
-from modelcar.localregistry import LocalRegistry, free_port
-from modelcar.reference import parse_ref
-from modelcar.store import StoreOptions, open_store
-from tests.conftest import ROOT, assert_one_line_error, run_cli
+from modelcar.oci.reference import parse_ref
+from modelcar.oci.store import StoreOptions
+from modelcar.oci.stores import open_store
+from tests.helpers import ROOT, assert_one_line_error, run_cli
 
 PLAIN = StoreOptions(plain_http=True)
 
@@ -138,7 +139,15 @@ def test_registry_killed_mid_push_keeps_the_old_tag(tmp_path, minilm):
             f.seek((3 << 29) - 1)
             f.write(b"\1")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "builder.cli", "build", str(big), target, "--plain-http"],
+            [
+                sys.executable,
+                "-m",
+                "modelcar.builder.cli",
+                "build",
+                str(big),
+                target,
+                "--plain-http",
+            ],
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

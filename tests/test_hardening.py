@@ -19,17 +19,26 @@ from pathlib import Path
 import httpx
 import pytest
 
-from modelcar.digest import hex_of
+from harness.models import write_safetensors
+from harness.proxy import QuirkProxy
 from modelcar.errors import UnsafeArchive
-from modelcar.httpbody import ResponseTooLarge
-from modelcar.modellayer import member_path
-from modelcar.modelpath import MAX_PATH_BYTES, path_problem
-from modelcar.reference import parse_ref
-from modelcar.store import StoreOptions, open_store
-from tests.cachehelpers import build, cache_cli, published, pull, tree
-from tests.conftest import ROOT, assert_one_line_error, run_cli
-from tests.fixtures.models import write_safetensors
-from tests.fixtures.proxy import QuirkProxy
+from modelcar.format.layer import member_path
+from modelcar.format.paths import MAX_PATH_BYTES, path_problem
+from modelcar.http.body import ResponseTooLarge
+from modelcar.oci.digest import hex_of
+from modelcar.oci.reference import parse_ref
+from modelcar.oci.store import StoreOptions
+from modelcar.oci.stores import open_store
+from tests.helpers import (
+    ROOT,
+    assert_one_line_error,
+    build,
+    cache_cli,
+    published,
+    pull,
+    run_cli,
+    tree,
+)
 
 MiB = 1 << 20
 STALL = ["--stall-timeout", "1.5", "--min-speed", "4KiB"]
@@ -250,7 +259,7 @@ def test_paths_that_cannot_be_published_under_the_cache_are_refused(tmp_path):
 
 
 def test_a_revoked_token_cannot_write_at_once_and_reads_stop_within_the_cache_ttl(api):
-    from api.tokens import revoke_token
+    from modelcar.api.tokens import revoke_token
 
     admin = api.client(api.admin)
     created = admin.post("/v1/tokens", json={"name": "rogue", "role": "admin"}).json()
@@ -312,7 +321,7 @@ def test_an_unwritable_models_dir_fails_before_the_download_naming_it(registry, 
     with QuirkProxy(f"http://{registry.host}") as proxy:
         r = run_cli(
             "pull", ref.replace(registry.host, proxy.host), "--cache-dir", str(cache),
-            "--plain-http", "-q", module="cache_daemon.cli", check=False,
+            "--plain-http", "-q", module="modelcar.cache_daemon.cli", check=False,
             honour_permissions=True,
         )  # fmt: skip
     assert_one_line_error(r, "cannot publish into the cache", str(cache / "models"))
@@ -324,7 +333,7 @@ def test_a_cache_dir_removed_mid_pull_says_so(registry, tmp_path):
                 "--plain-http")  # fmt: skip
     cache = tmp_path / "cache"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cache_daemon.cli", "pull", ref, "--cache-dir", str(cache),
+        [sys.executable, "-m", "modelcar.cache_daemon.cli", "pull", ref, "--cache-dir", str(cache),
          "--plain-http", "-q", "--max-rate", "2MiB"],
         cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -381,8 +390,8 @@ def test_an_endless_error_body_is_read_only_up_to_a_bound(registry, tmp_path):
 
 def test_a_stalled_source_download_in_the_builder_resumes_on_a_new_connection(registry, tmp_path):
     """The builder's remote-file reader (Hub, MLflow) obeys the same progress rule."""
-    from builder.sources.httpfile import HttpFile
-    from modelcar.httpbody import Progress
+    from modelcar.builder.sources.httpfile import HttpFile
+    from modelcar.http.body import Progress
 
     src = _model(tmp_path / "m", 12, size=1 * MiB)
     ref = build(src, f"{registry.host}/hard/httpfile", "--plain-http")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.helpers import run_cli, unpack_with_umoci
 
 pytestmark = pytest.mark.skipif(
     not shutil.which("skopeo") or not shutil.which("umoci"),
@@ -18,28 +18,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 KSERVE_INIT_CHECK = '[ -d /models ] && [ "$(ls -A /models)" ]'
-
-
-def _unpack(ref: str, work: Path) -> Path:
-    layout = work / "layout"
-    subprocess.run(
-        [
-            "skopeo",
-            "copy",
-            "--src-tls-verify=false",
-            "--preserve-digests",
-            f"docker://{ref}",
-            f"oci:{layout}:img",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    bundle = work / "bundle"
-    args = ["umoci", "unpack", "--image", f"{layout}:img", str(bundle)]
-    if os.geteuid() != 0:
-        args.insert(2, "--rootless")
-    subprocess.run(args, check=True, capture_output=True)
-    return bundle / "rootfs"
 
 
 def _tree(root: Path) -> dict[str, bytes]:
@@ -50,13 +28,13 @@ def _tree(root: Path) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def unpacked(registry, tmp_path_factory):
-    from tests.fixtures.models import minilm_dir
+    from harness.models import minilm_dir
 
     work = tmp_path_factory.mktemp("interop")
     result = run_cli(
         "build", str(minilm_dir()), f"{registry.host}/interop/minilm:v1", "--plain-http", "-q"
     )
-    return result.last_line, _unpack(result.last_line, work)
+    return result.last_line, unpack_with_umoci(result.last_line, work)
 
 
 def test_skopeo_umoci_roundtrip_is_byte_exact(unpacked, minilm):

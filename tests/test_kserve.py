@@ -1,5 +1,5 @@
 """KServe: the examples and the API's `?format=kserve` answers validate against the
-InferenceService CRD schema (vendored; see tests/fixtures/kserve/SOURCE.md)."""
+InferenceService CRD schema (vendored; see harness/kserve/SOURCE.md)."""
 
 from __future__ import annotations
 
@@ -11,13 +11,11 @@ import jsonschema
 import pytest
 import yaml
 
-from modelcar.nodecache import node_label_key
-from tests.apihelpers import digest, register
+from modelcar.contract.nodecache import node_label_key
+from tests.helpers import digest, register
 
 ROOT = Path(__file__).resolve().parent.parent
-SCHEMA = json.loads(
-    (ROOT / "tests/fixtures/kserve/inferenceservice-v1beta1.schema.json").read_text()
-)
+SCHEMA = json.loads((ROOT / "harness/kserve/inferenceservice-v1beta1.schema.json").read_text())
 
 
 def strict(schema):

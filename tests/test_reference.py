@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from modelcar.errors import InvalidReference
-from modelcar.reference import ImageRef, LayoutRef, parse_ref
+from modelcar.oci.reference import ImageRef, LayoutRef, parse_ref
 
 D = "sha256:" + "a" * 64
 

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from modelcar.reference import parse_ref
-from modelcar.store import StoreOptions, open_store
-from tests.conftest import assert_one_line_error, run_cli
-from tests.fixtures.proxy import QuirkProxy
+from harness.proxy import QuirkProxy
+from modelcar.oci.reference import parse_ref
+from modelcar.oci.store import StoreOptions
+from modelcar.oci.stores import open_store
+from tests.helpers import assert_one_line_error, run_cli
 
 SMALL_CHUNKS = StoreOptions(plain_http=True, chunk_size=1 << 20, retries=4)
 
 
 def _push(host: str, blob: bytes) -> str:
-    from modelcar.digest import sha256_bytes
+    from modelcar.oci.digest import sha256_bytes
 
     repo = open_store(parse_ref(f"{host}/quirks/x"), SMALL_CHUNKS)
     digest = sha256_bytes(blob)

@@ -6,12 +6,12 @@ import json
 
 import pytest
 
-from modelcar.digest import hex_of
-from modelcar.reference import parse_ref
-from modelcar.store import StoreOptions, open_store
-from tests.cachehelpers import pull, tree
-from tests.conftest import assert_one_line_error, run_cli
-from tests.fixtures.hfhub import HubServer
+from harness.hfhub import HubServer
+from modelcar.oci.digest import hex_of
+from modelcar.oci.reference import parse_ref
+from modelcar.oci.store import StoreOptions
+from modelcar.oci.stores import open_store
+from tests.helpers import assert_one_line_error, pull, run_cli, tree
 
 
 def _in_process(hub) -> dict:

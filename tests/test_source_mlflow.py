@@ -6,13 +6,11 @@ import json
 
 import pytest
 
-from modelcar import mediatypes as mt
-from modelcar.localregistry import free_port
-from tests.cachehelpers import tree
-from tests.conftest import assert_one_line_error, run_cli
-from tests.fixtures.mlflowserver import MlflowServer
-from tests.fixtures.models import write_safetensors
-from tests.test_interop import _unpack as unpack_with_umoci
+from harness.localregistry import free_port
+from harness.mlflowserver import MlflowServer
+from harness.models import write_safetensors
+from modelcar.format import keys as mt
+from tests.helpers import assert_one_line_error, run_cli, tree, unpack_with_umoci
 
 
 def _model(root, seed):
@@ -59,8 +57,9 @@ def test_an_alias_builds_the_version_it_points_at(mlflow_models, registry, tmp_p
     assert record["source"] == "mlflow://bert/2"
     rootfs = unpack_with_umoci(r.last_line, tmp_path)  # skopeo + umoci, as a runtime would
     assert tree(rootfs / "models") == tree(dirs[2])
-    from modelcar.reference import parse_ref
-    from modelcar.store import StoreOptions, open_store
+    from modelcar.oci.reference import parse_ref
+    from modelcar.oci.store import StoreOptions
+    from modelcar.oci.stores import open_store
 
     ref = parse_ref(r.last_line)
     manifest = json.loads(open_store(ref, StoreOptions(plain_http=True)).get_manifest(

@@ -8,13 +8,12 @@ import os
 
 import pytest
 
-from modelcar import mediatypes as mt
-from modelcar.reference import parse_ref
-from modelcar.store import StoreOptions, open_store
-from tests.cachehelpers import tree
-from tests.conftest import assert_one_line_error, run_cli
-from tests.fixtures.s3server import S3Server
-from tests.test_interop import _unpack as unpack_with_umoci
+from harness.s3server import S3Server
+from modelcar.format import keys as mt
+from modelcar.oci.reference import parse_ref
+from modelcar.oci.store import StoreOptions
+from modelcar.oci.stores import open_store
+from tests.helpers import assert_one_line_error, run_cli, tree, unpack_with_umoci
 
 FILES = {
     "config.json": b'{"model_type": "bert"}',

@@ -9,9 +9,9 @@ import tarfile
 import pytest
 
 from modelcar.errors import DigestMismatch, UnsafeArchive
-from modelcar.image import FileEntry
-from modelcar.modellayer import read_model_layer
-from modelcar.tarstream import Member, TarReader, TarWriter, archive_size, with_parents
+from modelcar.format.fileindex import FileEntry
+from modelcar.format.layer import read_model_layer
+from modelcar.oci.tarstream import Member, TarReader, TarWriter, archive_size, with_parents
 
 SHA0 = "sha256:" + "0" * 64
 

@@ -1,6 +1,6 @@
 """HTTP routes, one module per resource."""
 
-from modelcar.apimodels import ErrorBody
+from modelcar.contract.wire import ErrorBody
 
 _ERR = {"model": ErrorBody}
 #: Error answers every route may give, documented in OpenAPI.

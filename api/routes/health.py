@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from api.deps import DB
+from modelcar.api.deps import DB
 from modelcar.errors import ModelcarError
 
 router = APIRouter(tags=["health"])

@@ -8,12 +8,12 @@ from fastapi import APIRouter, Path, Query, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
-from api import catalog
-from api.db.tables import Alias, Model, Node, NodeModel, Version
-from api.deps import DB, Admin, Config, Publisher, Reader
-from api.fleet import fresh_since
-from api.routes import ERRORS
-from modelcar import apimodels as wire
+from modelcar.api import catalog
+from modelcar.api.db.tables import Alias, Model, Node, NodeModel, Version
+from modelcar.api.deps import DB, Admin, Config, Publisher, Reader
+from modelcar.api.fleet import fresh_since
+from modelcar.api.routes import ERRORS
+from modelcar.contract import wire as wire
 from modelcar.errors import Missing
 
 router = APIRouter(prefix="/v1/models", tags=["models"], responses=ERRORS)

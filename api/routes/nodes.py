@@ -7,11 +7,11 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Response
 from sqlalchemy import select
 
-from api import fleet
-from api.db.tables import Policy
-from api.deps import DB, Admin, Anyone, Config, Reader
-from api.routes import ERRORS
-from modelcar import apimodels as wire
+from modelcar.api import fleet
+from modelcar.api.db.tables import Policy
+from modelcar.api.deps import DB, Admin, Anyone, Config, Reader
+from modelcar.api.routes import ERRORS
+from modelcar.contract import wire as wire
 from modelcar.errors import InvalidRequest
 
 router = APIRouter(prefix="/v1", responses=ERRORS)

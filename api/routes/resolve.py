@@ -9,16 +9,16 @@ from fastapi import APIRouter, Path, Query, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from api import catalog
-from api.db.engine import Database
-from api.deps import DB, Config, Reader
-from api.fleet import fresh_since
-from api.mounts import inference_service, resolve_answer
-from api.routes import ERRORS
-from api.settings import Settings
-from modelcar import apimodels as wire
+from modelcar.api import catalog
+from modelcar.api.db.engine import Database
+from modelcar.api.deps import DB, Config, Reader
+from modelcar.api.fleet import fresh_since
+from modelcar.api.mounts import inference_service, resolve_answer
+from modelcar.api.routes import ERRORS
+from modelcar.api.settings import Settings
+from modelcar.contract import wire as wire
+from modelcar.contract.modelref import ModelRef, parse_model_ref
 from modelcar.errors import InvalidReference, InvalidRequest
-from modelcar.modelref import ModelRef, parse_model_ref
 
 router = APIRouter(prefix="/v1", tags=["resolve"], responses=ERRORS)
 

@@ -6,10 +6,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Request, Response
 
-from api import tokens
-from api.deps import DB, Admin
-from api.routes import ERRORS
-from modelcar import apimodels as wire
+from modelcar.api import tokens
+from modelcar.api.deps import DB, Admin
+from modelcar.api.routes import ERRORS
+from modelcar.contract import wire as wire
 
 router = APIRouter(prefix="/v1/tokens", tags=["tokens"], responses=ERRORS)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from builder.sources.base import Selection, Source
+from modelcar.builder.sources.base import Selection, Source
 from modelcar.errors import UsageError
 
 
@@ -19,19 +19,19 @@ def open_source(
     """``hf://ORG/NAME[@REV]``, ``models:/NAME@ALIAS`` (MLflow), ``s3://BUCKET/PREFIX``,
     or a local directory."""
     if text.startswith("hf://"):
-        from builder.sources.hf import HfSource
+        from modelcar.builder.sources.hf import HfSource
 
         if uri:
             raise UsageError("--source-uri is for local sources; hf:// records its commit")
         return HfSource(text, selection, on_wait=on_wait)
     if text.startswith(("models:/", "mlflow://")):
-        from builder.sources.mlflow import MlflowSource
+        from modelcar.builder.sources.mlflow import MlflowSource
 
         if uri:
             raise UsageError("--source-uri is for local sources; MLflow records its version")
         return MlflowSource(text, selection, on_wait=on_wait, s3_endpoint=s3_endpoint)
     if text.startswith("s3://"):
-        from builder.sources.s3 import S3Source
+        from modelcar.builder.sources.s3 import S3Source
 
         if uri:
             raise UsageError("--source-uri is for local sources")
@@ -43,6 +43,6 @@ def open_source(
             hint="use a directory, file:///dir, hf://ORG/NAME, models:/NAME@ALIAS or "
             "s3://BUCKET/PREFIX",
         )
-    from builder.sources.local import LocalSource
+    from modelcar.builder.sources.local import LocalSource
 
     return LocalSource(text, selection, uri=uri)

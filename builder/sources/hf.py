@@ -35,8 +35,8 @@ from huggingface_hub.errors import (
 from huggingface_hub.hf_api import RepoFile
 from huggingface_hub.utils import build_hf_headers, get_session
 
-from builder.sources.base import Selection, SourceFile, _matches
-from builder.sources.httpfile import (
+from modelcar.builder.sources.base import Selection, SourceFile, _matches
+from modelcar.builder.sources.httpfile import (
     ATTEMPTS,
     HTTP_ERRORS,
     HttpFile,
@@ -171,7 +171,7 @@ class HfSource:
 
     def files(self) -> list[SourceFile]:
         if self.snapshot is not None:
-            from builder.sources.local import LocalSource
+            from modelcar.builder.sources.local import LocalSource
 
             local = LocalSource(self.snapshot, uri=self.uri).files()
             has_st = any(f.path.endswith(".safetensors") for f in local)

@@ -16,7 +16,7 @@ import httpx
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 
 from modelcar.errors import ModelcarError, SourceFileError
-from modelcar.httpbody import (
+from modelcar.http.body import (
     DEFAULT_PROGRESS,
     BodyReader,
     Progress,

@@ -13,7 +13,7 @@ import stat
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from builder.sources.base import Selection, SourceFile
+from modelcar.builder.sources.base import Selection, SourceFile
 from modelcar.errors import SourceError, SourceFileError, SourceNotFound
 
 DEFAULT_EXCLUDE = (".git/", ".modelcar/")

@@ -23,11 +23,11 @@ from urllib.parse import quote, urlparse
 
 import httpx
 
-from builder.sources.base import Selection, SourceFile
-from builder.sources.httpfile import HttpFile
-from modelcar import mediatypes as mt
+from modelcar.builder.sources.base import Selection, SourceFile
+from modelcar.builder.sources.httpfile import HttpFile
 from modelcar.errors import SourceError, SourceNotFound, UsageError
-from modelcar.httpbody import MAX_API_BYTES, ResponseTooLarge, read_body
+from modelcar.format import keys as mt
+from modelcar.http.body import MAX_API_BYTES, ResponseTooLarge, read_body
 
 HINT = "use models:/NAME/VERSION, models:/NAME@ALIAS or mlflow://NAME@ALIAS"
 
@@ -102,13 +102,13 @@ class MlflowSource:
 
     def _inner(self, location: str, s3_endpoint: str | None) -> Any:
         if location.startswith("s3://"):
-            from builder.sources.s3 import S3Source
+            from modelcar.builder.sources.s3 import S3Source
 
             endpoint = s3_endpoint or os.environ.get("MLFLOW_S3_ENDPOINT_URL")
             return S3Source(location, self.selection, endpoint=endpoint, on_wait=self.on_wait)
         if location.startswith("mlflow-artifacts:"):
             return ArtifactProxyTree(self.tracking, location, self.selection, self.on_wait)
-        from builder.sources.local import LocalSource
+        from modelcar.builder.sources.local import LocalSource
 
         parsed = urlparse(location)
         if parsed.scheme in ("", "file"):

@@ -15,8 +15,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from builder.sources.base import Selection, SourceFile
-from builder.sources.httpfile import RetryLater, with_retries
+from modelcar.builder.sources.base import Selection, SourceFile
+from modelcar.builder.sources.httpfile import RetryLater, with_retries
 from modelcar.errors import SourceError, SourceFileError, SourceNotFound, UsageError
 
 log = logging.getLogger("modelcar.build")

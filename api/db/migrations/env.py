@@ -2,7 +2,7 @@
 
 from alembic import context
 
-from api.db.tables import Base
+from modelcar.api.db.tables import Base
 
 config = context.config
 engine = config.attributes["engine"]

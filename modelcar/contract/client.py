@@ -14,7 +14,7 @@ import httpx
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from modelcar import apimodels as wire
+from modelcar.contract import wire as wire
 from modelcar.errors import (
     API_ERRORS,
     ApiError,
@@ -23,7 +23,7 @@ from modelcar.errors import (
     Unauthorized,
     UsageError,
 )
-from modelcar.httpbody import MAX_API_BYTES, ResponseTooLarge, read_body
+from modelcar.http.body import MAX_API_BYTES, ResponseTooLarge, read_body
 
 API_ENV = "MODELCAR_API"
 TOKEN_ENV = "MODELCAR_API_TOKEN"

@@ -103,7 +103,7 @@ class LocalRegistry:
         self.root.mkdir(parents=True, exist_ok=True)
         config = self.root / "config.yml"
         config.write_text(self._config())
-        log = open(self.root / "registry.log", "ab")  # noqa: SIM115
+        log = open(self.root / "registry.log", "ab")
         self.proc = subprocess.Popen(
             [binary, "serve", str(config)],
             stdout=log,

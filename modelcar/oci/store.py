@@ -13,8 +13,8 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
-from modelcar.httpbody import DEFAULT_PROGRESS, Progress
-from modelcar.reference import ImageRef, LayoutRef, Ref
+from modelcar.http.body import DEFAULT_PROGRESS, Progress
+from modelcar.oci.reference import Ref
 
 ChunkFactory = Callable[[], Iterable[bytes]]
 
@@ -71,17 +71,3 @@ class StoreOptions:
     timeout: float = 60.0
     #: Minimum progress of every download (None: only ``timeout`` per read).
     progress: Progress | None = DEFAULT_PROGRESS
-
-
-def open_store(
-    ref: Ref, options: StoreOptions | None = None, *, create: bool = False
-) -> ImageStore:
-    options = options or StoreOptions()
-    if isinstance(ref, LayoutRef):
-        from modelcar.layout import OCILayout
-
-        return OCILayout(ref, create=create)
-    assert isinstance(ref, ImageRef)
-    from modelcar.registry.client import Repository
-
-    return Repository(ref, options)

@@ -4,20 +4,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from modelcar import mediatypes as mt
-from modelcar.digest import sha256_bytes
 from modelcar.errors import DigestMismatch, ImageFormatError
-from modelcar.image import (
-    Descriptor,
+from modelcar.format.fileindex import (
     FileEntry,
     FileIndex,
-    Manifest,
     file_index_from_config,
+)
+from modelcar.oci import mediatypes as mt
+from modelcar.oci.digest import sha256_bytes
+from modelcar.oci.manifest import (
+    Descriptor,
+    Manifest,
     load_json,
     parse_manifest,
 )
-from modelcar.reference import Ref
-from modelcar.store import ImageStore
+from modelcar.oci.reference import Ref
+from modelcar.oci.store import ImageStore
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import time
 
 import httpx
 
-from modelcar.localregistry import free_port
+from harness.localregistry import free_port
 
 
 class LocalApi:
@@ -29,7 +29,7 @@ class LocalApi:
 
     def _cli(self, *args: str) -> str:
         done = subprocess.run(
-            [sys.executable, "-m", "api.cli", *args, "--db", self.db],
+            [sys.executable, "-m", "modelcar.api.cli", *args, "--db", self.db],
             capture_output=True, text=True, stdin=subprocess.DEVNULL,
         )  # fmt: skip
         if done.returncode:
@@ -39,9 +39,9 @@ class LocalApi:
     def start(self, timeout: float = 60) -> LocalApi:
         self._cli("db", "upgrade")
         self.token = self._cli("token", "create", "--role", "admin", "--name", "local-admin")
-        out = open(self.log, "ab") if self.log else subprocess.DEVNULL  # noqa: SIM115
+        out = open(self.log, "ab") if self.log else subprocess.DEVNULL
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "api.cli", "serve", "--db", self.db,
+            [sys.executable, "-m", "modelcar.api.cli", "serve", "--db", self.db,
              "--port", str(self.port), "--no-access-log", *self.extra_args],
             stdout=out, stderr=out, stdin=subprocess.DEVNULL, start_new_session=True,
         )  # fmt: skip

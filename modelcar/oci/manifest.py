@@ -1,4 +1,4 @@
-"""Manifest, index, config and file-index models (pydantic v2).
+"""Manifest, index and descriptor models (pydantic v2), and their parsing.
 
 Serialisation is canonical: fields in declaration order, no ``None`` fields,
 compact separators. The bytes of a manifest are what its digest covers, so we
@@ -12,25 +12,25 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from modelcar import mediatypes as mt
-from modelcar.digest import Digest, sha256_bytes
 from modelcar.errors import ImageFormatError
+from modelcar.oci import mediatypes as mt
+from modelcar.oci.digest import Digest
 
 
-class _Model(BaseModel):
+class JsonModel(BaseModel):
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
     def canonical(self) -> bytes:
         return self.model_dump_json(by_alias=True, exclude_none=True).encode()
 
 
-class Platform(_Model):
+class Platform(JsonModel):
     architecture: str
     os: str
     variant: str | None = None
 
 
-class Descriptor(_Model):
+class Descriptor(JsonModel):
     mediaType: str
     digest: Digest
     size: int = Field(ge=0)
@@ -39,7 +39,7 @@ class Descriptor(_Model):
     artifactType: str | None = None
 
 
-class Manifest(_Model):
+class Manifest(JsonModel):
     schemaVersion: int = 2
     mediaType: str = mt.OCI_MANIFEST
     config: Descriptor
@@ -47,35 +47,11 @@ class Manifest(_Model):
     annotations: dict[str, str] | None = None
 
 
-class Index(_Model):
+class Index(JsonModel):
     schemaVersion: int = 2
     mediaType: str = mt.OCI_INDEX
     manifests: list[Descriptor]
     annotations: dict[str, str] | None = None
-
-
-class FileEntry(_Model):
-    """One model file: its path under /models, size, sha256, mode and the layer holding it."""
-
-    model_config = ConfigDict(extra="forbid")
-    path: str
-    size: int = Field(ge=0)
-    sha256: Digest
-    mode: int = 0o644
-    layer: Digest
-
-
-class FileIndex(_Model):
-    model_config = ConfigDict(extra="forbid")
-    version: int = 1
-    files: list[FileEntry]
-
-    def digest(self) -> str:
-        return sha256_bytes(self.canonical())
-
-    @property
-    def total_size(self) -> int:
-        return sum(f.size for f in self.files)
 
 
 def load_json(data: bytes, what: str) -> dict[str, Any]:
@@ -92,28 +68,17 @@ def parse_manifest(data: bytes) -> Manifest:
     try:
         return Manifest.model_validate(load_json(data, "manifest"))
     except ValidationError as e:
-        raise ImageFormatError(f"invalid image manifest: {_first_error(e)}") from None
+        raise ImageFormatError(f"invalid image manifest: {first_error(e)}") from None
 
 
 def parse_index(data: bytes) -> Index:
     try:
         return Index.model_validate(load_json(data, "image index"))
     except ValidationError as e:
-        raise ImageFormatError(f"invalid image index: {_first_error(e)}") from None
+        raise ImageFormatError(f"invalid image index: {first_error(e)}") from None
 
 
-def file_index_from_config(config: dict[str, Any]) -> FileIndex | None:
-    """The modelcar file index carried in an image config, or None if absent."""
-    raw = config.get(mt.CONFIG_INDEX_KEY)
-    if raw is None:
-        return None
-    try:
-        return FileIndex.model_validate(raw)
-    except ValidationError as e:
-        raise ImageFormatError(f"invalid modelcar file index: {_first_error(e)}") from None
-
-
-def _first_error(e: ValidationError) -> str:
+def first_error(e: ValidationError) -> str:
     err = e.errors()[0]
     loc = ".".join(str(p) for p in err.get("loc", ()))
     return f"{loc}: {err.get('msg')}" if loc else str(err.get("msg"))

@@ -20,9 +20,9 @@ from pydantic import (
     WithJsonSchema,
 )
 
+from modelcar.contract.modelref import ALIAS_RE, MODEL_NAME_RE
 from modelcar.errors import InvalidReference
-from modelcar.modelref import ALIAS_RE, MODEL_NAME_RE
-from modelcar.reference import parse_ref
+from modelcar.oci.reference import parse_ref
 
 Role = Literal["read", "publish", "admin", "node"]
 ROLES: tuple[Role, ...] = ("read", "publish", "admin", "node")

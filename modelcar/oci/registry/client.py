@@ -14,13 +14,11 @@ from typing import Any, BinaryIO
 
 import httpx
 
-from modelcar import mediatypes as mt
-from modelcar.digest import sha256_bytes
 from modelcar.errors import (
     DigestMismatch,
     RegistryError,
 )
-from modelcar.httpbody import (
+from modelcar.http.body import (
     MAX_CONFIG_BYTES,
     MAX_ERROR_BYTES,
     MAX_MANIFEST_BYTES,
@@ -31,12 +29,14 @@ from modelcar.httpbody import (
     read_error_body,
     stall_timeout,
 )
-from modelcar.image import media_type_of
-from modelcar.reference import ImageRef
-from modelcar.registry import upload
-from modelcar.registry.auth import CredentialStore, RegistryAuth
-from modelcar.registry.retry import check, translate_transport, with_retries
-from modelcar.store import ChunkFactory, FetchedManifest, ImageStore, StoreOptions
+from modelcar.oci import mediatypes as mt
+from modelcar.oci.digest import sha256_bytes
+from modelcar.oci.manifest import media_type_of
+from modelcar.oci.reference import ImageRef
+from modelcar.oci.registry import upload
+from modelcar.oci.registry.auth import CredentialStore, RegistryAuth
+from modelcar.oci.registry.errors import check, translate_transport, with_retries
+from modelcar.oci.store import ChunkFactory, FetchedManifest, ImageStore, StoreOptions
 
 _clients: dict[tuple, tuple[httpx.Client, RegistryAuth]] = {}
 _clients_lock = threading.Lock()

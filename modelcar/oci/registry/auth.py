@@ -40,7 +40,7 @@ from pathlib import Path
 import httpx
 
 from modelcar.errors import AuthenticationFailed, RegistryUnreachable, TransientRegistryError
-from modelcar.httpbody import MAX_TOKEN_BYTES, read_body
+from modelcar.http.body import MAX_TOKEN_BYTES, read_body
 
 
 @dataclass(frozen=True)

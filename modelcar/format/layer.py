@@ -13,12 +13,12 @@ import hashlib
 from collections.abc import Callable
 from typing import BinaryIO, Protocol
 
-from modelcar import mediatypes as mt
-from modelcar.digest import CHUNK, HashingReader
 from modelcar.errors import DigestMismatch, UnsafeArchive
-from modelcar.image import FileEntry
-from modelcar.modelpath import path_problem, shown
-from modelcar.tarstream import TarReader
+from modelcar.format import keys as mt
+from modelcar.format.fileindex import FileEntry
+from modelcar.format.paths import path_problem, shown
+from modelcar.oci.digest import CHUNK, HashingReader
+from modelcar.oci.tarstream import TarReader
 
 PREFIX = mt.MODELS_DIR + "/"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import PurePosixPath
 
-from modelcar.digest import hex_of
+from modelcar.oci.digest import hex_of
 
 #: The directory serving platforms (KServe) load weights from.
 MOUNT_PATH = "/mnt/models"

@@ -12,8 +12,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Self
 
-from modelcar.digest import parse_digest
 from modelcar.errors import InvalidDigest, InvalidReference
+from modelcar.oci.digest import parse_digest
 
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_API = "registry-1.docker.io"

@@ -19,10 +19,10 @@ from urllib.parse import urljoin
 import httpx
 
 from modelcar.errors import DigestMismatch, RegistryError
-from modelcar.registry.retry import check
+from modelcar.oci.registry.errors import check
 
 if TYPE_CHECKING:
-    from modelcar.registry.client import Repository
+    from modelcar.oci.registry.client import Repository
 
 CHUNKED_REFUSED = (400, 404, 405, 416, 501)
 

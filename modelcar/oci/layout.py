@@ -17,13 +17,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from modelcar import mediatypes as mt
-from modelcar.digest import hex_of, sha256_bytes
 from modelcar.errors import DigestMismatch, DiskFull, LayoutError, NotFound
-from modelcar.httpbody import MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, ResponseTooLarge, human_limit
-from modelcar.image import Descriptor, Index, media_type_of, parse_index
-from modelcar.reference import LayoutRef
-from modelcar.store import ChunkFactory, FetchedManifest, ImageStore
+from modelcar.http.body import MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, ResponseTooLarge, human_limit
+from modelcar.oci import mediatypes as mt
+from modelcar.oci.digest import hex_of, sha256_bytes
+from modelcar.oci.manifest import Descriptor, Index, media_type_of, parse_index
+from modelcar.oci.reference import LayoutRef
+from modelcar.oci.store import ChunkFactory, FetchedManifest, ImageStore
 
 LAYOUT_VERSION = b'{"imageLayoutVersion":"1.0.0"}'
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from modelcar.digest import parse_digest
 from modelcar.errors import InvalidDigest, InvalidReference
+from modelcar.oci.digest import parse_digest
 
 #: A model name is a DNS label (RFC 1123): it becomes part of Kubernetes object names.
 MODEL_NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
