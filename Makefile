@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 APT_PACKAGES := docker-registry skopeo umoci busybox-static openssl postgresql containerd
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint format bench system-deps venv clean
+.PHONY: demo test unit lint format bench system-deps venv clean
 
 # Debian packages the tests and the demo run for real. Installed only when
 # missing, and only as root (otherwise the missing ones are listed).
@@ -38,13 +38,22 @@ demo: system-deps venv
 test: system-deps venv
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# The fast tier: pure logic and the in-memory store; no servers, no root, seconds.
+unit: venv
+	$(PY) -m pytest tests/unit -q $(PYTEST_ARGS)
+
+CODE := modelcar builder cache_daemon api harness tests bench scripts
+
+# ruff, then mypy (strict on the core) and the import-linter contracts, both run on
+# the package as it installs (scripts/check_installed_layout.py).
 lint: venv
-	$(VENV)/bin/ruff check modelcar builder cache_daemon api tests bench scripts
-	$(VENV)/bin/ruff format --check modelcar builder cache_daemon api tests bench scripts
+	$(VENV)/bin/ruff check $(CODE)
+	$(VENV)/bin/ruff format --check $(CODE)
+	$(PY) scripts/check_installed_layout.py
 
 format: venv
-	$(VENV)/bin/ruff format modelcar builder cache_daemon api tests bench scripts
-	$(VENV)/bin/ruff check --fix modelcar builder cache_daemon api tests bench scripts
+	$(VENV)/bin/ruff format $(CODE)
+	$(VENV)/bin/ruff check --fix $(CODE)
 
 # The benchmarks also need wrk (load generator) and MLflow (the baseline server).
 bench: system-deps venv

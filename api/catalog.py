@@ -281,7 +281,8 @@ def find(
     row = conn.execute(_QUERIES[kind, ready_since is not None], params).first()
     if row is not None:
         nodes = tuple(sorted(row[6].split(","))) if len(row) > 6 and row[6] else ()
-        return Target(*row[:6], nodes_ready=nodes)
+        name, number, digest, repository, size, file_count = row[:6]
+        return Target(name, number, digest, repository, size, file_count, nodes_ready=nodes)
     model = conn.execute(select(Model.id, Model.last_version).where(Model.name == ref.name)).first()
     if model is None:
         raise Missing("unknown model", subject=ref.name, hint="list models with GET /v1/models")

@@ -40,11 +40,11 @@ def put_status(s: Session, name: str, body: wire.NodeStatusPut) -> Node:
     node.last_seen = now
     reported = {m.digest: m for m in body.models}  # the last entry of a digest wins
     held = {m.digest: m for m in node.models}
-    for digest, row in held.items():
+    for digest, gone in held.items():
         if digest not in reported:
-            node.models.remove(row)
+            node.models.remove(gone)
     for digest, m in sorted(reported.items()):
-        row = held.get(digest)
+        row: NodeModel | None = held.get(digest)
         if row is None:
             row = NodeModel(node_name=name, digest=digest, updated=now)
             node.models.append(row)
@@ -86,7 +86,7 @@ def node_out(node: Node, stale_after: float, *, models: bool = True) -> wire.Nod
         models=[
             wire.NodeModelOut(
                 digest=m.digest,
-                state=m.state,  # type: ignore[arg-type]
+                state=m.state,
                 bytes_done=m.bytes_done,
                 bytes_total=m.bytes_total,
                 error=m.error,

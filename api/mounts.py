@@ -66,7 +66,10 @@ def resolve_answer(
 
 
 def _affinity(label: str, *, required: bool) -> dict[str, Any]:
-    term = {"matchExpressions": [{"key": label, "operator": "In", "values": [LABEL_READY]}]}
+    term: dict[str, Any] = {
+        "matchExpressions": [{"key": label, "operator": "In", "values": [LABEL_READY]}]
+    }
+    rule: dict[str, Any]
     if required:
         rule = {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}}
     else:

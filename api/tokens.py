@@ -26,7 +26,7 @@ def create_token(
 
 
 def token_out(t: Token) -> wire.TokenOut:
-    return wire.TokenOut(id=t.id, name=t.name, role=t.role, node=t.node, created=t.created)  # type: ignore[arg-type]
+    return wire.TokenOut(id=t.id, name=t.name, role=t.role, node=t.node, created=t.created)
 
 
 def list_tokens(s: Session) -> list[Token]:

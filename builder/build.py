@@ -12,9 +12,10 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -150,9 +151,12 @@ class Builder:
         target_ref: Ref,
         options: BuildOptions,
         progress: Progress | None = None,
+        *,
+        target: ImageStore | None = None,
     ):
         self.source = source
         self.target_ref = target_ref
+        self.target = target  # default: the store target_ref names
         self.options = options
         self.progress = progress or Progress(quiet=True)
         self.cache = StatCache(default_path() if options.stat_cache else None)
@@ -311,7 +315,7 @@ class Builder:
             files, self.options.large_file_threshold, self.options.max_layers - len(base.layers)
         )
         self._check_sizes(files, base, plan)
-        target = open_store(self.target_ref, self.options.store, create=True)
+        target = self.target or open_store(self.target_ref, self.options.store, create=True)
         if any(f.sha256 for f in files):  # only then can its index vouch for a layer
             self.previous = previous_image(target, self.target_ref)
         total = sum(f.size for f in files)
@@ -325,12 +329,14 @@ class Builder:
         with ThreadPoolExecutor(max_workers=max(1, self.options.jobs)) as pool:
             base_futs = [pool.submit(self._copy_base_blob, target, base, d) for d in base.layers]
             layer_futs = [pool.submit(self._layer, target, layer) for layer in plan]
-            _, pending = wait(base_futs + layer_futs, return_when=FIRST_EXCEPTION)
-            for f in pending:
-                f.cancel()
-            for f in base_futs + layer_futs:  # re-raise the first failure, in plan order
-                if f.done() and not f.cancelled() and f.exception():
-                    raise f.exception()  # type: ignore[misc]
+            futures: list[Future[Any]] = [*base_futs, *layer_futs]
+            _, pending = wait(futures, return_when=FIRST_EXCEPTION)
+            for fut in pending:
+                fut.cancel()
+            for fut in futures:  # re-raise the first failure, in plan order
+                error = fut.exception() if fut.done() and not fut.cancelled() else None
+                if error is not None:
+                    raise error
             base_sent = sum(f.result() for f in base_futs)
             results = [f.result() for f in layer_futs]
 

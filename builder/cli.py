@@ -6,6 +6,7 @@ exit; the last line on stdout of ``build`` is always the pinned reference.
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -302,7 +303,7 @@ def base_create(
     )
     for digest, data in img.blobs.items():
         if not store.has_blob(digest):
-            store.put_blob(digest, len(data), lambda d=data: [d])
+            store.put_blob(digest, len(data), functools.partial(list, [data]))
     assert img.manifest_bytes is not None
     digest = store.put_manifest(img.manifest_bytes, mt.OCI_MANIFEST, img.digest or "")
     store.put_manifest(img.manifest_bytes, mt.OCI_MANIFEST, ref.tag or DEFAULT_TAG)

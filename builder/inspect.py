@@ -50,9 +50,11 @@ def describe(ref: Ref, options: StoreOptions) -> ImageInfo:
     store, fetched = _load(ref, options)
     pinned = str(ref.pinned(fetched.digest))
     if fetched.media_type in oci_mt.INDEX_TYPES:
-        index = parse_index(fetched.data)
+        image_index = parse_index(fetched.data)
         plats = [
-            f"{d.platform.os}/{d.platform.architecture}" for d in index.manifests if d.platform
+            f"{d.platform.os}/{d.platform.architecture}"
+            for d in image_index.manifests
+            if d.platform
         ]
         return ImageInfo(
             reference=pinned, digest=fetched.digest, media_type=fetched.media_type, platforms=plats

@@ -7,6 +7,8 @@ import threading
 import time
 from typing import TextIO
 
+from rich.progress import TaskID
+
 
 def human(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
@@ -58,14 +60,14 @@ class Progress:
             if self._rich is not None:
                 if phase not in self._tasks:
                     self._tasks[phase] = self._rich.add_task(phase, total=0)
-                self._rich.update(self._tasks[phase], total=self._totals[phase])
+                self._rich.update(TaskID(self._tasks[phase]), total=self._totals[phase])
 
     def advance(self, phase: str, n: int) -> None:
         with self._lock:
             self._done[phase] = self._done.get(phase, 0) + n
             if self._rich is not None:
                 if phase in self._tasks:
-                    self._rich.advance(self._tasks[phase], n)
+                    self._rich.advance(TaskID(self._tasks[phase]), n)
                 return
             now = time.monotonic()
             if self.quiet or now - self._last < self.interval:

@@ -1,9 +1,10 @@
-"""A blob as one readable stream that survives dropped connections.
+"""A layer as one readable stream from an ordered list of sources.
 
-On a transport error or an early end, the stream is reopened with an HTTP range
-request at the byte it had reached, from the next source: mirrors first, the
-origin last (as containerd's ``hosts.toml``). A shared rate limiter caps the
-bytes per second across all layers of a pull.
+The core's range reader (:mod:`modelcar.http.rangereader`) does the resuming: on a
+transport error, a stall or an early end it reopens at the byte it had reached.
+What the daemon adds: the sources, tried in order (mirrors first, the origin last,
+as containerd's ``hosts.toml``), the next one after each failure; and a shared rate
+limiter over all layers of a pull.
 """
 
 from __future__ import annotations
@@ -11,10 +12,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from contextlib import AbstractContextManager, suppress
-from typing import BinaryIO
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 
-import httpcore._sync.http11 as httpcore_http11
 import httpx
 
 from modelcar.errors import (
@@ -24,14 +24,11 @@ from modelcar.errors import (
     RegistryUnreachable,
     TransientRegistryError,
 )
+from modelcar.http.rangereader import EarlyEnd, RangeReader
+from modelcar.oci.digest import Readable
 from modelcar.oci.store import ImageStore
 
 log = logging.getLogger("modelcar.cache")
-
-# httpcore reads a response 64 KiB per recv(); for multi-GB layers that is most of
-# the client's CPU. 1 MiB reads cut the syscalls and the Python work per byte 16x.
-if hasattr(httpcore_http11.HTTP11Connection, "READ_NUM_BYTES"):
-    httpcore_http11.HTTP11Connection.READ_NUM_BYTES = 1 << 20
 
 
 class RateLimiter:
@@ -56,8 +53,8 @@ class RateLimiter:
             time.sleep(wait)
 
 
-class BlobStream:
-    """``read()`` the blob from ``start``; reconnects at the current offset on failure."""
+class BlobStream(RangeReader):
+    """``read()`` the blob from ``start``; each failure moves on to the next source."""
 
     def __init__(
         self,
@@ -72,74 +69,64 @@ class BlobStream:
     ):
         self.sources = sources
         self.digest = digest
-        self.size = size
-        self.offset = start
-        self.fetched = 0  # bytes that came over the network
-        self._attempts = attempts
-        self._limiter = limiter or RateLimiter(None)
-        self._backoff = backoff
         self._source = 0
-        self._cm: AbstractContextManager[BinaryIO] | None = None
-        self._f: BinaryIO | None = None
+        self._limiter = limiter or RateLimiter(None)
+        super().__init__(
+            self._open_at,
+            size,
+            start=start,
+            attempts=attempts,
+            retryable=_transient,
+            on_wait=self._waiting,
+            on_failure=self._next_source,
+            base=backoff,
+        )
 
-    def _open(self) -> None:
+    @contextmanager
+    def _open_at(self, offset: int) -> Iterator[Readable]:
         errors: list[str] = []
         for i in range(len(self.sources)):
-            store = self.sources[(self._source + i) % len(self.sources)]
+            index = (self._source + i) % len(self.sources)
+            store = self.sources[index]
             try:
-                cm = store.open_blob(self.digest, self.offset)
-                self._f = cm.__enter__()
-                self._cm = cm
-                self._source = (self._source + i) % len(self.sources)
-                return
+                cm = store.open_blob(self.digest, offset)
+                f = cm.__enter__()
             except (RegistryError, httpx.HTTPError, OSError) as e:
                 errors.append(f"{store.ref.name}: {e}")
                 if not isinstance(e, NotFound):
                     log.info("blob %s from %s failed: %s", self.digest[:19], store.ref.name, e)
+                continue
+            self._source = index
+            try:
+                yield f
+            finally:
+                with suppress(ModelcarError, httpx.HTTPError, OSError):
+                    cm.__exit__(None, None, None)
+            return
         raise TransientRegistryError(
             "no source could serve the layer", subject=f"{self.digest}: {'; '.join(errors)}"
         )
 
-    def _close(self) -> None:
-        cm, self._cm, self._f = self._cm, None, None
-        if cm is not None:
-            with suppress(ModelcarError, httpx.HTTPError, OSError):
-                cm.__exit__(None, None, None)
+    def _next_source(self, error: BaseException) -> None:
+        self._source += 1  # the next attempt starts with the next source
+
+    def _waiting(self, seconds: float, attempt: int, error: BaseException) -> None:
+        log.info(
+            "layer %s: %s; resuming at byte %d in %.1fs", self.digest[:19], error, self.offset,
+            seconds,
+        )  # fmt: skip
 
     def read(self, n: int = -1) -> bytes:
-        remaining = self.size - self.offset
-        if remaining <= 0:
-            return b""
-        n = remaining if n < 0 else min(n, remaining)
-        failures = 0
-        while True:
-            try:
-                if self._f is None:
-                    self._open()
-                assert self._f is not None
-                data = self._f.read(n)
-                if not data:
-                    raise TransientRegistryError("connection ended early", subject=self.digest)
-            except (ModelcarError, httpx.HTTPError, OSError) as e:
-                self._close()
-                failures += 1
-                if failures >= self._attempts or not _transient(e):
-                    raise
-                self._source += 1  # try the next source from here
-                delay = min(self._backoff * 2 ** (failures - 1), 10.0)
-                log.info(
-                    "layer %s: %s; resuming at byte %d in %.1fs",
-                    self.digest[:19], e, self.offset, delay,
-                )  # fmt: skip
-                time.sleep(delay)
-                continue
-            self.offset += len(data)
-            self.fetched += len(data)
-            self._limiter.consume(len(data))
-            return data
-
-    def close(self) -> None:
-        self._close()
+        try:
+            data = super().read(n)
+        except (httpx.HTTPError, OSError, EarlyEnd) as e:  # the last source failed us too
+            if isinstance(e, OSError) and not isinstance(e, ConnectionError | TimeoutError):
+                raise
+            raise TransientRegistryError(
+                f"download kept failing ({type(e).__name__})", subject=self.digest
+            ) from None
+        self._limiter.consume(len(data))
+        return data
 
 
 def _transient(e: BaseException) -> bool:

@@ -48,7 +48,7 @@ def _field(number: int, payload: bytes) -> bytes:
 
 def _fields(data: bytes) -> list[tuple[int, int, bytes | int]]:
     """Decode one message level: (number, wire type, value)."""
-    out = []
+    out: list[tuple[int, int, bytes | int]] = []
     i = 0
     while i < len(data):
         key, i = _read_varint(data, i)
@@ -83,7 +83,10 @@ def _read_varint(data: bytes, i: int) -> tuple[int, int]:
 
 
 def _first(data: bytes, number: int) -> bytes | None:
-    return next((v for n, w, v in _fields(data) if n == number and w == 2), None)  # type: ignore[misc]
+    for n, w, v in _fields(data):
+        if n == number and w == 2 and isinstance(v, bytes):
+            return v
+    return None
 
 
 # --- the two calls -------------------------------------------------------------

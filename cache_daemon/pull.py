@@ -17,6 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -34,7 +35,7 @@ from modelcar.format.fileindex import FileEntry
 from modelcar.format.image import ModelImage, load_model_image
 from modelcar.format.layer import read_model_layer
 from modelcar.oci.manifest import Descriptor
-from modelcar.oci.reference import ImageRef, parse_ref
+from modelcar.oci.reference import ImageRef, LayoutRef, parse_ref
 from modelcar.oci.store import ImageStore, StoreOptions
 from modelcar.oci.stores import open_store
 
@@ -200,7 +201,8 @@ class Puller:
         *,
         make_room: Callable[[str, int], None] | None = None,
         on_progress: Callable[[str, int, int], None] | None = None,
-        metrics=None,
+        metrics: Any = None,
+        sources: Callable[[ImageRef | LayoutRef], list[ImageStore]] | None = None,
     ):
         self.cache = cache
         self.options = options or PullOptions()
@@ -208,6 +210,10 @@ class Puller:
         self.make_room = make_room
         self.on_progress = on_progress
         self.metrics = metrics
+        # where a reference's blobs come from: mirrors, then the origin (tests: in memory)
+        self.sources = sources or (
+            lambda ref: mirror_stores(ref, self.options.mirrors, self.options.store)
+        )
         self._present: set[str] = set()  # published dirs found whole in this process
 
     def pull(self, image: str) -> PullResult:
@@ -223,7 +229,7 @@ class Puller:
                 digest=digest, image=image, path=str(self.cache.model_dir(digest)), size=size,
                 files=0, layers=0, bytes_fetched=0, bytes_resumed=0, seconds=0.0,
             )  # fmt: skip
-        sources = mirror_stores(ref, self.options.mirrors, self.options.store)
+        sources = self.sources(ref)
         try:
             self.cache.check_writable(digest)
             model = self._load(sources, ref)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import sqlite3
 import threading
 import time
@@ -109,7 +110,7 @@ class StateDB:
                 (digest, image or "", state or "pending", now),
             )
             fields = {"image": image, "state": state, "size": size, "bytes_done": bytes_done}
-            sets = [(k, v) for k, v in fields.items() if v is not None]
+            sets: list[tuple[str, object]] = [(k, v) for k, v in fields.items() if v is not None]
             if error != "":
                 sets.append(("error", error))
             if used:
@@ -133,7 +134,7 @@ class StateDB:
             c.execute("DELETE FROM models WHERE digest = ?", (digest,))
             c.execute("DELETE FROM layers_done WHERE digest = ?", (digest,))
 
-    def layers_done(self, digest: str) -> set[str]:
+    def layers_done(self, digest: str) -> builtins.set[str]:
         with self._lock:
             rows = self._conn.execute(
                 "SELECT layer FROM layers_done WHERE digest = ?", (digest,)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import re
 import sys
 
@@ -53,3 +54,21 @@ def run_cli(application: typer.Typer, prog: str, argv: list[str] | None = None) 
         where = f": {e.filename}" if e.filename else ""
         print(f"{prog}: error: {e.strerror or e}{where}", file=sys.stderr)
         sys.exit(1)
+
+
+def launch(module: str, prog: str, extra: str, needs: frozenset[str]) -> None:
+    """Start a CLI whose code needs an extra: if one of its packages (``needs``) is not
+    installed, say which extra brings it, in one line, instead of a traceback."""
+    try:
+        main = importlib.import_module(module).main
+    except ModuleNotFoundError as e:
+        top = (e.name or "").split(".")[0]
+        if top not in needs:
+            raise
+        print(
+            f"{prog}: error: {prog} needs the '{extra}' extra, which is not installed "
+            f"(no module {top!r}) (pip install 'modelcar[{extra}]')",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+    main()

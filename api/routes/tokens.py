@@ -23,7 +23,7 @@ def list_tokens(db: DB, _: Admin) -> list[wire.TokenOut]:
 @router.post(
     "", response_model=wire.TokenCreated, status_code=201, summary="Create a token (shown once)"
 )
-def create_token(body: wire.TokenCreate, db: DB, _: Admin) -> wire.TokenCreated:  # type: ignore[valid-type]
+def create_token(body: wire.TokenCreate, db: DB, _: Admin) -> wire.TokenCreated:
     with db.writing() as s:
         token, secret = tokens.create_token(s, body)
         return wire.TokenCreated(**tokens.token_out(token).model_dump(), token=secret)

@@ -40,11 +40,11 @@ from modelcar.builder.sources.httpfile import (
     ATTEMPTS,
     HTTP_ERRORS,
     HttpFile,
-    RetryLater,
-    retry_after,
-    with_retries,
+    call,
+    retry_later,
 )
 from modelcar.errors import SourceError, SourceFileError, SourceNotFound, UsageError
+from modelcar.http.retry import RetryLater
 
 log = logging.getLogger("modelcar.build")
 
@@ -94,24 +94,24 @@ class HfSource:
                 lambda: snapshot_download(self.repo, revision=revision, local_files_only=True),
                 what,
             )
-            self.sha = Path(self.snapshot).name
+            self.sha: str = Path(self.snapshot).name
             self.revision = revision
             self.uri = f"hf://{self.repo}@{self.sha}"
-            self.created = None  # the cache does not keep the commit time
+            self.created: int | None = None  # the cache does not keep the commit time
             return
         info = self._call(lambda: self.api.model_info(self.repo, revision=revision), what)
         if not info.sha:
             raise SourceError("the Hub did not name a commit for the revision", subject=what)
-        self.sha: str = info.sha
+        self.sha = info.sha
         self.revision = revision
         self.uri = f"hf://{self.repo}@{self.sha}"
         modified = getattr(info, "last_modified", None)
-        self.created: int | None = int(modified.timestamp()) if modified else None
+        self.created = int(modified.timestamp()) if modified else None
 
     # --- the Hub, with its errors as one line ----------------------------------
 
     def _call(self, fn: Callable[[], T], what: str) -> T:
-        """One call to the Hub; rate limits and 5xx are waited out (``with_retries``)."""
+        """One call to the Hub; rate limits and 5xx are waited out (the core retry policy)."""
 
         def once() -> T:
             try:
@@ -142,10 +142,7 @@ class HfSource:
                     f"the Hub answered HTTP {status}", subject=what,
                     hint="rate limited; try again later" if status == 429 else None,
                 )  # fmt: skip
-                wait = retry_after(e.response)
-                if wait is None:
-                    raise error from None
-                raise RetryLater(wait, error) from None
+                raise retry_later(e.response, error) or error from None
             except HTTP_ERRORS as e:
                 error = SourceError(
                     f"cannot reach the Hugging Face Hub ({type(e).__name__})",
@@ -153,7 +150,7 @@ class HfSource:
                 )  # fmt: skip
                 raise RetryLater(None, error) from None
 
-        return with_retries(once, what, self._announce)
+        return call(once, what, self._announce)
 
     def _announce(self, seconds: float, attempt: int, what: str) -> None:
         self.on_wait(

@@ -18,7 +18,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from typing import Any
+from typing import Any, BinaryIO, cast
 from urllib.parse import quote, urlparse
 
 import httpx
@@ -28,6 +28,7 @@ from modelcar.builder.sources.httpfile import HttpFile
 from modelcar.errors import SourceError, SourceNotFound, UsageError
 from modelcar.format import keys as mt
 from modelcar.http.body import MAX_API_BYTES, ResponseTooLarge, read_body
+from modelcar.http.client import new_client
 
 HINT = "use models:/NAME/VERSION, models:/NAME@ALIAS or mlflow://NAME@ALIAS"
 
@@ -154,7 +155,7 @@ class ArtifactProxyTree:
         self.selection = selection
         self.on_wait = on_wait
         headers, auth = _auth()
-        self.http = httpx.Client(headers=headers, auth=auth, timeout=60)
+        self.http = new_client(headers=headers, auth=auth, timeout=60)
 
     def _list(self, rel: str) -> list[dict]:
         path = f"{self.root}/{rel}".strip("/")
@@ -190,7 +191,9 @@ class ArtifactProxyTree:
                         SourceFile(
                             path=path,
                             size=size,
-                            opener=self._opener(path, size),
+                            # an HttpFile reads, closes and is a context manager:
+                            # all a source file opener must give
+                            opener=cast(Callable[[], BinaryIO], self._opener(path, size)),
                             origin=f"mlflow-artifacts:/{self.root}/{path}",
                             remote=True,
                         )

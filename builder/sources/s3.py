@@ -12,12 +12,19 @@ from __future__ import annotations
 
 import base64
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from modelcar.builder.sources.base import Selection, SourceFile
-from modelcar.builder.sources.httpfile import RetryLater, with_retries
-from modelcar.errors import SourceError, SourceFileError, SourceNotFound, UsageError
+from modelcar.errors import (
+    ModelcarError,
+    SourceError,
+    SourceFileError,
+    SourceNotFound,
+    UsageError,
+)
+from modelcar.http.rangereader import RangeReader, transient
 
 log = logging.getLogger("modelcar.build")
 ATTEMPTS = 5
@@ -144,55 +151,53 @@ class S3Source:
         return dict(sorted(self.objects.items()))
 
 
-class S3Object:
-    """One object streamed once; resumed with a range request, pinned to its ETag."""
+class S3Object(RangeReader):
+    """One object streamed once with the core range reader: resumed with a range
+    request, pinned to its ETag (a changed object is an error, not a mix)."""
 
     def __init__(self, source: S3Source, key: str, size: int, etag: str):
-        self.source, self.key, self.size, self.etag = source, key, size, etag
-        self.offset = 0
-        self._body: Any = None
+        self.source, self.key, self.etag = source, key, etag
+        self.what = f"s3://{source.bucket}/{key}"
+        super().__init__(
+            self._open,
+            size,
+            attempts=ATTEMPTS,
+            retryable=_retryable,
+            on_wait=lambda seconds, attempt, e: source.on_wait(
+                f"{self.what}: resuming at byte {self.offset} in {seconds:.1f}s"
+            ),
+        )
 
-    def _open(self) -> None:
+    @contextmanager
+    def _open(self, offset: int) -> Iterator[Any]:
+        from botocore.exceptions import ClientError
+
         args: dict[str, Any] = {"Bucket": self.source.bucket, "Key": self.key, "IfMatch": self.etag}
-        if self.offset:
-            args["Range"] = f"bytes={self.offset}-"
-        self._body = self.source.client.get_object(**args)["Body"]
+        if offset:
+            args["Range"] = f"bytes={offset}-"
+        try:
+            body = self.source.client.get_object(**args)["Body"]
+        except ClientError as e:
+            raise self.source._error(e, self.what) from None
+        try:
+            yield body
+        finally:
+            body.close()
 
     def read(self, n: int = -1) -> bytes:
-        from botocore.exceptions import BotoCoreError, ClientError
+        try:
+            return super().read(n)
+        except ModelcarError:
+            raise
+        except Exception as e:
+            if not _retryable(e):
+                raise
+            raise SourceFileError(
+                f"download kept failing ({type(e).__name__})", subject=self.what
+            ) from None
 
-        if self.offset >= self.size:
-            return b""
-        what = f"s3://{self.source.bucket}/{self.key}"
 
-        def once() -> bytes:
-            try:
-                if self._body is None:
-                    self._open()
-                data = self._body.read(n if n > 0 else None)
-                if not data:
-                    raise EOFError("stream ended early")
-            except ClientError as e:
-                raise self.source._error(e, what) from None
-            except (BotoCoreError, OSError, EOFError) as e:
-                self.close()
-                error = SourceFileError(f"download kept failing ({type(e).__name__})", subject=what)
-                raise RetryLater(None, error) from None
-            self.offset += len(data)
-            return data
+def _retryable(error: BaseException) -> bool:
+    from botocore.exceptions import BotoCoreError
 
-        def announce(seconds: float, attempt: int, what: str) -> None:
-            self.source.on_wait(f"{what}: resuming at byte {self.offset} in {seconds:.1f}s")
-
-        return with_retries(once, what, announce, attempts=ATTEMPTS)
-
-    def close(self) -> None:
-        if self._body is not None:
-            self._body.close()
-            self._body = None
-
-    def __enter__(self) -> S3Object:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    return transient(error) or isinstance(error, BotoCoreError)

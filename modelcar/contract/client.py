@@ -12,7 +12,6 @@ from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel, TypeAdapter, ValidationError
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from modelcar.contract import wire as wire
 from modelcar.errors import (
@@ -23,7 +22,9 @@ from modelcar.errors import (
     Unauthorized,
     UsageError,
 )
+from modelcar.http import retry
 from modelcar.http.body import MAX_API_BYTES, ResponseTooLarge, read_body
+from modelcar.http.client import new_client
 
 API_ENV = "MODELCAR_API"
 TOKEN_ENV = "MODELCAR_API_TOKEN"
@@ -55,9 +56,7 @@ class ApiClient:
         self.attempts = attempts
         self.token_file = token_file
         self._token_stamp: tuple[int, int] | None = None
-        self._http = httpx.Client(
-            base_url=self.url, headers=headers, timeout=timeout, verify=verify
-        )
+        self._http = new_client(base_url=self.url, headers=headers, timeout=timeout, verify=verify)
         if token_file:
             self._load_token(force=True)
 
@@ -80,7 +79,7 @@ class ApiClient:
             raise UsageError("the API token file is empty", subject=self.token_file)
         self._token_stamp = stamp
         header = f"Bearer {token}"
-        changed = self._http.headers.get("Authorization") != header
+        changed: bool = self._http.headers.get("Authorization") != header
         self._http.headers["Authorization"] = header
         return changed
 
@@ -97,22 +96,23 @@ class ApiClient:
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """Send, retrying only when the API is unreachable or answers 503."""
-        for attempt in Retrying(
-            retry=retry_if_exception_type(ApiUnavailable),
-            stop=stop_after_attempt(self.attempts),
-            wait=wait_exponential(multiplier=0.25, max=4),
-            reraise=True,
-        ):
-            with attempt:
-                if self.token_file:
-                    self._load_token()
-                try:
-                    return self._once(method, path, **kwargs)
-                except Unauthorized:
-                    if not (self.token_file and self._load_token(force=True)):
-                        raise
-                    return self._once(method, path, **kwargs)  # once, with the new token
-        raise AssertionError("unreachable")  # pragma: no cover
+
+        def once() -> httpx.Response:
+            if self.token_file:
+                self._load_token()
+            try:
+                return self._once(method, path, **kwargs)
+            except Unauthorized:
+                if not (self.token_file and self._load_token(force=True)):
+                    raise
+                return self._once(method, path, **kwargs)  # once, with the new token
+
+        return retry.call(
+            once,
+            attempts=self.attempts,
+            retryable=lambda e: isinstance(e, ApiUnavailable),
+            base=0.25,
+        )
 
     def _once(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
@@ -161,7 +161,8 @@ class ApiClient:
 
     def resolve_kserve(self, ref: str, *, mode: str | None = None) -> dict[str, Any]:
         params = {"format": "kserve", **({"mode": mode} if mode else {})}
-        return self.request("GET", f"/v1/resolve/{_q(ref)}", params=params).json()
+        answer: dict[str, Any] = self.request("GET", f"/v1/resolve/{_q(ref)}", params=params).json()
+        return answer
 
     # --- nodes -----------------------------------------------------------------
 

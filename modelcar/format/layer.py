@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from typing import BinaryIO, Protocol
+from typing import Protocol
 
 from modelcar.errors import DigestMismatch, UnsafeArchive
 from modelcar.format import keys as mt
 from modelcar.format.fileindex import FileEntry
 from modelcar.format.paths import path_problem, shown
-from modelcar.oci.digest import CHUNK, HashingReader
+from modelcar.oci.digest import CHUNK, HashingReader, Readable
 from modelcar.oci.tarstream import TarReader
 
 PREFIX = mt.MODELS_DIR + "/"
@@ -44,7 +44,7 @@ def member_path(name: str, layer: str) -> str | None:
 
 
 def read_model_layer(
-    stream: BinaryIO,
+    stream: Readable,
     digest: str,
     expected: dict[str, FileEntry],
     sink: Callable[[str, FileEntry], FileSink] | None = None,

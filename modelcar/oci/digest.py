@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import IO, Annotated
+from typing import Annotated, Protocol
 
 from pydantic import AfterValidator
 
@@ -39,10 +39,16 @@ def sha256_bytes(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
+class Readable(Protocol):
+    """Anything with ``read(n)``: a file, a response body, another reader."""
+
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
 class HashingReader:
     """Wrap a readable stream, hashing and counting everything read through it."""
 
-    def __init__(self, raw: IO[bytes]):
+    def __init__(self, raw: Readable):
         self.raw = raw
         self.hasher = hashlib.sha256()
         self.count = 0

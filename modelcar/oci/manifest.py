@@ -89,8 +89,9 @@ def media_type_of(data: bytes, declared: str | None) -> str:
     if declared and declared.split(";")[0].strip() in (*mt.MANIFEST_TYPES, *mt.INDEX_TYPES):
         return declared.split(";")[0].strip()
     obj = load_json(data, "manifest")
-    if isinstance(obj.get("mediaType"), str):
-        return obj["mediaType"]
+    declared_type = obj.get("mediaType")
+    if isinstance(declared_type, str):
+        return declared_type
     return mt.OCI_INDEX if "manifests" in obj else mt.OCI_MANIFEST
 
 

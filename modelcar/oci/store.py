@@ -27,7 +27,8 @@ class FetchedManifest:
 
 
 class ImageStore(Protocol):
-    ref: Ref
+    @property
+    def ref(self) -> Ref: ...
 
     def has_blob(self, digest: str) -> bool: ...
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, Literal
 
 from modelcar.errors import SourceChanged, SourceFileError, UnsafeArchive
+from modelcar.oci.digest import Readable
 
 BLOCK = 512
 END_OF_ARCHIVE = b"\0" * (2 * BLOCK)
@@ -255,7 +256,7 @@ class _Limited(io.RawIOBase):
 class TarReader:
     """Iterate the members of a tar stream without seeking and with bounded memory."""
 
-    def __init__(self, stream: BinaryIO, max_pax: int = MAX_PAX_HEADER):
+    def __init__(self, stream: Readable, max_pax: int = MAX_PAX_HEADER):
         self.stream = stream
         self.max_pax = max_pax
         self.offset = 0

@@ -29,6 +29,7 @@ import base64
 import json
 import os
 import re
+import ssl
 import subprocess
 import threading
 import time
@@ -36,6 +37,7 @@ from collections.abc import Generator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -53,6 +55,7 @@ class Credentials:
         return "Basic " + base64.b64encode(raw).decode()
 
 
+_Stamp = tuple[tuple[str, int | None, int | None, int | None], ...]
 #: Credentials are re-read at least this often by long-lived processes.
 REFRESH_SECONDS = 300.0
 #: Without ``expires_in`` a token lives 60 s (the Docker token specification).
@@ -80,8 +83,8 @@ def config_paths(explicit: str | None = None) -> list[Path]:
     return paths
 
 
-def _load(paths: list[Path]) -> dict:
-    out: dict = {"auths": {}, "credHelpers": {}, "credsStore": None}
+def _load(paths: list[Path]) -> dict[str, Any]:
+    out: dict[str, Any] = {"auths": {}, "credHelpers": {}, "credsStore": None}
     for p in paths:
         if not p.is_file():
             continue
@@ -184,19 +187,19 @@ class CredentialStore:
         self.host = host
         self.docker_config = docker_config
         self._creds: Credentials | None = None
-        self._stamp: tuple | None = None
+        self._stamp: _Stamp | None = None
         self._loaded_at = float("-inf")
         self._lock = threading.Lock()
         self.loads = 0
 
-    def _files_stamp(self) -> tuple:
-        out = []
+    def _files_stamp(self) -> _Stamp:
+        out: list[tuple[str, int | None, int | None, int | None]] = []
         for p in config_paths(self.docker_config):
             try:
                 st = p.stat()  # follows the symlinks a mounted Secret swaps on update
                 out.append((str(p), st.st_ino, st.st_mtime_ns, st.st_size))
             except OSError:
-                out.append((str(p), None))
+                out.append((str(p), None, None, None))
         return tuple(out)
 
     def get(self) -> Credentials | None:
@@ -214,7 +217,7 @@ class CredentialStore:
             self._load(self._files_stamp())
             return self._creds != before
 
-    def _load(self, stamp: tuple) -> None:
+    def _load(self, stamp: _Stamp) -> None:
         try:
             self._creds = find_credentials(self.host, self.docker_config)
         except AuthenticationFailed:
@@ -244,7 +247,7 @@ class _Token:
         return time.monotonic() < self.expires and self.fetched > newer_than
 
 
-def _lifetime(body: dict) -> float:
+def _lifetime(body: dict[str, Any]) -> float:
     """Seconds this token may still be used: ``expires_in`` counted from ``issued_at``
     (when given and sane), less a margin so it is renewed before the registry refuses."""
     try:
@@ -275,7 +278,13 @@ class RegistryAuth(httpx.Auth):
     and a bearer token is fetched before a request that has no fresh one.
     """
 
-    def __init__(self, host: str, credentials: CredentialStore, verify, timeout: float):
+    def __init__(
+        self,
+        host: str,
+        credentials: CredentialStore,
+        verify: ssl.SSLContext | bool,
+        timeout: float,
+    ):
         self.host = host
         self.credentials = credentials
         self.verify = verify
@@ -383,7 +392,7 @@ class RegistryAuth(httpx.Auth):
                     raise
                 body = self._request_token(params, scope)
             try:
-                value = body.get("token") or body["access_token"]
+                value: str = body.get("token") or body["access_token"]
             except (AttributeError, KeyError):
                 raise AuthenticationFailed(
                     "token service gave no token", subject=params.get("realm")
@@ -393,11 +402,11 @@ class RegistryAuth(httpx.Auth):
             self.tokens_fetched += 1
             return value
 
-    def _request_token(self, params: dict[str, str], scope: str) -> dict:
+    def _request_token(self, params: dict[str, str], scope: str) -> dict[str, Any]:
         realm = params.get("realm")
         if not realm:
             raise AuthenticationFailed("bearer challenge without a realm", subject=self.host)
-        query: list[tuple[str, str]] = []
+        query: list[tuple[str, str | int | float | bool | None]] = []
         if params.get("service"):
             query.append(("service", params["service"]))
         query += [("scope", s) for s in scope.split()]

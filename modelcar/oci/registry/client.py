@@ -9,8 +9,8 @@ from __future__ import annotations
 import contextlib
 import ssl
 import threading
-from collections.abc import Iterator
-from typing import Any, BinaryIO
+from collections.abc import Callable, Iterator
+from typing import Any, BinaryIO, TypeVar
 
 import httpx
 
@@ -29,6 +29,7 @@ from modelcar.http.body import (
     read_error_body,
     stall_timeout,
 )
+from modelcar.http.client import new_client
 from modelcar.oci import mediatypes as mt
 from modelcar.oci.digest import sha256_bytes
 from modelcar.oci.manifest import media_type_of
@@ -38,7 +39,9 @@ from modelcar.oci.registry.auth import CredentialStore, RegistryAuth
 from modelcar.oci.registry.errors import check, translate_transport, with_retries
 from modelcar.oci.store import ChunkFactory, FetchedManifest, ImageStore, StoreOptions
 
-_clients: dict[tuple, tuple[httpx.Client, RegistryAuth]] = {}
+_ClientKey = tuple[str, bool, bool, str | None, str | None]
+_clients: dict[_ClientKey, tuple[httpx.Client, RegistryAuth]] = {}
+T = TypeVar("T")
 _clients_lock = threading.Lock()
 
 
@@ -59,7 +62,7 @@ def _client_for(host: str, options: StoreOptions) -> tuple[httpx.Client, Registr
             auth = RegistryAuth(
                 host, CredentialStore(host, options.docker_config), verify, options.timeout
             )
-            client = httpx.Client(
+            client = new_client(
                 verify=verify,
                 auth=auth,
                 follow_redirects=True,
@@ -72,7 +75,9 @@ def _client_for(host: str, options: StoreOptions) -> tuple[httpx.Client, Registr
         return _clients[key]
 
 
-class Repository(ImageStore):
+class Repository:
+    """A registry repository as an :class:`~modelcar.oci.store.ImageStore`."""
+
     def __init__(self, ref: ImageRef, options: StoreOptions):
         self.ref = ref
         self.options = options
@@ -80,6 +85,14 @@ class Repository(ImageStore):
         self.base_url = f"{scheme}://{ref.api_host}"
         self.client, self.auth = _client_for(ref.api_host, options)
         self.monolithic = False
+
+    @property
+    def repository(self) -> str:
+        return self.ref.repository
+
+    @property
+    def name(self) -> str:
+        return self.ref.name
 
     # --- plumbing --------------------------------------------------------
 
@@ -113,7 +126,7 @@ class Repository(ImageStore):
             raise translate_transport(e, self.ref.registry) from None
         return httpx.Response(r.status_code, headers=r.headers, content=body, request=r.request)
 
-    def _retry(self, fn):
+    def _retry(self, fn: Callable[[], T]) -> T:
         return with_retries(fn, self.options.retries)
 
     # --- blobs -----------------------------------------------------------
@@ -253,7 +266,8 @@ class Repository(ImageStore):
             if r.status_code == 404:
                 return None
             check(r, self._subject(reference))
-            return r.headers.get("Docker-Content-Digest")
+            digest: str | None = r.headers.get("Docker-Content-Digest")
+            return digest
 
         return self._retry(head)
 

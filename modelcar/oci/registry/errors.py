@@ -1,22 +1,18 @@
-"""Turn HTTP outcomes into modelcar errors, and retry the transient ones (tenacity).
+"""Turn registry answers into modelcar errors, and say which are worth retrying.
 
-429 and 5xx are retried with exponential backoff and jitter, honouring
-``Retry-After``; dropped connections likewise. A registry that refuses the
-connection outright is retried briefly (it may be restarting), then reported
-as unreachable.
+429 and 5xx are retried under the project's one policy (:mod:`modelcar.http.retry`:
+backoff with jitter, ``Retry-After`` honoured); dropped connections likewise. A
+registry that refuses the connection outright is retried briefly (it may be
+restarting), then reported as unreachable.
 """
 
 from __future__ import annotations
 
-import email.utils
 import logging
-import random
-import time
 from collections.abc import Callable
 from typing import TypeVar
 
 import httpx
-from tenacity import RetryCallState, Retrying, retry_if_exception
 
 from modelcar.errors import (
     AccessDenied,
@@ -27,22 +23,11 @@ from modelcar.errors import (
     RegistryUnreachable,
     TransientRegistryError,
 )
+from modelcar.http import retry
 
 log = logging.getLogger("modelcar.registry")
 T = TypeVar("T")
-MAX_RETRY_AFTER = 120.0
 UNREACHABLE_ATTEMPTS = 3
-
-
-def retry_after(headers: httpx.Headers) -> float | None:
-    value = headers.get("Retry-After")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value)
-        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
 
 
 def _registry_message(response: httpx.Response) -> str:
@@ -74,7 +59,7 @@ def check(response: httpx.Response, what: str) -> httpx.Response:
         raise TransientRegistryError(
             f"registry answered HTTP {code}" + (f" ({detail})" if detail else ""),
             subject=what,
-            retry_after=retry_after(response.headers),
+            retry_after=retry.retry_after(response.headers),
         )
     raise RegistryError(
         f"registry answered HTTP {code}" + (f" ({detail})" if detail else ""), subject=what
@@ -109,40 +94,21 @@ def _retryable(exc: BaseException) -> bool:
     return isinstance(exc, TransientRegistryError | RegistryUnreachable)
 
 
-def _wait(state: RetryCallState) -> float:
-    exc = state.outcome.exception() if state.outcome else None
-    hinted = getattr(exc, "retry_after", None)
-    if hinted is not None:
-        return min(hinted, MAX_RETRY_AFTER)
-    if isinstance(exc, RegistryUnreachable):
-        return 0.3 * state.attempt_number
-    return min(30.0, 0.5 * 2 ** (state.attempt_number - 1)) * (0.5 + random.random() / 2)
+def _attempts_for(attempts: int) -> Callable[[BaseException], int]:
+    return lambda e: UNREACHABLE_ATTEMPTS if isinstance(e, RegistryUnreachable) else attempts
 
 
-def _stop_after(attempts: int) -> Callable[[RetryCallState], bool]:
-    def stop(state: RetryCallState) -> bool:
-        exc = state.outcome.exception() if state.outcome else None
-        limit = UNREACHABLE_ATTEMPTS if isinstance(exc, RegistryUnreachable) else attempts
-        return state.attempt_number >= limit
-
-    return stop
-
-
-def _log_retry(state: RetryCallState) -> None:
-    exc = state.outcome.exception() if state.outcome else None
-    wait = state.next_action.sleep if state.next_action else 0
-    log.warning("retrying in %.1fs after: %s", wait, exc)
+def _log_retry(seconds: float, attempt: int, error: BaseException) -> None:
+    log.warning("retrying in %.1fs after: %s", seconds, error)
 
 
 def with_retries(fn: Callable[[], T], attempts: int) -> T:
-    """Call ``fn`` until it succeeds, a non-transient error occurs, or attempts run out."""
-    for attempt in Retrying(
-        retry=retry_if_exception(_retryable),
-        stop=_stop_after(attempts),
-        wait=_wait,
-        before_sleep=_log_retry,
-        reraise=True,
-    ):
-        with attempt:
-            return fn()
-    raise AssertionError("unreachable")  # pragma: no cover
+    """Call ``fn`` until it succeeds, a non-transient error occurs, or attempts run out
+    (the project's one policy: :func:`modelcar.http.retry.call`)."""
+    return retry.call(
+        fn,
+        attempts=attempts,
+        retryable=_retryable,
+        attempts_for=_attempts_for(attempts),
+        on_wait=_log_retry,
+    )

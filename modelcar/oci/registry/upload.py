@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 from urllib.parse import urljoin
 
 import httpx
@@ -21,8 +21,22 @@ import httpx
 from modelcar.errors import DigestMismatch, RegistryError
 from modelcar.oci.registry.errors import check
 
-if TYPE_CHECKING:
-    from modelcar.oci.registry.client import Repository
+
+class Target(Protocol):
+    """What an upload needs of a repository: where it is, and a way to send requests
+    (the registry client's, with its auth, limits and error mapping)."""
+
+    @property
+    def base_url(self) -> str: ...
+    @property
+    def repository(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+
+    def request(
+        self, method: str, url: str | httpx.URL, *, what: str, **kw: Any
+    ) -> httpx.Response: ...
+
 
 CHUNKED_REFUSED = (400, 404, 405, 416, 501)
 
@@ -60,10 +74,10 @@ class _HashingSource:
         return "sha256:" + self.hasher.hexdigest()
 
 
-def _location(repo: Repository, response: httpx.Response) -> str:
-    loc = response.headers.get("Location")
+def _location(repo: Target, response: httpx.Response) -> str:
+    loc: str | None = response.headers.get("Location")
     if not loc:
-        raise RegistryError("registry gave no upload location", subject=repo.ref.name)
+        raise RegistryError("registry gave no upload location", subject=repo.name)
     return urljoin(repo.base_url + "/", loc)
 
 
@@ -71,22 +85,22 @@ def _with_digest(url: str, digest: str) -> httpx.URL:
     return httpx.URL(url).copy_merge_params({"digest": digest})
 
 
-def start(repo: Repository) -> str:
-    r = repo.request("POST", f"/v2/{repo.ref.repository}/blobs/uploads/", what=repo.ref.name)
+def start(repo: Target) -> str:
+    r = repo.request("POST", f"/v2/{repo.repository}/blobs/uploads/", what=repo.name)
     if r.status_code != 202:
-        check(r, repo.ref.name)
+        check(r, repo.name)
         raise RegistryError(
-            f"unexpected HTTP {r.status_code} starting an upload", subject=repo.ref.name
+            f"unexpected HTTP {r.status_code} starting an upload", subject=repo.name
         )
     return _location(repo, r)
 
 
-def cancel(repo: Repository, url: str) -> None:
+def cancel(repo: Target, url: str) -> None:
     with contextlib.suppress(RegistryError, httpx.HTTPError):
-        repo.client.delete(url)
+        repo.request("DELETE", url, what=repo.name)
 
 
-def _finish_check(repo: Repository, src: _HashingSource, digest: str, size: int, url: str) -> None:
+def _finish_check(repo: Target, src: _HashingSource, digest: str, size: int, url: str) -> None:
     if src.sent != size or src.digest != digest:
         cancel(repo, url)
         raise DigestMismatch(
@@ -95,7 +109,7 @@ def _finish_check(repo: Repository, src: _HashingSource, digest: str, size: int,
         )
 
 
-def monolithic(repo: Repository, digest: str, size: int, chunks: Iterable[bytes]) -> int:
+def monolithic(repo: Target, digest: str, size: int, chunks: Iterable[bytes]) -> int:
     url = start(repo)
     src = _HashingSource(chunks)
     r = repo.request(
@@ -112,7 +126,7 @@ def monolithic(repo: Repository, digest: str, size: int, chunks: Iterable[bytes]
 
 
 def chunked(
-    repo: Repository, digest: str | None, size: int, chunks: Iterable[bytes], chunk_size: int
+    repo: Target, digest: str | None, size: int, chunks: Iterable[bytes], chunk_size: int
 ) -> tuple[str, int]:
     """Upload in chunks; with ``digest`` None, the digest is what was sent (one pass)."""
     url = start(repo)

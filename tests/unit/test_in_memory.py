@@ -1,0 +1,63 @@
+"""The builder and the puller over an in-memory store: no registry, no network."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from modelcar.builder.build import Builder, BuildOptions
+from modelcar.builder.sources.local import LocalSource
+from modelcar.cache_daemon.cachedir import CacheDir
+from modelcar.cache_daemon.pull import Puller, PullOptions
+from modelcar.errors import DigestMismatch
+from modelcar.oci.memory import MemoryStore
+from modelcar.oci.reference import parse_ref
+
+
+@pytest.fixture
+def model(tmp_path):
+    root = tmp_path / "model"
+    (root / "tok").mkdir(parents=True)
+    (root / "config.json").write_text(json.dumps({"hidden": 64}))
+    (root / "tok" / "vocab.txt").write_text("a\nb\n")
+    (root / "weights.bin").write_bytes(bytes(range(256)) * 8192)  # 2 MiB
+    return root
+
+
+def _build(model, store, ref):
+    options = BuildOptions(base="scratch", large_file_threshold=1 << 20, stat_cache=False)
+    return Builder(LocalSource(str(model)), ref, options, target=store).run()
+
+
+def test_build_then_pull_without_a_server(model, tmp_path):
+    ref = parse_ref("memory.invalid/team/model:v1")
+    store = MemoryStore(ref)
+    record = _build(model, store, ref)
+    assert store.tags["v1"] == record.digest
+    assert [len(layer.files) for layer in record.layers] == [2, 1]  # small files, weights
+    again = _build(model, store, ref)
+    assert again.digest == record.digest and again.bytes_skipped > 0  # reproducible
+
+    with CacheDir(tmp_path / "cache") as cache:
+        puller = Puller(cache, PullOptions(jobs=2), sources=lambda r: [store])
+        result = puller.pull(str(ref.pinned(record.digest)))
+        out = cache.model_dir(record.digest)
+        assert (out / "weights.bin").read_bytes() == (model / "weights.bin").read_bytes()
+        assert (out / "tok" / "vocab.txt").read_text() == "a\nb\n"
+        assert result.files == 3 and result.bytes_fetched > 2 << 20
+
+
+def test_a_corrupted_layer_in_the_store_is_refused_and_nothing_published(model, tmp_path):
+    ref = parse_ref("memory.invalid/team/model:v1")
+    store = MemoryStore(ref)
+    record = _build(model, store, ref)
+    big = max(record.layers, key=lambda layer: layer.size).digest
+    data = bytearray(store.blobs[big])
+    data[-2000] ^= 1
+    store.blobs[big] = bytes(data)
+    with CacheDir(tmp_path / "cache") as cache:
+        puller = Puller(cache, PullOptions(jobs=1), sources=lambda r: [store])
+        with pytest.raises(DigestMismatch):
+            puller.pull(str(ref.pinned(record.digest)))
+        assert cache.published() == []
