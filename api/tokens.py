@@ -45,4 +45,4 @@ def authenticate(s: Session, secret: str) -> Principal:
     token = s.scalar(select(Token).where(Token.secret_hash == hash_secret(secret)))
     if token is None:
         raise Unauthorized("the bearer token is not valid (unknown or revoked)")
-    return Principal(name=token.name, role=token.role, node=token.node)  # type: ignore[arg-type]
+    return Principal(name=token.name, role=token.role, node=token.node)  # type: ignore[arg-type]  # the column holds a valid role

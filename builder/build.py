@@ -169,7 +169,7 @@ class Builder:
         identities = [f.identity for f in layer.files]
         if not all(identities):
             return None
-        return layer_key([header_bytes(m) for m in members], identities)  # type: ignore[arg-type]
+        return layer_key([header_bytes(m) for m in members], identities)  # type: ignore[arg-type]  # identities: all checked non-None above
 
     def _known_digest(
         self, members: list[Member], layer: LayerPlan
@@ -189,14 +189,14 @@ class Builder:
         if not all(e and e.size == f.size and e.sha256 == f.sha256 for e, f in
                    zip(entries, layer.files, strict=True)):  # fmt: skip
             return None
-        digest = entries[0].layer  # type: ignore[union-attr]
+        digest = entries[0].layer  # type: ignore[union-attr]  # entries: all checked non-None above
         same_layer = {p for p, e in prev.files.items() if e.layer == digest}
         if same_layer != {f.path for f in layer.files}:
             return None
         if prev.layer_sizes.get(digest) != archive_size(members):
             return None
         self.progress.advance("hash", layer.size)
-        return digest, {f"{mt.MODELS_DIR}/{f.path}": f.sha256 for f in layer.files}  # type: ignore[misc]
+        return digest, {f"{mt.MODELS_DIR}/{f.path}": f.sha256 for f in layer.files}  # type: ignore[misc]  # sha256: all checked non-None above
 
     def _digest_layer(self, members: list[Member], layer: LayerPlan) -> tuple[str, dict[str, str]]:
         key = self._cache_key(members, layer)

@@ -136,8 +136,8 @@ class RuntimeWarmer:
         out = {}
         for number, wire, value in _fields(stored):
             if number == 2 and wire == 2:
-                entry = dict((n, v) for n, w, v in _fields(value))  # type: ignore[arg-type]
-                out[entry.get(1, b"").decode()] = entry.get(2, b"").decode()  # type: ignore[union-attr]
+                entry = dict((n, v) for n, w, v in _fields(value))  # type: ignore[arg-type]  # protobuf fields: (number, value) pairs
+                out[entry.get(1, b"").decode()] = entry.get(2, b"").decode()  # type: ignore[union-attr]  # wire type 2: bytes
         return out
 
     def warm(self, image: str) -> None:

@@ -39,7 +39,7 @@ class NodeLabeller:
     def node_labels(self) -> dict[str, str] | None:
         """The Node object's labels (what policies select on), or None if unreadable."""
         try:
-            return dict(self.core.read_node(self.node).metadata.labels or {})  # type: ignore[attr-defined]
+            return dict(self.core.read_node(self.node).metadata.labels or {})  # type: ignore[attr-defined]  # the client's models are untyped
         except Exception as e:
             log.warning("reading node %s failed: %s", self.node, str(e).splitlines()[0][:300])
             return None
@@ -50,12 +50,12 @@ class NodeLabeller:
         if want == self._applied:
             return True
         try:
-            current = self.core.read_node(self.node).metadata.labels or {}  # type: ignore[attr-defined]
+            current = self.core.read_node(self.node).metadata.labels or {}  # type: ignore[attr-defined]  # the client's models are untyped
             ours = {k: v for k, v in current.items() if k.startswith(OURS)}
             patch: dict[str, str | None] = {k: v for k, v in want.items() if ours.get(k) != v}
             patch |= {k: None for k in ours if k not in want}
             if patch:
-                self.core.patch_node(self.node, {"metadata": {"labels": patch}})  # type: ignore[attr-defined]
+                self.core.patch_node(self.node, {"metadata": {"labels": patch}})  # type: ignore[attr-defined]  # the client's models are untyped
                 log.info("node %s labels: %s", self.node, patch)
         except Exception as e:  # the API server's errors are many; none may stop the loop
             log.warning("labelling node %s failed: %s", self.node, str(e).splitlines()[0][:300])

@@ -224,7 +224,7 @@ class Puller:
         started = time.monotonic()
         if self.present(digest):
             db.set(digest, image=image, state="ready", error=None, used=True)
-            size = db.get(digest).size  # type: ignore[union-attr]
+            size = db.get(digest).size  # type: ignore[union-attr]  # published: its record exists
             return PullResult(
                 digest=digest, image=image, path=str(self.cache.model_dir(digest)), size=size,
                 files=0, layers=0, bytes_fetched=0, bytes_resumed=0, seconds=0.0,

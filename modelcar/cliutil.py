@@ -60,7 +60,7 @@ def launch(module: str, prog: str, extra: str, needs: frozenset[str]) -> None:
     """Start a CLI whose code needs an extra: if one of its packages (``needs``) is not
     installed, say which extra brings it, in one line, instead of a traceback."""
     try:
-        main = importlib.import_module(module).main
+        importlib.import_module(module).main()  # some commands import their packages late
     except ModuleNotFoundError as e:
         top = (e.name or "").split(".")[0]
         if top not in needs:
@@ -71,4 +71,3 @@ def launch(module: str, prog: str, extra: str, needs: frozenset[str]) -> None:
             file=sys.stderr,
         )
         sys.exit(2)
-    main()

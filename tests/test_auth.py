@@ -90,34 +90,22 @@ def test_bearer_token_realm(tmp_path, minilm):
     import base64
     import json
 
-    from harness.localregistry import LocalRegistry
-    from harness.tls import make_cert
-    from harness.tokenserver import ISSUER, SERVICE, TokenServer
+    from harness.tokenserver import token_registry
 
-    cert, key = make_cert(tmp_path)
-    with TokenServer(cert, key, "ci", "tok-pass") as tokens:
-        token_auth = {
-            "realm": tokens.realm,
-            "service": SERVICE,
-            "issuer": ISSUER,
-            "rootcertbundle": str(cert),
-        }
-        with LocalRegistry(tmp_path / "reg", token_auth=token_auth) as reg:
-            cfg = tmp_path / "docker"
-            cfg.mkdir()
-            auth = base64.b64encode(b"ci:tok-pass").decode()
-            (cfg / "config.json").write_text(json.dumps({"auths": {reg.host: {"auth": auth}}}))
-            target = f"{reg.host}/tok/minilm:v1"
-            ref = run_cli(
-                "build", str(minilm), target, "--plain-http", "-q", env={"DOCKER_CONFIG": str(cfg)}
-            ).last_line
-            assert tokens.requests >= 1
-            out = run_cli("verify", ref, "--plain-http", env={"DOCKER_CONFIG": str(cfg)})
-            assert out.stdout.startswith("ok:")
-            (cfg / "config.json").write_text(
-                json.dumps({"auths": {reg.host: {"auth": base64.b64encode(b"ci:nope").decode()}}})
-            )
-            r = run_cli(
-                "inspect", ref, "--plain-http", env={"DOCKER_CONFIG": str(cfg)}, check=False
-            )
-            assert_one_line_error(r, "token service rejected the credentials")
+    with token_registry(tmp_path, "ci", "tok-pass") as (reg, tokens):
+        cfg = tmp_path / "docker"
+        cfg.mkdir()
+        auth = base64.b64encode(b"ci:tok-pass").decode()
+        (cfg / "config.json").write_text(json.dumps({"auths": {reg.host: {"auth": auth}}}))
+        target = f"{reg.host}/tok/minilm:v1"
+        ref = run_cli(
+            "build", str(minilm), target, "--plain-http", "-q", env={"DOCKER_CONFIG": str(cfg)}
+        ).last_line
+        assert tokens.requests >= 1
+        out = run_cli("verify", ref, "--plain-http", env={"DOCKER_CONFIG": str(cfg)})
+        assert out.stdout.startswith("ok:")
+        (cfg / "config.json").write_text(
+            json.dumps({"auths": {reg.host: {"auth": base64.b64encode(b"ci:nope").decode()}}})
+        )
+        r = run_cli("inspect", ref, "--plain-http", env={"DOCKER_CONFIG": str(cfg)}, check=False)
+        assert_one_line_error(r, "token service rejected the credentials")

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import pytest
 
+from harness import tokenserver
 from harness.localregistry import LocalRegistry
 from harness.models import write_safetensors
 from harness.proxy import QuirkProxy
-from harness.tls import make_cert
-from harness.tokenserver import ISSUER, SERVICE, TokenServer
+from harness.tokenserver import TokenServer
 from tests.helpers import ROOT, assert_one_line_error, cache_cli, run_cli, tree
 
 MiB = 1 << 20
@@ -55,16 +55,11 @@ def token_registry(request, tmp_path):
     """Tokens live LIFETIME s at the registry; the answer states that lifetime
     (renewed ahead) or 300 s (the client meets a 401 and must renew then)."""
     reported = LIFETIME if request.param == "renewed-ahead" else 300
-    cert, key = make_cert(tmp_path)
-    with TokenServer(cert, key, "ci", "old-pass", lifetime=LIFETIME, reported=reported) as tokens:
-        token_auth = {
-            "realm": tokens.realm,
-            "service": SERVICE,
-            "issuer": ISSUER,
-            "rootcertbundle": str(cert),
-        }
-        with LocalRegistry(tmp_path / "reg", token_auth=token_auth) as reg:
-            yield TokenRegistry(reg, tokens, "ci")
+    started = tokenserver.token_registry(
+        tmp_path, "ci", "old-pass", lifetime=LIFETIME, reported=reported
+    )
+    with started as (reg, tokens):
+        yield TokenRegistry(reg, tokens, "ci")
 
 
 def _model(root: Path, layers: int = 4, size: int = 2 * MiB) -> Path:
@@ -78,20 +73,17 @@ def _env(cfg: Path) -> dict[str, str]:
     return {"DOCKER_CONFIG": str(cfg)}
 
 
+def _build(src: Path, target: str, cfg: Path, *extra: str) -> str:
+    """Build with one layer per file over 1 MiB; return the pinned reference."""
+    args = ["build", str(src), target, "--plain-http", "-q", "--large-file-threshold", "1MiB"]
+    return run_cli(*args, *extra, env=_env(cfg)).last_line
+
+
 def test_a_pull_outlasting_its_tokens_completes(token_registry, tmp_path):
     reg = token_registry
     cfg = reg.write_config(tmp_path / "docker", "old-pass")
     src = _model(tmp_path / "m")
-    ref = run_cli(
-        "build",
-        str(src),
-        f"{reg.host}/cred/pull",
-        "--plain-http",
-        "-q",
-        "--large-file-threshold",
-        "1MiB",
-        env=_env(cfg),
-    ).last_line
+    ref = _build(src, f"{reg.host}/cred/pull", cfg)
     issued = reg.tokens.issued
     # one layer at a time, 1 MiB/s: four 2 MiB layers take ~8 s, past two token lifetimes
     r = cache_cli(
@@ -195,16 +187,7 @@ def test_a_password_rotated_mid_pull_is_picked_up_from_the_rewritten_config(
     reg = token_registry
     cfg = reg.write_config(tmp_path / "docker", "old-pass")
     src = _model(tmp_path / "m", 6)
-    ref = run_cli(
-        "build",
-        str(src),
-        f"{reg.host}/cred/rotate",
-        "--plain-http",
-        "-q",
-        "--large-file-threshold",
-        "1MiB",
-        env=_env(cfg),
-    ).last_line
+    ref = _build(src, f"{reg.host}/cred/rotate", cfg)
     cache = tmp_path / "cache"
     proc = subprocess.Popen(
         [sys.executable, "-m", "modelcar.cache_daemon.cli", "pull", ref, "--cache-dir", str(cache),

@@ -75,4 +75,4 @@ def parse_model_ref(text: str) -> ModelRef:
 def _named(name: str, text: str, **kind: object) -> ModelRef:
     if not valid_model_name(name):
         raise InvalidReference("invalid model name in reference", subject=text, hint=_HINT)
-    return ModelRef(name=name, **kind)  # type: ignore[arg-type]
+    return ModelRef(name=name, **kind)  # type: ignore[arg-type]  # kind: one of alias/version/digest

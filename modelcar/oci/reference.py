@@ -55,10 +55,10 @@ class _RefMixin:
         return self.digest or self.tag or DEFAULT_TAG
 
     def with_tag(self, tag: str | None) -> Self:
-        return replace(self, tag=tag)  # type: ignore[type-var]
+        return replace(self, tag=tag)  # type: ignore[type-var]  # mypy: replace() on Self
 
     def pinned(self, digest: str) -> Self:
-        return replace(self, tag=None, digest=parse_digest(digest))  # type: ignore[type-var]
+        return replace(self, tag=None, digest=parse_digest(digest))  # type: ignore[type-var]  # as above
 
     def __str__(self) -> str:
         s = self.name
@@ -85,7 +85,7 @@ class ImageRef(_RefMixin):
         return DOCKER_HUB_API if self.registry == DOCKER_HUB else self.registry
 
     @property
-    def name(self) -> str:  # type: ignore[override]
+    def name(self) -> str:  # type: ignore[override]  # the mixin declares a plain attribute
         return f"{self.registry}/{self.repository}"
 
 
@@ -100,7 +100,7 @@ class LayoutRef(_RefMixin):
     transport = "oci"
 
     @property
-    def name(self) -> str:  # type: ignore[override]
+    def name(self) -> str:  # type: ignore[override]  # as in ImageRef
         return f"oci:{self.path}"
 
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol
+from typing import Protocol
 
 from modelcar.http.body import DEFAULT_PROGRESS, Progress
+from modelcar.oci.digest import Readable
 from modelcar.oci.reference import Ref
 
 ChunkFactory = Callable[[], Iterable[bytes]]
@@ -41,7 +42,7 @@ class ImageStore(Protocol):
         (digest, bytes sent), or None if this store needs the digest first."""
         ...
 
-    def open_blob(self, digest: str, offset: int = 0) -> AbstractContextManager[BinaryIO]: ...
+    def open_blob(self, digest: str, offset: int = 0) -> AbstractContextManager[Readable]: ...
 
     def read_blob(self, digest: str, max_size: int = ...) -> bytes:
         """A small blob (config, manifest), verified against its digest and refused

@@ -304,7 +304,7 @@ class TarReader:
         self._read_exact(_padding(size))
         return data
 
-    def __iter__(self) -> Iterator[tuple[Entry, BinaryIO]]:
+    def __iter__(self) -> Iterator[tuple[Entry, Readable]]:
         pax: dict[str, str] = {}
         longname = longlink = None
         while True:
@@ -364,4 +364,4 @@ class TarReader:
             data_size = size if kind in ("file", "other") else 0
             self._pending = _Limited(self, data_size)
             self._pending_pad = _padding(data_size)
-            yield entry, self._pending  # type: ignore[misc]
+            yield entry, self._pending

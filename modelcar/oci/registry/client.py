@@ -10,7 +10,7 @@ import contextlib
 import ssl
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, TypeVar
 
 import httpx
 
@@ -31,7 +31,7 @@ from modelcar.http.body import (
 )
 from modelcar.http.client import new_client
 from modelcar.oci import mediatypes as mt
-from modelcar.oci.digest import sha256_bytes
+from modelcar.oci.digest import Readable, sha256_bytes
 from modelcar.oci.manifest import media_type_of
 from modelcar.oci.reference import ImageRef
 from modelcar.oci.registry import upload
@@ -195,7 +195,7 @@ class Repository:
     @contextlib.contextmanager
     def open_blob(
         self, digest: str, offset: int = 0, *, limit: int | None = None
-    ) -> Iterator[BinaryIO]:
+    ) -> Iterator[Readable]:
         """The blob from ``offset``, as it arrives; ``limit`` caps the bytes read."""
         headers = {"Range": f"bytes={offset}-"} if offset else {}
         url = f"{self.base_url}/v2/{self.ref.repository}/blobs/{digest}"
@@ -211,7 +211,7 @@ class Repository:
                     check(error, what)
                 if offset and r.status_code != 206:
                     raise RegistryError("registry ignored the range request", subject=digest)
-                yield BodyReader(r, what=what, limit=limit, progress=rule)  # type: ignore[misc]
+                yield BodyReader(r, what=what, limit=limit, progress=rule)
         except httpx.HTTPError as e:
             raise translate_transport(e, self.ref.registry) from None
 
