@@ -4,10 +4,10 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
-APT_PACKAGES := docker-registry skopeo umoci busybox-static openssl postgresql containerd
+APT_PACKAGES := docker-registry skopeo umoci busybox-static openssl postgresql containerd podman mmdebstrap
 PYTEST_ARGS ?=
 
-.PHONY: demo test unit lint format bench system-deps venv clean
+.PHONY: demo test unit lint format bench image system-deps venv clean
 
 # Debian packages the tests and the demo run for real. Installed only when
 # missing, and only as root (otherwise the missing ones are listed).
@@ -57,6 +57,12 @@ format: venv
 	$(VENV)/bin/ruff format $(CODE)
 	$(VENV)/bin/ruff check --fix $(CODE)
 
+# The runtime images (Dockerfile) with podman and a Debian base from mmdebstrap: no
+# Docker, no public registry. PUSH=HOST/REPO pushes them too.
+image: venv
+	@$(MAKE) --no-print-directory system-deps APT_PACKAGES="podman mmdebstrap"
+	$(PY) scripts/image.py $(if $(PUSH),--push $(PUSH))
+
 # The benchmarks also need wrk (load generator) and MLflow (the baseline server).
 bench: system-deps venv
 	@$(MAKE) --no-print-directory system-deps APT_PACKAGES=wrk
@@ -67,4 +73,4 @@ bench: system-deps venv
 	$(PY) bench/hf.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .demo .bench
+	rm -rf $(VENV) .pytest_cache .demo .bench .image dist
