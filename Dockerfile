@@ -14,6 +14,11 @@
 ARG BASE=python:3.11-slim-bookworm
 
 FROM ${BASE} AS build-base
+# Debian's ECR credential helper, for registryAuth credHelpers with the node's or the
+# service account's AWS role (make image's base already has it: no network then)
+RUN command -v docker-credential-ecr-login >/dev/null || (apt-get update -qq \
+      && apt-get install -y -qq --no-install-recommends amazon-ecr-credential-helper \
+      && rm -rf /var/lib/apt/lists/*)
 COPY . /src
 RUN python3 -m venv /opt/modelcar
 
@@ -51,9 +56,11 @@ CMD ["modelcar", "--help"]
 
 FROM runtime AS cache
 COPY --from=build-cache /opt/modelcar /opt/modelcar
+COPY --from=build-base /usr/bin/docker-credential-ecr-login /usr/bin/docker-credential-ecr-login
 
 FROM runtime AS api
 COPY --from=build-api /opt/modelcar /opt/modelcar
 
 FROM runtime AS all
 COPY --from=build-all /opt/modelcar /opt/modelcar
+COPY --from=build-base /usr/bin/docker-credential-ecr-login /usr/bin/docker-credential-ecr-login

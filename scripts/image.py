@@ -25,7 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / ".image"
 DIST = ROOT / "dist"
-BASE = "localhost/modelcar-base:bookworm"
+BASE = "localhost/modelcar-base:bookworm-2"  # bump when the included packages change
+BASE_PACKAGES = ["python3", "python3-venv", "ca-certificates", "amazon-ecr-credential-helper"]
 ROLES = {"modelcar": "all", "modelcar-cache": "cache", "modelcar-api": "api"}
 NEEDS = {"podman": "podman", "mmdebstrap": "mmdebstrap"}
 CONTAINERS_CONF = """[containers]
@@ -84,10 +85,10 @@ def base_image() -> None:
     if podman("images", "-q", BASE).strip():
         return
     tar = WORK / "bookworm.tar"
-    step("a Debian bookworm base with mmdebstrap (python3, python3-venv, ca-certificates)")
+    step(f"a Debian bookworm base with mmdebstrap ({', '.join(BASE_PACKAGES)})")
     proc = subprocess.run(
-        ["mmdebstrap", "--variant=apt", "--include=python3,python3-venv,ca-certificates",
-         "bookworm", str(tar)],
+        ["mmdebstrap", "--variant=apt", f"--include={','.join(BASE_PACKAGES)}", "bookworm",
+         str(tar)],
         capture_output=True, text=True,
     )  # fmt: skip
     if proc.returncode:

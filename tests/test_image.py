@@ -64,6 +64,9 @@ def test_each_role_carries_only_its_extra(images):
         assert r.returncode == 3, f"{absent} is in the node image"
     r = podman("run", "--rm", images["modelcar-cache"], "modelcar-cache", "--help")
     assert "Usage:" in r.stdout
+    # the node image can use ECR's credential helper (credHelpers: ecr-login)
+    r = podman("run", "--rm", images["modelcar-cache"], "docker-credential-ecr-login", "version")
+    assert r.stdout.strip()
     r = podman("run", "--rm", images["modelcar-api"], "modelcar-api", "--help")
     assert "Usage:" in r.stdout
     r = podman("run", "--rm", images["modelcar-api"], "python3", "-c", probe, "kubernetes",
