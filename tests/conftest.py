@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
-from base64 import b64encode
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +15,7 @@ from harness.models import make_sharded_model, minilm_dir
 from harness.postgres import PostgresServer
 from harness.tls import make_cert, make_htpasswd
 from modelcar.api.settings import Settings
+from tests.helpers import write_docker_config
 
 
 @pytest.fixture(autouse=True)
@@ -53,10 +52,7 @@ class AuthRegistry:
         return self.registry.host
 
     def docker_config(self, directory: Path, password: str | None = None) -> Path:
-        auth = b64encode(f"{self.user}:{password or self.password}".encode()).decode()
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / "config.json").write_text(json.dumps({"auths": {self.host: {"auth": auth}}}))
-        return directory
+        return write_docker_config(directory, self.host, self.user, password or self.password)
 
 
 @pytest.fixture(scope="session")

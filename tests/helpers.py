@@ -5,6 +5,7 @@ from here only.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -16,6 +17,16 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def write_docker_config(directory: Path, host: str, user: str, password: str) -> Path:
+    """A docker config.json in ``directory`` with credentials for ``host``, written in
+    place (the same inode, as a rotated Secret or a `docker login` leaves it)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    auth = base64.b64encode(f"{user}:{password}".encode()).decode()
+    with open(directory / "config.json", "w") as f:
+        f.write(json.dumps({"auths": {host: {"auth": auth}}}))
+    return directory
 
 
 @dataclass

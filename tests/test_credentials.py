@@ -25,7 +25,7 @@ from harness.localregistry import LocalRegistry
 from harness.models import write_safetensors
 from harness.proxy import QuirkProxy
 from harness.tokenserver import TokenServer
-from tests.helpers import ROOT, assert_one_line_error, cache_cli, run_cli, tree
+from tests.helpers import ROOT, assert_one_line_error, cache_cli, run_cli, tree, write_docker_config
 
 MiB = 1 << 20
 LIFETIME = 5  # seconds the registry accepts a token (proxies below add 1 s per request)
@@ -42,12 +42,7 @@ class TokenRegistry:
         return self.registry.host
 
     def write_config(self, directory: Path, password: str) -> Path:
-        """A docker config for this registry, rewritten in place (same inode)."""
-        directory.mkdir(parents=True, exist_ok=True)
-        auth = base64.b64encode(f"{self.user}:{password}".encode()).decode()
-        with open(directory / "config.json", "w") as f:
-            f.write(json.dumps({"auths": {self.host: {"auth": auth}}}))
-        return directory
+        return write_docker_config(directory, self.host, self.user, password)
 
 
 @pytest.fixture(params=["renewed-ahead", "renewed-on-401"])

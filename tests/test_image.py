@@ -88,9 +88,10 @@ def test_sigterm_stops_the_daemon_in_the_container_at_once(images, tmp_path):
     tmp_path.chmod(0o777)
     name = "modelcar-sigterm-test"
     podman("rm", "-f", name, check=False)
-    podman("run", "-d", "--name", name, "-v", f"{tmp_path}:/work:z", images["modelcar-cache"],
-           "modelcar-cache", "run", "--node", "n1", "--config", "/work/models.yaml",
-           "--cache-dir", "/work/cache", "--listen", "", "--interval", "3600")  # fmt: skip
+    podman("run", "-d", "--name", name, "-v", f"{tmp_path}:/var/lib/modelcar:z",
+           images["modelcar-cache"], "modelcar-cache", "run", "--node", "n1",
+           "--config", "/var/lib/modelcar/models.yaml", "--cache-dir", "/var/lib/modelcar/cache",
+           "--listen", "", "--interval", "3600")  # fmt: skip
     try:
         deadline_log = ""
         for _ in range(100):  # bounded: until its first pass has run
