@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from modelcar.cache_daemon.state import StateDB
-from modelcar.contract.nodecache import model_dir_name
+from modelcar.contract.nodecache import digest_of_dir_name, model_dir_name
 from modelcar.errors import ModelcarError, UsageError
 from modelcar.format.fileindex import FileIndex
 
@@ -113,18 +113,19 @@ class CacheDir:
         return self.model_dir(digest).is_dir()
 
     def published(self) -> list[str]:
-        out = []
-        for p in sorted((self.root / "models").iterdir()):
-            if p.name.startswith("sha256-") and p.is_dir():
-                out.append("sha256:" + p.name.removeprefix("sha256-"))
-        return out
+        return self._models_in("models")
 
     def staged(self) -> list[str]:
-        return [
-            "sha256:" + p.name.removeprefix("sha256-")
-            for p in sorted((self.root / "staging").iterdir())
-            if p.name.startswith("sha256-")
-        ]
+        """Pulls in progress (their ``….journal`` dirs beside them are not models)."""
+        return self._models_in("staging")
+
+    def _models_in(self, sub: str) -> list[str]:
+        out = []
+        for p in sorted((self.root / sub).iterdir()):
+            digest = digest_of_dir_name(p.name)
+            if digest and p.is_dir():
+                out.append(digest)
+        return out
 
     def load_index(self, digest: str) -> FileIndex:
         return FileIndex.model_validate_json(self.index_path(digest).read_bytes())

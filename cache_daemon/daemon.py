@@ -15,7 +15,7 @@ from modelcar.cache_daemon.desired import ApiSource, StaticSource, Wanted
 from modelcar.cache_daemon.evict import Budget, Evictor
 from modelcar.cache_daemon.metrics import Metrics
 from modelcar.cache_daemon.nodelabels import OURS, NodeLabeller
-from modelcar.cache_daemon.pull import Puller, PullOptions
+from modelcar.cache_daemon.pull import Puller, PullOptions, PullStopped
 from modelcar.cache_daemon.scrub import scrub
 from modelcar.contract import wire as wire
 from modelcar.contract.client import ApiClient
@@ -62,13 +62,14 @@ class Daemon:
         self.wanted: list[Wanted] = []
         self._assigned: set[str] = set()
         self.evictor = Evictor(cache, options.budget, lambda: self._assigned, self._evicted)
+        self._stop = threading.Event()
         self.puller = Puller(
             cache, options.pull, make_room=self.evictor.make_room,
             on_progress=lambda d, done, total: self._maybe_report(), metrics=self.metrics,
+            stop=self._stop,
         )  # fmt: skip
         self._scrub_limiter = RateLimiter(options.scrub_rate)
         self._scrubbed: dict[str, float] = {}
-        self._stop = threading.Event()
         self._last_report = 0.0
 
     # --- the loop ----------------------------------------------------------------
@@ -122,6 +123,9 @@ class Daemon:
         self.report()
         try:
             result = self.puller.pull(w.image)
+        except PullStopped:
+            event("stopped", digest=w.digest, model=w.label)
+            return
         except ModelcarError as e:
             event("failed", digest=w.digest, model=w.label, error=e.one_line())
             return

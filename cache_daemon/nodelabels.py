@@ -27,13 +27,21 @@ class NodeLabeller:
     def from_environment(cls, node: str, kubeconfig: str | None) -> NodeLabeller | None:
         """In a pod (service account) or with ``--kubeconfig``; None outside Kubernetes."""
         if not kubeconfig and not os.environ.get("KUBERNETES_SERVICE_HOST"):
+            log.info(
+                "node labels: skipped (no Kubernetes API here: no KUBERNETES_SERVICE_HOST "
+                "and no --kubeconfig)"
+            )
             return None
         from kubernetes import client, config
 
-        if kubeconfig:
-            config.load_kube_config(config_file=kubeconfig)
-        else:
-            config.load_incluster_config()
+        try:
+            if kubeconfig:
+                config.load_kube_config(config_file=kubeconfig)
+            else:
+                config.load_incluster_config()
+        except (config.ConfigException, OSError) as e:
+            log.warning("node labels: skipped (%s)", str(e).splitlines()[0][:300])
+            return None
         return cls(node, client.CoreV1Api())
 
     def node_labels(self) -> dict[str, str] | None:

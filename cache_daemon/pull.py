@@ -44,6 +44,10 @@ log = logging.getLogger("modelcar.cache")
 CHECKPOINT_BYTES = 64 << 20
 
 
+class PullStopped(ModelcarError):
+    """The daemon is stopping: the pull ends where it is, its journal kept to resume."""
+
+
 class PullOptions(BaseModel):
     jobs: int = 4
     max_rate: float | None = None  # bytes per second, all layers together
@@ -117,8 +121,15 @@ class _Tap:
     """Between the blob and the tar reader: replays the journaled prefix, then the
     network; journals every byte that is not file content."""
 
-    def __init__(self, replay: Replay, blob: BlobStream, journal: LayerJournal):
+    def __init__(
+        self,
+        replay: Replay,
+        blob: BlobStream,
+        journal: LayerJournal,
+        stop: threading.Event | None = None,
+    ):
         self.replay, self.blob, self.journal = replay, blob, journal
+        self.stop = stop
         self.pos = 0
         self.body_left = 0
 
@@ -126,6 +137,8 @@ class _Tap:
         if self.pos < self.replay.end:
             data = self.replay.read(n if n > 0 else 1 << 20)
         else:
+            if self.stop is not None and self.stop.is_set():
+                raise PullStopped("stopped mid-pull", subject=self.blob.digest)
             data = self.blob.read(n)
             if data:
                 in_body = min(self.body_left, len(data))
@@ -203,8 +216,12 @@ class Puller:
         on_progress: Callable[[str, int, int], None] | None = None,
         metrics: Any = None,
         sources: Callable[[ImageRef | LayoutRef], list[ImageStore]] | None = None,
+        stop: threading.Event | None = None,
     ):
+        """``stop``: once set, pulls end at their next read (PullStopped) and keep what
+        they have staged and journaled, so the next pull resumes there."""
         self.cache = cache
+        self.stop = stop
         self.options = options or PullOptions()
         self.limiter = RateLimiter(self.options.max_rate)
         self.make_room = make_room
@@ -243,6 +260,10 @@ class Puller:
         try:
             progress = self._pull_layers(digest, model, sources)
             self._publish(digest, model)
+        except PullStopped:
+            # staging and journals stay; the row stays 'pulling' (reset at the next start)
+            log.info("stopped %s mid-pull; the next start resumes it", image)
+            raise
         except (ModelcarError, OSError) as e:
             err = self._as_error(e, digest)
             self._failed(digest, err)
@@ -322,7 +343,7 @@ class Puller:
         )  # fmt: skip
         state = _LayerPull(staging, journal, self.options.checkpoint_bytes)
         replay = journal.replay()
-        state.tap = _Tap(replay, blob, journal)
+        state.tap = _Tap(replay, blob, journal, self.stop)
         progress.add(resumed=start)
         try:
             read_model_layer(

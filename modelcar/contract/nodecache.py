@@ -3,6 +3,7 @@ a node, and the Node label that says it is ready there."""
 
 from __future__ import annotations
 
+import re
 from pathlib import PurePosixPath
 
 from modelcar.oci.digest import hex_of
@@ -20,6 +21,16 @@ LABEL_READY = "ready"
 def model_dir_name(digest: str) -> str:
     """``sha256-<hex>``: the published directory of a model under ``<root>/models/``."""
     return f"sha256-{hex_of(digest)}"
+
+
+_DIR_NAME = re.compile(r"sha256-([0-9a-f]{64})")
+
+
+def digest_of_dir_name(name: str) -> str | None:
+    """The digest a ``sha256-<hex>`` directory holds; None for any other name (a pull's
+    ``….journal`` beside it, a stray file)."""
+    m = _DIR_NAME.fullmatch(name)
+    return f"sha256:{m.group(1)}" if m else None
 
 
 def host_path(cache_root: str, digest: str) -> str:

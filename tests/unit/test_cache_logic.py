@@ -112,3 +112,14 @@ def test_collect_evicts_above_the_high_watermark_down_to_the_low_one(tmp_path):
         evicted = evictor.collect()
         assert evicted == digests[:2]  # LRU first, down to 6 MiB
         assert evictor.collect() == []
+
+
+def test_only_model_dirs_count_as_staged_or_published_not_journals_or_strays(tmp_path):
+    hex_ = "ab" * 32
+    with CacheDir(tmp_path / "cache") as cache:
+        for sub in ("staging", "models"):
+            (cache.root / sub / f"sha256-{hex_}").mkdir()
+            (cache.root / sub / f"sha256-{hex_}.journal").mkdir()  # a pull's journal
+            (cache.root / sub / "sha256-not-a-digest").mkdir()
+            (cache.root / sub / f"sha256-{'cd' * 32}").write_text("a file")
+        assert cache.staged() == cache.published() == [f"sha256:{hex_}"]

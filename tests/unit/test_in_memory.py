@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import threading
 
 import pytest
 
 from modelcar.builder.build import Builder, BuildOptions
 from modelcar.builder.sources.local import LocalSource
 from modelcar.cache_daemon.cachedir import CacheDir
-from modelcar.cache_daemon.pull import Puller, PullOptions
+from modelcar.cache_daemon.pull import Puller, PullOptions, PullStopped
 from modelcar.errors import DigestMismatch
 from modelcar.oci.memory import MemoryStore
 from modelcar.oci.reference import parse_ref
@@ -61,3 +62,29 @@ def test_a_corrupted_layer_in_the_store_is_refused_and_nothing_published(model, 
         with pytest.raises(DigestMismatch):
             puller.pull(str(ref.pinned(record.digest)))
         assert cache.published() == []
+
+
+def test_a_stopped_pull_keeps_its_work_and_the_next_one_resumes(model, tmp_path):
+    ref = parse_ref("memory.invalid/team/model:v1")
+    store = MemoryStore(ref)
+    record = _build(model, store, ref)
+    image = str(ref.pinned(record.digest))
+    stop = threading.Event()
+    with CacheDir(tmp_path / "cache") as cache:
+        options = PullOptions(jobs=1, checkpoint_bytes=256 << 10)
+
+        def stop_after_a_mib(digest: str, done: int, total: int) -> None:
+            if done > 1 << 20:
+                stop.set()
+
+        stopper = Puller(
+            cache, options, sources=lambda r: [store], stop=stop, on_progress=stop_after_a_mib
+        )
+        with pytest.raises(PullStopped):
+            stopper.pull(image)
+        assert cache.published() == []
+        assert cache.db.get(record.digest).state == "pulling"  # reset to pending at start
+        result = Puller(cache, options, sources=lambda r: [store]).pull(image)
+        assert result.bytes_resumed >= 1 << 20  # from the last checkpoint, not from zero
+        out = cache.model_dir(record.digest)
+        assert (out / "weights.bin").read_bytes() == (model / "weights.bin").read_bytes()
