@@ -23,6 +23,10 @@ from modelcar.oci.reference import parse_ref
 
 VOLUME = "modelcar-models"
 KSERVE_API = "serving.kserve.io/v1beta1"
+# KServe's storageInitializer `uidModelcar` (its default config: 1010). The runtime reads
+# the model through /proc/<sidecar pid>/root, which the kernel allows only to the
+# sidecar's own uid: both containers must run as it (other uids get "Permission denied").
+KSERVE_UID_MODELCAR = 1010
 
 
 def is_registry(repository: str) -> bool:
@@ -102,6 +106,9 @@ def inference_service(
     predictor: dict[str, Any] = {"model": model}
     if answer.mode == "oci":
         model["storageUri"] = answer.storage_uri
+        # what KServe sets itself when uidModelcar is configured; said here so that a
+        # runtime with a USER of its own cannot end up unable to read the sidecar's files
+        model["securityContext"] = {"runAsUser": KSERVE_UID_MODELCAR}
         predictor["affinity"] = answer.pod_spec["affinity"]
     else:
         model["args"] = [f"--model_dir={MOUNT_PATH}"]

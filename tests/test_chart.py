@@ -91,7 +91,7 @@ def test_the_daemon_gets_its_node_name_and_cache_dir():
     env = {e["name"]: e for e in c["env"]}
     assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
     assert env["MODELCAR_API"]["value"] == "http://mc-modelcar-api.models.svc:8080"
-    assert "--mirror=http://spegel.spegel.svc:5000" in c["command"]
+    assert "--mirror=http://spegel.spegel.svc:5000" in c["args"]
     volume = daemon["template"]["spec"]["volumes"][0]["hostPath"]
     assert volume == {"path": "/mnt/nvme/modelcar", "type": "DirectoryOrCreate"}
     assert daemon["updateStrategy"]["rollingUpdate"]["maxUnavailable"] == "10%"
@@ -103,7 +103,7 @@ def test_the_daemon_gets_its_node_name_and_cache_dir():
     assert db["MODELCAR_API_CACHE_ROOT"]["value"] == "/mnt/nvme/modelcar"
     assert "PersistentVolumeClaim" not in kinds  # PostgreSQL: no SQLite volume
     # --warm-cri: the CRI socket is mounted, and only then does the daemon run as root
-    assert "--warm-cri" in c["command"]
+    assert "--warm-cri" in c["args"]
     cri = daemon["template"]["spec"]["volumes"][-1]["hostPath"]
     assert cri == {"path": "/run/containerd/containerd.sock", "type": "Socket"}
     assert c["securityContext"]["runAsUser"] == 0
@@ -339,8 +339,8 @@ def test_registry_pull_secrets_are_mounted_read_only_and_merged():
         secret = volumes[m["name"]]["secret"]
         assert secret["secretName"] == name
         assert secret["items"] == [{"key": ".dockerconfigjson", "path": "config.json"}]
-        assert f"--docker-config=/etc/modelcar/registry-auth/{name}" in c["command"]
-    order = [a for a in c["command"] if a.startswith("--docker-config=")]
+        assert f"--docker-config=/etc/modelcar/registry-auth/{name}" in c["args"]
+    order = [a for a in c["args"] if a.startswith("--docker-config=")]
     assert order == [f"--docker-config=/etc/modelcar/registry-auth/{n}"
                      for n in ("harbor-robot", "ghcr-pull")]  # fmt: skip
     assert all("DOCKER" not in e["name"] for e in c["env"])  # no secrets in env
@@ -348,3 +348,36 @@ def test_registry_pull_secrets_are_mounted_read_only_and_merged():
     assert sa["metadata"]["annotations"] == {
         "eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/pull"
     }
+
+
+def _containers(objects: list[dict]) -> dict[str, dict]:
+    out = {}
+    for o in objects:
+        if o["kind"] not in ("Pod", "Deployment", "DaemonSet"):
+            continue
+        spec = o["spec"]["template"]["spec"] if o["kind"] != "Pod" else o["spec"]
+        for c in spec.get("initContainers", []) + spec.get("containers", []):
+            out[f"{o['kind']}/{c['name']}"] = c
+    return out
+
+
+def test_pods_keep_the_images_entrypoint_and_can_take_a_role_image():
+    pods = _containers(render({}))
+    assert set(pods) == {"DaemonSet/own-cache-dir", "DaemonSet/cache", "Deployment/migrate",
+                         "Deployment/api", "Pod/healthz"}  # fmt: skip
+    for name, c in pods.items():
+        assert "command" not in c, name  # dumb-init (ENTRYPOINT) stays PID 1: SIGTERM arrives
+        assert c["image"] == "ghcr.io/modelcar/modelcar:0.1.0", name
+    pinned = "sha256:" + "c" * 64
+    roles = _containers(render({
+        "image": {"repository": "r.example/modelcar", "digest": "sha256:" + "a" * 64},
+        "cache": {"image": {"repository": "r.example/modelcar-cache", "digest": pinned}},
+        "api": {"image": {"repository": "r.example/modelcar-api", "tag": "0.1.1"}},
+    }))  # fmt: skip
+    assert roles["DaemonSet/cache"]["image"] == f"r.example/modelcar-cache@{pinned}"
+    assert roles["DaemonSet/own-cache-dir"]["image"] == f"r.example/modelcar-cache@{pinned}"
+    # the global digest pins the global repository only
+    assert roles["Deployment/api"]["image"] == "r.example/modelcar-api:0.1.1"
+    assert roles["Pod/healthz"]["image"] == "r.example/modelcar-api:0.1.1"
+    daemon = by_kind(render({}))["DaemonSet"][0]["spec"]["template"]["spec"]
+    assert daemon["terminationGracePeriodSeconds"] == 30

@@ -19,11 +19,17 @@ app.kubernetes.io/name: {{ .Chart.Name }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
+{{/* The image of a role: (dict "root" $ "role" .Values.<role>.image); a role's empty
+fields fall back to image.*; a digest pins it. */}}
 {{- define "modelcar.image" -}}
-{{- if .Values.image.digest -}}
-{{ .Values.image.repository }}@{{ .Values.image.digest }}
+{{- $g := .root.Values.image -}}
+{{- $r := .role | default dict -}}
+{{- $repo := $r.repository | default $g.repository -}}
+{{- $digest := $r.digest | default (ternary $g.digest "" (not $r.repository)) -}}
+{{- if $digest -}}
+{{ $repo }}@{{ $digest }}
 {{- else -}}
-{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{ $repo }}:{{ $r.tag | default $g.tag | default .root.Chart.AppVersion }}
 {{- end -}}
 {{- end -}}
 
