@@ -19,21 +19,24 @@ FROM ${BASE} AS build-base
 RUN command -v docker-credential-ecr-login >/dev/null || (apt-get update -qq \
       && apt-get install -y -qq --no-install-recommends amazon-ecr-credential-helper \
       && rm -rf /var/lib/apt/lists/*)
-COPY . /src
-RUN python3 -m venv /opt/modelcar
 
+# One venv per role, installed from the build context mounted for that step only (the
+# source never becomes a layer): from dist/wheels when present, else from the index.
 FROM build-base AS build-all
-RUN set -e; if ls /src/dist/wheels/*.whl >/dev/null 2>&1; then \
+RUN --mount=type=bind,target=/src,rw set -e; python3 -m venv /opt/modelcar; \
+    if ls /src/dist/wheels/*.whl >/dev/null 2>&1; then \
       /opt/modelcar/bin/pip install -q --no-index --find-links /src/dist/wheels "modelcar[all]" dumb-init; \
     else /opt/modelcar/bin/pip install -q "/src[all]" dumb-init; fi
 
 FROM build-base AS build-cache
-RUN set -e; if ls /src/dist/wheels/*.whl >/dev/null 2>&1; then \
+RUN --mount=type=bind,target=/src,rw set -e; python3 -m venv /opt/modelcar; \
+    if ls /src/dist/wheels/*.whl >/dev/null 2>&1; then \
       /opt/modelcar/bin/pip install -q --no-index --find-links /src/dist/wheels "modelcar[cache]" dumb-init; \
     else /opt/modelcar/bin/pip install -q "/src[cache]" dumb-init; fi
 
 FROM build-base AS build-api
-RUN set -e; if ls /src/dist/wheels/*.whl >/dev/null 2>&1; then \
+RUN --mount=type=bind,target=/src,rw set -e; python3 -m venv /opt/modelcar; \
+    if ls /src/dist/wheels/*.whl >/dev/null 2>&1; then \
       /opt/modelcar/bin/pip install -q --no-index --find-links /src/dist/wheels "modelcar[api,postgres]" dumb-init; \
     else /opt/modelcar/bin/pip install -q "/src[api,postgres]" dumb-init; fi
 

@@ -15,6 +15,7 @@ containers.conf (ulimits this machine's runc can set), all under .image/.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import shutil
 import subprocess
@@ -28,6 +29,10 @@ DIST = ROOT / "dist"
 BASE = "localhost/modelcar-base:bookworm-2"  # bump when the included packages change
 BASE_PACKAGES = ["python3", "python3-venv", "ca-certificates", "amazon-ecr-credential-helper"]
 ROLES = {"modelcar": "all", "modelcar-cache": "cache", "modelcar-api": "api"}
+# what goes into the images: a build whose inputs are unchanged is not done again
+INPUTS = ["Dockerfile", ".dockerignore", "pyproject.toml", "README.md", "LICENSE", "modelcar",
+          "builder", "cache_daemon", "api"]  # fmt: skip
+STAMP = "dev.modelcar.build-inputs"
 NEEDS = {"podman": "podman", "mmdebstrap": "mmdebstrap"}
 CONTAINERS_CONF = """[containers]
 default_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]
@@ -109,26 +114,58 @@ def wheelhouse() -> None:
         raise Failed(f"pip wheel failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
 
 
-def build(push: str | None) -> list[Path]:
+def inputs_digest() -> str:
+    """sha256 over the build's inputs (names and bytes), the base and the labels."""
+    h = hashlib.sha256(f"{BASE}\0{version()}\0{revision()}\0{source()}\0".encode())
+    for top in INPUTS:
+        path = ROOT / top
+        files = (
+            [path]
+            if path.is_file()
+            else sorted(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+        )
+        for f in files:
+            h.update(f"{f.relative_to(ROOT)}\0".encode() + f.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def up_to_date(stamp: str) -> bool:
+    """Every image in podman's storage built from these inputs, and its archive there."""
+    for name in ROLES:
+        tag = f"localhost/{name}:{version()}"
+        found = podman("images", "--filter", f"label={STAMP}={stamp}",
+                       "--filter", f"reference={tag}", "-q").strip()  # fmt: skip
+        if not found or not (DIST / f"{name}-{version()}.oci.tar").exists():
+            return False
+    return True
+
+
+def build(stamp: str) -> list[Path]:
     v, rev = version(), revision()
     archives = []
     for name, target in ROLES.items():
         tag = f"localhost/{name}:{v}"
         started = time.monotonic()
         step(f"building {tag} (target {target})")
-        podman("build", "-q", "--isolation", "chroot", "--target", target,
+        # --layers=false: one commit per image (with vfs, every layer is a full copy)
+        podman("build", "-q", "--layers=false", "--isolation", "chroot", "--target", target,
                "--build-arg", f"BASE={BASE}", "--build-arg", f"VERSION={v}",
                "--build-arg", f"REVISION={rev}", "--build-arg", f"SOURCE={source()}",
-               "-t", tag, "-f", str(ROOT / "Dockerfile"),
+               "--label", f"{STAMP}={stamp}", "-t", tag, "-f", str(ROOT / "Dockerfile"),
                str(ROOT))  # fmt: skip
         archive = DIST / f"{name}-{v}.oci.tar"
         archive.unlink(missing_ok=True)
         podman("save", "--format", "oci-archive", "-o", str(archive), tag)
         archives.append(archive)
         step(f"{tag}: {archive.stat().st_size / 1e6:.0f} MB in {time.monotonic() - started:.0f}s")
-        if push:
-            podman("push", "--tls-verify=false", tag, f"{push.rstrip('/')}/{name}:{v}")
     return archives
+
+
+def push(to: str) -> None:
+    for name in ROLES:
+        tag = f"localhost/{name}:{version()}"
+        step(f"pushing {tag} to {to.rstrip('/')}/{name}:{version()}")
+        podman("push", "--tls-verify=false", tag, f"{to.rstrip('/')}/{name}:{version()}")
 
 
 def main() -> int:
@@ -142,10 +179,17 @@ def main() -> int:
         return 2
     try:
         base_image()
-        wheelhouse()
-        for archive in build(args.push):
-            print(archive)
-        podman("image", "prune", "-f")  # the build stages (vfs keeps a full copy of each)
+        stamp = inputs_digest()
+        if up_to_date(stamp):
+            step("images up to date (same inputs); delete .image/ to build them again")
+        else:
+            wheelhouse()
+            build(stamp)
+            podman("image", "prune", "-f")  # the build stages (vfs keeps a full copy of each)
+        for name in ROLES:
+            print(DIST / f"{name}-{version()}.oci.tar")
+        if args.push:
+            push(args.push)
     except Failed as e:
         print(f"make image: error: {e}", file=sys.stderr)
         return 1

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +17,7 @@ from harness.models import make_sharded_model, minilm_dir
 from harness.postgres import PostgresServer
 from harness.tls import make_cert, make_htpasswd
 from modelcar.api.settings import Settings
-from tests.helpers import write_docker_config
+from tests.helpers import ROOT, VERSION, write_docker_config
 
 
 @pytest.fixture(autouse=True)
@@ -112,3 +114,22 @@ def minilm():
 @pytest.fixture
 def sharded_model(tmp_path):
     return make_sharded_model(tmp_path / "model")
+
+
+@pytest.fixture(scope="session")
+def images() -> dict[str, str]:
+    """The runtime images, built once per session by make image's script (podman)."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "image.py")],
+        capture_output=True, text=True, cwd=ROOT, timeout=1500,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return {name: f"localhost/{name}:{VERSION}" for name in ("modelcar", "modelcar-cache",
+                                                           "modelcar-api")}  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def podman():
+    from harness.pods import Podman
+
+    return Podman()

@@ -17,6 +17,11 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
+VERSION = next(
+    line.split('"')[1]
+    for line in (ROOT / "pyproject.toml").read_text().splitlines()
+    if line.startswith("version = ")
+)
 
 
 def write_docker_config(directory: Path, host: str, user: str, password: str) -> Path:
