@@ -43,7 +43,9 @@ Insecure = Annotated[
 CaFile = Annotated[
     str | None,
     typer.Option(
-        "--ca-file", envvar="MODELCAR_CA_FILE", help="PEM file of CAs to trust for the registry."
+        "--ca-file",
+        envvar="MODELCAR_CA_FILE",
+        help="PEM file of CAs to trust for the registry, besides the system's.",
     ),
 ]
 DockerConfig = Annotated[

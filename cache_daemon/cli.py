@@ -55,7 +55,14 @@ PlainHttp = Annotated[
     bool, typer.Option("--plain-http", envvar="MODELCAR_PLAIN_HTTP", help="HTTP registries.")
 ]
 Insecure = Annotated[bool, typer.Option("--insecure", help="Skip registry TLS verification.")]
-CaFile = Annotated[str | None, typer.Option("--ca-file", envvar="MODELCAR_CA_FILE")]
+CaFile = Annotated[
+    str | None,
+    typer.Option(
+        "--ca-file",
+        envvar="MODELCAR_CA_FILE",
+        help="PEM file of CAs to trust for registries and mirrors, besides the system's.",
+    ),
+]
 JsonOut = Annotated[bool, typer.Option("--json", help="JSON output.")]
 StallTimeout = Annotated[
     float,

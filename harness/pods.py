@@ -11,8 +11,9 @@ changes in the test's copy of a spec (never in the chart or in KServe's pod):
 - ``emptyDir``: ``kube play`` makes a named volume, shared by every pod that uses the
   name and owned by root 0755; kubelet makes a fresh 0777 directory per pod. Here: a
   fresh 0777 directory.
-- ``secret`` volumes: podman 4.3 crashes on them. Here: a directory holding the items
-  at the Secret's ``defaultMode``, group ``fsGroup``, as kubelet writes them.
+- ``secret`` volumes: podman 4.3 crashes on them; ``configMap`` volumes need podman's
+  own objects. Here: a directory holding the items at the ``defaultMode``, group
+  ``fsGroup``, as kubelet writes them.
 - ``fieldRef: spec.nodeName`` is not supported: the node's name instead.
 - ``hostPath``: under a directory standing for the node's root filesystem.
 - ``persistentVolumeClaim``: a podman volume owned by ``fsGroup`` (kubelet chowns it).
@@ -133,11 +134,12 @@ def as_kubelet_would(
     podman: Podman,
     *,
     secrets: dict[str, dict[str, str]] | None = None,
+    config_maps: dict[str, dict[str, str]] | None = None,
     replace: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The test's copy of ``pod`` with the differences above taken care of.
 
-    ``secrets``: Secret name -> data; ``replace``: text -> text in env values, command
+    ``secrets``, ``config_maps``: name -> data; ``replace``: text -> text in env values, command
     and args (a Service URL -> the 127.0.0.1 one)."""
     pod = copy.deepcopy(pod)
     spec = pod["spec"]
@@ -152,10 +154,12 @@ def as_kubelet_would(
             d = Path(tempfile.mkdtemp(prefix="emptydir-", dir=node.root))
             d.chmod(0o777)
             vol = {"name": vol["name"], "hostPath": {"path": str(d), "type": "Directory"}}
-        elif "secret" in vol:
-            vol = {"name": vol["name"], "hostPath": {
-                "path": str(_secret_dir(vol["secret"], secrets or {}, group, node)),
-                "type": "Directory"}}  # fmt: skip
+        elif "secret" in vol or "configMap" in vol:
+            source = vol.get("secret") or vol["configMap"]
+            name = source.get("secretName") or source["name"]
+            data = {**(secrets or {}), **(config_maps or {})}[name]
+            d = _files_dir(source, data, group, node)
+            vol = {"name": vol["name"], "hostPath": {"path": str(d), "type": "Directory"}}
         elif "hostPath" in vol:
             host = node.path(vol["hostPath"]["path"])
             if vol["hostPath"].get("type") == "DirectoryOrCreate":
@@ -188,11 +192,10 @@ def as_kubelet_would(
     return pod
 
 
-def _secret_dir(
-    source: dict[str, Any], secrets: dict[str, dict[str, str]], group: int | None, node: Node
-) -> Path:
-    data = secrets[source["secretName"]]
-    d = Path(tempfile.mkdtemp(prefix="secret-", dir=node.root))
+def _files_dir(source: dict[str, Any], data: dict[str, str], group: int | None, node: Node) -> Path:
+    """A Secret's or ConfigMap's items as kubelet writes them: at ``defaultMode``
+    (0644 unless given), group ``fsGroup``."""
+    d = Path(tempfile.mkdtemp(prefix="volume-", dir=node.root))
     d.chmod(0o755)
     items = source.get("items") or [{"key": k, "path": k} for k in data]
     for item in items:

@@ -381,3 +381,18 @@ def test_pods_keep_the_images_entrypoint_and_can_take_a_role_image():
     assert roles["Pod/healthz"]["image"] == "r.example/modelcar-api:0.1.1"
     daemon = by_kind(render({}))["DaemonSet"][0]["spec"]["template"]["spec"]
     assert daemon["terminationGracePeriodSeconds"] == 30
+
+
+def test_a_registry_ca_configmap_is_mounted_and_trusted():
+    values = {"cache": {"registryCA": {"configMap": "corp-ca", "key": "root.pem"}}}
+    spec = by_kind(render(values))["DaemonSet"][0]["spec"]["template"]["spec"]
+    c = spec["containers"][0]
+    assert "--ca-file=/etc/modelcar/registry-ca/root.pem" in c["args"]
+    mount = next(m for m in c["volumeMounts"] if m["name"] == "registry-ca")
+    assert mount == {"name": "registry-ca", "mountPath": "/etc/modelcar/registry-ca",
+                     "readOnly": True}  # fmt: skip
+    volume = next(v for v in spec["volumes"] if v["name"] == "registry-ca")
+    assert volume["configMap"] == {"name": "corp-ca",
+                                   "items": [{"key": "root.pem", "path": "root.pem"}]}  # fmt: skip
+    plain = by_kind(render({}))["DaemonSet"][0]["spec"]["template"]["spec"]
+    assert not any(a.startswith("--ca-file") for a in plain["containers"][0]["args"])

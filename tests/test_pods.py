@@ -367,3 +367,36 @@ def test_sigterm_mid_pull_stops_the_daemon_in_its_grace_period_and_it_resumes(
     assert not partial, partial
     for path, size in sizes.items():
         assert (target / path).stat().st_size == size
+
+
+def test_the_cache_pod_pulls_from_a_private_registry_with_its_mounted_secret_and_ca(
+    cluster, auth_registry, tmp_path
+):
+    """The chart's registryAuth Secret (dockerconfigjson) and registryCA ConfigMap: a TLS
+    registry with its own CA and htpasswd, reached by the daemon as uid 65532."""
+    config = auth_registry.docker_config(tmp_path / "docker")
+    pinned = run_cli(
+        "build", str(model_dir(tmp_path / "m")), f"{auth_registry.host}/private/m", "-q",
+        "--ca-file", str(auth_registry.ca_file), env={"DOCKER_CONFIG": str(config)},
+    ).last_line  # fmt: skip
+    assign(cluster, "private", pinned, "private-everywhere")
+    values = {"cache": {**cluster.values["cache"], "plainHttp": False,
+                        "registryAuth": {"existingSecrets": ["regcred"]},
+                        "registryCA": {"configMap": "registry-ca", "key": "ca.crt"}}}  # fmt: skip
+    pod = cluster.pod("DaemonSet", "mc-private", values)
+    secrets = {
+        "mc-modelcar-node-token": {"token": cluster.node_token},
+        "regcred": {".dockerconfigjson": (config / "config.json").read_text()},
+    }
+    cas = {"registry-ca": {"ca.crt": auth_registry.ca_file.read_text()}}
+    played = cluster.play(pod, secrets=secrets, config_maps=cas)
+    try:
+        wait_http(f"http://127.0.0.1:{cluster.metrics_port}/readyz", timeout=120)
+    finally:
+        logs = cluster.podman.logs("mc-private-cache")
+        cluster.podman.down(played)
+        cluster.played.remove(played)
+    digest = pinned.split("@")[1]
+    assert [e["digest"] for e in daemon_log_events(logs) if e["event"] == "ready"] == [digest]
+    published = cluster.node.path(f"/var/lib/modelcar/models/sha256-{digest[7:]}")
+    assert (published / "tokenizer" / "vocab.txt").read_text() == "[PAD]\n[UNK]\nhello\n"

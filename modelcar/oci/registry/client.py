@@ -48,8 +48,10 @@ _clients_lock = threading.Lock()
 def _verify(options: StoreOptions) -> Any:
     if options.insecure:
         return False
-    if options.ca_file:
-        return ssl.create_default_context(cafile=options.ca_file)
+    if options.ca_file:  # trusted besides the system's CAs (a node also pulls from public ones)
+        context = ssl.create_default_context()
+        context.load_verify_locations(cafile=options.ca_file)
+        return context
     return True
 
 
