@@ -5,10 +5,14 @@ also yields each file's sha256), skip it if the target has it, else stream it
 (re-reading the files; the target verifies the digest). Then the base blobs,
 the config (with the file index), the manifest by digest, and only then the
 tags: a failed build never moves a tag.
+
+A multi-platform base (an image index) gives one config and manifest per platform
+over the same model layers, and an index over them: the tags name the index.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import time
@@ -19,7 +23,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from modelcar.builder.base import BaseImage, load_base
+from modelcar.builder.base import BaseImage, load_bases
 from modelcar.builder.plan import LayerPlan, plan_layers
 from modelcar.builder.progress import Progress
 from modelcar.builder.sources.base import Source, SourceFile
@@ -40,7 +44,7 @@ from modelcar.format.paths import path_problem, shown
 from modelcar.http.body import MAX_CONFIG_WRITE_BYTES, MAX_MANIFEST_BYTES, human_limit
 from modelcar.oci import mediatypes as oci_mt
 from modelcar.oci.digest import sha256_bytes
-from modelcar.oci.manifest import Descriptor, Manifest, canonical_json
+from modelcar.oci.manifest import Descriptor, Index, Manifest, Platform, canonical_json
 from modelcar.oci.reference import DEFAULT_TAG, Ref
 from modelcar.oci.store import ImageStore, StoreOptions
 from modelcar.oci.stores import open_store
@@ -59,6 +63,8 @@ class BuildOptions:
     max_layer_size: int | None = None
     stat_cache: bool = True
     store: StoreOptions = field(default_factory=StoreOptions)
+    #: Platforms to build for (None: every platform of the base).
+    platforms: list[Platform] | None = None
 
 
 class LayerRecord(BaseModel):
@@ -79,6 +85,8 @@ class BuildRecord(BaseModel):
     layers: list[LayerRecord]
     base: str
     base_digest: str | None
+    #: One manifest per platform, under an index, when there is more than one.
+    platforms: list[str]
     index_digest: str
     seconds: float
     bytes_uploaded: int
@@ -310,24 +318,28 @@ class Builder:
                     subject=shown(f.origin or f.path),
                     hint="rename it or --exclude it; README: Model paths",
                 )
-        base = load_base(self.options.base, self.options.store)
-        plan = plan_layers(
-            files, self.options.large_file_threshold, self.options.max_layers - len(base.layers)
-        )
-        self._check_sizes(files, base, plan)
+        bases = load_bases(self.options.base, self.options.store, self.options.platforms)
+        base_layers = max(len(b.layers) for b in bases.images)
+        plan = plan_layers(files, self.options.large_file_threshold,
+                           self.options.max_layers - base_layers)  # fmt: skip
+        for base in bases.images:
+            self._check_sizes(files, base, plan)
         target = self.target or open_store(self.target_ref, self.options.store, create=True)
         if any(f.sha256 for f in files):  # only then can its index vouch for a layer
             self.previous = previous_image(target, self.target_ref)
         total = sum(f.size for f in files)
         self.progress.add_total("hash", total)
         self.progress.add_total("upload", sum(archive_size(_members(layer)) for layer in plan))
+        on = f" for {', '.join(bases.platforms)}" if bases.is_index else ""
         self.progress.log(
-            f"building {len(files)} files ({total} bytes) in {len(plan)} layers "
+            f"building {len(files)} files ({total} bytes) in {len(plan)} layers{on} "
             f"from {getattr(self.source, 'root', self.source.uri)}"
         )
+        base_blobs = {d.digest: (b, d) for b in bases.images for d in b.layers}
 
         with ThreadPoolExecutor(max_workers=max(1, self.options.jobs)) as pool:
-            base_futs = [pool.submit(self._copy_base_blob, target, base, d) for d in base.layers]
+            base_futs = [pool.submit(self._copy_base_blob, target, b, d)
+                         for b, d in base_blobs.values()]  # fmt: skip
             layer_futs = [pool.submit(self._layer, target, layer) for layer in plan]
             futures: list[Future[Any]] = [*base_futs, *layer_futs]
             _, pending = wait(futures, return_when=FIRST_EXCEPTION)
@@ -359,17 +371,33 @@ class Builder:
                     "file does not match the sha256 its source reported", subject=f.origin or f.path
                 )
 
-        config_bytes, manifest_bytes = self._documents(base, plan, results, index)
-        config_digest = sha256_bytes(config_bytes)
-        config_sent = target.put_blob(config_digest, len(config_bytes), lambda: [config_bytes])
-        digest = target.put_manifest(
-            manifest_bytes, oci_mt.OCI_MANIFEST, sha256_bytes(manifest_bytes)
-        )
+        sent = 0
+        children = []
+        for base in bases.images:
+            config_bytes, manifest_bytes = self._documents(base, plan, results, index)
+            config_digest = sha256_bytes(config_bytes)
+            config_chunks: functools.partial[list[bytes]] = functools.partial(list, [config_bytes])
+            sent += target.put_blob(config_digest, len(config_bytes), config_chunks)
+            child = target.put_manifest(
+                manifest_bytes, oci_mt.OCI_MANIFEST, sha256_bytes(manifest_bytes)
+            )
+            sent += len(manifest_bytes)
+            size = len(manifest_bytes)
+            children.append(Descriptor(mediaType=oci_mt.OCI_MANIFEST, digest=child, size=size,
+                                       platform=base.platform))  # fmt: skip
+        top, media_type = manifest_bytes, oci_mt.OCI_MANIFEST
+        if bases.is_index:
+            annotations = self._annotations(bases.name, bases.digest, index)
+            top = Index(manifests=children, annotations=annotations).canonical()
+            media_type = oci_mt.OCI_INDEX
+            target.put_manifest(top, media_type, sha256_bytes(top))
+            sent += len(top)
+        digest = sha256_bytes(top)
         tags = list(dict.fromkeys([self.target_ref.tag or DEFAULT_TAG, *self.options.tags]))
         for tag in tags:  # last: the tag moves only once everything it names is in place
-            target.put_manifest(manifest_bytes, oci_mt.OCI_MANIFEST, tag)
+            target.put_manifest(top, media_type, tag)
 
-        uploaded = sum(r.uploaded for r in results) + base_sent + config_sent + len(manifest_bytes)
+        uploaded = sum(r.uploaded for r in results) + base_sent + sent
         return BuildRecord(
             reference=str(self.target_ref.pinned(digest)),
             digest=digest,
@@ -387,8 +415,9 @@ class Builder:
                 )
                 for layer, r in zip(plan, results, strict=True)
             ],
-            base=base.name,
-            base_digest=base.digest,
+            base=bases.name,
+            base_digest=bases.digest,
+            platforms=bases.platforms,
             index_digest=index.digest(),
             seconds=round(time.monotonic() - started, 3),
             bytes_uploaded=uploaded,
@@ -405,21 +434,7 @@ class Builder:
         """The config and the manifest bytes."""
         created = _iso(created_time(self.source))
         config_bytes = canonical_json(self._config(base, results, plan, index, created))
-        annotations = {
-            oci_mt.CREATED: created,
-            mt.CONTRACT: mt.CONTRACT_VERSION,
-            mt.SOURCE: self.source.uri,
-            mt.SIZE: str(index.total_size),
-            mt.FILE_COUNT: str(len(index.files)),
-            mt.INDEX_DIGEST: index.digest(),
-            mt.BASE_NAME: base.name,
-        }
-        extra = getattr(self.source, "annotations", None)
-        if extra is not None:  # e.g. the MLflow run id
-            annotations.update(extra())
-        if base.digest:
-            annotations[mt.BASE_DIGEST] = base.digest
-            annotations[oci_mt.BASE_DIGEST_OCI] = base.digest
+        annotations = self._annotations(base.name, base.digest, index)
         manifest = Manifest(
             config=Descriptor(
                 mediaType=oci_mt.OCI_CONFIG,
@@ -430,6 +445,25 @@ class Builder:
             annotations=annotations,
         )
         return config_bytes, manifest.canonical()
+
+    def _annotations(self, base_name: str, base_digest: str | None, index: FileIndex) -> dict:
+        """The manifest's (and an index's) annotations."""
+        annotations = {
+            oci_mt.CREATED: _iso(created_time(self.source)),
+            mt.CONTRACT: mt.CONTRACT_VERSION,
+            mt.SOURCE: self.source.uri,
+            mt.SIZE: str(index.total_size),
+            mt.FILE_COUNT: str(len(index.files)),
+            mt.INDEX_DIGEST: index.digest(),
+            mt.BASE_NAME: base_name,
+        }
+        extra = getattr(self.source, "annotations", None)
+        if extra is not None:  # e.g. the MLflow run id
+            annotations.update(extra())
+        if base_digest:
+            annotations[mt.BASE_DIGEST] = base_digest
+            annotations[oci_mt.BASE_DIGEST_OCI] = base_digest
+        return annotations
 
     def _check_sizes(self, files: list[SourceFile], base: BaseImage, plan: list[LayerPlan]) -> None:
         """Refuse, before a byte is uploaded, an image whose config or manifest would be

@@ -14,6 +14,8 @@ import typer
 from modelcar.cliutil import new_app, parse_size, run_cli
 from modelcar.contract.client import API_ENV, TOKEN_ENV, ApiClient
 from modelcar.errors import ModelcarError, UsageError
+from modelcar.oci.digest import sha256_bytes
+from modelcar.oci.platform import parse_platform
 from modelcar.oci.reference import parse_ref
 from modelcar.oci.store import StoreOptions
 
@@ -130,6 +132,15 @@ def build(
     tag: Annotated[
         list[str] | None, typer.Option("--tag", help="Also tag the image TAG (repeatable).")
     ] = None,
+    platform: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--platform",
+            metavar="OS/ARCH",
+            help="Build for these of the base's platforms (repeatable; default: all of a "
+            "multi-platform base's). More than one gives an image index.",
+        ),
+    ] = None,
     json_out: Annotated[
         bool,
         typer.Option(
@@ -215,6 +226,7 @@ def build(
         max_layer_size=layer_limit,
         stat_cache=stat_cache,
         store=_store_options(plain_http, insecure, ca_file, docker_config),
+        platforms=[parse_platform(p) for p in platform] if platform else None,
     )
     progress = Progress(quiet=quiet)
     selection = Selection(include=include or (), exclude=exclude or ())
@@ -281,10 +293,22 @@ def base_create(
     target: Annotated[
         str, typer.Argument(metavar="TARGET", help="HOST/REPO[:TAG] or oci:PATH[:TAG].")
     ],
-    busybox: Annotated[
-        str | None,
+    platform: Annotated[
+        list[str] | None,
         typer.Option(
-            envvar="MODELCAR_BUSYBOX", help="Static busybox binary (default /bin/busybox)."
+            "--platform",
+            metavar="OS/ARCH",
+            help="Make a multi-platform base (an image index) for these platforms "
+            "(repeatable); each needs its busybox (--busybox OS/ARCH=PATH).",
+        ),
+    ] = None,
+    busybox: Annotated[
+        list[str] | None,
+        typer.Option(
+            envvar="MODELCAR_BUSYBOX",
+            metavar="[OS/ARCH=]PATH",
+            help="Static busybox binary (default /bin/busybox): PATH for this machine's "
+            "platform, OS/ARCH=PATH for another (repeatable).",
         ),
     ] = None,
     plain_http: PlainHttp = False,
@@ -292,23 +316,58 @@ def base_create(
     ca_file: CaFile = None,
     docker_config: DockerConfig = None,
 ) -> None:
-    """Write the default base image (static busybox) to TARGET; print its pinned reference."""
-    from modelcar.builder.base import busybox_base
+    """Write the default base image (static busybox) to TARGET; print its pinned reference.
+
+    With --platform (once per platform), an image index over one busybox image per
+    platform: `modelcar build --base` on it builds every platform over the same model
+    layers. Each binary's ELF machine must match its platform. Reproducible: the same
+    binaries give the same digests.
+    """
+    from modelcar.builder.base import busybox_base, busybox_index
     from modelcar.oci import mediatypes as mt
+    from modelcar.oci.platform import host_platform, platform_str, same_platform
     from modelcar.oci.reference import DEFAULT_TAG
     from modelcar.oci.stores import open_store
 
     ref = parse_ref(target)
-    img = busybox_base(busybox)
+    given: dict[str, str] = {}
+    for item in busybox or []:
+        spec, sep, path = item.partition("=")
+        key = platform_str(parse_platform(spec)) if sep else platform_str(host_platform())
+        given[key] = path if sep else item
+    platforms = [parse_platform(p) for p in platform or []]
+    unused = set(given) - {platform_str(p) for p in platforms} - {platform_str(host_platform())}
+    if unused:
+        raise UsageError(
+            "--busybox for a platform not asked for",
+            subject=", ".join(sorted(unused)),
+            hint="add --platform for it",
+        )
+    for p in platforms:
+        if platform_str(p) not in given and not same_platform(p, host_platform()):
+            raise UsageError(
+                f"no busybox for {platform_str(p)}",
+                hint=f"give one: --busybox {platform_str(p)}=PATH (Debian: apt-get download "
+                f"busybox-static:{p.architecture}, then dpkg-deb -x)",
+            )
     store = open_store(
         ref, _store_options(plain_http, insecure, ca_file, docker_config), create=True
     )
-    for digest, data in img.blobs.items():
-        if not store.has_blob(digest):
-            store.put_blob(digest, len(data), functools.partial(list, [data]))
-    assert img.manifest_bytes is not None
-    digest = store.put_manifest(img.manifest_bytes, mt.OCI_MANIFEST, img.digest or "")
-    store.put_manifest(img.manifest_bytes, mt.OCI_MANIFEST, ref.tag or DEFAULT_TAG)
+    if not platforms:
+        img = busybox_base(given.get(platform_str(host_platform())))
+        images, top, media_type = [img], img.manifest_bytes, mt.OCI_MANIFEST
+    else:
+        bases = busybox_index([(p, given.get(platform_str(p))) for p in platforms])
+        images, top, media_type = bases.images, bases.index_bytes, mt.OCI_INDEX
+    for img in images:
+        for digest, data in img.blobs.items():
+            if not store.has_blob(digest):
+                store.put_blob(digest, len(data), functools.partial(list, [data]))
+        assert img.manifest_bytes is not None and img.digest is not None
+        store.put_manifest(img.manifest_bytes, mt.OCI_MANIFEST, img.digest)
+    assert top is not None
+    digest = store.put_manifest(top, media_type, sha256_bytes(top))
+    store.put_manifest(top, media_type, ref.tag or DEFAULT_TAG)
     typer.echo(str(ref.pinned(digest)))
 
 
@@ -345,10 +404,11 @@ def verify(
     """Download every blob again and check each layer digest and each file's sha256."""
     from modelcar.builder.inspect import verify_image
 
-    n_layers, n_files = verify_image(
+    n_layers, n_files, platforms = verify_image(
         parse_ref(ref), _store_options(plain_http, insecure, ca_file, docker_config)
     )
-    typer.echo(f"ok: {n_layers} layers and {n_files} files verified")
+    on = f" for {', '.join(platforms)}" if platforms else ""
+    typer.echo(f"ok: {n_layers} layers and {n_files} files verified{on}")
 
 
 @app.command()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from modelcar.errors import DigestMismatch
+from modelcar.errors import DigestMismatch, ImageFormatError
 from modelcar.format import keys as mt
 from modelcar.format.fileindex import FileEntry, file_index_from_config
 from modelcar.format.image import load_model_image
@@ -12,6 +12,7 @@ from modelcar.format.layer import read_model_layer
 from modelcar.oci import mediatypes as oci_mt
 from modelcar.oci.digest import HashingReader
 from modelcar.oci.manifest import load_json, parse_index, parse_manifest
+from modelcar.oci.platform import platform_str
 from modelcar.oci.reference import Ref
 from modelcar.oci.store import ImageStore, StoreOptions
 from modelcar.oci.stores import open_store
@@ -49,17 +50,21 @@ def _load(ref: Ref, options: StoreOptions):
 def describe(ref: Ref, options: StoreOptions) -> ImageInfo:
     store, fetched = _load(ref, options)
     pinned = str(ref.pinned(fetched.digest))
+    platforms: list[str] = []
+    data = fetched.data
     if fetched.media_type in oci_mt.INDEX_TYPES:
-        image_index = parse_index(fetched.data)
-        plats = [
-            f"{d.platform.os}/{d.platform.architecture}"
-            for d in image_index.manifests
-            if d.platform
-        ]
-        return ImageInfo(
-            reference=pinned, digest=fetched.digest, media_type=fetched.media_type, platforms=plats
-        )
-    manifest = parse_manifest(fetched.data)
+        try:  # a multi-platform modelcar: its model, as this machine's platform has it
+            image = load_model_image(store, ref)
+        except ImageFormatError as e:
+            if "file index" not in e.message:
+                raise  # a modelcar whose platforms differ, …
+            image_index = parse_index(fetched.data)  # another image: its platforms only
+            plats = [platform_str(d.platform) for d in image_index.manifests if d.platform]
+            return ImageInfo(reference=pinned, digest=fetched.digest,
+                             media_type=fetched.media_type, platforms=plats)  # fmt: skip
+        platforms = list(image.platforms)
+        data = image.manifest.canonical()
+    manifest = parse_manifest(data)
     config = load_json(store.read_blob(manifest.config.digest), "image config")
     index = file_index_from_config(config)
     ann = manifest.annotations or {}
@@ -82,6 +87,7 @@ def describe(ref: Ref, options: StoreOptions) -> ImageInfo:
         base=ann.get(mt.BASE_NAME),
         size=index.total_size if index else None,
         annotations=ann,
+        platforms=platforms,
         layers=layers,
         files=index.files if index else [],
     )
@@ -93,6 +99,7 @@ def render(info: ImageInfo) -> str:
     lines = [f"reference  {info.reference}", f"type       {info.media_type}"]
     if info.platforms:
         lines.append("platforms  " + ", ".join(info.platforms))
+    if info.platforms and not info.layers:
         return "\n".join(lines)
     ann = info.annotations
     for label, value in (
@@ -125,14 +132,23 @@ def _verify_plain_blob(store: ImageStore, digest: str) -> None:
         raise DigestMismatch(f"layer digest mismatch (got {r.digest})", subject=digest)
 
 
-def verify_image(ref: Ref, options: StoreOptions) -> tuple[int, int]:
+def verify_image(ref: Ref, options: StoreOptions) -> tuple[int, int, list[str]]:
+    """Every blob read again: the layers' digests, the files' sha256 (each layer once,
+    for every platform of an index); the layers and files verified, the platforms."""
     store = open_store(ref, options)
     image = load_model_image(store, ref)
-    manifest, index = image.manifest, image.index
+    index = image.index
+    manifests = [image.manifest]
+    if image.platforms:  # the base layers differ per platform; the model layers do not
+        manifests = [parse_manifest(store.get_manifest(d).data) for d in image.platforms.values()]
     expected = {f.path: f for f in index.files}
     seen: set[str] = set()
     model_layers = {d.digest for d in image.model_layers}
-    for desc in manifest.layers:
+    done: set[str] = set()
+    for desc in (d for m in manifests for d in m.layers):
+        if desc.digest in done:
+            continue
+        done.add(desc.digest)
         if desc.digest in model_layers:
             with store.open_blob(desc.digest) as f:
                 seen |= read_model_layer(f, desc.digest, expected)
@@ -143,4 +159,4 @@ def verify_image(ref: Ref, options: StoreOptions) -> tuple[int, int]:
         raise DigestMismatch(
             "files in the index are missing from the layers", subject=", ".join(missing[:5])
         )
-    return len(manifest.layers), len(seen)
+    return len(done), len(seen), list(image.platforms)

@@ -133,3 +133,27 @@ def podman():
     from harness.pods import Podman
 
     return Podman()
+
+
+@pytest.fixture(scope="session")
+def arm64_busybox() -> Path:
+    """Debian's static busybox for arm64 (fetched with apt once, kept under .image/)."""
+    from harness.debs import foreign_package
+
+    return (
+        foreign_package("busybox-static", "arm64", ROOT / ".image" / "arm64-busybox")
+        / "bin"
+        / "busybox"
+    )
+
+
+@pytest.fixture(scope="session")
+def multiarch_base(registry, arm64_busybox) -> str:
+    """A linux/amd64 + linux/arm64 busybox base in the session registry (an index)."""
+    from tests.helpers import run_cli
+
+    return run_cli(
+        "base", "create", f"{registry.host}/base/busybox:multi", "--plain-http",
+        "--platform", "linux/amd64", "--platform", "linux/arm64",
+        "--busybox", f"linux/arm64={arm64_busybox}",
+    ).last_line  # fmt: skip

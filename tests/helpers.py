@@ -154,11 +154,15 @@ def error_of(r: httpx.Response) -> dict:
 # --- independent tools -------------------------------------------------------------
 
 
-def unpack_with_umoci(ref: str, work: Path) -> Path:
+def unpack_with_umoci(ref: str, work: Path, arch: str | None = None) -> Path:
+    """skopeo copies the image (``arch``'s, of an index), umoci unpacks it: the rootfs."""
+    work.mkdir(parents=True, exist_ok=True)
     layout = work / "layout"
+    override = ["--override-arch", arch] if arch else []
     subprocess.run(
         [
             "skopeo",
+            *override,
             "copy",
             "--src-tls-verify=false",
             "--preserve-digests",

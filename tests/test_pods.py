@@ -61,8 +61,13 @@ def model_dir(root: Path, big: int = 0) -> Path:
 
 
 @pytest.fixture(scope="module")
-def node(tmp_path_factory) -> Node:
-    return Node(tmp_path_factory.mktemp("node-a"))
+def node(podman, tmp_path_factory):
+    yield Node(tmp_path_factory.mktemp("node-a"))
+    # the modelcars the pods pulled from the test registries (vfs: each a full copy)
+    pulled = podman("images", "--format", "{{.ID}} {{.Repository}}").stdout.splitlines()
+    ids = [line.split()[0] for line in pulled if line.split()[1].startswith("127.0.0.1:")]
+    if ids:
+        podman("rmi", "-f", *ids, check=False)
 
 
 def run_pod(podman, node, pod, work, container, **kw) -> tuple[int, str]:
@@ -89,9 +94,10 @@ def server_pod(name: str, command: list[str], sums_text: str, **container) -> di
 
 
 @pytest.fixture(scope="module")
-def kserve_model(registry, tmp_path_factory) -> str:
+def kserve_model(registry, multiarch_base, tmp_path_factory) -> str:
+    """A multi-platform modelcar (amd64 + arm64): podman runs its amd64 variant."""
     model = model_dir(tmp_path_factory.mktemp("kserve") / "m")
-    return build(model, f"{registry.host}/kserve/m", "--plain-http")
+    return build(model, f"{registry.host}/kserve/m", "--plain-http", "--base", multiarch_base)
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)

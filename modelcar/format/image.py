@@ -1,8 +1,12 @@
-"""Fetch a modelcar's manifest, config and file index, each checked against its digest."""
+"""Fetch a modelcar's manifest, config and file index, each checked against its digest.
+
+A multi-platform modelcar is an image index whose manifests differ only in their base:
+every one must carry the same model layers and file index, or it is refused.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from modelcar.errors import DigestMismatch, ImageFormatError
 from modelcar.format.fileindex import (
@@ -16,8 +20,10 @@ from modelcar.oci.manifest import (
     Descriptor,
     Manifest,
     load_json,
+    parse_index,
     parse_manifest,
 )
+from modelcar.oci.platform import host_platform, is_runnable, platform_str, same_platform
 from modelcar.oci.reference import Ref
 from modelcar.oci.store import ImageStore
 
@@ -29,6 +35,9 @@ class ModelImage:
     index: FileIndex
     #: The layers the file index names, in manifest order (base layers are not here).
     model_layers: list[Descriptor]
+    #: An index's platforms (``linux/arm64``, …), its manifests' digests alike; empty
+    #: for a single manifest. ``manifest`` is then this machine's platform's, or the first.
+    platforms: dict[str, str] = field(default_factory=dict)
 
     @property
     def files(self) -> dict[str, FileEntry]:
@@ -37,6 +46,9 @@ class ModelImage:
     @property
     def size(self) -> int:
         return sum(f.size for f in self.index.files)
+
+
+MAX_PLATFORMS = 64
 
 
 def load_model_image(store: ImageStore, ref: Ref) -> ModelImage:
@@ -48,20 +60,54 @@ def load_model_image(store: ImageStore, ref: Ref) -> ModelImage:
             f"manifest does not match the pinned digest (got {actual})", subject=str(ref)
         )
     if fetched.media_type in mt.INDEX_TYPES:
-        raise ImageFormatError(
-            "expected a single-platform modelcar image, got an image index",
-            subject=str(ref),
-            hint="pin one of its manifests by digest",
-        )
-    manifest = parse_manifest(fetched.data)
+        return _load_index(store, ref, fetched.data, actual)
+    return _load_manifest(store, str(ref), fetched.data, actual)
+
+
+def _load_index(store: ImageStore, ref: Ref, data: bytes, digest: str) -> ModelImage:
+    children = [d for d in parse_index(data).manifests if is_runnable(d.platform)]
+    if not children:
+        raise ImageFormatError("image index lists no platform images", subject=str(ref))
+    if len(children) > MAX_PLATFORMS:
+        raise ImageFormatError(f"image index lists over {MAX_PLATFORMS} platforms",
+                               subject=str(ref))  # fmt: skip
+    images = {}
+    for d in children:
+        name = platform_str(d.platform)  # type: ignore[arg-type]  # is_runnable: not None
+        child = store.get_manifest(d.digest)
+        if sha256_bytes(child.data) != d.digest:
+            raise DigestMismatch("a platform manifest does not match its digest",
+                                 subject=f"{ref}: {name}")  # fmt: skip
+        images[name] = (d, _load_manifest(store, f"{ref} ({name})", child.data, d.digest))
+    first = next(iter(images.values()))[1]
+    for name, (_, image) in images.items():
+        if image.index.digest() != first.index.digest() or [
+            (d.digest, d.size) for d in image.model_layers
+        ] != [(d.digest, d.size) for d in first.model_layers]:
+            raise ImageFormatError(
+                "platform variants differ in model content",
+                subject=f"{ref}: {name}",
+                hint="every platform's manifest must carry the same model layers and file index",
+            )
+    host = host_platform()
+    chosen = next((img for d, img in images.values() if same_platform(d.platform, host)), first)  # type: ignore[arg-type]  # is_runnable: not None
+    return ModelImage(
+        digest=digest, manifest=chosen.manifest, index=chosen.index,
+        model_layers=chosen.model_layers,
+        platforms={name: img.digest for name, (_, img) in images.items()},
+    )  # fmt: skip
+
+
+def _load_manifest(store: ImageStore, subject: str, data: bytes, digest: str) -> ModelImage:
+    manifest = parse_manifest(data)
     config_bytes = store.read_blob(manifest.config.digest)
     if sha256_bytes(config_bytes) != manifest.config.digest:
-        raise DigestMismatch("image config does not match its digest", subject=str(ref))
+        raise DigestMismatch("image config does not match its digest", subject=subject)
     index = file_index_from_config(load_json(config_bytes, "image config"))
     if index is None:
         raise ImageFormatError(
             "image has no modelcar file index",
-            subject=str(ref),
+            subject=subject,
             hint="it was not built by modelcar build",
         )
     named = {f.layer for f in index.files}
@@ -70,6 +116,6 @@ def load_model_image(store: ImageStore, ref: Ref) -> ModelImage:
     if missing:
         raise ImageFormatError(
             "the file index names layers the manifest does not have",
-            subject=f"{ref}: {sorted(missing)[0]}",
+            subject=f"{subject}: {sorted(missing)[0]}",
         )
-    return ModelImage(digest=actual, manifest=manifest, index=index, model_layers=layers)
+    return ModelImage(digest=digest, manifest=manifest, index=index, model_layers=layers)
