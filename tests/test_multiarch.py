@@ -217,3 +217,42 @@ def test_warm_cri_pulls_the_nodes_platform_of_the_index_and_pins_it(registry, bu
             warmer.close()
     finally:
         runtime.stop()
+
+
+def test_an_oci_layout_target_holds_the_index_and_rebuilds_send_nothing_new(
+    multiarch_base, model, tmp_path
+):
+    layout = tmp_path / "layout"
+    first = json.loads(run_cli("build", str(model), f"oci:{layout}:v1", "--plain-http", "--json",
+                               "--base", multiarch_base, "--large-file-threshold", "1MiB",
+                               ).stdout.splitlines()[-2])  # fmt: skip
+    again = json.loads(run_cli("build", str(model), f"oci:{layout}:v1", "--plain-http", "--json",
+                               "--base", multiarch_base, "--large-file-threshold", "1MiB",
+                               ).stdout.splitlines()[-2])  # fmt: skip
+    assert again["digest"] == first["digest"] and again["bytes_uploaded"] < 10_000
+    raw = subprocess.run(["skopeo", "inspect", "--raw", f"oci:{layout}:v1"], capture_output=True,
+                         text=True, check=True).stdout  # fmt: skip
+    assert [m["platform"]["architecture"] for m in json.loads(raw)["manifests"]] == [
+        "amd64", "arm64"
+    ]  # fmt: skip
+    copied = tmp_path / "arm64"
+    subprocess.run(["skopeo", "--override-arch", "arm64", "copy", f"oci:{layout}:v1",
+                    f"oci:{copied}:img"], capture_output=True, check=True)  # fmt: skip
+    subprocess.run(["umoci", "unpack", "--image", f"{copied}:img", str(tmp_path / "bundle")],
+                   capture_output=True, check=True)  # fmt: skip
+    rootfs = tmp_path / "bundle" / "rootfs"
+    assert tree(rootfs / "models") == tree(model)
+    assert elf_machine(rootfs / "bin" / "busybox") == "arm64"
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_the_api_registers_and_resolves_the_index_digest(api, registry, multiarch_base, model):
+    env = {"MODELCAR_API_TOKEN": api.token("publish", "ci")}
+    r = run_cli("build", str(model), f"{registry.host}/multi/registered", "--plain-http",
+                "--base", multiarch_base, "--api", api.url, "--alias", "prod", env=env)  # fmt: skip
+    assert "registered registered:1" in r.stderr
+    answer = api.client(api.admin).get("/v1/resolve/registered@prod").json()
+    assert answer["image"] == r.last_line and answer["file_count"] == 4
+    fetched = httpx.get(f"http://{registry.host}/v2/multi/registered/manifests/{answer['digest']}",
+                        headers=INDEX)  # fmt: skip
+    assert fetched.headers["content-type"] == INDEX["Accept"]
