@@ -199,6 +199,11 @@ class Cluster:
         self.played.append(path)
         return path
 
+    def down(self, path: Path) -> None:
+        """Stop and remove a pod this test played (its node's files stay)."""
+        self.podman.down(path)
+        self.played.remove(path)
+
     def exec(self, container: str, *args: str) -> str:
         return self.podman("exec", container, *args).stdout.strip()
 
@@ -292,8 +297,7 @@ def test_the_charts_cache_pod_publishes_a_model_a_server_pod_mounts(cluster, reg
         owner = published.stat()
         assert (owner.st_uid, owner.st_gid) == (65532, 65532)  # the init container's chown
     finally:
-        cluster.podman.down(daemon)
-        cluster.played.remove(daemon)
+        cluster.down(daemon)
 
     # the API knows the node holds it; a server pod mounts what mode=hostpath answers
     answer = cluster.client.get("/v1/resolve/m:1", params={"mode": "hostpath"}).json()
@@ -341,7 +345,7 @@ def test_sigterm_mid_pull_stops_the_daemon_in_its_grace_period_and_it_resumes(
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     secret = {"mc-modelcar-node-token": {"token": cluster.node_token}}
-    cluster.play(pod, secrets=secret)
+    played = cluster.play(pod, secrets=secret)
     container = "mc-slow-cache"
     try:
         deadline = time.monotonic() + 120
@@ -370,6 +374,7 @@ def test_sigterm_mid_pull_stops_the_daemon_in_its_grace_period_and_it_resumes(
     finally:
         watching.set()
         watcher.join(timeout=5)
+        cluster.down(played)  # one daemon per node (and per status port)
     assert not partial, partial
     for path, size in sizes.items():
         assert (target / path).stat().st_size == size
@@ -400,8 +405,7 @@ def test_the_cache_pod_pulls_from_a_private_registry_with_its_mounted_secret_and
         wait_http(f"http://127.0.0.1:{cluster.metrics_port}/readyz", timeout=120)
     finally:
         logs = cluster.podman.logs("mc-private-cache")
-        cluster.podman.down(played)
-        cluster.played.remove(played)
+        cluster.down(played)
     digest = pinned.split("@")[1]
     assert [e["digest"] for e in daemon_log_events(logs) if e["event"] == "ready"] == [digest]
     published = cluster.node.path(f"/var/lib/modelcar/models/sha256-{digest[7:]}")
