@@ -9,13 +9,9 @@ from typing import TextIO
 
 from rich.progress import TaskID
 
+from modelcar.cliutil import human
 
-def human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"  # pragma: no cover
+__all__ = ["Progress", "human"]
 
 
 class Progress:

@@ -79,6 +79,16 @@ class CacheDir:
             self.state.reset_interrupted()
         return self
 
+    @classmethod
+    def reader(cls, root: str | Path) -> CacheDir:
+        """A read-only view beside the daemon that owns the dir: no lock taken, the
+        state read through its own read-only connection, nothing written."""
+        cache = cls(root)
+        if not (cache.root / "state.db").is_file():
+            raise UsageError("not a cache dir (no state.db)", subject=str(cache.root))
+        cache.state = StateDB(cache.root / "state.db", readonly=True)
+        return cache
+
     def close(self) -> None:
         if self.state:
             self.state.close()

@@ -12,17 +12,21 @@ import logging
 import os
 import signal
 import sys
+import time
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from modelcar.cache_daemon import control
 from modelcar.cache_daemon.cachedir import CacheDir
+from modelcar.cache_daemon.control import ControlServer
 from modelcar.cache_daemon.evict import Budget, Evictor
-from modelcar.cache_daemon.pull import Puller, PullOptions, pinned
-from modelcar.cliutil import new_app, parse_size, run_cli
+from modelcar.cache_daemon.pull import Puller, PullOptions, PullResult, pinned
+from modelcar.cliutil import human, new_app, parse_size, run_cli
 from modelcar.contract.client import API_ENV, TOKEN_ENV, TOKEN_FILE_ENV, ApiClient
 from modelcar.contract.nodecache import DEFAULT_CACHE_ROOT
-from modelcar.errors import UsageError
+from modelcar.errors import DigestMismatch, UsageError
 from modelcar.http.body import Progress
 from modelcar.oci.store import StoreOptions
 
@@ -254,10 +258,12 @@ def run(
             host, _, port = listen.rpartition(":")
             server = StatusServer(host or "0.0.0.0", int(port), metrics, daemon.ready).start()
             logging.getLogger("modelcar.cache").info("status on %s:%d", host, server.port)
+        control = ControlServer(cache.root, daemon.control, daemon.events).start()
         signal.signal(signal.SIGTERM, lambda *_: daemon.stop())
         try:
             daemon.run(once=once)
         finally:
+            control.stop()
             if server:
                 server.stop()
 
@@ -281,9 +287,19 @@ def pull(
     insecure: Insecure = False,
     ca_file: CaFile = None,
 ) -> None:
-    """Pull one pinned model in the foreground; print the published directory last."""
+    """Pull one pinned model in the foreground; print the published directory last.
+
+    With a daemon running on the cache dir, the daemon pulls it (with its own options)
+    and this waits for the result."""
     pinned(ref)
     _setup_logging(not quiet)
+    answer = control.request(Path(cache_dir), "pull", ref=ref)
+    if answer is not None:
+        done = PullResult.model_validate(answer)
+        if json_out:
+            typer.echo(done.model_dump_json())
+        typer.echo(done.path)
+        return
     with CacheDir(cache_dir) as cache:
         evictor = Evictor(cache, _budget(max_bytes, max_percent), set)
         options = _pull_options(
@@ -304,17 +320,89 @@ def pull(
     typer.echo(result.path)
 
 
+def _reader(cache_dir: str) -> CacheDir:
+    return CacheDir.reader(cache_dir)
+
+
+def _ago(ts: float) -> str:
+    if not ts:
+        return "never"
+    s = max(0, time.time() - ts)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= size:
+            return f"{s / size:.0f}{unit} ago"
+    return f"{s:.0f}s ago"
+
+
 @app.command("ls")
 def list_models(cache_dir: CacheRoot = DEFAULT_CACHE_ROOT, json_out: JsonOut = False) -> None:
-    """List the models in a cache dir and their state."""
-    with CacheDir(cache_dir) as cache:
+    """List the models in a cache dir: state, size, last use, and (with a daemon
+    running) whether it is assigned. Reads only; works beside the daemon."""
+    status = control.request(Path(cache_dir), "status", timeout=10)
+    assigned = set(status["assigned"]) if status else None
+    cache = _reader(cache_dir)
+    try:
         records = cache.db.all()
+    finally:
+        cache.close()
     for r in records:
+        flag = None if assigned is None else r.digest in assigned
         if json_out:
-            typer.echo(json.dumps(r.__dict__))
+            typer.echo(json.dumps({**r.__dict__, "assigned": flag}))
         else:
+            mark = {None: "?", True: "assigned", False: "-"}[flag]
             err = f"  {r.error}" if r.error else ""
-            typer.echo(f"{r.digest}  {r.state:8} {r.size:>14}  {r.image}{err}")
+            typer.echo(f"{r.digest}  {r.state:8} {r.size:>14}  {_ago(r.last_used):>9}  "
+                       f"{mark:8}  {r.image}{err}")  # fmt: skip
+
+
+@app.command()
+def status(cache_dir: CacheRoot = DEFAULT_CACHE_ROOT, json_out: JsonOut = False) -> None:
+    """What the running daemon is doing now: each pull (bytes, rate, ETA, source), the
+    last error per model, the disk budget."""
+    answer = control.request(Path(cache_dir), "status", timeout=10)
+    if answer is None:
+        raise UsageError("no daemon is running on this cache dir", subject=str(cache_dir),
+                         hint="`modelcar-cache ls` reads the cache without one")  # fmt: skip
+    if json_out:
+        typer.echo(json.dumps(answer, sort_keys=True))
+        return
+    disk = answer["disk"]
+    disk_use = (f"{human(disk['used_bytes'])} used of a {human(disk['budget_bytes'])} budget "
+                f"({human(disk['capacity_bytes'])} disk)")  # fmt: skip
+    assigned = len(answer["assigned"])
+    typer.echo(f"node {answer['node']} (daemon pid {answer['pid']}), cache "
+               f"{answer['cache_dir']}: {disk_use}, {assigned} assigned")  # fmt: skip
+    for p in answer["pulls"]:
+        total = p["bytes_total"]
+        pct = 100 * p["bytes_done"] / total if total else 0.0
+        eta = f"ETA {p['eta_seconds']}s" if p["eta_seconds"] is not None else "ETA ?"
+        typer.echo(f"pulling {p['digest'][:19]}  {p['model']}  {human(p['bytes_done'])} of "
+                   f"{human(p['bytes_total'])} ({pct:.0f}%)  {human(p['rate'])}/s  {eta}  "
+                   f"from {p['source']}")  # fmt: skip
+    if not answer["pulls"]:
+        typer.echo("no pull in progress")
+    for digest, error in sorted(answer["errors"].items()):
+        typer.echo(f"error   {digest[:19]}  {error}")
+
+
+@app.command()
+def events(
+    cache_dir: CacheRoot = DEFAULT_CACHE_ROOT,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new events as they happen.")
+    ] = False,
+) -> None:
+    """The running daemon's state changes (pulling, ready, failed, evicted, …) as JSON
+    lines: the recent ones, then with --follow each new one."""
+    lines = control.events(Path(cache_dir), follow)
+    if lines is None:
+        raise UsageError("no daemon is running on this cache dir", subject=str(cache_dir))
+    try:
+        for line in lines:
+            typer.echo(line)
+    except KeyboardInterrupt:
+        return
 
 
 @app.command()
@@ -326,9 +414,21 @@ def gc(
         list[str] | None, typer.Option(help="Pinned REF never to evict (repeatable).")
     ] = None,
 ) -> None:
-    """Evict least recently used models over the budget; remove leftover partial pulls."""
+    """Evict least recently used models over the budget; remove leftover partial pulls.
+
+    With a daemon running on the cache dir, the daemon does it: by its own budget, or
+    down to --max-bytes/--max-percent once; its assigned models and pulls are kept."""
     _setup_logging()
     keep_digests = {pinned(k).digest or "" for k in keep or []}
+    answer = control.request(
+        Path(cache_dir), "gc", keep=sorted(keep_digests),
+        max_bytes=parse_size(max_bytes) if max_bytes else None, max_percent=max_percent,
+    )  # fmt: skip
+    if answer is not None:
+        for digest in answer["evicted"]:
+            typer.echo(digest)
+        typer.echo(f"evicted {len(answer['evicted'])} models (by the running daemon)", err=True)
+        return
     with CacheDir(cache_dir) as cache:
         for digest in cache.staged():
             cache.remove_staging(digest)
@@ -343,21 +443,54 @@ def verify(
         list[str] | None, typer.Argument(metavar="[DIGEST]...", help="Default: every model.")
     ] = None,
     cache_dir: CacheRoot = DEFAULT_CACHE_ROOT,
+    quarantine: Annotated[
+        bool,
+        typer.Option(
+            "--quarantine",
+            help="Move a corrupt model to quarantine/ (done by the daemon when one runs).",
+        ),
+    ] = False,
 ) -> None:
-    """Re-hash published models against their file index; exit 1 if any differ."""
+    """Re-hash published models against their file index; exit 1 if any differ.
+    Reads only, beside the daemon too, unless --quarantine."""
     from modelcar.cache_daemon.scrub import check_model
 
-    bad = 0
-    with CacheDir(cache_dir) as cache:
-        targets = digests or cache.published()
-        for digest in targets:
-            if not cache.is_published(digest):
-                raise UsageError("no such published model in the cache", subject=digest)
-            problems = check_model(cache, digest)
-            typer.echo(f"{digest}  {'ok' if not problems else 'CORRUPT: ' + problems[0]}")
-            bad += bool(problems)
-    if bad:
-        raise UsageError(f"{bad} of {len(targets)} models differ from their file index")
+    results: list[dict] = []
+    answer = control.request(Path(cache_dir), "verify", digests=digests or [],
+                             quarantine=True) if quarantine else None  # fmt: skip
+    if answer is not None:
+        results = answer
+    elif quarantine:
+        with CacheDir(cache_dir) as cache:
+            for digest in _targets(cache, digests):
+                problems = check_model(cache, digest)
+                moved = str(cache.quarantine(digest)) if problems else None
+                if problems:
+                    cache.db.set(digest, state="failed", error=f"corrupt: {problems[0]}")
+                results.append({"digest": digest, "problems": problems, "quarantined": moved})
+    else:
+        cache = _reader(cache_dir)
+        try:
+            for digest in _targets(cache, digests):
+                results.append({"digest": digest, "problems": check_model(cache, digest),
+                                "quarantined": None})  # fmt: skip
+        finally:
+            cache.close()
+    for r in results:
+        verdict = "ok" if not r["problems"] else "CORRUPT: " + r["problems"][0]
+        moved = f" (moved to {r['quarantined']})" if r["quarantined"] else ""
+        typer.echo(f"{r['digest']}  {verdict}{moved}")
+    bad = sum(bool(r["problems"]) for r in results)
+    if bad:  # exit 1, as a corrupt layer does
+        raise DigestMismatch(f"{bad} of {len(results)} models differ from their file index")
+
+
+def _targets(cache: CacheDir, digests: list[str] | None) -> list[str]:
+    targets = digests or cache.published()
+    for digest in targets:
+        if not cache.is_published(digest):
+            raise UsageError("no such published model in the cache", subject=digest)
+    return targets
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,22 +1,29 @@
-"""The loop: desired state -> pulls -> eviction -> scrub -> report, every interval."""
+"""The loop: desired state -> pulls -> eviction -> scrub -> report, every interval.
+
+Beside it, the control socket's requests (``status``, ``gc``, ``pull``, ``verify``) run
+here too, so the daemon stays the only writer of its cache dir.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from modelcar.cache_daemon.blobstream import RateLimiter
 from modelcar.cache_daemon.cachedir import CacheDir
+from modelcar.cache_daemon.control import ControlError, Events
 from modelcar.cache_daemon.cri import RuntimeWarmer
 from modelcar.cache_daemon.desired import ApiSource, StaticSource, Wanted
 from modelcar.cache_daemon.evict import Budget, Evictor
 from modelcar.cache_daemon.metrics import Metrics
 from modelcar.cache_daemon.nodelabels import OURS, NodeLabeller
-from modelcar.cache_daemon.pull import Puller, PullOptions, PullStopped
-from modelcar.cache_daemon.scrub import scrub
+from modelcar.cache_daemon.pull import Puller, PullOptions, PullResult, PullStopped, pinned
+from modelcar.cache_daemon.scrub import check_model, scrub
 from modelcar.contract import wire as wire
 from modelcar.contract.client import ApiClient
 from modelcar.errors import ModelcarError
@@ -24,9 +31,42 @@ from modelcar.errors import ModelcarError
 log = logging.getLogger("modelcar.cache")
 
 
-def event(what: str, **fields: object) -> None:
-    """One structured line per state change."""
-    log.info("%s", json.dumps({"event": what, **fields}, sort_keys=True))
+def event(what: str, **fields: object) -> str:
+    """One structured line per state change (logged; returned for the control socket)."""
+    line = json.dumps({"event": what, "time": round(time.time(), 3), **fields}, sort_keys=True)
+    log.info("%s", line)
+    return line
+
+
+@dataclass
+class _Pulling:
+    """A pull in progress, for ``status``: its bytes, and a rate over the last samples."""
+
+    image: str
+    model: str
+    started: float
+    done: int = 0
+    total: int = 0
+    samples: list[tuple[float, int]] = field(default_factory=list)
+
+    def update(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        self.done, self.total = done, total
+        self.samples = [(t, d) for t, d in self.samples if now - t < 10.0] + [(now, done)]
+
+    def view(self, digest: str) -> dict[str, object]:
+        rate = 0.0
+        if len(self.samples) > 1:
+            (t0, d0), (t1, d1) = self.samples[0], self.samples[-1]
+            rate = (d1 - d0) / (t1 - t0) if t1 > t0 else 0.0
+        left = max(0, self.total - self.done)
+        return {
+            "digest": digest, "image": self.image, "model": self.model,
+            "bytes_done": self.done, "bytes_total": self.total, "rate": round(rate),
+            "eta_seconds": round(left / rate) if rate > 0 else None,
+            "source": self.image.split("/", 1)[0],
+            "seconds": round(time.monotonic() - self.started, 1),
+        }  # fmt: skip
 
 
 @dataclass
@@ -63,10 +103,12 @@ class Daemon:
         self._assigned: set[str] = set()
         self.evictor = Evictor(cache, options.budget, lambda: self._assigned, self._evicted)
         self._stop = threading.Event()
+        self.events = Events()
+        self._pulling: dict[str, _Pulling] = {}
+        self._evict_lock = threading.Lock()  # the loop's make_room and a control gc
         self.puller = Puller(
-            cache, options.pull, make_room=self.evictor.make_room,
-            on_progress=lambda d, done, total: self._maybe_report(), metrics=self.metrics,
-            stop=self._stop,
+            cache, options.pull, make_room=self._make_room, on_progress=self._progress,
+            metrics=self.metrics, stop=self._stop,
         )  # fmt: skip
         self._scrub_limiter = RateLimiter(options.scrub_rate)
         self._scrubbed: dict[str, float] = {}
@@ -83,6 +125,18 @@ class Daemon:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def _event(self, what: str, **fields: object) -> None:
+        self.events.publish(event(what, **fields))
+
+    def _make_room(self, digest: str, need: int) -> None:
+        with self._evict_lock:
+            self.evictor.make_room(digest, need)
+
+    def _progress(self, digest: str, done: int, total: int) -> None:
+        if (p := self._pulling.get(digest)) is not None:
+            p.update(done, total)
+        self._maybe_report()
 
     def ready(self) -> bool:
         return all(self.cache.is_published(w.digest) for w in self.wanted)
@@ -106,7 +160,7 @@ class Daemon:
                 return
             self._ensure(w)
         for digest in self.evictor.collect():
-            event("evicted", digest=digest)
+            self._event("evicted", digest=digest)
         self._scrub_one()
         self._update_gauges()
         if self.labeller:
@@ -114,27 +168,110 @@ class Daemon:
         self.report()
 
     def _ensure(self, w: Wanted) -> None:
+        if w.digest in self._pulling:
+            return  # a control request is pulling it right now
         db = self.cache.db
         if self.puller.present(w.digest):
             db.set(w.digest, image=w.image, state="ready", error=None, used=True)
             self._warm(w)
             return
-        event("pulling", digest=w.digest, image=w.image, model=w.label)
+        self._event("pulling", digest=w.digest, image=w.image, model=w.label)
         self.report()
         try:
-            result = self.puller.pull(w.image)
+            result = self._pull(w.image, w.label)
         except PullStopped:
-            event("stopped", digest=w.digest, model=w.label)
+            self._event("stopped", digest=w.digest, model=w.label)
             return
         except ModelcarError as e:
-            event("failed", digest=w.digest, model=w.label, error=e.one_line())
+            self._event("failed", digest=w.digest, model=w.label, error=e.one_line())
             return
-        event(
+        self._event(
             "ready", digest=w.digest, model=w.label, seconds=round(result.seconds, 2),
             fetched=result.bytes_fetched,
         )  # fmt: skip
         self._warm(w)
         self.report()
+
+    def _pull(self, image: str, label: str) -> PullResult:
+        digest = pinned(image).digest or ""
+        with self._evict_lock:
+            if digest in self._pulling:
+                raise ControlError("the daemon is pulling this model already", subject=image)
+            self._pulling[digest] = _Pulling(image, label, time.monotonic())
+        try:
+            return self.puller.pull(image)
+        finally:
+            self._pulling.pop(digest, None)
+
+    # --- the control socket ------------------------------------------------------
+
+    def control(self, op: str, args: dict[str, Any]) -> Any:
+        """One control request (see control.py), run by the daemon itself."""
+        if op == "status":
+            return self.live_status()
+        if op == "gc":
+            budget = self.options.budget
+            if args.get("max_bytes") is not None or args.get("max_percent") is not None:
+                # a one-off budget: down to it, not between watermarks
+                budget = Budget(max_bytes=args.get("max_bytes"),
+                                max_percent=args.get("max_percent"), high=1.0, low=1.0)  # fmt: skip
+            keep = set(args.get("keep") or [])
+            evictor = Evictor(self.cache, budget, lambda: self._assigned | keep, self._evicted)
+            with self._evict_lock:
+                evicted = evictor.collect()
+            self._drop_stale_staging()
+            self._update_gauges()
+            self.report()
+            return {"evicted": evicted}
+        if op == "pull":
+            ref = args.get("ref")
+            if not isinstance(ref, str):
+                raise ControlError('pull needs {"ref": "REPO@sha256:…"}')
+            self._event("pulling", digest=pinned(ref).digest, image=ref, model="(requested)")
+            result = self._pull(ref, "(requested)")
+            self._event("ready", digest=result.digest, model="(requested)",
+                        seconds=round(result.seconds, 2), fetched=result.bytes_fetched)  # fmt: skip
+            self.report()
+            return result.model_dump()
+        if op == "verify":
+            return self._verify(args.get("digests") or [], bool(args.get("quarantine")))
+        raise ControlError(f"unknown control request {op!r}",
+                           hint="status, gc, pull, verify or events")  # fmt: skip
+
+    def _verify(self, digests: list[str], quarantine: bool) -> list[dict[str, Any]]:
+        results = []
+        for digest in digests or self.cache.published():
+            if not isinstance(digest, str) or not self.cache.is_published(digest):
+                raise ControlError("no such published model in the cache", subject=str(digest))
+            problems = check_model(self.cache, digest)
+            moved = None
+            if problems and quarantine:
+                moved = str(self.cache.quarantine(digest))
+                self.cache.db.set(digest, state="failed", error=f"corrupt: {problems[0]}")
+                self.metrics.verify_failed()
+                self._event("quarantined", digest=digest, problem=problems[0])
+            results.append({"digest": digest, "problems": problems, "quarantined": moved})
+        if any(r["quarantined"] for r in results):
+            self.report()
+        return results
+
+    def live_status(self) -> dict[str, Any]:
+        """What the daemon is doing now, for ``modelcar-cache status`` and ``ls``."""
+        capacity, _free = self.cache.filesystem()
+        used = self.evictor.used()
+        return {
+            "node": self.options.node,
+            "pid": os.getpid(),
+            "cache_dir": str(self.cache.root),
+            "pulls": [p.view(d) for d, p in list(self._pulling.items())],
+            "assigned": sorted(self._assigned),
+            "errors": {r.digest: r.error for r in self.cache.db.all() if r.error},
+            "disk": {
+                "used_bytes": used,
+                "budget_bytes": self.options.budget.limit(self.cache, used),
+                "capacity_bytes": capacity,
+            },
+        }
 
     def _warm(self, w: Wanted) -> None:
         """With --warm-cri: the runtime pulls the image too, and pins it (once per process)."""
@@ -143,15 +280,15 @@ class Daemon:
         try:
             self.warmer.warm(w.image)
         except ModelcarError as e:
-            event("warm-failed", digest=w.digest, error=e.one_line())
+            self._event("warm-failed", digest=w.digest, error=e.one_line())
             return
         self._warmed.add(w.digest)
-        event("warmed", digest=w.digest, image=w.image)
+        self._event("warmed", digest=w.digest, image=w.image)
 
     def _drop_stale_staging(self) -> None:
         """Partial pulls of models no longer wanted are removed; wanted ones resume."""
         for digest in self.cache.staged():
-            if digest not in self._assigned:
+            if digest not in self._assigned and digest not in self._pulling:
                 self.cache.remove_staging(digest)
                 self.puller.drop_journals(digest)
                 self.cache.db.clear_layers(digest)
@@ -167,7 +304,7 @@ class Daemon:
             problems = scrub(self.cache, digest, self._scrub_limiter)
             if problems:
                 self.metrics.verify_failed()
-                event("quarantined", digest=digest, problem=problems[0])
+                self._event("quarantined", digest=digest, problem=problems[0])
                 wanted = next((w for w in self.wanted if w.digest == digest), None)
                 if wanted:
                     self._ensure(wanted)  # pull it again, now
@@ -175,7 +312,7 @@ class Daemon:
 
     def _evicted(self, digest: str, size: int) -> None:
         self.metrics.evictions.inc()
-        event("evicted", digest=digest, bytes=size)
+        self._event("evicted", digest=digest, bytes=size)
 
     def _update_gauges(self) -> None:
         records = self.cache.db.all()

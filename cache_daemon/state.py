@@ -48,12 +48,24 @@ class ModelRecord:
 class StateDB:
     """Thread-safe: one connection, one lock (writes are tiny and rare)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, *, readonly: bool = False):
+        """``readonly``: a reader beside the daemon (WAL: it never blocks the writer)."""
+        self._lock = threading.Lock()
+        if readonly:
+            try:
+                uri = f"file:{path}?mode=ro"
+                self._conn = sqlite3.connect(
+                    uri, uri=True, check_same_thread=False, isolation_level=None
+                )
+                self._conn.execute("PRAGMA query_only=ON")
+                self._conn.execute("SELECT 1 FROM models LIMIT 1")
+            except sqlite3.Error as e:
+                raise ModelcarError("cannot read the cache state", subject=f"{path}: {e}") from None
+            return
         self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.executescript(SCHEMA)
-        self._lock = threading.Lock()
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:

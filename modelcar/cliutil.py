@@ -16,6 +16,15 @@ for _i, _p in enumerate("KMGT", start=1):
     _UNITS |= {_p: 1000**_i, f"{_p}B": 1000**_i, f"{_p}I": 1024**_i, f"{_p}IB": 1024**_i}
 
 
+def human(n: float) -> str:
+    """A byte count for people: ``1.5 GiB``."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
 def parse_size(text: str) -> int:
     """``64MiB`` → 67108864; ``2G`` → 2000000000; a bare number is bytes."""
     m = _SIZE_RE.match(text)

@@ -243,8 +243,11 @@ def test_one_daemon_per_cache_dir(tmp_path):
         while not (cache / ".lock").exists() or not (cache / ".lock").read_text().strip():
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        busy = cache_cli("ls", "--cache-dir", str(cache), check=False)
-        assert_one_line_error(busy, "in use", str(holder.pid))
+        second = cache_cli("run", "--node", "n", "--cache-dir", str(cache), "--config",
+                           str(config), "--once", "--listen", "", check=False)  # fmt: skip
+        assert_one_line_error(second, "in use", str(holder.pid))
+        # a second writer is refused; reading beside the daemon is fine
+        assert cache_cli("ls", "--cache-dir", str(cache)).code == 0
     finally:
         holder.send_signal(signal.SIGTERM)
         holder.communicate(timeout=30)
