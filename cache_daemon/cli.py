@@ -338,6 +338,9 @@ def _ago(ts: float) -> str:
 def list_models(cache_dir: CacheRoot = DEFAULT_CACHE_ROOT, json_out: JsonOut = False) -> None:
     """List the models in a cache dir: state, size, last use, and (with a daemon
     running) whether it is assigned. Reads only; works beside the daemon."""
+    if not (Path(cache_dir) / "state.db").is_file():
+        typer.echo(f"no models: {cache_dir} holds no cache (yet)", err=True)
+        return
     status = control.request(Path(cache_dir), "status", timeout=10)
     assigned = set(status["assigned"]) if status else None
     cache = _reader(cache_dir)
