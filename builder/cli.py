@@ -141,6 +141,13 @@ def build(
             "multi-platform base's). More than one gives an image index.",
         ),
     ] = None,
+    sign_key: Annotated[
+        str | None,
+        typer.Option(
+            metavar="KEY",
+            help="Sign the image (cosign's layout) with this private key: a PEM file or env://VAR.",
+        ),
+    ] = None,
     json_out: Annotated[
         bool,
         typer.Option(
@@ -228,6 +235,11 @@ def build(
         store=_store_options(plain_http, insecure, ca_file, docker_config),
         platforms=[parse_platform(p) for p in platform] if platform else None,
     )
+    private = None
+    if sign_key:  # a bad key fails before anything is built
+        from modelcar.trust import keys
+
+        private = keys.load_private_key(sign_key)
     progress = Progress(quiet=quiet)
     selection = Selection(include=include or (), exclude=exclude or ())
     src = open_source(
@@ -247,6 +259,13 @@ def build(
             f"{record.bytes_uploaded / mib:.1f} MiB sent, "
             f"{record.bytes_skipped / mib:.1f} MiB already there"
         )
+    if private is not None:
+        from modelcar.oci.stores import open_store
+        from modelcar.trust import cosign
+
+        store = open_store(target_ref, options.store)
+        cosign.sign_image(store, target_ref, record.digest, private)
+        progress.log(f"signed {record.digest} with {keys.key_id(private)}")
     if json_out:
         typer.echo(record.model_dump_json())
     if api:
@@ -396,19 +415,104 @@ def verify(
     ref: Annotated[
         str, typer.Argument(metavar="REF", help="An image reference, registry or oci:.")
     ],
+    key: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--key",
+            metavar="PUB",
+            help="Also require a signature by this public key (PEM file or env://VAR; "
+            "repeatable: any one of them).",
+        ),
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="What was checked, as JSON.")] = False,
     plain_http: PlainHttp = False,
     insecure: Insecure = False,
     ca_file: CaFile = None,
     docker_config: DockerConfig = None,
 ) -> None:
-    """Download every blob again and check each layer digest and each file's sha256."""
-    from modelcar.builder.inspect import verify_image
+    """Download every blob again and check each layer digest and each file's sha256;
+    with --key, first the image's cosign signature."""
+    import json
 
-    n_layers, n_files, platforms = verify_image(
-        parse_ref(ref), _store_options(plain_http, insecure, ca_file, docker_config)
-    )
+    from modelcar.builder.inspect import verify_image
+    from modelcar.oci.stores import open_store
+    from modelcar.trust import cosign, keys
+
+    image_ref = parse_ref(ref)
+    options = _store_options(plain_http, insecure, ca_file, docker_config)
+    signed = None
+    if key:
+        public = [keys.load_public_key(k) for k in key]
+        store = open_store(image_ref, options)
+        digest = image_ref.digest or store.get_manifest(image_ref.reference).digest
+        signed = cosign.verify_image(store, image_ref, digest, public)
+    n_layers, n_files, platforms = verify_image(image_ref, options)
+    if json_out:
+        typer.echo(json.dumps({
+            "reference": ref, "layers": n_layers, "files": n_files, "platforms": platforms,
+            "signature": signed.__dict__ if signed else None,
+        }))  # fmt: skip
+        return
     on = f" for {', '.join(platforms)}" if platforms else ""
-    typer.echo(f"ok: {n_layers} layers and {n_files} files verified{on}")
+    by = f"; signed by {signed.key_id}" if signed else ""
+    typer.echo(f"ok: {n_layers} layers and {n_files} files verified{on}{by}")
+
+
+@app.command()
+def sign(
+    ref: Annotated[str, typer.Argument(metavar="REF", help="The image: REPO:TAG or REPO@sha256:…")],
+    key: Annotated[
+        str,
+        typer.Option(
+            "--key",
+            metavar="KEY",
+            help="ECDSA P-256 private key: a PEM file or env://VAR (encrypted: "
+            "$MODELCAR_KEY_PASSWORD).",
+        ),
+    ],
+    plain_http: PlainHttp = False,
+    insecure: Insecure = False,
+    ca_file: CaFile = None,
+    docker_config: DockerConfig = None,
+) -> None:
+    """Sign an image the way cosign does (tag sha256-<hex>.sig in its repository), so
+    `cosign verify --key` and `modelcar verify --key` accept it; print it pinned."""
+    from modelcar.oci.stores import open_store
+    from modelcar.trust import cosign, keys
+
+    private = keys.load_private_key(key)
+    image_ref = parse_ref(ref)
+    store = open_store(image_ref, _store_options(plain_http, insecure, ca_file, docker_config))
+    digest = image_ref.digest or store.get_manifest(image_ref.reference).digest
+    cosign.sign_image(store, image_ref, digest, private)
+    typer.echo(f"signed with {keys.key_id(private)}", err=True)
+    typer.echo(str(image_ref.pinned(digest)))
+
+
+@app.command()
+def keygen(
+    prefix: Annotated[
+        str, typer.Argument(metavar="PREFIX", help="Writes PREFIX.key and PREFIX.pub.")
+    ] = "modelcar",
+) -> None:
+    """Write an ECDSA P-256 key pair for `sign` and `build --sign-key` (PEM, as cosign's);
+    the private key is encrypted with $MODELCAR_KEY_PASSWORD when it is set."""
+    import os
+    from pathlib import Path
+
+    from modelcar.trust import keys
+
+    private_path, public_path = Path(f"{prefix}.key"), Path(f"{prefix}.pub")
+    for path in (private_path, public_path):
+        if path.exists():
+            raise UsageError("will not overwrite a key file", subject=str(path))
+    private, public = keys.generate(os.environ.get(keys.PASSWORD_ENV) or None)
+    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(private)
+    public_path.write_bytes(public)
+    typer.echo(f"private key {private_path} (mode 0600), public key {public_path}", err=True)
+    typer.echo(str(public_path))
 
 
 @app.command()

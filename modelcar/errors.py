@@ -95,6 +95,13 @@ class UnsafeArchive(ImageFormatError):
     default_hint = "the layer is corrupt or hostile; it was not extracted"
 
 
+class SignatureError(ModelcarError):
+    """An image is unsigned, or no signature verifies with the keys given."""
+
+    code = "signature"
+    default_hint = "sign it with `modelcar sign REF --key KEY`, or check the public key"
+
+
 # --- storage / transport ---------------------------------------------------
 
 

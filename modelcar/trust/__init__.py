@@ -1,0 +1,1 @@
+"""Signatures over modelcars: keys, and the cosign layout."""
