@@ -293,6 +293,11 @@ def test_the_charts_cache_pod_publishes_a_model_a_server_pod_mounts(cluster, reg
         assert (published / "config.json").is_file()
         logs = cluster.podman.logs("mc-cache-cache")
         assert "node labels: skipped (no Kubernetes API here" in logs, logs
+        # as NOTES.txt says: exec into the daemon's container and ask it (its own uid)
+        status = json.loads(cluster.exec("mc-cache-cache", "modelcar-cache", "status", "--json"))
+        assert status["node"] == cluster.node.name and digest in status["assigned"]
+        listed = cluster.exec("mc-cache-cache", "modelcar-cache", "ls")
+        assert digest in listed and "ready" in listed and "assigned" in listed
         assert [e["digest"] for e in daemon_log_events(logs) if e["event"] == "ready"] == [digest]
         owner = published.stat()
         assert (owner.st_uid, owner.st_gid) == (65532, 65532)  # the init container's chown
