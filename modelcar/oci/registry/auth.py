@@ -43,6 +43,7 @@ import httpx
 
 from modelcar.errors import AuthenticationFailed, RegistryUnreachable, TransientRegistryError
 from modelcar.http.body import MAX_TOKEN_BYTES, read_body
+from modelcar.http.client import new_client
 
 
 @dataclass(frozen=True)
@@ -414,7 +415,7 @@ class RegistryAuth(httpx.Auth):
         headers = {"Authorization": creds.basic()} if creds else {}
         try:
             with (
-                httpx.Client(verify=self.verify, timeout=self.timeout) as c,
+                new_client(verify=self.verify, timeout=self.timeout) as c,
                 c.stream("GET", realm, params=query, headers=headers) as r,
             ):
                 status = r.status_code
