@@ -456,27 +456,19 @@ def verify(
 ) -> None:
     """Re-hash published models against their file index; exit 1 if any differ.
     Reads only, beside the daemon too, unless --quarantine."""
-    from modelcar.cache_daemon.scrub import check_model
+    from modelcar.cache_daemon.scrub import verify_models
 
-    results: list[dict] = []
     answer = control.request(Path(cache_dir), "verify", digests=digests or [],
                              quarantine=True) if quarantine else None  # fmt: skip
     if answer is not None:
         results = answer
     elif quarantine:
         with CacheDir(cache_dir) as cache:
-            for digest in _targets(cache, digests):
-                problems = check_model(cache, digest)
-                moved = str(cache.quarantine(digest)) if problems else None
-                if problems:
-                    cache.db.set(digest, state="failed", error=f"corrupt: {problems[0]}")
-                results.append({"digest": digest, "problems": problems, "quarantined": moved})
+            results = verify_models(cache, digests or [], quarantine=True)
     else:
         cache = _reader(cache_dir)
         try:
-            for digest in _targets(cache, digests):
-                results.append({"digest": digest, "problems": check_model(cache, digest),
-                                "quarantined": None})  # fmt: skip
+            results = verify_models(cache, digests or [], quarantine=False)
         finally:
             cache.close()
     for r in results:
@@ -486,14 +478,6 @@ def verify(
     bad = sum(bool(r["problems"]) for r in results)
     if bad:  # exit 1, as a corrupt layer does
         raise DigestMismatch(f"{bad} of {len(results)} models differ from their file index")
-
-
-def _targets(cache: CacheDir, digests: list[str] | None) -> list[str]:
-    targets = digests or cache.published()
-    for digest in targets:
-        if not cache.is_published(digest):
-            raise UsageError("no such published model in the cache", subject=digest)
-    return targets
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -23,7 +23,7 @@ from modelcar.cache_daemon.evict import Budget, Evictor
 from modelcar.cache_daemon.metrics import Metrics
 from modelcar.cache_daemon.nodelabels import OURS, NodeLabeller
 from modelcar.cache_daemon.pull import Puller, PullOptions, PullResult, PullStopped, pinned
-from modelcar.cache_daemon.scrub import check_model, scrub
+from modelcar.cache_daemon.scrub import scrub, verify_models
 from modelcar.contract import wire as wire
 from modelcar.contract.client import ApiClient
 from modelcar.errors import ModelcarError
@@ -239,18 +239,11 @@ class Daemon:
                            hint="status, gc, pull, verify or events")  # fmt: skip
 
     def _verify(self, digests: list[str], quarantine: bool) -> list[dict[str, Any]]:
-        results = []
-        for digest in digests or self.cache.published():
-            if not isinstance(digest, str) or not self.cache.is_published(digest):
-                raise ControlError("no such published model in the cache", subject=str(digest))
-            problems = check_model(self.cache, digest)
-            moved = None
-            if problems and quarantine:
-                moved = str(self.cache.quarantine(digest))
-                self.cache.db.set(digest, state="failed", error=f"corrupt: {problems[0]}")
+        results = verify_models(self.cache, digests, quarantine=quarantine)
+        for r in results:
+            if r["quarantined"]:
                 self.metrics.verify_failed()
-                self._event("quarantined", digest=digest, problem=problems[0])
-            results.append({"digest": digest, "problems": problems, "quarantined": moved})
+                self._event("quarantined", digest=r["digest"], problem=r["problems"][0])
         if any(r["quarantined"] for r in results):
             self.report()
         return results
@@ -301,7 +294,7 @@ class Daemon:
             if now - self._scrubbed.get(digest, 0.0) < self.options.scrub_every:
                 continue
             self._scrubbed[digest] = now
-            problems = scrub(self.cache, digest, self._scrub_limiter)
+            problems = scrub(self.cache, digest, self._scrub_limiter)["problems"]
             if problems:
                 self.metrics.verify_failed()
                 self._event("quarantined", digest=digest, problem=problems[0])

@@ -6,9 +6,11 @@ import hashlib
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 from modelcar.cache_daemon.blobstream import RateLimiter
 from modelcar.cache_daemon.cachedir import CacheDir
+from modelcar.errors import UsageError
 from modelcar.oci.digest import CHUNK
 
 log = logging.getLogger("modelcar.cache")
@@ -50,11 +52,25 @@ def check_model(cache: CacheDir, digest: str, limiter: RateLimiter | None = None
     return problems
 
 
-def scrub(cache: CacheDir, digest: str, limiter: RateLimiter | None = None) -> list[str]:
-    """Check one model; quarantine it (out of models/, never served) if it is corrupt."""
+def scrub(
+    cache: CacheDir, digest: str, limiter: RateLimiter | None = None, *, quarantine: bool = True
+) -> dict[str, Any]:
+    """Check one model; with ``quarantine``, move it out of models/ (never served) if it
+    is corrupt. ``{"digest", "problems", "quarantined": where or None}``."""
     problems = check_model(cache, digest, limiter)
-    if problems:
-        where = cache.quarantine(digest)
+    where = None
+    if problems and quarantine:
+        where = str(cache.quarantine(digest))
         cache.db.set(digest, state="failed", error=f"corrupted, quarantined: {problems[0]}")
         log.warning("quarantined %s to %s: %s", digest[:19], where, "; ".join(problems[:3]))
-    return problems
+    return {"digest": digest, "problems": problems, "quarantined": where}
+
+
+def verify_models(cache: CacheDir, digests: list[str], *, quarantine: bool) -> list[dict[str, Any]]:
+    """``scrub`` each of ``digests`` (default: every published model), all named ones
+    checked to be published first."""
+    targets = digests or cache.published()
+    for digest in targets:
+        if not isinstance(digest, str) or not cache.is_published(digest):
+            raise UsageError("no such published model in the cache", subject=str(digest))
+    return [scrub(cache, digest, quarantine=quarantine) for digest in targets]
