@@ -51,7 +51,6 @@ def describe(ref: Ref, options: StoreOptions) -> ImageInfo:
     store, fetched = _load(ref, options)
     pinned = str(ref.pinned(fetched.digest))
     platforms: list[str] = []
-    data = fetched.data
     if fetched.media_type in oci_mt.INDEX_TYPES:
         try:  # a multi-platform modelcar: its model, as this machine's platform has it
             image = load_model_image(store, ref)
@@ -62,9 +61,10 @@ def describe(ref: Ref, options: StoreOptions) -> ImageInfo:
             plats = [platform_str(d.platform) for d in image_index.manifests if d.platform]
             return ImageInfo(reference=pinned, digest=fetched.digest,
                              media_type=fetched.media_type, platforms=plats)  # fmt: skip
-        platforms = list(image.platforms)
-        data = image.manifest.canonical()
-    manifest = parse_manifest(data)
+        platforms = image.platforms
+        manifest = image.manifest
+    else:
+        manifest = parse_manifest(fetched.data)
     config = load_json(store.read_blob(manifest.config.digest), "image config")
     index = file_index_from_config(config)
     ann = manifest.annotations or {}
@@ -138,9 +138,8 @@ def verify_image(ref: Ref, options: StoreOptions) -> tuple[int, int, list[str]]:
     store = open_store(ref, options)
     image = load_model_image(store, ref)
     index = image.index
-    manifests = [image.manifest]
-    if image.platforms:  # the base layers differ per platform; the model layers do not
-        manifests = [parse_manifest(store.get_manifest(d).data) for d in image.platforms.values()]
+    # the base layers differ per platform; the model layers do not
+    manifests = [v.manifest for v in image.variants.values()] or [image.manifest]
     expected = {f.path: f for f in index.files}
     seen: set[str] = set()
     model_layers = {d.digest for d in image.model_layers}
@@ -159,4 +158,4 @@ def verify_image(ref: Ref, options: StoreOptions) -> tuple[int, int, list[str]]:
         raise DigestMismatch(
             "files in the index are missing from the layers", subject=", ".join(missing[:5])
         )
-    return len(done), len(seen), list(image.platforms)
+    return len(done), len(seen), image.platforms

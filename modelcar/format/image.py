@@ -35,9 +35,14 @@ class ModelImage:
     index: FileIndex
     #: The layers the file index names, in manifest order (base layers are not here).
     model_layers: list[Descriptor]
-    #: An index's platforms (``linux/arm64``, …), its manifests' digests alike; empty
-    #: for a single manifest. ``manifest`` is then this machine's platform's, or the first.
-    platforms: dict[str, str] = field(default_factory=dict)
+    #: An index's images by platform (``linux/arm64``, …), their model content alike;
+    #: empty for a single manifest. ``manifest`` is then this machine's platform's, or
+    #: the first's.
+    variants: dict[str, ModelImage] = field(default_factory=dict)
+
+    @property
+    def platforms(self) -> list[str]:
+        return list(self.variants)
 
     @property
     def files(self) -> dict[str, FileEntry]:
@@ -94,7 +99,7 @@ def _load_index(store: ImageStore, ref: Ref, data: bytes, digest: str) -> ModelI
     return ModelImage(
         digest=digest, manifest=chosen.manifest, index=chosen.index,
         model_layers=chosen.model_layers,
-        platforms={name: img.digest for name, (_, img) in images.items()},
+        variants={name: img for name, (_, img) in images.items()},
     )  # fmt: skip
 
 
