@@ -88,6 +88,9 @@ class BuildRecord(BaseModel):
     #: One manifest per platform, under an index, when there is more than one.
     platforms: list[str]
     index_digest: str
+    #: Wall-clock start and end (UTC), for provenance; ``seconds`` is measured monotonic.
+    started: str = ""
+    finished: str = ""
     seconds: float
     bytes_uploaded: int
     bytes_skipped: int
@@ -99,6 +102,10 @@ class _LayerResult:
     file_digests: dict[str, str]
     uploaded: int
     skipped: int
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _iso(ts: int) -> str:
@@ -307,6 +314,7 @@ class Builder:
 
     def run(self) -> BuildRecord:
         started = time.monotonic()
+        started_on = _now()
         files = self.source.files()
         if not files:
             raise SourceEmpty("source has no files to package", subject=self.source.uri)
@@ -419,6 +427,8 @@ class Builder:
             base_digest=bases.digest,
             platforms=bases.platforms,
             index_digest=index.digest(),
+            started=started_on,
+            finished=_now(),
             seconds=round(time.monotonic() - started, 3),
             bytes_uploaded=uploaded,
             bytes_skipped=sum(r.skipped for r in results),

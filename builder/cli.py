@@ -260,12 +260,12 @@ def build(
             f"{record.bytes_skipped / mib:.1f} MiB already there"
         )
     if private is not None:
-        from modelcar.oci.stores import open_store
-        from modelcar.trust import cosign
+        from modelcar.builder.signing import sign_build
 
-        store = open_store(target_ref, options.store)
-        cosign.sign_image(store, target_ref, record.digest, private)
-        progress.log(f"signed {record.digest} with {keys.key_id(private)}")
+        attached = sign_build(target_ref, record, private, src, selection, options)
+        progress.log(
+            f"signed {record.digest} with {keys.key_id(private)}; attested: {', '.join(attached)}"
+        )
     if json_out:
         typer.echo(record.model_dump_json())
     if api:
@@ -421,7 +421,16 @@ def verify(
             "--key",
             metavar="PUB",
             help="Also require a signature by this public key (PEM file or env://VAR; "
-            "repeatable: any one of them).",
+            "repeatable: any one of them), and check the attestations it signed.",
+        ),
+    ] = None,
+    require_source: Annotated[
+        str | None,
+        typer.Option(
+            "--require-provenance-source",
+            metavar="PREFIX",
+            help="Require SLSA provenance, signed by --key, naming a source under PREFIX "
+            "(e.g. hf://acme/).",
         ),
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="What was checked, as JSON.")] = False,
@@ -431,30 +440,39 @@ def verify(
     docker_config: DockerConfig = None,
 ) -> None:
     """Download every blob again and check each layer digest and each file's sha256;
-    with --key, first the image's cosign signature."""
+    with --key, first the image's cosign signature and its signed attestations
+    (SLSA provenance, the model-signing bundle)."""
     import json
 
     from modelcar.builder.inspect import verify_image
+    from modelcar.format.image import load_model_image
     from modelcar.oci.stores import open_store
-    from modelcar.trust import cosign, keys
+    from modelcar.trust import attest, cosign, keys
 
+    if require_source is not None and not key:
+        raise UsageError("--require-provenance-source needs --key PUB")
     image_ref = parse_ref(ref)
     options = _store_options(plain_http, insecure, ca_file, docker_config)
-    signed = None
+    signed = attested = None
     if key:
         public = [keys.load_public_key(k) for k in key]
         store = open_store(image_ref, options)
         digest = image_ref.digest or store.get_manifest(image_ref.reference).digest
         signed = cosign.verify_image(store, image_ref, digest, public)
+        image = load_model_image(store, image_ref.pinned(digest))
+        attested = attest.verify(store, image_ref, digest, public, image.index, require_source)
     n_layers, n_files, platforms = verify_image(image_ref, options)
     if json_out:
         typer.echo(json.dumps({
             "reference": ref, "layers": n_layers, "files": n_files, "platforms": platforms,
             "signature": signed.__dict__ if signed else None,
+            "attestations": attested.as_dict() if attested else None,
         }))  # fmt: skip
         return
     on = f" for {', '.join(platforms)}" if platforms else ""
     by = f"; signed by {signed.key_id}" if signed else ""
+    if attested and attested.provenance_source:
+        by += f"; provenance: {attested.provenance_source}"
     typer.echo(f"ok: {n_layers} layers and {n_files} files verified{on}{by}")
 
 
@@ -476,15 +494,20 @@ def sign(
     docker_config: DockerConfig = None,
 ) -> None:
     """Sign an image the way cosign does (tag sha256-<hex>.sig in its repository), so
-    `cosign verify --key` and `modelcar verify --key` accept it; print it pinned."""
+    `cosign verify --key` and `modelcar verify --key` accept it, and attach a
+    model-signing bundle of its files; print it pinned. (Provenance is attached by
+    `build --sign-key`, which knows how the image was made.)"""
+    from modelcar.format.image import load_model_image
     from modelcar.oci.stores import open_store
-    from modelcar.trust import cosign, keys
+    from modelcar.trust import attest, cosign, keys
 
     private = keys.load_private_key(key)
     image_ref = parse_ref(ref)
     store = open_store(image_ref, _store_options(plain_http, insecure, ca_file, docker_config))
     digest = image_ref.digest or store.get_manifest(image_ref.reference).digest
+    image = load_model_image(store, image_ref.pinned(digest))
     cosign.sign_image(store, image_ref, digest, private)
+    attest.attach(store, image_ref, attest.subject_of(store, digest), private, image.index, None)
     typer.echo(f"signed with {keys.key_id(private)}", err=True)
     typer.echo(str(image_ref.pinned(digest)))
 

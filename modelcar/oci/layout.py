@@ -170,6 +170,9 @@ class OCILayout:
             raise NotFound("tag not in layout", subject=f"{self.ref.name}:{reference}")
         return desc
 
+    def referrers(self, digest: str) -> bytes | None:
+        return None  # no referrers API: the tag schema's sha256-<hex> index serves
+
     def get_manifest(self, reference: str) -> FetchedManifest:
         desc = self.resolve(reference)
         data = self.read_blob(desc.digest, MAX_MANIFEST_BYTES)

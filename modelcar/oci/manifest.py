@@ -42,8 +42,11 @@ class Descriptor(JsonModel):
 class Manifest(JsonModel):
     schemaVersion: int = 2
     mediaType: str = mt.OCI_MANIFEST
+    artifactType: str | None = None
     config: Descriptor
     layers: list[Descriptor]
+    #: OCI 1.1: the manifest this one refers to (an attestation's image).
+    subject: Descriptor | None = None
     annotations: dict[str, str] | None = None
 
 

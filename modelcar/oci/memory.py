@@ -69,6 +69,9 @@ class MemoryStore:
             raise ResponseTooLarge(f"blob is larger than the {human_limit(max_size)} limit")
         return data
 
+    def referrers(self, digest: str) -> bytes | None:
+        return None  # no referrers API: the tag schema's sha256-<hex> index serves
+
     def get_manifest(self, reference: str) -> FetchedManifest:
         digest = reference if reference.startswith("sha256:") else self.tags.get(reference)
         data = self.manifests.get(digest or "")

@@ -59,6 +59,11 @@ class ImageStore(Protocol):
         """Make ``digest`` present without sending it, if ``source`` allows; True if done."""
         ...
 
+    def referrers(self, digest: str) -> bytes | None:
+        """The OCI 1.1 referrers API's index of the manifests whose subject is ``digest``,
+        or None where there is no such API (a layout, an older registry)."""
+        ...
+
 
 @dataclass
 class StoreOptions:

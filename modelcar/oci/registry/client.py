@@ -255,6 +255,28 @@ class Repository:
 
         return self._retry(get)
 
+    def referrers(self, digest: str) -> bytes | None:
+        """``GET /v2/<name>/referrers/<digest>``; None when the registry has no such API
+        (404, or an answer that is not an image index, as Distribution 2.8 gives)."""
+        what = f"{self.ref.name}@{digest} referrers"
+
+        def get() -> bytes | None:
+            r = self.request(
+                "GET",
+                f"/v2/{self.ref.repository}/referrers/{digest}",
+                headers={"Accept": mt.OCI_INDEX},
+                what=what,
+                limit=MAX_MANIFEST_BYTES,
+            )
+            if r.status_code in (404, 405):
+                return None
+            check(r, what)
+            if not r.headers.get("Content-Type", "").startswith(mt.OCI_INDEX):
+                return None
+            return r.content
+
+        return self._retry(get)
+
     def head_manifest(self, reference: str) -> str | None:
         """The digest a tag points to, or None if there is no such manifest."""
 

@@ -1,0 +1,169 @@
+"""Attestations of a modelcar, pushed as OCI 1.1 referrers of its manifest:
+
+- SLSA Provenance v1, an in-toto Statement in a DSSE envelope
+  (artifact type ``application/vnd.dsse.envelope.v1+json``);
+- an OpenSSF Model Signing bundle over its files (``…sigstore.bundle.v0.3+json``).
+
+Checking them reads the referrers, their manifests and one small blob each; a referrer
+of the wrong subject, a missing blob, a broken envelope or another image's statement
+is refused outright, while a valid envelope by a key not asked for is passed over.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from modelcar.errors import ModelcarError, NotFound, SignatureError
+from modelcar.format.fileindex import FileIndex
+from modelcar.oci import referrers
+from modelcar.oci.digest import hex_of
+from modelcar.oci.manifest import Descriptor, canonical_json, parse_manifest
+from modelcar.oci.reference import Ref
+from modelcar.oci.store import ImageStore
+from modelcar.trust import dsse, keys, modelsig, provenance
+
+DSSE_MEDIA_TYPE = "application/vnd.dsse.envelope.v1+json"
+PREDICATE_ANNOTATION = "in-toto.io/predicate-type"
+MAX_ATTESTATION = 32 << 20
+KINDS = {DSSE_MEDIA_TYPE, modelsig.BUNDLE_MEDIA_TYPE}
+
+
+def attach(
+    store: ImageStore,
+    ref: Ref,
+    subject: Descriptor,
+    key: ec.EllipticCurvePrivateKey,
+    index: FileIndex,
+    facts: provenance.BuildFacts | None,
+) -> list[str]:
+    """Push the model-signing bundle and, when ``facts`` are given, SLSA provenance;
+    the predicate types attached."""
+    name = str(ref.name)
+    attached = []
+    if facts is not None:
+        statement = dsse.statement(
+            provenance.subject(name, subject.digest),
+            provenance.PREDICATE_TYPE,
+            provenance.predicate(facts),
+        )
+        envelope = canonical_json(dsse.seal(statement, key, keys.key_id(key)))
+        referrers.attach(store, subject, DSSE_MEDIA_TYPE, envelope,
+                         {PREDICATE_ANNOTATION: provenance.PREDICATE_TYPE})  # fmt: skip
+        attached.append(provenance.PREDICATE_TYPE)
+    bundle = modelsig.bundle(name, index, key)
+    referrers.attach(store, subject, modelsig.BUNDLE_MEDIA_TYPE, bundle,
+                     {PREDICATE_ANNOTATION: modelsig.PREDICATE_TYPE})  # fmt: skip
+    attached.append(modelsig.PREDICATE_TYPE)
+    return attached
+
+
+@dataclass
+class Attested:
+    """What verified: the provenance's source and key, the model signature's key."""
+
+    provenance_source: str | None = None
+    provenance_key: str | None = None
+    builder: str | None = None
+    model_signature_key: str | None = None
+    passed_over: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _envelope(store: ImageStore, described: Descriptor, digest: str, what: str) -> Any:
+    """The artifact's one layer as JSON, after checking the artifact names ``digest``."""
+    try:
+        manifest = parse_manifest(store.get_manifest(described.digest).data)
+    except NotFound:
+        raise SignatureError(f"a referrer that is not in the registry ({described.digest})",
+                             subject=what) from None  # fmt: skip
+    except ModelcarError as e:
+        raise SignatureError(f"an unreadable referrer ({e.message})", subject=what) from None
+    if manifest.subject is None or manifest.subject.digest != digest:
+        named = manifest.subject.digest if manifest.subject else "none"
+        raise SignatureError(f"a referrer whose subject is another image ({named})", subject=what)
+    if len(manifest.layers) != 1 or manifest.layers[0].size > MAX_ATTESTATION:
+        raise SignatureError("a referrer that is not one attestation of at most 32 MiB",
+                             subject=what)  # fmt: skip
+    layer = manifest.layers[0]
+    try:
+        data = store.read_blob(layer.digest, MAX_ATTESTATION)
+    except NotFound:
+        raise SignatureError(f"a referrer names a missing blob ({layer.digest})",
+                             subject=what) from None  # fmt: skip
+    try:
+        return json.loads(data)
+    except ValueError:
+        raise SignatureError("an attestation that is not JSON", subject=what) from None
+
+
+def verify(
+    store: ImageStore,
+    ref: Ref,
+    digest: str,
+    public_keys: list[ec.EllipticCurvePublicKey],
+    index: FileIndex,
+    source_prefix: str | None = None,
+) -> Attested:
+    """Check the image's attestations by ``public_keys``; with ``source_prefix``, one
+    verified provenance must name a source under it."""
+    what = f"{ref.name}@{digest}"
+    found = Attested()
+    for described in referrers.referrers(store, digest):
+        if described.artifactType not in KINDS:
+            continue
+        document = _envelope(store, described, digest, what)
+        envelope = (
+            document.get("dsseEnvelope")
+            if isinstance(document, dict) and (described.artifactType == modelsig.BUNDLE_MEDIA_TYPE)
+            else document
+        )
+        try:
+            claims, signer = dsse.open_envelope(envelope, public_keys, what)
+        except SignatureError as e:
+            if "another key" not in e.message:
+                raise
+            found.passed_over.append(described.digest)
+            continue
+        kind = claims.get("predicateType")
+        if kind == provenance.PREDICATE_TYPE:
+            named = [s.get("digest", {}).get("sha256") for s in claims.get("subject") or []
+                     if isinstance(s, dict)]  # fmt: skip
+            if hex_of(digest) not in named:
+                other = f"sha256:{named[0]}" if named else "none"
+                raise SignatureError(
+                    f"an attestation whose subject is another image ({other})", subject=what
+                )
+            found.provenance_source = provenance.source_of(claims)
+            found.provenance_key = signer
+            found.builder = str(claims["predicate"].get("runDetails", {})
+                                .get("builder", {}).get("id", ""))  # fmt: skip
+        elif kind == modelsig.PREDICATE_TYPE:
+            if not modelsig.matches(claims, index):
+                raise SignatureError("a model signature over other files than the image's",
+                                     subject=what)  # fmt: skip
+            found.model_signature_key = signer
+    if source_prefix is not None:
+        if found.provenance_source is None:
+            raise SignatureError(
+                "no provenance signed by the given key",
+                subject=what,
+                hint="build with --sign-key to attach SLSA provenance",
+            )
+        if not found.provenance_source.startswith(source_prefix):
+            raise SignatureError(
+                f"the provenance names another source ({found.provenance_source}, "
+                f"not under {source_prefix})",
+                subject=what,
+            )
+    return found
+
+
+def subject_of(store: ImageStore, digest: str) -> Descriptor:
+    fetched = store.get_manifest(digest)
+    return Descriptor(mediaType=fetched.media_type, digest=fetched.digest, size=len(fetched.data))
