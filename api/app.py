@@ -16,7 +16,7 @@ from starlette.routing import Match, Route
 from modelcar.api.db.engine import Database
 from modelcar.api.deps import TokenCache
 from modelcar.api.metrics import Metrics, Telemetry
-from modelcar.api.routes import health, models, nodes, resolve, tokens
+from modelcar.api.routes import health, models, nodes, resolve, tokens, trust
 from modelcar.api.settings import Settings
 from modelcar.contract.wire import PATTERN_HELP
 from modelcar.errors import Conflict, DatabaseNotReady, InvalidRequest, ModelcarError
@@ -128,7 +128,7 @@ def create_app(settings: Settings, database: Database | None = None) -> FastAPI:
             DatabaseNotReady("the database is unavailable", hint="try again shortly")
         )
 
-    for module in (models, resolve, nodes, tokens, health):
+    for module in (models, resolve, nodes, trust, tokens, health):
         app.include_router(module.router)
     app.add_middleware(Telemetry, metrics=metrics, max_body=settings.max_body_bytes)
     return app

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
-from modelcar.api import catalog
+from modelcar.api import catalog, trust
 from modelcar.api.db.tables import Model, Node, NodeModel, Policy, utcnow
 from modelcar.contract import wire as wire
 from modelcar.contract.modelref import parse_model_ref
@@ -116,6 +116,8 @@ def put_policy(s: Session, name: str, body: wire.PolicyPut, actor: str) -> Polic
             subject=name,
             hint="register a version of each model before assigning it",
         )
+    if body.verification is not None:
+        trust.check_keys(s, body.verification.keys)
     policy = s.get(Policy, name, with_for_update=True)
     if policy is None:
         policy = Policy(name=name)
@@ -123,6 +125,9 @@ def put_policy(s: Session, name: str, body: wire.PolicyPut, actor: str) -> Polic
     policy.models = list(dict.fromkeys(body.models))
     policy.node_selector = dict(body.node_selector)
     policy.description = body.description
+    policy.verification = (
+        body.verification.model_dump(mode="json") if body.verification is not None else None
+    )
     policy.updated, policy.updated_by = utcnow(), actor
     s.flush()
     return policy
@@ -141,6 +146,7 @@ def policy_out(p: Policy) -> wire.PolicyOut:
         models=p.models,
         node_selector=p.node_selector,
         description=p.description,
+        verification=p.verification,
         updated=p.updated,
         updated_by=p.updated_by,
     )
@@ -158,9 +164,18 @@ def assignments(s: Session, node: str, labels: dict[str, str] | None) -> wire.As
         labels = dict(row.labels) if row else {}
     chosen: dict[str, wire.Assignment] = {}
     unresolved: list[wire.Unresolved] = []
+    pems: dict[str, str] | None = None
     for policy in s.scalars(select(Policy).order_by(Policy.name)):
         if any(labels.get(k) != v for k, v in policy.node_selector.items()):
             continue
+        rule = None
+        if policy.verification:
+            pems = trust.trusted(s) if pems is None else pems
+            v = wire.Verification.model_validate(policy.verification)
+            rule = wire.VerificationRule(
+                policy=policy.name, keys=[pems[k] for k in v.keys if k in pems],
+                require=v.require, source_prefix=v.source_prefix,
+            )  # fmt: skip
         for text in policy.models:
             try:
                 version = catalog.find(s, parse_model_ref(text))
@@ -183,6 +198,8 @@ def assignments(s: Session, node: str, labels: dict[str, str] | None) -> wire.As
                 entry.refs.append(text)
             if policy.name not in entry.policies:
                 entry.policies.append(policy.name)
+                if rule is not None:
+                    entry.verification.append(rule)
     return wire.Assignments(
         node=node, labels=labels, models=list(chosen.values()), unresolved=unresolved
     )

@@ -74,6 +74,12 @@ class LayerRecord(BaseModel):
     uploaded: bool
 
 
+class SigningRecord(BaseModel):
+    key_id: str
+    attestations: list[str]  # predicate types
+    seconds: float
+
+
 class BuildRecord(BaseModel):
     reference: str
     digest: str
@@ -94,6 +100,8 @@ class BuildRecord(BaseModel):
     seconds: float
     bytes_uploaded: int
     bytes_skipped: int
+    #: Filled by `build --sign-key` once the image is signed and attested.
+    signed: SigningRecord | None = None
 
 
 @dataclass

@@ -22,6 +22,7 @@ from modelcar.oci.store import StoreOptions
 if TYPE_CHECKING:
     from modelcar.builder.build import BuildRecord
     from modelcar.builder.progress import Progress
+    from modelcar.trust.cosign import Signature
 
 app = new_app(
     "modelcar",
@@ -259,17 +260,23 @@ def build(
             f"{record.bytes_uploaded / mib:.1f} MiB sent, "
             f"{record.bytes_skipped / mib:.1f} MiB already there"
         )
+    signature = None
     if private is not None:
+        import time
+
+        from modelcar.builder.build import SigningRecord
         from modelcar.builder.signing import sign_build
 
-        attached = sign_build(target_ref, record, private, src, selection, options)
-        progress.log(
-            f"signed {record.digest} with {keys.key_id(private)}; attested: {', '.join(attached)}"
-        )
+        started = time.monotonic()
+        signature, attested = sign_build(target_ref, record, private, src, selection, options)
+        record.signed = SigningRecord(key_id=keys.key_id(private), attestations=attested,
+                                      seconds=round(time.monotonic() - started, 3))  # fmt: skip
+        progress.log(f"signed {record.digest} with {record.signed.key_id} and attested "
+                     f"{', '.join(attested)} in {record.signed.seconds:.2f}s")  # fmt: skip
     if json_out:
         typer.echo(record.model_dump_json())
     if api:
-        _register(api, token, record, model_name, alias, reason, progress)
+        _register(api, token, record, model_name, alias, reason, progress, signature)
     typer.echo(record.reference)
 
 
@@ -289,12 +296,13 @@ def _register(
     alias: str | None,
     reason: str,
     progress: Progress,
+    signature: Signature | None = None,
 ) -> None:
     from modelcar.builder.register import register
 
     try:
         with ApiClient(api, token) as client:
-            version, created = register(client, record, model, alias, reason)
+            version, created = register(client, record, model, alias, reason, signature)
     except ModelcarError as e:
         # The image is built and pushed: say so, then fail with the API's reason.
         typer.echo(record.reference)
@@ -304,7 +312,8 @@ def _register(
         raise
     what = "registered" if created else "already registered as"
     moved = f", {alias} -> {version.version}" if alias else ""
-    progress.log(f"{what} {model}:{version.version}{moved}")
+    signed = f", signed by {', '.join(version.signed_by)}" if version.signed_by else ""
+    progress.log(f"{what} {model}:{version.version}{moved}{signed}")
 
 
 @base_app.command("create")
@@ -492,11 +501,14 @@ def sign(
     insecure: Insecure = False,
     ca_file: CaFile = None,
     docker_config: DockerConfig = None,
+    api: Api = None,
+    token: Token = None,
 ) -> None:
     """Sign an image the way cosign does (tag sha256-<hex>.sig in its repository), so
     `cosign verify --key` and `modelcar verify --key` accept it, and attach a
     model-signing bundle of its files; print it pinned. (Provenance is attached by
-    `build --sign-key`, which knows how the image was made.)"""
+    `build --sign-key`, which knows how the image was made.) With --api, the API
+    records the signature too, for the versions with this digest."""
     from modelcar.format.image import load_model_image
     from modelcar.oci.stores import open_store
     from modelcar.trust import attest, cosign, keys
@@ -506,9 +518,18 @@ def sign(
     store = open_store(image_ref, _store_options(plain_http, insecure, ca_file, docker_config))
     digest = image_ref.digest or store.get_manifest(image_ref.reference).digest
     image = load_model_image(store, image_ref.pinned(digest))
-    cosign.sign_image(store, image_ref, digest, private)
+    signature = cosign.sign_image(store, image_ref, digest, private)
     attest.attach(store, image_ref, attest.subject_of(store, digest), private, image.index, None)
     typer.echo(f"signed with {keys.key_id(private)}", err=True)
+    if api:
+        from modelcar.contract.wire import SignatureCreate
+
+        with ApiClient(api, token) as client:
+            signed = client.add_signature(SignatureCreate(
+                digest=digest, payload=signature.payload.decode(), signature=signature.signature
+            ))  # fmt: skip
+        trusted = ", ".join(signed.signed_by) or "no trusted key yet"
+        typer.echo(f"recorded by the API; signed by {trusted}", err=True)
     typer.echo(str(image_ref.pinned(digest)))
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from modelcar.builder.build import BuildRecord
 from modelcar.contract.client import ApiClient
 from modelcar.contract.modelref import valid_alias, valid_model_name
-from modelcar.contract.wire import VersionCreate, VersionOut
+from modelcar.contract.wire import SignatureCreate, VersionCreate, VersionOut
 from modelcar.errors import UsageError
 from modelcar.oci.reference import Ref
+from modelcar.trust.cosign import Signature
 
 
 def default_model_name(target: Ref) -> str:
@@ -35,7 +36,12 @@ def check_names(model: str, alias: str | None) -> None:
 
 
 def register(
-    client: ApiClient, record: BuildRecord, model: str, alias: str | None, reason: str
+    client: ApiClient,
+    record: BuildRecord,
+    model: str,
+    alias: str | None,
+    reason: str,
+    signature: Signature | None = None,
 ) -> tuple[VersionOut, bool]:
     repository = record.reference.rsplit("@", 1)[0]
     body = VersionCreate(
@@ -48,6 +54,12 @@ def register(
         build=record.model_dump(mode="json"),
     )
     version, created = client.register_version(model, body)
+    if signature is not None:  # before the alias moves: it moves to a signed version
+        signed = client.add_signature(SignatureCreate(
+            digest=record.digest, payload=signature.payload.decode(),
+            signature=signature.signature,
+        ))  # fmt: skip
+        version = version.model_copy(update={"signed_by": signed.signed_by})
     if alias:
         client.move_alias(model, alias, version.version, reason or f"build {record.digest[:19]}")
     return version, created

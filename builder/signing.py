@@ -59,13 +59,13 @@ def sign_build(
     source: Source,
     selection: Selection,
     options: BuildOptions,
-) -> list[str]:
-    """Sign ``record``'s image and attach its attestations; what was attached."""
+) -> tuple[cosign.Signature, list[str]]:
+    """Sign ``record``'s image and attach its attestations: the signature, and the
+    predicate types attached."""
     store = open_store(target, options.store)
     pinned = target.pinned(record.digest)
     image = load_model_image(store, pinned)
-    cosign.sign_image(store, target, record.digest, key)
+    signature = cosign.sign_image(store, target, record.digest, key)
     facts = facts_of(record, source, selection, options, image.index)
-    return attest.attach(
-        store, target, attest.subject_of(store, record.digest), key, image.index, facts
-    )
+    subject = attest.subject_of(store, record.digest)
+    return signature, attest.attach(store, target, subject, key, image.index, facts)

@@ -26,7 +26,11 @@ from modelcar.cache_daemon.pull import Puller, PullOptions, PullResult, PullStop
 from modelcar.cache_daemon.scrub import scrub, verify_models
 from modelcar.contract import wire as wire
 from modelcar.contract.client import ApiClient
-from modelcar.errors import ModelcarError
+from modelcar.errors import ModelcarError, SignatureError
+from modelcar.format.image import ModelImage
+from modelcar.oci.store import ImageStore
+from modelcar.trust import policy
+from modelcar.trust.policy import Rule
 
 log = logging.getLogger("modelcar.cache")
 
@@ -178,11 +182,13 @@ class Daemon:
         self._event("pulling", digest=w.digest, image=w.image, model=w.label)
         self.report()
         try:
-            result = self._pull(w.image, w.label)
+            result = self._pull(w.image, w.label, w.rules)
         except PullStopped:
             self._event("stopped", digest=w.digest, model=w.label)
             return
         except ModelcarError as e:
+            if isinstance(e, SignatureError):
+                self.metrics.refused()
             self._event("failed", digest=w.digest, model=w.label, error=e.one_line())
             return
         self._event(
@@ -192,14 +198,21 @@ class Daemon:
         self._warm(w)
         self.report()
 
-    def _pull(self, image: str, label: str) -> PullResult:
-        digest = pinned(image).digest or ""
+    def _pull(self, image: str, label: str, rules: tuple[Rule, ...] = ()) -> PullResult:
+        ref = pinned(image)
+        digest = ref.digest or ""
         with self._evict_lock:
             if digest in self._pulling:
                 raise ControlError("the daemon is pulling this model already", subject=image)
             self._pulling[digest] = _Pulling(image, label, time.monotonic())
+
+        def verified(store: ImageStore, model: ModelImage) -> None:
+            for note in policy.check(rules, store, ref, digest, lambda: model.index):
+                log.warning("%s: %s", image, note)  # a policy that only reports
+                self._event("unverified", digest=digest, model=label, error=note)
+
         try:
-            return self.puller.pull(image)
+            return self.puller.pull(image, verified if rules else None)
         finally:
             self._pulling.pop(digest, None)
 
@@ -227,8 +240,11 @@ class Daemon:
             ref = args.get("ref")
             if not isinstance(ref, str):
                 raise ControlError('pull needs {"ref": "REPO@sha256:…"}')
-            self._event("pulling", digest=pinned(ref).digest, image=ref, model="(requested)")
-            result = self._pull(ref, "(requested)")
+            digest = pinned(ref).digest
+            self._event("pulling", digest=digest, image=ref, model="(requested)")
+            # an assigned model keeps its policies' checks when pulled by hand
+            rules = next((w.rules for w in self.wanted if w.digest == digest), ())
+            result = self._pull(ref, "(requested)", rules)
             self._event("ready", digest=result.digest, model="(requested)",
                         seconds=round(result.seconds, 2), fetched=result.bytes_fetched)  # fmt: skip
             self.report()

@@ -9,8 +9,10 @@ from pathlib import Path
 import yaml
 
 from modelcar.cache_daemon.pull import pinned
+from modelcar.contract import wire
 from modelcar.contract.client import ApiClient
 from modelcar.errors import ModelcarError, UsageError
+from modelcar.trust.policy import Rule
 
 log = logging.getLogger("modelcar.cache")
 
@@ -20,6 +22,8 @@ class Wanted:
     digest: str
     image: str
     label: str  # name:version or the reference, for logs
+    #: What to check before publishing it: its policies' verification rules.
+    rules: tuple[Rule, ...] = ()
 
 
 class StaticSource:
@@ -75,5 +79,11 @@ class ApiSource:
             return self._last
         for u in got.unresolved:
             log.warning("policy %s: %s does not resolve: %s", u.policy, u.ref, u.error)
-        self._last = [Wanted(a.digest, a.image, f"{a.name}:{a.version}") for a in got.models]
+        self._last = [
+            Wanted(a.digest, a.image, f"{a.name}:{a.version}", _rules(a)) for a in got.models
+        ]
         return self._last
+
+
+def _rules(a: wire.Assignment) -> tuple[Rule, ...]:
+    return tuple(Rule(r.policy, tuple(r.keys), r.require, r.source_prefix) for r in a.verification)

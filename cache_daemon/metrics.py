@@ -29,6 +29,11 @@ class Metrics:
             "modelcar_cache_verify_failures", "Layers or models that failed verification",
             registry=r,
         )  # fmt: skip
+        self.signature_refusals = Counter(
+            "modelcar_cache_signature_refusals",
+            "Models not published: their signature or provenance failed a policy's check",
+            registry=r,
+        )
         self.evictions = Counter("modelcar_cache_evictions", "Models evicted", registry=r)
         self.cache_bytes = Gauge("modelcar_cache_bytes", "Bytes held by the cache", registry=r)
         self.models = Gauge("modelcar_cache_models", "Models by state", ["state"], registry=r)
@@ -39,6 +44,9 @@ class Metrics:
 
     def verify_failed(self) -> None:
         self.verify_failures.inc()
+
+    def refused(self) -> None:
+        self.signature_refusals.inc()
 
 
 class StatusServer:

@@ -48,6 +48,10 @@ class PullStopped(ModelcarError):
     """The daemon is stopping: the pull ends where it is, its journal kept to resume."""
 
 
+#: A check of an image before its layers are pulled; raises to refuse it.
+Check = Callable[[ImageStore, ModelImage], None]
+
+
 class PullOptions(BaseModel):
     jobs: int = 4
     max_rate: float | None = None  # bytes per second, all layers together
@@ -233,7 +237,9 @@ class Puller:
         )
         self._present: set[str] = set()  # published dirs found whole in this process
 
-    def pull(self, image: str) -> PullResult:
+    def pull(self, image: str, check: Check | None = None) -> PullResult:
+        """Pull and publish ``image``; ``check`` (e.g. its signature) runs on the origin
+        once the manifest is read and before a byte of a layer is fetched."""
         ref = pinned(image)
         digest = ref.digest
         assert digest is not None
@@ -250,6 +256,8 @@ class Puller:
         try:
             self.cache.check_writable(digest)
             model = self._load(sources, ref)
+            if check is not None:
+                check(sources[-1], model)
             if self.make_room:
                 self.make_room(digest, model.size)
         except ModelcarError as e:  # nothing staged yet: record why, for ls and the API

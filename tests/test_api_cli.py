@@ -21,10 +21,10 @@ def test_serve_refuses_an_unmigrated_database(tmp_path):
     assert_one_line_error(refused, "schema is at nothing", "modelcar-api db upgrade")
 
     up = run_api_cli("db", "upgrade", "--db", db)
-    assert "upgraded empty -> 0001" in up.stderr
-    assert "already at 0001" in run_api_cli("db", "upgrade", "--db", db).stderr
+    assert "upgraded empty -> 0002" in up.stderr
+    assert "already at 0002" in run_api_cli("db", "upgrade", "--db", db).stderr
     assert run_api_cli("db", "current", "--db", db).stdout.split() == [
-        "database:", "0001", "release:", "0001",
+        "database:", "0002", "release:", "0002",
     ]  # fmt: skip
 
 
@@ -124,3 +124,19 @@ def test_serve_from_config_file_and_env(db_url, tmp_path):
             proc.kill()
             _, stderr = proc.communicate()
     assert "serving on" in stderr and "Traceback" not in stderr
+
+
+def test_the_migrations_make_exactly_the_tables_the_code_declares(tmp_path):
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+    from sqlalchemy import create_engine
+
+    from modelcar.api.db.tables import Base
+
+    db = f"sqlite:///{tmp_path}/m.db"
+    run_api_cli("db", "upgrade", "--db", db)
+    engine = create_engine(db)
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    engine.dispose()
+    assert diff == []

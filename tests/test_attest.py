@@ -250,3 +250,31 @@ def test_a_referrer_naming_a_missing_blob_is_refused(model, pair, tmp_path):
     (blobs / layer["digest"][7:]).unlink()
     r = run_cli("verify", pinned, "--key", str(public), check=False)
     assert_one_line_error(r, "a referrer names a missing blob", layer["digest"])
+
+
+def test_rebuilding_a_signed_image_keeps_one_signature_and_one_of_each(
+    registry, model, pair, tmp_path
+):
+    private, public = pair
+    repo = "attest/again"
+    first = build(model, f"{registry.host}/{repo}", "--plain-http", "--sign-key", str(private))
+    r = run_cli("build", str(model), f"{registry.host}/{repo}", "--plain-http", "--sign-key",
+                str(private), "--json", "-q")  # fmt: skip
+    record = json.loads(r.stdout.splitlines()[-2])
+    assert record["reference"] == first
+    assert sorted(record["signed"]["attestations"]) == [
+        "https://model_signing/signature/v1.0", "https://slsa.dev/provenance/v1",
+    ]  # fmt: skip
+    digest = first.split("@")[1]
+    sig = _manifest(registry, repo, f"sha256-{digest[7:]}.sig").json()
+    assert len(sig["layers"]) == 1
+    assert len(_referrers(registry, repo, digest)) == 2
+    # another key adds its own signature and attestations beside them
+    run_cli("keygen", str(tmp_path / "other"))
+    run_cli("sign", first, "--key", str(tmp_path / "other.key"), "--plain-http")
+    assert len(_manifest(registry, repo, f"sha256-{digest[7:]}.sig").json()["layers"]) == 2
+    assert len(_referrers(registry, repo, digest)) == 3
+    checked = json.loads(run_cli("verify", first, "--key", str(tmp_path / "other.pub"),
+                                 "--plain-http", "--json").stdout)  # fmt: skip
+    assert checked["attestations"]["provenance_source"] is None
+    assert checked["attestations"]["model_signature_key"] == checked["signature"]["key_id"]

@@ -135,8 +135,38 @@ class Policy(Base):
     models: Mapped[list[str]] = mapped_column(JSON, default=list)
     node_selector: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
     description: Mapped[str] = mapped_column(Text, default="")
+    #: What nodes check before publishing (wire.Verification), or null.
+    verification: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     updated: Mapped[datetime] = mapped_column(default=utcnow)
     updated_by: Mapped[str] = mapped_column(String(128), default="")
+
+
+class TrustedKey(Base):
+    """A public key whose signatures count (admin-managed)."""
+
+    __tablename__ = "trusted_keys"
+
+    key_id: Mapped[str] = mapped_column(String(71), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    pem: Mapped[str] = mapped_column(Text)
+    created: Mapped[datetime] = mapped_column(default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(128), default="")
+
+
+class ImageSignature(Base):
+    """A cosign signature of an image digest, kept whoever signed: it counts for the
+    trusted keys it verifies with, now or once its key is trusted."""
+
+    __tablename__ = "image_signatures"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    digest: Mapped[str] = mapped_column(String(71), index=True)
+    #: sha256 of payload and signature: the same signature is kept once.
+    fingerprint: Mapped[str] = mapped_column(String(64), unique=True)
+    payload: Mapped[str] = mapped_column(Text)
+    signature: Mapped[str] = mapped_column(String(1024))
+    created: Mapped[datetime] = mapped_column(default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(128), default="")
 
 
 class Node(Base):

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Path, Query, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
-from modelcar.api import catalog
+from modelcar.api import catalog, trust
 from modelcar.api.db.tables import Alias, Model, Node, NodeModel, Version
 from modelcar.api.deps import DB, Admin, Config, Publisher, Reader
 from modelcar.api.fleet import fresh_since
@@ -28,7 +28,11 @@ Number = Annotated[int, Path(ge=1, le=10**9, description="Version number")]
 
 
 def version_out(
-    v: Version, name: str, aliases: list[str] | None = None, nodes: list[str] | None = None
+    v: Version,
+    name: str,
+    aliases: list[str] | None = None,
+    nodes: list[str] | None = None,
+    signed_by: list[str] | None = None,
 ) -> wire.VersionOut:
     return wire.VersionOut(
         model=name,
@@ -45,6 +49,7 @@ def version_out(
         created_by=v.created_by,
         aliases=aliases or [],
         nodes_ready=nodes or [],
+        signed_by=signed_by or [],
     )
 
 
@@ -106,11 +111,15 @@ def get_model(name: Name, db: DB, settings: Config, _: Reader) -> wire.ModelDeta
         by_number: dict[int, list[str]] = {}
         for alias, number in aliases.items():
             by_number.setdefault(number, []).append(alias)
-        ready = _ready_by_digest(s, [v.digest for v in m.versions], settings.stale_after)
+        digests = [v.digest for v in m.versions]
+        ready = _ready_by_digest(s, digests, settings.stale_after)
+        signed = trust.signed_by(s, digests)
         return wire.ModelDetail(
             **model_out(m, aliases).model_dump(),
             versions=[
-                version_out(v, m.name, by_number.get(v.number), ready.get(v.digest))
+                version_out(
+                    v, m.name, by_number.get(v.number), ready.get(v.digest), signed[v.digest]
+                )
                 for v in m.versions
             ],
         )
@@ -137,7 +146,8 @@ def put_model(
 def list_versions(name: Name, db: DB, _: Reader) -> list[wire.VersionOut]:
     with db.reading() as s:
         m = catalog.get_model(s, name, details=True)
-        return [version_out(v, m.name) for v in m.versions]
+        signed = trust.signed_by(s, [v.digest for v in m.versions])
+        return [version_out(v, m.name, signed_by=signed[v.digest]) for v in m.versions]
 
 
 @router.post(
@@ -152,7 +162,7 @@ def register_version(
 ) -> wire.VersionOut:
     with db.writing() as s:
         v, created = catalog.register_version(s, name, body, who.name)
-        out = version_out(v, name)
+        out = version_out(v, name, signed_by=trust.signed_by(s, [v.digest])[v.digest])
     response.status_code = 201 if created else 200
     return out
 
@@ -165,7 +175,8 @@ def get_version(
         v = catalog.get_version(s, catalog.get_model(s, name), version)
         aliases = s.scalars(select(Alias.name).where(Alias.version_id == v.id)).all()
         ready = _ready_by_digest(s, [v.digest], settings.stale_after)
-        return version_out(v, name, sorted(aliases), ready.get(v.digest))
+        signed = trust.signed_by(s, [v.digest])[v.digest]
+        return version_out(v, name, sorted(aliases), ready.get(v.digest), signed)
 
 
 @router.delete(

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path, Query, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from modelcar.api import catalog
+from modelcar.api import catalog, trust
 from modelcar.api.db.engine import Database
 from modelcar.api.deps import DB, Config, Reader
 from modelcar.api.fleet import fresh_since
@@ -18,20 +18,34 @@ from modelcar.api.routes import ERRORS
 from modelcar.api.settings import Settings
 from modelcar.contract import wire as wire
 from modelcar.contract.modelref import ModelRef, parse_model_ref
-from modelcar.errors import InvalidReference, InvalidRequest
+from modelcar.errors import Conflict, InvalidReference, InvalidRequest
 
 router = APIRouter(prefix="/v1", tags=["resolve"], responses=ERRORS)
 
 
 def _lookup(
-    db: Database, ref: ModelRef, settings: Settings, mode: wire.MountMode | None
+    db: Database,
+    ref: ModelRef,
+    settings: Settings,
+    mode: wire.MountMode | None,
+    require_signed: bool,
 ) -> wire.ResolveAnswer:
+    signed_by = None
     with db.connection() as conn:
         target = catalog.find(conn, ref, ready_since=fresh_since(settings.stale_after))
-    return resolve_answer(
+        if require_signed:
+            signed_by = trust.signed_by(conn, [target.digest])[target.digest]
+    if require_signed and not signed_by:
+        raise Conflict(
+            f"version {target.number} is not signed by a trusted key", subject=str(ref),
+            hint="sign it (modelcar sign --key … --api …) with a key in GET /v1/keys",
+        )  # fmt: skip
+    answer = resolve_answer(
         target, alias=ref.alias, nodes=list(target.nodes_ready), cache_root=settings.cache_root,
         mode=mode,
     )  # fmt: skip
+    answer.signed_by = signed_by
+    return answer
 
 
 @router.get(
@@ -61,12 +75,15 @@ async def resolve(
         str,
         Query(max_length=63, pattern=r"^[a-z0-9][a-z0-9._-]*$", description="KServe modelFormat"),
     ] = "huggingface",
+    require_signed: Annotated[
+        bool, Query(description="Refuse (409) a version no trusted key has signed")
+    ] = False,
 ) -> Response:
     try:
         parsed = parse_model_ref(ref)
     except InvalidReference as e:
         raise InvalidRequest(e.message, subject=e.subject, hint=e.hint) from None
-    lookup = partial(_lookup, db, parsed, settings, mode)
+    lookup = partial(_lookup, db, parsed, settings, mode, require_signed)
     # SQLite is a local file: two indexed reads take less time than a trip to the
     # thread pool, so they run on the event loop. A server database goes to the pool.
     answer = lookup() if db.is_sqlite else await run_in_threadpool(lookup)

@@ -164,6 +164,16 @@ class ApiClient:
         answer: dict[str, Any] = self.request("GET", f"/v1/resolve/{_q(ref)}", params=params).json()
         return answer
 
+    # --- trust -----------------------------------------------------------------
+
+    def add_signature(self, body: wire.SignatureCreate) -> wire.SignatureOut:
+        r = self.request("POST", "/v1/signatures", json=body.model_dump(mode="json"))
+        return _parse(wire.SignatureOut, r)
+
+    def add_key(self, body: wire.KeyCreate) -> wire.KeyOut:
+        r = self.request("POST", "/v1/keys", json=body.model_dump(mode="json"))
+        return _parse(wire.KeyOut, r)
+
     # --- nodes -----------------------------------------------------------------
 
     def assignments(self, node: str, labels: dict[str, str] | None = None) -> wire.Assignments:

@@ -167,12 +167,46 @@ class AliasMove(_Request):
     reason: Text = ""
 
 
+KeyId = Annotated[str, StringConstraints(pattern=r"^sha256:[a-f0-9]{64}$")]
+Pem = Annotated[str, StringConstraints(max_length=4096, pattern=NO_NUL)]
+
+
+class Verification(_Request):
+    """What a node checks before it publishes a model a policy assigns."""
+
+    keys: Annotated[list[KeyId], Field(min_length=1, max_length=16)] = Field(
+        description="Trusted key ids (GET /v1/keys); a cosign signature by any one of them"
+    )
+    require: bool = Field(
+        True, description="Refuse (state failed) what does not verify; false: only report it"
+    )
+    source_prefix: Annotated[str, StringConstraints(max_length=512, pattern=NO_NUL)] | None = Field(
+        None, description="Also require SLSA provenance naming a source under this prefix"
+    )
+
+
 class PolicyPut(_Request):
     """Which models nodes matching ``node_selector`` (all labels equal) keep warm."""
 
     models: Annotated[list[ModelRefStr], Field(max_length=1000)]
     node_selector: Labels = Field(default_factory=dict)
     description: Text = ""
+    verification: Verification | None = None
+
+
+class KeyCreate(_Request):
+    """A public key to trust: ECDSA P-256, PEM (the .pub of `modelcar keygen`)."""
+
+    name: Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$")]
+    pem: Pem
+
+
+class SignatureCreate(_Request):
+    """A cosign signature of an image: its simple-signing payload and the base64 signature."""
+
+    digest: DigestStr
+    payload: Annotated[str, StringConstraints(max_length=65536, pattern=NO_NUL)]
+    signature: Annotated[str, StringConstraints(max_length=1024, pattern=r"^[A-Za-z0-9+/=]+$")]
 
 
 class NodeModelStatus(_Request):
@@ -237,6 +271,9 @@ class VersionOut(_Response):
     created_by: str
     aliases: list[str] = Field(default_factory=list)
     nodes_ready: list[str] = Field(default_factory=list)
+    signed_by: list[str] = Field(
+        default_factory=list, description="Trusted keys (ids) with a valid signature of the digest"
+    )
 
 
 class AliasOut(_Response):
@@ -290,6 +327,18 @@ class ResolveAnswer(_Response):
     pod_spec: dict[str, Any] = Field(
         description="volumes, volumeMounts (at /mnt/models) and affinity for a pod spec"
     )
+    signed_by: list[str] | None = Field(
+        None, description="With require_signed=1: the trusted keys that signed the digest"
+    )
+
+
+class VerificationRule(_Response):
+    """One policy's verification, with its keys' PEM, for the node to apply."""
+
+    policy: str
+    keys: list[str]
+    require: bool
+    source_prefix: str | None = None
 
 
 class Assignment(_Response):
@@ -301,6 +350,7 @@ class Assignment(_Response):
     size: int
     refs: list[str]
     policies: list[str]
+    verification: list[VerificationRule] = Field(default_factory=list)
 
 
 class Unresolved(_Response):
@@ -341,8 +391,22 @@ class PolicyOut(_Response):
     models: list[str]
     node_selector: dict[str, str]
     description: str
+    verification: dict[str, Any] | None = None
     updated: datetime
     updated_by: str
+
+
+class KeyOut(_Response):
+    key_id: str = Field(description="sha256 of the key's DER SubjectPublicKeyInfo")
+    name: str
+    pem: str
+    created: datetime
+    created_by: str
+
+
+class SignatureOut(_Response):
+    digest: str
+    signed_by: list[str]
 
 
 class TokenOut(_Response):

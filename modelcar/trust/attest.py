@@ -41,10 +41,12 @@ def attach(
     facts: provenance.BuildFacts | None,
 ) -> list[str]:
     """Push the model-signing bundle and, when ``facts`` are given, SLSA provenance;
-    the predicate types attached."""
+    the predicate types now attested by ``key``. One that ``key`` attested already (a
+    rebuild of the same digest) is kept, not added again."""
     name = str(ref.name)
     attached = []
-    if facts is not None:
+    done = _attested_by(store, subject.digest, key.public_key())
+    if facts is not None and provenance.PREDICATE_TYPE not in done:
         statement = dsse.statement(
             provenance.subject(name, subject.digest),
             provenance.PREDICATE_TYPE,
@@ -54,11 +56,38 @@ def attach(
         referrers.attach(store, subject, DSSE_MEDIA_TYPE, envelope,
                          {PREDICATE_ANNOTATION: provenance.PREDICATE_TYPE})  # fmt: skip
         attached.append(provenance.PREDICATE_TYPE)
-    bundle = modelsig.bundle(name, index, key)
-    referrers.attach(store, subject, modelsig.BUNDLE_MEDIA_TYPE, bundle,
-                     {PREDICATE_ANNOTATION: modelsig.PREDICATE_TYPE})  # fmt: skip
-    attached.append(modelsig.PREDICATE_TYPE)
-    return attached
+    if modelsig.PREDICATE_TYPE not in done:
+        bundle = modelsig.bundle(name, index, key)
+        referrers.attach(store, subject, modelsig.BUNDLE_MEDIA_TYPE, bundle,
+                         {PREDICATE_ANNOTATION: modelsig.PREDICATE_TYPE})  # fmt: skip
+        attached.append(modelsig.PREDICATE_TYPE)
+    return attached + sorted(done & {provenance.PREDICATE_TYPE, modelsig.PREDICATE_TYPE})
+
+
+def _attested_by(store: ImageStore, digest: str, public: ec.EllipticCurvePublicKey) -> set[str]:
+    """The predicate types of the valid attestations of ``digest`` by ``public``."""
+    kinds: set[str] = set()
+    try:
+        listed = referrers.referrers(store, digest)
+    except ModelcarError:
+        return kinds
+    for described in listed:
+        if described.artifactType not in KINDS:
+            continue
+        try:
+            document = _envelope(store, described, digest, digest)
+            claims, _ = dsse.open_envelope(_unwrap(described, document), [public], digest)
+        except SignatureError:
+            continue
+        kinds.add(str(claims.get("predicateType")))
+    return kinds
+
+
+def _unwrap(described: Descriptor, document: Any) -> Any:
+    """The DSSE envelope of an attestation: a bundle holds it in ``dsseEnvelope``."""
+    if described.artifactType == modelsig.BUNDLE_MEDIA_TYPE and isinstance(document, dict):
+        return document.get("dsseEnvelope")
+    return document
 
 
 @dataclass

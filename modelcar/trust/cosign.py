@@ -60,8 +60,28 @@ def _existing(store: ImageStore, digest: str) -> list[Descriptor]:
     return list(parse_manifest(fetched.data).layers)
 
 
-def sign_image(store: ImageStore, ref: Ref, digest: str, key: ec.EllipticCurvePrivateKey) -> str:
-    """Add a signature of ``digest`` with ``key``; the signature manifest's digest."""
+@dataclass(frozen=True)
+class Signature:
+    """One signature as cosign stores it: the simple-signing payload and the base64 of
+    the DER ECDSA signature over it (what the API keeps, too)."""
+
+    payload: bytes
+    signature: str
+
+
+def sign_image(
+    store: ImageStore, ref: Ref, digest: str, key: ec.EllipticCurvePrivateKey
+) -> Signature:
+    """Add a signature of ``digest`` with ``key`` to its signature manifest; when one
+    by ``key`` is there already (a rebuild of the same digest), that one is kept."""
+    existing = _existing(store, digest)
+    for old in existing:
+        try:
+            found = _check(store, old, digest, [key.public_key()])
+        except SignatureError:
+            continue
+        if found is not None:
+            return found[2]
     body = payload(ref, digest)
     signature = base64.b64encode(keys.sign(key, body)).decode()
     body_digest = sha256_bytes(body)
@@ -69,7 +89,7 @@ def sign_image(store: ImageStore, ref: Ref, digest: str, key: ec.EllipticCurvePr
         store.put_blob(body_digest, len(body), lambda: [body])
     layer = Descriptor(mediaType=PAYLOAD_TYPE, digest=body_digest, size=len(body),
                        annotations={SIGNATURE_ANNOTATION: signature})  # fmt: skip
-    layers = [*_existing(store, digest), layer]
+    layers = [*existing, layer]
     config = canonical_json({
         "architecture": "", "os": "", "created": "0001-01-01T00:00:00Z",
         "config": {}, "history": [{"created": "0001-01-01T00:00:00Z"}],
@@ -83,7 +103,45 @@ def sign_image(store: ImageStore, ref: Ref, digest: str, key: ec.EllipticCurvePr
         layers=layers,
     ).canonical()
     store.put_manifest(manifest, mt.OCI_MANIFEST, sha256_bytes(manifest))
-    return store.put_manifest(manifest, mt.OCI_MANIFEST, signature_tag(digest))
+    store.put_manifest(manifest, mt.OCI_MANIFEST, signature_tag(digest))
+    return Signature(body, signature)
+
+
+def signer(
+    body: bytes, signature: str, digest: str, public_keys: list[ec.EllipticCurvePublicKey]
+) -> tuple[str, str]:
+    """Which of ``public_keys`` made ``signature`` (base64 DER) over ``body``, a payload
+    naming ``digest``: its key id and the repository the payload names. SignatureError
+    (saying why) otherwise."""
+    try:
+        critical = json.loads(body)["critical"]
+        named = critical["image"]["docker-manifest-digest"]
+        kind = critical["type"]
+        who = str(critical["identity"]["docker-reference"])
+        raw = base64.b64decode(signature, validate=True)
+    except (ValueError, KeyError, TypeError):
+        raise SignatureError("a malformed payload or signature") from None
+    if kind != SIGNATURE_KIND or named != digest:
+        raise SignatureError(f"a payload for another image ({named})")
+    for key in public_keys:
+        if keys.verifies(key, body, raw):
+            return keys.key_id(key), who
+    raise SignatureError("a signature by another key, or over other bytes")
+
+
+def _check(
+    store: ImageStore, layer: Descriptor, digest: str, public_keys: list[ec.EllipticCurvePublicKey]
+) -> tuple[str, str, Signature] | None:
+    """One layer of a signature manifest: None if it is no cosign signature, else the
+    key id, the repository named and the signature; SignatureError if it does not verify."""
+    sig = (layer.annotations or {}).get(SIGNATURE_ANNOTATION)
+    if layer.mediaType != PAYLOAD_TYPE or not sig:
+        return None
+    if layer.size > MAX_PAYLOAD:
+        raise SignatureError("a payload over 64 KiB")
+    body = store.read_blob(layer.digest, MAX_PAYLOAD)  # checked against its digest
+    key_id, who = signer(body, sig, digest, public_keys)
+    return key_id, who, Signature(body, sig)
 
 
 @dataclass(frozen=True)
@@ -111,29 +169,12 @@ def verify_image(
         raise SignatureError(f"over {MAX_SIGNATURES} signatures", subject=subject)
     reasons = []
     for layer in layers:
-        sig = (layer.annotations or {}).get(SIGNATURE_ANNOTATION)
-        if layer.mediaType != PAYLOAD_TYPE or not sig:
-            continue
-        if layer.size > MAX_PAYLOAD:
-            reasons.append("a payload over 64 KiB")
-            continue
-        body = store.read_blob(layer.digest, MAX_PAYLOAD)  # checked against its digest
         try:
-            claims = json.loads(body)
-            critical = claims["critical"]
-            named = critical["image"]["docker-manifest-digest"]
-            kind = critical["type"]
-            who = critical["identity"]["docker-reference"]
-            raw = base64.b64decode(sig, validate=True)
-        except (ValueError, KeyError, TypeError):
-            reasons.append("a malformed payload or signature")
+            found = _check(store, layer, digest, public_keys)
+        except SignatureError as e:
+            reasons.append(e.message)
             continue
-        if kind != SIGNATURE_KIND or named != digest:
-            reasons.append(f"a payload for another image ({named})")
-            continue
-        for key in public_keys:
-            if keys.verifies(key, body, raw):
-                return Verified(keys.key_id(key), str(who), len(layers))
-        reasons.append("a signature by another key, or over other bytes")
+        if found is not None:
+            return Verified(found[0], found[1], len(layers))
     why = "; ".join(dict.fromkeys(reasons)) or "no cosign signature layers"
     raise SignatureError(f"no valid signature by the given key ({why})", subject=subject)

@@ -60,14 +60,17 @@ def load_private_key(spec: str) -> ec.EllipticCurvePrivateKey:
 
 
 def load_public_key(spec: str) -> ec.EllipticCurvePublicKey:
-    data = _read(spec, "public key")
+    return parse_public_key(_read(spec, "public key"), spec)
+
+
+def parse_public_key(data: bytes, subject: str) -> ec.EllipticCurvePublicKey:
     try:
         key = serialization.load_pem_public_key(data)
     except ValueError:
-        raise UsageError("not a PEM public key", subject=spec,
+        raise UsageError("not a PEM public key", subject=subject,
                          hint="the .pub file `modelcar keygen` wrote") from None  # fmt: skip
     if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
-        raise UsageError("not an ECDSA P-256 public key", subject=spec)
+        raise UsageError("not an ECDSA P-256 public key", subject=subject)
     return key
 
 
