@@ -255,7 +255,7 @@ def test_a_referrer_naming_a_missing_blob_is_refused(model, pair, tmp_path):
 def test_rebuilding_a_signed_image_keeps_one_signature_and_one_of_each(
     registry, model, pair, tmp_path
 ):
-    private, public = pair
+    private, _ = pair
     repo = "attest/again"
     first = build(model, f"{registry.host}/{repo}", "--plain-http", "--sign-key", str(private))
     r = run_cli("build", str(model), f"{registry.host}/{repo}", "--plain-http", "--sign-key",
