@@ -55,6 +55,8 @@ def test_signed_versions_resolve_and_nodes_publish_only_what_verifies(
     assert f"signed by {key_id}" in signed.stderr
     _build(api, registry, tmp_path, "unsigned", 2)
     _build(api, registry, tmp_path, "prov", 3, "--sign-key", str(private))
+    run_cli("keygen", str(tmp_path / "stranger"))
+    _build(api, registry, tmp_path, "stranger", 4, "--sign-key", str(tmp_path / "stranger.key"))
     assert admin.get("/v1/models/signed/versions/1").json()["signed_by"] == [key_id]
     assert admin.get("/v1/models/unsigned/versions/1").json()["signed_by"] == []
 
@@ -87,7 +89,8 @@ def test_signed_versions_resolve_and_nodes_publish_only_what_verifies(
     })  # fmt: skip
     assert unknown.status_code == 409 and "untrusted key" in unknown.json()["error"]["message"]
     admin.put("/v1/policies/gpus", json={
-        "models": ["signed@prod", "unsigned@prod"], "verification": {"keys": [key_id]},
+        "models": ["signed@prod", "unsigned@prod", "stranger@prod"],
+        "verification": {"keys": [key_id]},
     }).raise_for_status()  # fmt: skip
     admin.put("/v1/policies/from-acme", json={
         "models": ["prov@prod"],
@@ -97,7 +100,7 @@ def test_signed_versions_resolve_and_nodes_publish_only_what_verifies(
     assert in_use.status_code == 409 and "gpus" in in_use.json()["error"]["message"]
 
     digests = {m: admin.get(f"/v1/models/{m}/versions/1").json()["digest"]
-               for m in ("signed", "unsigned", "prov")}  # fmt: skip
+               for m in ("signed", "unsigned", "prov", "stranger")}  # fmt: skip
     cache, port = tmp_path / "cache", free_port()
     env = {**os.environ, "MODELCAR_API_TOKEN": api.token("node", "gpu-1")}
     proc = subprocess.Popen(
@@ -115,7 +118,7 @@ def test_signed_versions_resolve_and_nodes_publish_only_what_verifies(
             return {m["digest"]: (m["state"], m["error"]) for m in node.json()["models"]}
 
         deadline = time.monotonic() + 60
-        while len([s for s, _ in states().values() if s in ("ready", "failed")]) < 3:
+        while len([s for s, _ in states().values() if s in ("ready", "failed")]) < 4:
             assert proc.poll() is None, proc.communicate()[1][-2000:]
             assert time.monotonic() < deadline, states()
             time.sleep(0.1)
@@ -124,6 +127,8 @@ def test_signed_versions_resolve_and_nodes_publish_only_what_verifies(
         state, error = got[digests["unsigned"]]
         assert state == "failed" and "signature required by policy gpus" in (error or "")
         assert "not signed" in (error or "")
+        state, error = got[digests["stranger"]]
+        assert state == "failed" and "signature by another key" in (error or "")
         state, error = got[digests["prov"]]
         assert state == "failed" and "provenance required by policy from-acme" in (error or "")
         assert "hf://acme/" in (error or "")
@@ -132,7 +137,7 @@ def test_signed_versions_resolve_and_nodes_publish_only_what_verifies(
         assert "modelcar_cache_signature_refusals_total" in metrics
         refusals = next(float(line.split()[-1]) for line in metrics.splitlines()
                         if line.startswith("modelcar_cache_signature_refusals_total"))  # fmt: skip
-        assert refusals >= 2
+        assert refusals >= 3
         assert admin.get("/v1/resolve/signed@prod").json()["nodes_ready"] == ["gpu-1"]
     finally:
         proc.send_signal(signal.SIGTERM)
