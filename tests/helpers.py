@@ -9,6 +9,7 @@ import base64
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -124,6 +125,18 @@ def tree(root: Path) -> dict[str, bytes]:
             p = Path(dirpath, name)
             out[p.relative_to(root).as_posix()] = p.read_bytes()
     return out
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 30) -> str:
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout``; what it wrote to
+    its one piped stream (stderr, or else stdout)."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+    return err if err is not None else (out or "")
 
 
 def published(cache: Path) -> list[str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -12,7 +11,7 @@ import httpx
 import pytest
 
 from harness.localregistry import free_port
-from tests.helpers import ROOT, assert_one_line_error, run_api_cli
+from tests.helpers import ROOT, assert_one_line_error, run_api_cli, stop_process
 
 
 def test_serve_refuses_an_unmigrated_database(tmp_path):
@@ -117,12 +116,7 @@ def test_serve_from_config_file_and_env(db_url, tmp_path):
         assert "/v1/resolve/{ref}" in httpx.get(f"{base}/openapi.json").json()["paths"]
         assert httpx.post(f"{base}/v1/models/m/versions", json={}).status_code == 401
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            _, stderr = proc.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            _, stderr = proc.communicate()
+        stderr = stop_process(proc, 20)
     assert "serving on" in stderr and "Traceback" not in stderr
 
 

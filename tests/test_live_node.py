@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from harness.models import write_safetensors
-from tests.helpers import ROOT, assert_one_line_error, build, cache_cli, published
+from tests.helpers import ROOT, assert_one_line_error, build, cache_cli, published, stop_process
 
 FAST = 8  # seconds a reading command may take before it counts as blocked by the pull
 
@@ -38,13 +37,7 @@ def _daemon(cache: Path, *args: str) -> subprocess.Popen:
 
 
 def _stop(proc: subprocess.Popen) -> str:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        out, _ = proc.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, _ = proc.communicate()
-    return out
+    return stop_process(proc)
 
 
 def _until(what, timeout: float = 60):

@@ -4,7 +4,6 @@ node daemon that checks a policy's verification before it publishes anything."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ import pytest
 
 from harness.localregistry import free_port
 from harness.models import write_safetensors
-from tests.helpers import ROOT, published, run_cli
+from tests.helpers import ROOT, published, run_cli, stop_process
 
 
 def _model(root: Path, seed: int) -> Path:
@@ -140,10 +139,5 @@ def test_signed_versions_resolve_and_nodes_publish_only_what_verifies(
         assert refusals >= 3
         assert admin.get("/v1/resolve/signed@prod").json()["nodes_ready"] == ["gpu-1"]
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            _, err = proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            _, err = proc.communicate()
+        err = stop_process(proc, 30)
     assert proc.returncode == 0, err[-2000:]
