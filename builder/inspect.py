@@ -7,8 +7,10 @@ from pydantic import BaseModel
 from modelcar.errors import DigestMismatch, ImageFormatError
 from modelcar.format import keys as mt
 from modelcar.format.fileindex import FileEntry, file_index_from_config
-from modelcar.format.image import load_model_image
+from modelcar.format.foreign import FORMAT_NAMES, PATH_ANNOTATIONS, format_of, load_foreign
+from modelcar.format.image import NotAModelcar, load_model_image
 from modelcar.format.layer import read_model_layer
+from modelcar.format.unpack import index_of, unpack_layer
 from modelcar.oci import mediatypes as oci_mt
 from modelcar.oci.digest import HashingReader
 from modelcar.oci.manifest import load_json, parse_index, parse_manifest
@@ -30,6 +32,7 @@ class ImageInfo(BaseModel):
     reference: str
     digest: str
     media_type: str
+    format: str | None = None
     created: str | None = None
     source: str | None = None
     base: str | None = None
@@ -67,6 +70,7 @@ def describe(ref: Ref, options: StoreOptions) -> ImageInfo:
         manifest = parse_manifest(fetched.data)
     config = load_json(store.read_blob(manifest.config.digest), "image config")
     index = file_index_from_config(config)
+    kind = "modelcar" if index else format_of(manifest)
     ann = manifest.annotations or {}
     layers = [
         LayerInfo(
@@ -74,7 +78,7 @@ def describe(ref: Ref, options: StoreOptions) -> ImageInfo:
             size=d.size,
             media_type=d.mediaType,
             role=(d.annotations or {}).get(mt.LAYER_ROLE, "?"),
-            title=(d.annotations or {}).get(oci_mt.TITLE),
+            title=next((v for k in PATH_ANNOTATIONS if (v := (d.annotations or {}).get(k))), None),
         )
         for d in manifest.layers
     ]
@@ -82,6 +86,7 @@ def describe(ref: Ref, options: StoreOptions) -> ImageInfo:
         reference=pinned,
         digest=fetched.digest,
         media_type=fetched.media_type,
+        format=FORMAT_NAMES.get(kind or "", "not a model image"),
         created=ann.get(oci_mt.CREATED) or config.get("created"),
         source=ann.get(mt.SOURCE),
         base=ann.get(mt.BASE_NAME),
@@ -97,6 +102,8 @@ def render(info: ImageInfo) -> str:
     from modelcar.builder.progress import human
 
     lines = [f"reference  {info.reference}", f"type       {info.media_type}"]
+    if info.format:
+        lines.append(f"format     {info.format}")
     if info.platforms:
         lines.append("platforms  " + ", ".join(info.platforms))
     if info.platforms and not info.layers:
@@ -132,11 +139,25 @@ def _verify_plain_blob(store: ImageStore, digest: str) -> None:
         raise DigestMismatch(f"layer digest mismatch (got {r.digest})", subject=digest)
 
 
+def _verify_foreign(store: ImageStore, ref: Ref) -> tuple[int, int, list[str]]:
+    """Another tool's model image: every layer read and checked as the node would
+    unpack it (nothing written); the files it would publish counted."""
+    image = load_foreign(store, ref)
+    done = []
+    for part in image.parts:
+        with store.open_blob(part.layer.digest) as f:
+            done.append((part.layer.digest, unpack_layer(f, part, None)))
+    return len(image.parts), len(index_of(done).files), []
+
+
 def verify_image(ref: Ref, options: StoreOptions) -> tuple[int, int, list[str]]:
     """Every blob read again: the layers' digests, the files' sha256 (each layer once,
     for every platform of an index); the layers and files verified, the platforms."""
     store = open_store(ref, options)
-    image = load_model_image(store, ref)
+    try:
+        image = load_model_image(store, ref)
+    except NotAModelcar:
+        return _verify_foreign(store, ref)
     index = image.index
     # the base layers differ per platform; the model layers do not
     manifests = [v.manifest for v in image.variants.values()] or [image.manifest]

@@ -289,6 +289,13 @@ def pull(
 ) -> None:
     """Pull one pinned model in the foreground; print the published directory last.
 
+    Any model image: a modelcar, a hand-built one (a container image with /models;
+    layers applied in order, whiteouts honoured), a CNCF ModelPack artifact or a KitOps
+    ModelKit; every byte is checked and files are published 0644 and dirs 0755. After
+    an interruption the pull resumes: a modelcar's layer or a raw ModelPack layer from
+    where it stopped, a tar layer of another format (gzip or zstd especially) from its
+    beginning.
+
     With a daemon running on the cache dir, the daemon pulls it (with its own options)
     and this waits for the result."""
     pinned(ref)

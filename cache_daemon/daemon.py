@@ -27,6 +27,8 @@ from modelcar.cache_daemon.scrub import scrub, verify_models
 from modelcar.contract import wire as wire
 from modelcar.contract.client import ApiClient
 from modelcar.errors import ModelcarError, SignatureError
+from modelcar.format.fileindex import FileIndex
+from modelcar.format.foreign import ForeignImage
 from modelcar.format.image import ModelImage
 from modelcar.oci.store import ImageStore
 from modelcar.trust import policy
@@ -206,8 +208,9 @@ class Daemon:
                 raise ControlError("the daemon is pulling this model already", subject=image)
             self._pulling[digest] = _Pulling(image, label, time.monotonic())
 
-        def verified(store: ImageStore, model: ModelImage) -> None:
-            for note in policy.check(rules, store, ref, digest, lambda: model.index):
+        def verified(store: ImageStore, model: ModelImage | ForeignImage) -> None:
+            files = model.index if isinstance(model, ModelImage) else FileIndex(files=[])
+            for note in policy.check(rules, store, ref, digest, lambda: files):
                 log.warning("%s: %s", image, note)  # a policy that only reports
                 self._event("unverified", digest=digest, model=label, error=note)
 

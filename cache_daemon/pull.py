@@ -9,6 +9,7 @@ with its size, fsynced, and one rename into ``models/``.
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import threading
@@ -29,11 +30,14 @@ from modelcar.errors import (
     DiskFull,
     ImageFormatError,
     ModelcarError,
+    UnsafeArchive,
     UsageError,
 )
-from modelcar.format.fileindex import FileEntry
-from modelcar.format.image import ModelImage, load_model_image
+from modelcar.format.fileindex import FileEntry, FileIndex
+from modelcar.format.foreign import FORMAT_NAMES, ForeignImage, Part, load_foreign
+from modelcar.format.image import ModelImage, NotAModelcar, load_model_image
 from modelcar.format.layer import read_model_layer
+from modelcar.format.unpack import Unpacked, index_of, unpack_layer
 from modelcar.oci.manifest import Descriptor
 from modelcar.oci.reference import ImageRef, LayoutRef, parse_ref
 from modelcar.oci.store import ImageStore, StoreOptions
@@ -49,7 +53,7 @@ class PullStopped(ModelcarError):
 
 
 #: A check of an image before its layers are pulled; raises to refuse it.
-Check = Callable[[ImageStore, ModelImage], None]
+Check = Callable[[ImageStore, ModelImage | ForeignImage], None]
 
 
 class PullOptions(BaseModel):
@@ -264,10 +268,15 @@ class Puller:
             db.set(digest, image=image, state="failed", error=e.one_line())
             raise
         db.set(digest, image=image, state="pulling", size=model.size, bytes_done=0, error=None)
-        log.info("pull %s: %d files, %d bytes", image, len(model.files), model.size)
         try:
-            progress = self._pull_layers(digest, model, sources)
-            self._publish(digest, model)
+            if isinstance(model, ForeignImage):
+                log.info("pull %s: %s, %d layers, %d bytes", image,
+                         FORMAT_NAMES[model.format], len(model.parts), model.size)  # fmt: skip
+                progress, index = self._pull_foreign(digest, model, sources)
+            else:
+                log.info("pull %s: %d files, %d bytes", image, len(model.files), model.size)
+                progress, index = self._pull_layers(digest, model, sources), model.index
+            self._publish(digest, index)
         except PullStopped:
             # staging and journals stay; the row stays 'pulling' (reset at the next start)
             log.info("stopped %s mid-pull; the next start resumes it", image)
@@ -278,23 +287,28 @@ class Puller:
             raise err from None
         seconds = time.monotonic() - started
         self._present.add(digest)
-        db.set(digest, state="ready", bytes_done=model.size, error=None, used=True)
+        size = index.total_size  # a compressed image's files take more than was fetched
+        db.set(digest, state="ready", size=size, bytes_done=size, error=None, used=True)
         if self.metrics:
             self.metrics.pulled(progress.fetched, seconds)
         log.info("ready %s in %.1fs (%d bytes fetched)", image, seconds, progress.fetched)
+        layers = model.parts if isinstance(model, ForeignImage) else model.model_layers
         return PullResult(
-            digest=digest, image=image, path=str(self.cache.model_dir(digest)), size=model.size,
-            files=len(model.files), layers=len(model.model_layers),
+            digest=digest, image=image, path=str(self.cache.model_dir(digest)), size=size,
+            files=len(index.files), layers=len(layers),
             bytes_fetched=progress.fetched, bytes_resumed=progress.resumed, seconds=seconds,
         )  # fmt: skip
 
     # --- steps -----------------------------------------------------------------
 
-    def _load(self, sources: list[ImageStore], ref) -> ModelImage:
+    def _load(self, sources: list[ImageStore], ref) -> ModelImage | ForeignImage:
         last: ModelcarError | None = None
         for store in sources:
             try:
-                return load_model_image(store, ref)
+                try:
+                    return load_model_image(store, ref)
+                except NotAModelcar:  # another tool's model image: read as that format
+                    return load_foreign(store, ref)
             except ImageFormatError:
                 raise  # the image itself is wrong, wherever it comes from
             except ModelcarError as e:
@@ -377,9 +391,100 @@ class Puller:
         journal.remove()
         log.info("layer %s verified (%d bytes fetched)", desc.digest[:19], blob.fetched)
 
-    def _publish(self, digest: str, model: ModelImage) -> None:
+    def _pull_foreign(
+        self, digest: str, model: ForeignImage, sources: list[ImageStore]
+    ) -> tuple[_Progress, FileIndex]:
+        """Unpack another tool's image layer by layer, computing its file index. A layer
+        finished before a stop is kept (its result in the journal dir); one cut off is
+        done again from its start, except a raw layer, which goes on from its file's
+        size. A hand-built image's layers apply in order; an artifact's, in parallel."""
         staging = self.cache.staging_dir(digest)
-        for f in model.index.files:
+        jdir = staging.with_name(staging.name + ".journal")
+        if not staging.exists():
+            self.drop_journals(digest)
+        staging.mkdir(parents=True, exist_ok=True)
+        jdir.mkdir(exist_ok=True)
+        keys = [f"{i:04d}-{p.layer.digest.split(':', 1)[1]}" for i, p in enumerate(model.parts)]
+        results: dict[str, Unpacked] = {}
+        for key in keys:
+            try:
+                results[key] = Unpacked.from_json(json.loads((jdir / f"{key}.json").read_text()))
+            except (OSError, ValueError, KeyError):
+                continue
+        if model.in_order:  # after the first layer to redo, every later one is redone
+            first = next((i for i, k in enumerate(keys) if k not in results), len(keys))
+            results = {k: results[k] for k in keys[:first]}
+        progress = _Progress(total=model.size, on_change=lambda d, t: self._report(digest, d, t))
+        progress.add(sum(p.layer.size for p, k in zip(model.parts, keys, strict=True)
+                         if k in results))  # fmt: skip
+        claimed = {path for done in results.values() for path in done.files}
+        lock = threading.Lock()
+
+        def claim(path: str) -> None:  # an artifact's layers hold disjoint files
+            with lock:
+                if path in claimed:
+                    raise UnsafeArchive("the same file in two layers", subject=path)
+                claimed.add(path)
+
+        todo = [(p, k) for p, k in zip(model.parts, keys, strict=True) if k not in results]
+
+        def one(part: Part, key: str) -> None:
+            results[key] = self._unpack(staging, part, sources, progress,
+                                        None if model.in_order else claim)  # fmt: skip
+            tmp = jdir / f"{key}.json.tmp"
+            tmp.write_text(json.dumps(results[key].to_json()))
+            tmp.rename(jdir / f"{key}.json")
+
+        if model.in_order:
+            for part, key in todo:
+                one(part, key)
+        elif todo:
+            with ThreadPoolExecutor(max_workers=max(1, self.options.jobs)) as pool:
+                futures = [pool.submit(one, part, key) for part, key in todo]
+                errors = [f.exception() for f in futures]
+            if (first_error := next((e for e in errors if e is not None), None)) is not None:
+                raise first_error
+        index = index_of([(p.layer.digest, results[k])
+                          for p, k in zip(model.parts, keys, strict=True)])  # fmt: skip
+        if not index.files:
+            raise ImageFormatError(
+                f"a {FORMAT_NAMES[model.format]} image with no model files",
+                subject=model.digest,
+                hint="a hand-built modelcar keeps its files under /models",
+            )
+        return progress, index
+
+    def _unpack(
+        self,
+        staging: Path,
+        part: Part,
+        sources: list[ImageStore],
+        progress: _Progress,
+        claim: Callable[[str], None] | None,
+    ) -> Unpacked:
+        resume = 0
+        if part.raw_path is not None:  # a raw layer is its file: go on from its size
+            have = _size(staging / part.raw_path)
+            resume = have if 0 < have <= part.layer.size else 0
+        blob = BlobStream(
+            sources, part.layer.digest, part.layer.size, start=resume,
+            attempts=self.options.attempts, limiter=self.limiter,
+        )  # fmt: skip
+        progress.add(resumed=resume)
+        counted = _Counted(blob, progress, self.stop)
+        try:
+            return unpack_layer(counted, part, staging, claim=claim, resume=resume)
+        except (DigestMismatch, ImageFormatError):
+            if self.metrics:
+                self.metrics.verify_failed()
+            raise
+        finally:
+            blob.close()
+            progress.add(fetched=blob.fetched)
+
+    def _publish(self, digest: str, index: FileIndex) -> None:
+        staging = self.cache.staging_dir(digest)
+        for f in index.files:
             if _size(staging / f.path) != f.size:
                 raise DigestMismatch(
                     "a file of the index is missing after the pull", subject=f.path
@@ -390,7 +495,7 @@ class Puller:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        self.cache.save_index(digest, model.index)
+        self.cache.save_index(digest, index)
         self.cache.publish(digest)
         self.drop_journals(digest)
         self.cache.db.clear_layers(digest)
@@ -451,6 +556,20 @@ class Puller:
         self.cache.db.set(digest, bytes_done=done)
         if self.on_progress:
             self.on_progress(digest, done, total)
+
+
+class _Counted:
+    """Count a layer's fetched bytes into the progress; stop when asked to."""
+
+    def __init__(self, raw: BlobStream, progress: _Progress, stop: threading.Event | None):
+        self.raw, self.progress, self.stop = raw, progress, stop
+
+    def read(self, n: int = -1) -> bytes:
+        if self.stop is not None and self.stop.is_set():
+            raise PullStopped("stopped mid-pull", subject=self.raw.digest)
+        data = self.raw.read(n)
+        self.progress.add(len(data))
+        return data
 
 
 def _is_space(e: OSError) -> bool:

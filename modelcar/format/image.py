@@ -28,6 +28,10 @@ from modelcar.oci.reference import Ref
 from modelcar.oci.store import ImageStore
 
 
+class NotAModelcar(ImageFormatError):
+    """An image without modelcar's file index: another format, or no model at all."""
+
+
 @dataclass(frozen=True)
 class ModelImage:
     digest: str
@@ -110,7 +114,7 @@ def _load_manifest(store: ImageStore, subject: str, data: bytes, digest: str) ->
         raise DigestMismatch("image config does not match its digest", subject=subject)
     index = file_index_from_config(load_json(config_bytes, "image config"))
     if index is None:
-        raise ImageFormatError(
+        raise NotAModelcar(
             "image has no modelcar file index",
             subject=subject,
             hint="it was not built by modelcar build",
