@@ -120,6 +120,7 @@ def register_version(
         size=body.size,
         file_count=body.file_count,
         index_digest=body.index_digest,
+        modelpack_digest=body.modelpack_digest,
         build=body.build,
         created=utcnow(),
         created_by=actor,
@@ -264,6 +265,16 @@ _QUERIES = {
     for kind in ("alias", "version", "digest")
     for nodes in (False, True)
 }
+
+
+def modelpack_digest(conn: Connection | Session, name: str, number: int) -> str | None:
+    """The ModelPack digest recorded for version ``number`` of ``name``, if any."""
+    value: str | None = conn.execute(
+        select(Version.modelpack_digest)
+        .join(Model, Model.id == Version.model_id)
+        .where(Model.name == name, Version.number == number)
+    ).scalar()
+    return value
 
 
 def find(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import Connection, select
 from sqlalchemy.orm import Session, selectinload
 
 from modelcar.api import catalog, trust
@@ -97,6 +97,26 @@ def node_out(node: Node, stale_after: float, *, models: bool = True) -> wire.Nod
         if models
         else [],
     )
+
+
+def ready_by_digest(
+    s: Session | Connection, digests: list[str], stale_after: float
+) -> dict[str, list[str]]:
+    """For each digest, the fresh nodes that reported it ready (sorted)."""
+    rows = s.execute(
+        select(NodeModel.digest, NodeModel.node_name)
+        .join(Node)
+        .where(
+            NodeModel.digest.in_(digests),
+            NodeModel.state == "ready",
+            Node.last_seen >= fresh_since(stale_after),
+        )
+        .order_by(NodeModel.node_name)
+    )
+    ready: dict[str, list[str]] = {}
+    for digest, node in rows:
+        ready.setdefault(digest, []).append(node)
+    return ready
 
 
 # --- policies ----------------------------------------------------------------

@@ -102,6 +102,10 @@ class BuildRecord(BaseModel):
     bytes_skipped: int
     #: Filled by `build --sign-key` once the image is signed and attested.
     signed: SigningRecord | None = None
+    #: modelcar, or modelpack (`--format modelpack`: ``digest`` is the ModelPack's).
+    format: str = "modelcar"
+    #: The ModelPack manifest's digest (`--format modelpack|both`).
+    modelpack_digest: str | None = None
 
 
 @dataclass

@@ -149,6 +149,16 @@ def build(
             help="Sign the image (cosign's layout) with this private key: a PEM file or env://VAR.",
         ),
     ] = None,
+    image_format: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            metavar="FORMAT",
+            help="modelcar (default); modelpack: a CNCF ModelPack artifact, one raw layer per "
+            "file; both: the modelcar, and the ModelPack as its referrer tagged TAG-modelpack "
+            "(the source is read once).",
+        ),
+    ] = "modelcar",
     json_out: Annotated[
         bool,
         typer.Option(
@@ -236,6 +246,13 @@ def build(
         store=_store_options(plain_http, insecure, ca_file, docker_config),
         platforms=[parse_platform(p) for p in platform] if platform else None,
     )
+    if image_format not in ("modelcar", "modelpack", "both"):
+        raise UsageError(f"unknown --format {image_format}", hint="modelcar, modelpack or both")
+    if image_format == "modelpack" and (sign_key or platform or base):
+        raise UsageError(
+            "--sign-key, --platform and --base apply to modelcars",
+            hint="use --format both to sign a modelcar that carries the ModelPack as a referrer",
+        )
     private = None
     if sign_key:  # a bad key fails before anything is built
         from modelcar.trust import keys
@@ -250,7 +267,12 @@ def build(
         _list_files(src)
         return
     try:
-        record = Builder(src, target_ref, options, progress).run()
+        if image_format == "modelcar":
+            record = Builder(src, target_ref, options, progress).run()
+        else:
+            from modelcar.builder import modelpack
+
+            record = modelpack.build(image_format, src, target_ref, options, progress)
     finally:
         progress.close()
     if not quiet:
@@ -260,6 +282,8 @@ def build(
             f"{record.bytes_uploaded / mib:.1f} MiB sent, "
             f"{record.bytes_skipped / mib:.1f} MiB already there"
         )
+        if image_format == "both":
+            progress.log(f"ModelPack {record.modelpack_digest}, a referrer of the modelcar")
     signature = None
     if private is not None:
         import time

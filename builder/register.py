@@ -51,6 +51,7 @@ def register(
         size=record.size,
         file_count=record.files,
         index_digest=record.index_digest,
+        modelpack_digest=record.modelpack_digest,
         build=record.model_dump(mode="json"),
     )
     version, created = client.register_version(model, body)

@@ -396,3 +396,102 @@ def test_hostile_layers_in_every_format_are_refused(registry, tmp_path, fmt):
                 artifact)  # fmt: skip
     r, _ = pull(tmp_path / "cli", ref, "--plain-http", check=False)
     assert_one_line_error(r, "'..'")
+
+
+# --- ModelPack out: build --format modelpack|both ------------------------------------
+
+
+def _schema_validator():
+    import jsonschema
+
+    schema = json.loads((ROOT / "tests/fixtures/model-spec/config-schema.json").read_text())
+    return jsonschema.Draft202012Validator(
+        schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
+    )
+
+
+def _get(registry, repo: str, reference: str, accept: str = OCI_MANIFEST):
+    import httpx
+
+    return httpx.get(f"http://{registry.host}/v2/{repo}/manifests/{reference}",
+                     headers={"Accept": accept})  # fmt: skip
+
+
+def _blob(registry, repo: str, digest: str) -> bytes:
+    import httpx
+
+    return httpx.get(f"http://{registry.host}/v2/{repo}/blobs/{digest}").content
+
+
+def test_build_format_modelpack_round_trips_and_its_config_is_valid(registry, model, tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(model, src)
+    (src / "weights.dat").write_bytes(b"\x00\x01" * 500)  # an unknown kind: a guess
+    env = {"SOURCE_DATE_EPOCH": "1700000000"}
+    r = run_cli("build", str(src), f"{registry.host}/out/pack:v1", "--plain-http",
+                "--format", "modelpack", "--json", env=env)  # fmt: skip
+    record = json.loads(r.stdout.splitlines()[-2])
+    ref = r.last_line
+    assert record["format"] == "modelpack" and record["modelpack_digest"] == record["digest"]
+    manifest = _get(registry, "out/pack", record["digest"]).json()
+    assert manifest["artifactType"] == MP + "manifest.v1+json"
+    assert manifest["config"]["mediaType"] == MP + "config.v1+json"
+    by_path = {layer["annotations"]["org.cncf.model.filepath"]: layer
+               for layer in manifest["layers"]}  # fmt: skip
+    assert by_path["model.safetensors"]["mediaType"] == MP + "weight.v1.raw"
+    assert by_path["config.json"]["mediaType"] == MP + "weight.config.v1.raw"
+    assert by_path["weights.dat"]["annotations"]["org.cncf.model.file.mediatype.untested"] == (
+        "true"
+    )
+    assert "org.cncf.model.file.mediatype.untested" not in by_path["config.json"]["annotations"]
+    for path, layer in by_path.items():  # a raw layer is its file: digest = the file's sha256
+        assert layer["digest"] == _sha((src / path).read_bytes())
+        assert layer["annotations"]["org.opencontainers.image.title"] == path
+        meta = json.loads(layer["annotations"]["org.cncf.model.file.metadata+json"])
+        assert (meta["mode"], meta["uid"], meta["gid"], meta["mtime"]) == (
+            0o644, 0, 0, "1970-01-01T00:00:00Z")  # fmt: skip
+    config = json.loads(_blob(registry, "out/pack", manifest["config"]["digest"]))
+    errors = [e.message for e in _schema_validator().iter_errors(config)]
+    assert errors == []
+    assert config["descriptor"]["createdAt"] == "2023-11-14T22:13:20Z"
+    assert config["modelfs"]["diffIds"] == [layer["digest"] for layer in manifest["layers"]]
+    pull(tmp_path / "cache", ref, "--plain-http")
+    assert _published_tree(tmp_path / "cache", ref) == tree(src)
+    # unchanged files are not read or sent again; the digest is the same
+    again = run_cli("build", str(src), f"{registry.host}/out/pack:v1", "--plain-http",
+                    "--format", "modelpack", "--json", env=env)  # fmt: skip
+    second = json.loads(again.stdout.splitlines()[-2])
+    assert second["digest"] == record["digest"] and second["bytes_uploaded"] == 0
+
+
+def test_build_format_both_links_the_modelpack_to_the_modelcar(api, registry, model, tmp_path):
+    r = run_cli("build", str(model), f"{registry.host}/out/both:v1", "--plain-http",
+                "--format", "both", "--json", "--api", api.url, "--model", "both",
+                env={"MODELCAR_API_TOKEN": api.token("publish", "ci")})  # fmt: skip
+    record = json.loads(r.stdout.splitlines()[-2])
+    modelcar_digest, pack_digest = record["digest"], record["modelpack_digest"]
+    assert record["format"] == "modelcar" and pack_digest != modelcar_digest
+    tagged = _get(registry, "out/both", "v1-modelpack")
+    assert _sha(tagged.content) == pack_digest
+    pack = tagged.json()
+    assert pack["subject"]["digest"] == modelcar_digest
+    fallback = _get(registry, "out/both", f"sha256-{modelcar_digest[7:]}",
+                    "application/vnd.oci.image.index.v1+json").json()  # fmt: skip
+    assert [(d["digest"], d["artifactType"]) for d in fallback["manifests"]] == [
+        (pack_digest, MP + "manifest.v1+json")]  # fmt: skip
+    assert _get(registry, "out/both", modelcar_digest).json().get("artifactType") is None
+    config = json.loads(_blob(registry, "out/both", pack["config"]["digest"]))
+    assert list(_schema_validator().iter_errors(config)) == []
+    # both forms pull to the same tree
+    for digest in (modelcar_digest, pack_digest):
+        ref = f"{registry.host}/out/both@{digest}"
+        pull(tmp_path / "cache", ref, "--plain-http")
+        assert _published_tree(tmp_path / "cache", ref) == tree(model)
+    # the API records both; resolve answers either
+    admin = api.client(api.admin)
+    version = admin.get("/v1/models/both/versions/1").json()
+    assert (version["digest"], version["modelpack_digest"]) == (modelcar_digest, pack_digest)
+    answer = admin.get("/v1/resolve/both:1", params={"format": "modelpack"}).json()
+    assert answer["digest"] == pack_digest and answer["image_format"] == "modelpack"
+    assert answer["image"] == f"{registry.host}/out/both@{pack_digest}"
+    assert admin.get("/v1/resolve/both:1").json()["digest"] == modelcar_digest

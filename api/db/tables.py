@@ -89,6 +89,8 @@ class Version(Base):
     size: Mapped[int] = mapped_column(BigInteger, default=0)
     file_count: Mapped[int] = mapped_column(BigInteger, default=0)
     index_digest: Mapped[str | None] = mapped_column(String(71))
+    #: The same model as a CNCF ModelPack artifact (`build --format both|modelpack`).
+    modelpack_digest: Mapped[str | None] = mapped_column(String(71))
     build: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created: Mapped[datetime] = mapped_column(default=utcnow)
     created_by: Mapped[str] = mapped_column(String(128), default="")

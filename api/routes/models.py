@@ -6,12 +6,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response
 from sqlalchemy import select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import selectinload
 
-from modelcar.api import catalog, trust
-from modelcar.api.db.tables import Alias, Model, Node, NodeModel, Version
+from modelcar.api import catalog, fleet, trust
+from modelcar.api.db.tables import Alias, Model, Version
 from modelcar.api.deps import DB, Admin, Config, Publisher, Reader
-from modelcar.api.fleet import fresh_since
 from modelcar.api.routes import ERRORS
 from modelcar.contract import wire as wire
 from modelcar.errors import Missing
@@ -44,6 +43,7 @@ def version_out(
         size=v.size,
         file_count=v.file_count,
         index_digest=v.index_digest,
+        modelpack_digest=v.modelpack_digest,
         build=v.build,
         created=v.created,
         created_by=v.created_by,
@@ -75,23 +75,6 @@ def alias_out(a: Alias, name: str) -> wire.AliasOut:
     )
 
 
-def _ready_by_digest(s: Session, digests: list[str], stale_after: float) -> dict[str, list[str]]:
-    rows = s.execute(
-        select(NodeModel.digest, NodeModel.node_name)
-        .join(Node)
-        .where(
-            NodeModel.digest.in_(digests),
-            NodeModel.state == "ready",
-            Node.last_seen >= fresh_since(stale_after),
-        )
-        .order_by(NodeModel.node_name)
-    )
-    ready: dict[str, list[str]] = {}
-    for digest, node in rows:
-        ready.setdefault(digest, []).append(node)
-    return ready
-
-
 @router.get("", response_model=list[wire.ModelOut], summary="List models")
 def list_models(db: DB, _: Reader) -> list[wire.ModelOut]:
     with db.reading() as s:
@@ -112,7 +95,7 @@ def get_model(name: Name, db: DB, settings: Config, _: Reader) -> wire.ModelDeta
         for alias, number in aliases.items():
             by_number.setdefault(number, []).append(alias)
         digests = [v.digest for v in m.versions]
-        ready = _ready_by_digest(s, digests, settings.stale_after)
+        ready = fleet.ready_by_digest(s, digests, settings.stale_after)
         signed = trust.signed_by(s, digests)
         return wire.ModelDetail(
             **model_out(m, aliases).model_dump(),
@@ -174,7 +157,7 @@ def get_version(
     with db.reading() as s:
         v = catalog.get_version(s, catalog.get_model(s, name), version)
         aliases = s.scalars(select(Alias.name).where(Alias.version_id == v.id)).all()
-        ready = _ready_by_digest(s, [v.digest], settings.stale_after)
+        ready = fleet.ready_by_digest(s, [v.digest], settings.stale_after)
         signed = trust.signed_by(s, [v.digest])[v.digest]
         return version_out(v, name, sorted(aliases), ready.get(v.digest), signed)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import partial
 from typing import Annotated, Any, Literal
 
@@ -9,7 +10,7 @@ from fastapi import APIRouter, Path, Query, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from modelcar.api import catalog, trust
+from modelcar.api import catalog, fleet, trust
 from modelcar.api.db.engine import Database
 from modelcar.api.deps import DB, Config, Reader
 from modelcar.api.fleet import fresh_since
@@ -18,7 +19,7 @@ from modelcar.api.routes import ERRORS
 from modelcar.api.settings import Settings
 from modelcar.contract import wire as wire
 from modelcar.contract.modelref import ModelRef, parse_model_ref
-from modelcar.errors import Conflict, InvalidReference, InvalidRequest
+from modelcar.errors import Conflict, InvalidReference, InvalidRequest, Missing
 
 router = APIRouter(prefix="/v1", tags=["resolve"], responses=ERRORS)
 
@@ -29,10 +30,18 @@ def _lookup(
     settings: Settings,
     mode: wire.MountMode | None,
     require_signed: bool,
+    modelpack: bool = False,
 ) -> wire.ResolveAnswer:
     signed_by = None
     with db.connection() as conn:
         target = catalog.find(conn, ref, ready_since=fresh_since(settings.stale_after))
+        if modelpack:  # the same version's ModelPack artifact, and where it is ready
+            other = catalog.modelpack_digest(conn, target.name, target.number)
+            if other is None:
+                raise Missing(f"version {target.number} has no ModelPack form", subject=str(ref),
+                              hint="build it with --format both (or modelpack)")  # fmt: skip
+            nodes = fleet.ready_by_digest(conn, [other], settings.stale_after).get(other, [])
+            target = replace(target, digest=other, nodes_ready=tuple(nodes))
         if require_signed:
             signed_by = trust.signed_by(conn, [target.digest])[target.digest]
     if require_signed and not signed_by:
@@ -45,6 +54,8 @@ def _lookup(
         mode=mode,
     )  # fmt: skip
     answer.signed_by = signed_by
+    if modelpack:
+        answer.image_format = "modelpack"
     return answer
 
 
@@ -70,7 +81,13 @@ async def resolve(
         wire.MountMode | None,
         Query(description="Mount for pod_spec: the image (oci) or the node cache (hostpath)"),
     ] = None,
-    format: Annotated[Literal["json", "kserve"], Query(description="Answer shape")] = "json",
+    format: Annotated[
+        Literal["json", "kserve", "modelpack"],
+        Query(
+            description="Answer shape; modelpack: the JSON answer for the version's "
+            "ModelPack artifact instead of its modelcar"
+        ),
+    ] = "json",
     model_format: Annotated[
         str,
         Query(max_length=63, pattern=r"^[a-z0-9][a-z0-9._-]*$", description="KServe modelFormat"),
@@ -83,7 +100,7 @@ async def resolve(
         parsed = parse_model_ref(ref)
     except InvalidReference as e:
         raise InvalidRequest(e.message, subject=e.subject, hint=e.hint) from None
-    lookup = partial(_lookup, db, parsed, settings, mode, require_signed)
+    lookup = partial(_lookup, db, parsed, settings, mode, require_signed, format == "modelpack")
     # SQLite is a local file: two indexed reads take less time than a trip to the
     # thread pool, so they run on the event loop. A server database goes to the pool.
     answer = lookup() if db.is_sqlite else await run_in_threadpool(lookup)

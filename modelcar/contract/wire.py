@@ -154,6 +154,9 @@ class VersionCreate(_Request):
     size: Count = 0
     file_count: Count = 0
     index_digest: DigestStr | None = None
+    modelpack_digest: DigestStr | None = Field(
+        None, description="The same model as a CNCF ModelPack artifact, in the same repository"
+    )
     build: dict[str, Any] = Field(default_factory=dict, description="The builder's build record")
     version: VersionNumber | None = Field(
         None,
@@ -266,6 +269,7 @@ class VersionOut(_Response):
     size: int
     file_count: int
     index_digest: str | None
+    modelpack_digest: str | None = None
     build: dict[str, Any]
     created: datetime
     created_by: str
@@ -329,6 +333,9 @@ class ResolveAnswer(_Response):
     )
     signed_by: list[str] | None = Field(
         None, description="With require_signed=1: the trusted keys that signed the digest"
+    )
+    image_format: Literal["modelcar", "modelpack"] = Field(
+        "modelcar", description="What `image` is: the modelcar, or (format=modelpack) the ModelPack"
     )
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from modelcar.errors import DigestMismatch, ImageFormatError
+from modelcar.format import modelpack
 from modelcar.format.paths import path_problem, shown
 from modelcar.oci import mediatypes as mt
 from modelcar.oci.digest import sha256_bytes
@@ -34,15 +35,15 @@ FORMAT_NAMES = {
 }
 Compression = Literal["none", "gzip", "zstd"]
 
-MODELPACK_ARTIFACT = "application/vnd.cncf.model.manifest.v1+json"
-MODELPACK_CONFIG = "application/vnd.cncf.model.config.v1+json"
-MODELPACK_PREFIX = "application/vnd.cncf.model."
-MODELPACK_KINDS = ("weight", "weight.config", "doc", "code", "dataset")
+MODELPACK_ARTIFACT = modelpack.ARTIFACT_TYPE
+MODELPACK_CONFIG = modelpack.CONFIG_TYPE
+MODELPACK_PREFIX = modelpack.PREFIX
+MODELPACK_KINDS = modelpack.KINDS
 MODELKIT_CONFIG = "application/vnd.kitops.modelkit.config.v1+json"
 MODELKIT_PREFIX = "application/vnd.kitops.modelkit."
 MODELKIT_KINDS = ("model", "modelpart", "code", "dataset", "docs")
 #: Where a raw layer's file path is, newest key first.
-PATH_ANNOTATIONS = ("org.cncf.model.filepath", "org.cnai.model.filepath", mt.TITLE)
+PATH_ANNOTATIONS = (modelpack.FILEPATH, modelpack.FILEPATH_OLD, mt.TITLE)
 
 _IMAGE_LAYERS: dict[str, Compression] = {
     mt.OCI_LAYER_TAR: "none",

@@ -50,12 +50,19 @@ def attach(
     digest = store.put_manifest(manifest, mt.OCI_MANIFEST, sha256_bytes(manifest))
     described = Descriptor(mediaType=mt.OCI_MANIFEST, digest=digest, size=len(manifest),
                            artifactType=artifact_type, annotations=annotations or None)  # fmt: skip
-    if store.referrers(subject.digest) is None:
-        listed = _fallback(store, subject.digest)
-        if all(d.digest != digest for d in listed):
-            index = Index(manifests=[*listed, described]).canonical()
-            store.put_manifest(index, mt.OCI_INDEX, fallback_tag(subject.digest))
+    link(store, subject.digest, described)
     return described
+
+
+def link(store: ImageStore, subject: str, described: Descriptor) -> None:
+    """List a pushed manifest (whose ``subject`` is ``subject``) among its referrers:
+    nothing to do where the registry has the referrers API, else the fallback index."""
+    if store.referrers(subject) is not None:
+        return
+    listed = _fallback(store, subject)
+    if all(d.digest != described.digest for d in listed):
+        index = Index(manifests=[*listed, described]).canonical()
+        store.put_manifest(index, mt.OCI_INDEX, fallback_tag(subject))
 
 
 def _fallback(store: ImageStore, digest: str) -> list[Descriptor]:
