@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import json
 import os
 import signal
 import subprocess
 import sys
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,6 +139,26 @@ def stop_process(proc: subprocess.Popen, timeout: float = 30) -> str:
         proc.kill()
         out, err = proc.communicate()
     return err if err is not None else (out or "")
+
+
+def tar_member(name, data=b"", kind=tarfile.REGTYPE, mode=0o644, link="", pax=None):
+    """One tar entry, as Python's tarfile writes it (hostile ones included)."""
+    info = tarfile.TarInfo(name)
+    info.type, info.mode, info.linkname = kind, mode, link
+    info.size = len(data) if kind == tarfile.REGTYPE else 0
+    if pax:
+        info.pax_headers = pax
+    return info, (io.BytesIO(data) if kind == tarfile.REGTYPE else None)
+
+
+def make_tar(members, fmt=tarfile.PAX_FORMAT) -> bytes:
+    """A tar of ``tar_member`` entries, or of ``(name, data)`` pairs."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt) as t:
+        for entry in members:
+            info, body = entry if isinstance(entry[0], tarfile.TarInfo) else tar_member(*entry)
+            t.addfile(info, body)
+    return buf.getvalue()
 
 
 def published(cache: Path) -> list[str]:

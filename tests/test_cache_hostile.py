@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import tarfile
 
@@ -15,28 +14,11 @@ from modelcar.oci import mediatypes as oci_mt
 from modelcar.oci.reference import parse_ref
 from modelcar.oci.store import StoreOptions
 from modelcar.oci.stores import open_store
-from tests.helpers import assert_one_line_error, published, pull
+from tests.helpers import assert_one_line_error, make_tar, published, pull, tar_member
 
 
 def _sha(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def _member(name, data=b"", kind=tarfile.REGTYPE, mode=0o644, link="", pax=None):
-    info = tarfile.TarInfo(name)
-    info.type, info.mode, info.linkname = kind, mode, link
-    info.size = len(data) if kind == tarfile.REGTYPE else 0
-    if pax:
-        info.pax_headers = pax
-    return info, (io.BytesIO(data) if kind == tarfile.REGTYPE else None)
-
-
-def _tar(members, fmt=tarfile.PAX_FORMAT) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=fmt) as t:
-        for info, body in members:
-            t.addfile(info, body)
-    return buf.getvalue()
 
 
 def push_image(registry, repo: str, layer: bytes, files: dict[str, bytes | int]) -> str:
@@ -84,47 +66,60 @@ def push_image(registry, repo: str, layer: bytes, files: dict[str, bytes | int])
 def _cases(outside):
     good = b"weights" * 100
     big_pax = {"comment": "x" * (2 << 20)}
-    truncated = _tar([_member("models/a", b"y" * 5000)])[:3000]
-    bad_checksum = bytearray(_tar([_member("models/a", good)]))
+    truncated = make_tar([tar_member("models/a", b"y" * 5000)])[:3000]
+    bad_checksum = bytearray(make_tar([tar_member("models/a", good)]))
     bad_checksum[0] ^= 0x20
     return {
-        "tar slip": ([_member(f"models/../../../{outside.name}/slip.txt", good)], {"a": good}),
-        "absolute path": ([_member(f"{outside}/abs.txt", good)], {"a": good}),
-        "outside models/": ([_member("etc/passwd", good)], {"a": good}),
+        "tar slip": ([tar_member(f"models/../../../{outside.name}/slip.txt", good)], {"a": good}),
+        "absolute path": ([tar_member(f"{outside}/abs.txt", good)], {"a": good}),
+        "outside models/": ([tar_member("etc/passwd", good)], {"a": good}),
         "symlink then write through it": (
             [
-                _member("models/link", kind=tarfile.SYMTYPE, link=str(outside)),
-                _member("models/link/evil.txt", good),
+                tar_member("models/link", kind=tarfile.SYMTYPE, link=str(outside)),
+                tar_member("models/link/evil.txt", good),
             ],
             {"link/evil.txt": good},
         ),
         "hard link": (
-            [_member("models/a", good), _member("models/b", kind=tarfile.LNKTYPE, link="models/a")],
+            [
+                tar_member("models/a", good),
+                tar_member("models/b", kind=tarfile.LNKTYPE, link="models/a"),
+            ],
             {"a": good, "b": good},
         ),
-        "char device": ([_member("models/dev", kind=tarfile.CHRTYPE)], {"dev": 0}),
-        "block device": ([_member("models/blk", kind=tarfile.BLKTYPE)], {"blk": 0}),
-        "fifo": ([_member("models/fifo", kind=tarfile.FIFOTYPE)], {"fifo": 0}),
-        "setuid": ([_member("models/a", good, mode=0o4755)], {"a": good}),
-        "duplicate entry": ([_member("models/a", good), _member("models/a", good)], {"a": good}),
-        "huge PAX header": ([_member("models/a", good, pax=big_pax)], {"a": good}),
-        "truncated tar": (truncated, {"a": b"y" * 5000}),
-        "size mismatch": ([_member("models/a", good)], {"a": len(good) + 10}),
-        "file not in the index": (
-            [_member("models/a", good), _member("models/extra", good)],
+        "char device": ([tar_member("models/dev", kind=tarfile.CHRTYPE)], {"dev": 0}),
+        "block device": ([tar_member("models/blk", kind=tarfile.BLKTYPE)], {"blk": 0}),
+        "fifo": ([tar_member("models/fifo", kind=tarfile.FIFOTYPE)], {"fifo": 0}),
+        "setuid": ([tar_member("models/a", good, mode=0o4755)], {"a": good}),
+        "duplicate entry": (
+            [tar_member("models/a", good), tar_member("models/a", good)],
             {"a": good},
         ),
-        "index file missing from the layer": ([_member("models/a", good)], {"a": good, "b": good}),
-        "content differs from the index": ([_member("models/a", good)], {"a": b"other" * 140}),
+        "huge PAX header": ([tar_member("models/a", good, pax=big_pax)], {"a": good}),
+        "truncated tar": (truncated, {"a": b"y" * 5000}),
+        "size mismatch": ([tar_member("models/a", good)], {"a": len(good) + 10}),
+        "file not in the index": (
+            [tar_member("models/a", good), tar_member("models/extra", good)],
+            {"a": good},
+        ),
+        "index file missing from the layer": (
+            [tar_member("models/a", good)],
+            {"a": good, "b": good},
+        ),
+        "content differs from the index": ([tar_member("models/a", good)], {"a": b"other" * 140}),
         "bad header checksum": (bytes(bad_checksum), {"a": good}),
         "GNU long name with ..": (
-            _tar(
-                [_member("models/" + "d" * 120 + "/../../../escape.txt", good)], tarfile.GNU_FORMAT
+            make_tar(
+                [tar_member("models/" + "d" * 120 + "/../../../escape.txt", good)],
+                tarfile.GNU_FORMAT,
             ),
             {"a": good},
         ),
         "directory over a file": (
-            [_member("models/a", good), _member("models/a", kind=tarfile.DIRTYPE, mode=0o755)],
+            [
+                tar_member("models/a", good),
+                tar_member("models/a", kind=tarfile.DIRTYPE, mode=0o755),
+            ],
             {"a": good},
         ),
     }
@@ -137,7 +132,7 @@ def test_hostile_layers_are_all_refused(registry, tmp_path):
     cases = _cases(outside)
     assert len(cases) >= 15
     for i, (name, (members, files)) in enumerate(cases.items()):
-        layer = members if isinstance(members, bytes) else _tar(members)
+        layer = members if isinstance(members, bytes) else make_tar(members)
         ref = push_image(registry, f"case{i}", layer, files)
         result, _ = pull(cache, ref, "--plain-http", check=False)
         assert result.code != 0, name
@@ -155,7 +150,9 @@ def test_hostile_layers_are_all_refused(registry, tmp_path):
 @pytest.mark.parametrize("field", ["manifests", "blobs"])
 def test_a_manifest_or_config_altered_in_transit_is_refused(registry, tmp_path, field):
     good = b"w" * 100
-    ref = push_image(registry, f"transit-{field}", _tar([_member("models/a", good)]), {"a": good})
+    ref = push_image(
+        registry, f"transit-{field}", make_tar([tar_member("models/a", good)]), {"a": good}
+    )
 
     def alter(method, path, body):
         if f"/{field}/" in path and body.startswith(b"{"):

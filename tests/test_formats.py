@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -28,7 +27,16 @@ from modelcar.errors import ModelcarError
 from modelcar.oci.reference import parse_ref
 from modelcar.oci.store import StoreOptions
 from modelcar.oci.stores import open_store
-from tests.helpers import ROOT, assert_one_line_error, published, pull, run_cli, tree
+from tests.helpers import (
+    ROOT,
+    assert_one_line_error,
+    make_tar,
+    published,
+    pull,
+    run_cli,
+    tar_member,
+    tree,
+)
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MP = "application/vnd.cncf.model."
@@ -294,7 +302,7 @@ def _push(registry, repo: str, config_type: str, layers: list[tuple[str, bytes]]
 
 
 def test_what_cannot_be_read_is_refused_naming_format_and_media_type(registry, tmp_path):
-    tar = _tar([("a", b"x")])
+    tar = make_tar([("a", b"x")])
     unknown_layer = _push(registry, "refuse/pack", MP + "config.v1+json",
                           [(MP + "weight.v1.tar+lz4", tar)], MP + "manifest.v1+json")  # fmt: skip
     r, _ = pull(tmp_path / "c", unknown_layer, "--plain-http", check=False)
@@ -310,51 +318,33 @@ def test_what_cannot_be_read_is_refused_naming_format_and_media_type(registry, t
     assert published(tmp_path / "c") == []
 
 
-def _member(name, data=b"", kind=tarfile.REGTYPE, mode=0o644, link="", pax=None):
-    info = tarfile.TarInfo(name)
-    info.type, info.mode, info.linkname = kind, mode, link
-    info.size = len(data) if kind == tarfile.REGTYPE else 0
-    if pax:
-        info.pax_headers = pax
-    return info, (io.BytesIO(data) if kind == tarfile.REGTYPE else None)
-
-
-def _tar(entries, fmt=tarfile.PAX_FORMAT) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=fmt) as t:
-        for entry in entries:
-            info, body = entry if isinstance(entry[0], tarfile.TarInfo) else _member(*entry)
-            t.addfile(info, body)
-    return buf.getvalue()
-
-
 def _hostile(p: str, outside: Path) -> dict[str, bytes]:
     good = b"weights" * 100
-    m = _member
-    truncated = _tar([m(f"{p}a", b"y" * 5000)])[:3000]
-    bad_checksum = bytearray(_tar([m(f"{p}a", good)]))
+    m = tar_member
+    truncated = make_tar([m(f"{p}a", b"y" * 5000)])[:3000]
+    bad_checksum = bytearray(make_tar([m(f"{p}a", good)]))
     bad_checksum[0] ^= 0x20
     return {
-        "tar slip": _tar([m(f"{p}../../../{outside.name}/slip.txt", good)]),
-        "absolute path": _tar([m(f"{p}/{outside}/abs.txt", good)]),
-        "symlink then write through it": _tar(
+        "tar slip": make_tar([m(f"{p}../../../{outside.name}/slip.txt", good)]),
+        "absolute path": make_tar([m(f"{p}/{outside}/abs.txt", good)]),
+        "symlink then write through it": make_tar(
             [m(f"{p}link", kind=tarfile.SYMTYPE, link=str(outside)), m(f"{p}link/evil.txt", good)]
         ),
-        "hard link": _tar([m(f"{p}a", good), m(f"{p}b", kind=tarfile.LNKTYPE, link=f"{p}a")]),
-        "char device": _tar([m(f"{p}dev", kind=tarfile.CHRTYPE)]),
-        "fifo": _tar([m(f"{p}fifo", kind=tarfile.FIFOTYPE)]),
-        "setuid": _tar([m(f"{p}a", good, mode=0o4755)]),
-        "duplicate entry": _tar([m(f"{p}a", good), m(f"{p}a", good)]),
-        "huge PAX header": _tar([m(f"{p}a", good, pax={"comment": "x" * (2 << 20)})]),
+        "hard link": make_tar([m(f"{p}a", good), m(f"{p}b", kind=tarfile.LNKTYPE, link=f"{p}a")]),
+        "char device": make_tar([m(f"{p}dev", kind=tarfile.CHRTYPE)]),
+        "fifo": make_tar([m(f"{p}fifo", kind=tarfile.FIFOTYPE)]),
+        "setuid": make_tar([m(f"{p}a", good, mode=0o4755)]),
+        "duplicate entry": make_tar([m(f"{p}a", good), m(f"{p}a", good)]),
+        "huge PAX header": make_tar([m(f"{p}a", good, pax={"comment": "x" * (2 << 20)})]),
         "truncated tar": truncated,
         "bad header checksum": bytes(bad_checksum),
-        "GNU long name with ..": _tar(
+        "GNU long name with ..": make_tar(
             [m(f"{p}" + "d" * 120 + "/../../../escape.txt", good)], tarfile.GNU_FORMAT
         ),
-        "directory over a file": _tar(
+        "directory over a file": make_tar(
             [m(f"{p}a", good), m(f"{p}a", kind=tarfile.DIRTYPE, mode=0o755)]
         ),
-        "whiteout escaping the tree": _tar([m(f"{p}.wh..", b"")]),
+        "whiteout escaping the tree": make_tar([m(f"{p}.wh..", b"")]),
     }
 
 
@@ -377,7 +367,7 @@ def test_hostile_layers_in_every_format_are_refused(registry, tmp_path, fmt):
     try:
         for i, (name, layer) in enumerate(_hostile(prefix, outside).items()):
             if fmt == "hand-built" and name == "whiteout escaping the tree":
-                layer = _tar([_member("models/.wh..", b"")])
+                layer = make_tar([tar_member("models/.wh..", b"")])
             elif name == "whiteout escaping the tree":
                 continue  # a file named .wh.. is refused by the path rule alone
             ref = _push(registry, f"hostile-{fmt.lower()}/c{i}", config_type,
@@ -391,7 +381,7 @@ def test_hostile_layers_in_every_format_are_refused(registry, tmp_path, fmt):
     finally:
         cache.close()
     # and once through the CLI: one line, non-zero
-    escape = compress(_tar([_member(f"{prefix}../x", b"x")]))
+    escape = compress(make_tar([tar_member(f"{prefix}../x", b"x")]))
     ref = _push(registry, f"hostile-{fmt.lower()}/cli", config_type, [(layer_type, escape)],
                 artifact)  # fmt: skip
     r, _ = pull(tmp_path / "cli", ref, "--plain-http", check=False)
@@ -495,3 +485,27 @@ def test_build_format_both_links_the_modelpack_to_the_modelcar(api, registry, mo
     assert answer["digest"] == pack_digest and answer["image_format"] == "modelpack"
     assert answer["image"] == f"{registry.host}/out/both@{pack_digest}"
     assert admin.get("/v1/resolve/both:1").json()["digest"] == modelcar_digest
+
+
+def test_a_compressed_image_resumes_after_kill_9_from_the_cut_layer(registry, tmp_path):
+    first, second = os.urandom(1_500_000), os.urandom(6_000_000)
+    layers = [gzip.compress(make_tar([("models/a.bin", first)]), 1),
+              gzip.compress(make_tar([("models/b.bin", second)]), 1)]  # fmt: skip
+    gz = "application/vnd.oci.image.layer.v1.tar+gzip"
+    ref = _push(registry, "resume/hand", "application/vnd.oci.image.config.v1+json",
+                [(gz, data) for data in layers])  # fmt: skip
+    cache = tmp_path / "cache"
+    proc = subprocess.Popen([sys.executable, "-m", "modelcar.cache_daemon.cli", "pull", ref,
+                             "--cache-dir", str(cache), "--plain-http", "--max-rate", "2MiB"],
+                            cwd=ROOT, stderr=subprocess.DEVNULL)  # fmt: skip
+    partial = cache / "staging" / f"sha256-{ref.split('@sha256:')[1]}" / "b.bin"
+    deadline = time.monotonic() + 30
+    while not (partial.exists() and partial.stat().st_size > 1_000_000):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    _, info = pull(cache, ref, "--plain-http")
+    # the finished first layer is kept; the cut one is fetched again from its start
+    assert info["bytes_fetched"] == len(layers[1])
+    assert _published_tree(cache, ref) == {"a.bin": first, "b.bin": second}
