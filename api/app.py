@@ -71,20 +71,8 @@ def _allowed_methods(app: FastAPI, request: Request) -> list[str]:
     return sorted(methods)
 
 
-def create_app(settings: Settings, database: Database | None = None) -> FastAPI:
-    db = database or Database(settings.db, pool_size=settings.pool_size)
-    app = FastAPI(
-        title="modelcar API",
-        version="1",
-        description=DESCRIPTION,
-        docs_url="/docs",
-        redoc_url=None,
-    )
-    app.state.db = db
-    app.state.settings = settings
-    app.state.tokens = TokenCache()
-    metrics = Metrics(db, settings)
-    app.state.metrics = metrics
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error as the API's JSON error body, never a 500 (the webhook port's too)."""
 
     @app.exception_handler(ModelcarError)
     async def _modelcar(_: Request, exc: ModelcarError) -> JSONResponse:
@@ -127,6 +115,24 @@ def create_app(settings: Settings, database: Database | None = None) -> FastAPI:
         return _from_error(
             DatabaseNotReady("the database is unavailable", hint="try again shortly")
         )
+
+
+def create_app(settings: Settings, database: Database | None = None) -> FastAPI:
+    db = database or Database(settings.db, pool_size=settings.pool_size)
+    app = FastAPI(
+        title="modelcar API",
+        version="1",
+        description=DESCRIPTION,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.db = db
+    app.state.settings = settings
+    app.state.tokens = TokenCache()
+    metrics = Metrics(db, settings)
+    app.state.metrics = metrics
+
+    install_error_handlers(app)
 
     for module in (models, resolve, nodes, trust, tokens, health):
         app.include_router(module.router)

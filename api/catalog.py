@@ -14,7 +14,16 @@ from sqlalchemy import Connection, Select, bindparam, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
-from modelcar.api.db.tables import Alias, AliasEvent, Model, Node, NodeModel, Version, utcnow
+from modelcar.api.db.tables import (
+    Alias,
+    AliasEvent,
+    Model,
+    Node,
+    NodeModel,
+    Version,
+    Workload,
+    utcnow,
+)
 from modelcar.contract import wire as wire
 from modelcar.contract.modelref import ModelRef, valid_alias, valid_model_name
 from modelcar.errors import Conflict, InvalidRequest, Missing
@@ -152,6 +161,19 @@ def delete_version(s: Session, name: str, number: int) -> Version:
             f"version {number} is the target of alias {', '.join(sorted(pointing))}",
             subject=f"{name}:{number}",
             hint="move the alias to another version first",
+        )
+    users = s.execute(
+        select(Workload.namespace, Workload.kind, Workload.name)
+        .where(Workload.version_id == version.id)
+        .order_by(Workload.namespace, Workload.kind, Workload.name)
+    ).all()
+    if users:
+        shown = ", ".join(f"{ns}/{kind}/{obj}" for ns, kind, obj in users[:5])
+        more = f" and {len(users) - 5} more" if len(users) > 5 else ""
+        raise Conflict(
+            f"version {number} is in use by {shown}{more}",
+            subject=f"{name}:{number}",
+            hint="delete those objects, or re-pin them, first",
         )
     s.delete(version)
     return version

@@ -76,8 +76,28 @@ def serve(
         str | None, typer.Option(help="The cache daemons' cache dir [/var/lib/modelcar].")
     ] = None,
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = True,
+    webhook_port: Annotated[
+        int | None,
+        typer.Option(
+            help="Also serve the admission webhooks (/mutate, /validate) over TLS "
+            "on this port, and nothing else there."
+        ),
+    ] = None,
+    webhook_cert: Annotated[
+        str | None, typer.Option(metavar="PEM", help="The webhooks' serving certificate.")
+    ] = None,
+    webhook_key: Annotated[str | None, typer.Option(metavar="PEM", help="Its key.")] = None,
+    webhook_client_ca: Annotated[
+        str | None,
+        typer.Option(
+            metavar="PEM",
+            help="Require a client certificate signed by this CA "
+            "(the apiserver's, from its AdmissionConfiguration kubeconfig).",
+        ),
+    ] = None,
 ) -> None:
-    """Serve the API (OpenAPI docs at /docs). Refuses an un-migrated database."""
+    """Serve the API (OpenAPI docs at /docs). Refuses an un-migrated database. With
+    --webhook-port, the admission webhooks too (TLS, on that port only)."""
     import uvicorn
 
     from modelcar.api.app import create_app
@@ -92,7 +112,17 @@ def serve(
         open_reads=open_reads,
         stale_after=stale_after,
         cache_root=cache_root,
+        webhook_port=webhook_port,
+        webhook_cert=webhook_cert,
+        webhook_key=webhook_key,
+        webhook_client_ca=webhook_client_ca,
     )
+    if settings.webhook_port and not (settings.webhook_cert and settings.webhook_key):
+        raise UsageError("--webhook-port needs --webhook-cert and --webhook-key",
+                         hint="the apiserver calls webhooks over TLS only")  # fmt: skip
+    for path in (settings.webhook_cert, settings.webhook_key, settings.webhook_client_ca):
+        if path and not os.path.isfile(path):
+            raise UsageError("cannot read the webhook's TLS file", subject=path)
     database = Database(settings.db, pool_size=settings.pool_size)
     database.check_migrated()
     typer.echo(
@@ -107,6 +137,13 @@ def serve(
         "access_log": access_log,
         "server_header": False,
     }
+    if settings.webhook_port:
+        from modelcar.api.webhook import serve_webhooks
+
+        serve_webhooks(settings, database, log_level=settings.log_level, access_log=access_log,
+                       server_header=False)  # fmt: skip
+        typer.echo(f"modelcar-api: admission webhooks on https://{settings.host}:"
+                   f"{settings.webhook_port}", err=True)  # fmt: skip
     if settings.workers > 1:
         database.dispose()
         os.environ[SETTINGS_ENV] = settings.model_dump_json()

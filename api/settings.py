@@ -32,6 +32,20 @@ class Settings(BaseModel):
     pool_size: int = Field(20, ge=1, le=500, description="Database connections per worker")
     max_body_bytes: int = Field(4 << 20, ge=1024, description="Largest request body accepted")
     log_level: str = Field("info", pattern="^(critical|error|warning|info|debug)$")
+    webhook_port: int | None = Field(
+        None, ge=1, le=65535, description="Serve the admission webhooks over TLS on this port"
+    )
+    webhook_cert: str | None = Field(None, description="The webhook's serving certificate (PEM)")
+    webhook_key: str | None = Field(None, description="Its private key (PEM)")
+    webhook_client_ca: str | None = Field(
+        None, description="Require client certificates signed by this CA (the apiserver's)"
+    )
+    webhook_require_registered: bool = Field(
+        True, description="Validating webhook: refuse digests that are no registered version"
+    )
+    webhook_require_signed: bool = Field(
+        False, description="Validating webhook: refuse digests no trusted key signed"
+    )
 
 
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:

@@ -20,10 +20,10 @@ def test_serve_refuses_an_unmigrated_database(tmp_path):
     assert_one_line_error(refused, "schema is at nothing", "modelcar-api db upgrade")
 
     up = run_api_cli("db", "upgrade", "--db", db)
-    assert "upgraded empty -> 0003" in up.stderr
-    assert "already at 0003" in run_api_cli("db", "upgrade", "--db", db).stderr
+    assert "upgraded empty -> 0004" in up.stderr
+    assert "already at 0004" in run_api_cli("db", "upgrade", "--db", db).stderr
     assert run_api_cli("db", "current", "--db", db).stdout.split() == [
-        "database:", "0003", "release:", "0003",
+        "database:", "0004", "release:", "0004",
     ]  # fmt: skip
 
 

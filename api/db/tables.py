@@ -171,6 +171,26 @@ class ImageSignature(Base):
     created_by: Mapped[str] = mapped_column(String(128), default="")
 
 
+class Workload(Base):
+    """A Kubernetes object admitted with a version pinned (who runs what)."""
+
+    __tablename__ = "workloads"
+    __table_args__ = (
+        UniqueConstraint("kind", "namespace", "name", "version_id", name="uq_workloads_object"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    version_id: Mapped[int] = mapped_column(
+        ForeignKey("versions.id", ondelete="CASCADE"), index=True
+    )
+    kind: Mapped[str] = mapped_column(String(63))
+    namespace: Mapped[str] = mapped_column(String(253))
+    name: Mapped[str] = mapped_column(String(253))
+    uid: Mapped[str] = mapped_column(String(128), default="")
+    operation: Mapped[str] = mapped_column(String(16))
+    updated: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Node(Base):
     __tablename__ = "nodes"
 

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Path, Query, Response
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
-from modelcar.api import catalog, fleet, trust
+from modelcar.api import catalog, fleet, trust, usage
 from modelcar.api.db.tables import Alias, Model, Version
 from modelcar.api.deps import DB, Admin, Config, Publisher, Reader
 from modelcar.api.routes import ERRORS
@@ -32,6 +32,7 @@ def version_out(
     aliases: list[str] | None = None,
     nodes: list[str] | None = None,
     signed_by: list[str] | None = None,
+    usage: int = 0,
 ) -> wire.VersionOut:
     return wire.VersionOut(
         model=name,
@@ -50,6 +51,7 @@ def version_out(
         aliases=aliases or [],
         nodes_ready=nodes or [],
         signed_by=signed_by or [],
+        usage=usage,
     )
 
 
@@ -97,11 +99,17 @@ def get_model(name: Name, db: DB, settings: Config, _: Reader) -> wire.ModelDeta
         digests = [v.digest for v in m.versions]
         ready = fleet.ready_by_digest(s, digests, settings.stale_after)
         signed = trust.signed_by(s, digests)
+        used = usage.counts(s, [v.id for v in m.versions])
         return wire.ModelDetail(
             **model_out(m, aliases).model_dump(),
             versions=[
                 version_out(
-                    v, m.name, by_number.get(v.number), ready.get(v.digest), signed[v.digest]
+                    v,
+                    m.name,
+                    by_number.get(v.number),
+                    ready.get(v.digest),
+                    signed[v.digest],
+                    used.get(v.id, 0),
                 )
                 for v in m.versions
             ],
@@ -130,7 +138,9 @@ def list_versions(name: Name, db: DB, _: Reader) -> list[wire.VersionOut]:
     with db.reading() as s:
         m = catalog.get_model(s, name, details=True)
         signed = trust.signed_by(s, [v.digest for v in m.versions])
-        return [version_out(v, m.name, signed_by=signed[v.digest]) for v in m.versions]
+        used = usage.counts(s, [v.id for v in m.versions])
+        return [version_out(v, m.name, signed_by=signed[v.digest], usage=used.get(v.id, 0))
+                for v in m.versions]  # fmt: skip
 
 
 @router.post(
@@ -159,7 +169,19 @@ def get_version(
         aliases = s.scalars(select(Alias.name).where(Alias.version_id == v.id)).all()
         ready = fleet.ready_by_digest(s, [v.digest], settings.stale_after)
         signed = trust.signed_by(s, [v.digest])[v.digest]
-        return version_out(v, name, sorted(aliases), ready.get(v.digest), signed)
+        used = usage.counts(s, [v.id]).get(v.id, 0)
+        return version_out(v, name, sorted(aliases), ready.get(v.digest), signed, used)
+
+
+@router.get(
+    "/{name}/versions/{version}/usage",
+    response_model=list[wire.WorkloadOut],
+    summary="The Kubernetes objects admitted with this version pinned",
+)
+def version_usage(name: Name, version: Number, db: DB, _: Reader) -> list[wire.WorkloadOut]:
+    with db.reading() as s:
+        v = catalog.get_version(s, catalog.get_model(s, name), version)
+        return usage.users(s, v.id)
 
 
 @router.delete(

@@ -278,6 +278,18 @@ class VersionOut(_Response):
     signed_by: list[str] = Field(
         default_factory=list, description="Trusted keys (ids) with a valid signature of the digest"
     )
+    usage: int = Field(0, description="Admitted Kubernetes objects that pin this version")
+
+
+class WorkloadOut(_Response):
+    """A Kubernetes object admitted with this version pinned."""
+
+    kind: str
+    namespace: str
+    name: str
+    uid: str
+    operation: str
+    updated: datetime
 
 
 class AliasOut(_Response):
