@@ -18,7 +18,7 @@ from modelcar.contract.nodecache import LABEL_PREFIX
 
 CHART = Path(__file__).resolve().parent.parent / "charts" / "modelcar"
 PRODUCTION = yaml.safe_load((CHART / "ci" / "production-values.yaml").read_text())
-CRDS = {"ServiceMonitor"}  # not in the Kubernetes schemas; checked by hand below
+CRDS = {"ServiceMonitor", "Certificate", "Issuer"}  # not in the Kubernetes schemas: by hand
 
 
 def render(values: dict) -> list[dict]:
@@ -46,15 +46,25 @@ def test_lint_is_clean():
     assert [m for m in report["messages"] if m["severity"] >= 2] == []
 
 
-@pytest.mark.parametrize("values", [{}, PRODUCTION], ids=["default", "production"])
+WEBHOOK = {"api": {"webhook": {"enabled": True}}}
+WEBHOOK_OWN_CERT = {"api": {"webhook": {
+    "enabled": True, "certManager": {"enabled": False}, "existingSecret": "hook-tls",
+    "caBundle": "LS0tLS1CRUdJTg==", "clientCA": {"configMap": "apiserver-ca"}}}}  # fmt: skip
+
+
+@pytest.mark.parametrize("values", [{}, PRODUCTION, WEBHOOK, WEBHOOK_OWN_CERT],
+                         ids=["default", "production", "webhook", "webhook-own-cert"])  # fmt: skip
 @pytest.mark.parametrize("kube", ["1.30", "1.33"])
 def test_every_rendered_object_validates(values, kube):
     objects = render(values)
     assert objects
     for obj in objects:
-        if obj["kind"] in CRDS:
+        if obj["kind"] == "ServiceMonitor":
             assert obj["apiVersion"] == "monitoring.coreos.com/v1"
             assert obj["spec"]["endpoints"] and obj["spec"]["selector"]["matchLabels"]
+            continue
+        if obj["kind"] in CRDS:
+            assert obj["apiVersion"] == "cert-manager.io/v1"
             continue
         validate(obj, kube, strict=True)
 
@@ -396,3 +406,77 @@ def test_a_registry_ca_configmap_is_mounted_and_trusted():
                                    "items": [{"key": "root.pem", "path": "root.pem"}]}  # fmt: skip
     plain = by_kind(render({}))["DaemonSet"][0]["spec"]["template"]["spec"]
     assert not any(a.startswith("--ca-file") for a in plain["containers"][0]["args"])
+
+
+# --- the admission webhooks -------------------------------------------------------------
+
+
+def test_the_webhook_configurations_are_safe_by_default():
+    kinds = by_kind(render(WEBHOOK))
+    (mutating,) = kinds["MutatingWebhookConfiguration"][0]["webhooks"]
+    (validating,) = kinds["ValidatingWebhookConfiguration"][0]["webhooks"]
+    for hook, path in ((mutating, "/mutate"), (validating, "/validate")):
+        assert hook["sideEffects"] == "NoneOnDryRun" and hook["timeoutSeconds"] <= 5
+        assert hook["failurePolicy"] == "Fail" and hook["admissionReviewVersions"] == ["v1"]
+        assert hook["clientConfig"]["service"] == {"name": "mc-modelcar-api", "namespace": "models",
+                                                   "path": path, "port": 8443}  # fmt: skip
+        skipped = [e for e in hook["namespaceSelector"]["matchExpressions"]
+                   if e["key"] == "kubernetes.io/metadata.name"]  # fmt: skip
+        assert skipped == [{"key": "kubernetes.io/metadata.name", "operator": "NotIn",
+                            "values": ["kube-system", "models"]}]  # fmt: skip
+    assert {"key": "modelcar.dev/validate", "operator": "In", "values": ["enabled"]} in (
+        validating["namespaceSelector"]["matchExpressions"])  # fmt: skip
+    for config in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
+        notes = kinds[config][0]["metadata"]["annotations"]
+        assert notes["cert-manager.io/inject-ca-from"] == "models/mc-modelcar-api-webhook"
+    (cert,) = kinds["Certificate"]
+    assert "mc-modelcar-api.models.svc" in cert["spec"]["dnsNames"]
+    api = next(d for d in kinds["Deployment"] if d["metadata"]["name"] == "mc-modelcar-api")
+    args = api["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--webhook-port") + 1] == "8443"
+    own = by_kind(render(WEBHOOK_OWN_CERT))
+    hook = own["MutatingWebhookConfiguration"][0]["webhooks"][0]
+    assert hook["clientConfig"]["caBundle"] == "LS0tLS1CRUdJTg==" and "Certificate" not in own
+    api = next(d for d in own["Deployment"] if d["metadata"]["name"] == "mc-modelcar-api")
+    assert "--webhook-client-ca" in api["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+@pytest.mark.parametrize(
+    "values, needle",
+    [({"api": {"webhook": {"enabled": True, "timeoutSeconds": 10}}}, "timeoutSeconds"),
+     ({"api": {"webhook": {"enabled": True, "certManager": {"enabled": False},
+                           "existingSecret": "s"}}}, "caBundle")],
+)  # fmt: skip
+def test_webhook_values_that_cannot_work_are_refused(values, needle):
+    with pytest.raises(Exception, match=needle):
+        render(values)
+
+
+def _matches(obj: dict | None, operation: str = "CREATE", old: dict | None = None) -> bool:
+    import celpy
+
+    (hook,) = by_kind(render(WEBHOOK))["MutatingWebhookConfiguration"][0]["webhooks"]
+    (condition,) = hook["matchConditions"]
+    env = celpy.Environment()
+    activation = {"object": obj, "oldObject": old, "request": {"operation": operation}}
+    result = env.program(env.compile(condition["expression"])).evaluate(
+        {k: celpy.json_to_cel(v) for k, v in activation.items()}
+    )
+    return bool(result)
+
+
+def test_only_objects_that_name_a_model_reach_the_mutating_webhook():
+    def isvc(field: str, uri: str) -> dict:
+        return {"spec": {"predictor": {field: {"storageUri": uri}}}}
+
+    volume = {"spec": {"volumes": [{"name": "m", "image": {"reference": "model://bert@prod"}}]}}
+    template = {"spec": {"template": {"spec": volume["spec"]}}}
+    assert _matches(isvc("model", "model://bert@prod"))
+    assert _matches(isvc("sklearn", "model://bert:3"))
+    assert _matches({"spec": {"predictor": {"storageUris": [{"uri": "model://bert@prod"}]}}})
+    assert _matches(volume) and _matches(template)
+    assert not _matches(isvc("model", "oci://r.example/bert@sha256:" + "a" * 64))
+    assert not _matches({"spec": {"containers": [{"name": "c", "image": "model://x"}]}})
+    pinned = {"metadata": {"annotations": {"modelcar.dev/digest": "sha256:" + "a" * 64}}}
+    assert _matches(None, "DELETE", pinned)
+    assert not _matches(None, "DELETE", {"metadata": {"name": "other"}})
