@@ -26,6 +26,18 @@ def record(s: Session, kind: str, namespace: str, name: str, uid: str, operation
     return len(versions)
 
 
+def unchanged(s: Session, kind: str, namespace: str, name: str, uid: str,
+              digests: list[str]) -> bool:  # fmt: skip
+    """Whether the object is recorded already, with this uid, against exactly these
+    digests' versions (a re-admission, e.g. the same `kubectl apply`): no write needed."""
+    rows = s.execute(
+        select(Workload.version_id, Workload.uid)
+        .where(Workload.kind == kind, Workload.namespace == namespace, Workload.name == name)
+    ).all()  # fmt: skip
+    wanted = set(s.scalars(select(Version.id).where(Version.digest.in_(set(digests)))))
+    return {v for v, _ in rows} == wanted and all(u == uid for _, u in rows)
+
+
 def forget(s: Session, kind: str, namespace: str, name: str) -> None:
     s.execute(delete(Workload).where(Workload.kind == kind, Workload.namespace == namespace,
                                      Workload.name == name))  # fmt: skip
