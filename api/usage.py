@@ -7,7 +7,7 @@ is no registered version is not recorded (there is nothing to protect).
 
 from __future__ import annotations
 
-from sqlalchemy import delete, select
+from sqlalchemy import Connection, bindparam, delete, select
 from sqlalchemy.orm import Session
 
 from modelcar.api.db.tables import Version, Workload, utcnow
@@ -26,16 +26,24 @@ def record(s: Session, kind: str, namespace: str, name: str, uid: str, operation
     return len(versions)
 
 
-def unchanged(s: Session, kind: str, namespace: str, name: str, uid: str,
+def unchanged(conn: Connection, kind: str, namespace: str, name: str, uid: str,
               digests: list[str]) -> bool:  # fmt: skip
     """Whether the object is recorded already, with this uid, against exactly these
-    digests' versions (a re-admission, e.g. the same `kubectl apply`): no write needed."""
-    rows = s.execute(
-        select(Workload.version_id, Workload.uid)
-        .where(Workload.kind == kind, Workload.namespace == namespace, Workload.name == name)
-    ).all()  # fmt: skip
-    wanted = set(s.scalars(select(Version.id).where(Version.digest.in_(set(digests)))))
-    return {v for v, _ in rows} == wanted and all(u == uid for _, u in rows)
+    digests (a re-admission, e.g. the same `kubectl apply`): then nothing is written.
+    One indexed Core query: this is on every admission's path."""
+    rows = conn.execute(_RECORDED, {"kind": kind, "namespace": namespace, "name": name}).all()
+    return bool(rows) and {d for d, _ in rows} == set(digests) and all(u == uid for _, u in rows)
+
+
+_RECORDED = (
+    select(Version.digest, Workload.uid)
+    .join(Version, Version.id == Workload.version_id)
+    .where(
+        Workload.kind == bindparam("kind"),
+        Workload.namespace == bindparam("namespace"),
+        Workload.name == bindparam("name"),
+    )
+)
 
 
 def forget(s: Session, kind: str, namespace: str, name: str) -> None:

@@ -12,10 +12,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from modelcar.api import admission, trust, usage
+from modelcar.api import admission, catalog, trust, usage
 from modelcar.api.app import error_response, install_error_handlers
 from modelcar.api.db.engine import Database
-from modelcar.api.routes.resolve import _lookup
+from modelcar.api.mounts import resolve_answer
 from modelcar.api.settings import Settings
 from modelcar.contract import wire
 from modelcar.contract.modelref import parse_model_ref
@@ -60,15 +60,20 @@ class Webhooks:
         self.settings, self.db = settings, db
 
     def resolve(self, text: str, mode: wire.MountMode) -> wire.ResolveAnswer:
-        return _lookup(self.db, parse_model_ref(text), self.settings, mode, False)
+        """The version a reference names (no ready-node lookup: the patch needs none)."""
+        ref = parse_model_ref(text)
+        with self.db.connection() as conn:
+            target = catalog.find(conn, ref)
+        return resolve_answer(target, alias=ref.alias, nodes=[],
+                              cache_root=self.settings.cache_root, mode=mode)  # fmt: skip
 
     def _record(self, req: admission.AdmissionRequest, digests: list[str]) -> None:
         if req.dryRun or not digests:
             return
         kind, namespace, name = req.kind.kind, req.namespace or "", _name(req)
         uid = str((req.object or {}).get("metadata", {}).get("uid") or "")
-        with self.db.reading() as s:  # a re-admission of the same object writes nothing
-            if usage.unchanged(s, kind, namespace, name, uid, digests):
+        with self.db.connection() as conn:  # a re-admission of the same object writes nothing
+            if usage.unchanged(conn, kind, namespace, name, uid, digests):
                 return
         with self.db.writing() as s:
             usage.record(s, kind, namespace, name, uid, req.operation, digests)
