@@ -249,6 +249,20 @@ def test_a_kitops_modelkit_is_cached_byte_exact(modelkit, model, tmp_path):
     assert "KitOps ModelKit" in run_cli("inspect", modelkit, "--plain-http").stdout
 
 
+def _kill_9_mid_file(ref: str, cache: Path, path: str, past: int = 1_000_000) -> None:
+    """Start a slow pull and SIGKILL it once ``path`` has ``past`` bytes staged."""
+    proc = subprocess.Popen([sys.executable, "-m", "modelcar.cache_daemon.cli", "pull", ref,
+                             "--cache-dir", str(cache), "--plain-http", "--max-rate", "2MiB"],
+                            cwd=ROOT, stderr=subprocess.DEVNULL)  # fmt: skip
+    partial = cache / "staging" / f"sha256-{ref.split('@sha256:')[1]}" / path
+    deadline = time.monotonic() + 30
+    while not (partial.exists() and partial.stat().st_size > past):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 def test_a_raw_layer_resumes_after_kill_9(registry, tmp_path):
     big = tmp_path / "big.safetensors"
     write_safetensors(big, 6_000_000, seed=23)
@@ -265,16 +279,7 @@ def test_a_raw_layer_resumes_after_kill_9(registry, tmp_path):
 
     ref = _skopeo_push(_layout(tmp_path / "layout", manifest), f"{registry.host}/pack/big")
     cache = tmp_path / "cache"
-    proc = subprocess.Popen([sys.executable, "-m", "modelcar.cache_daemon.cli", "pull", ref,
-                             "--cache-dir", str(cache), "--plain-http", "--max-rate", "2MiB"],
-                            cwd=ROOT, stderr=subprocess.DEVNULL)  # fmt: skip
-    partial = cache / "staging" / f"sha256-{ref.split('@sha256:')[1]}" / "big.safetensors"
-    deadline = time.monotonic() + 30
-    while not (partial.exists() and partial.stat().st_size > 1_000_000):
-        assert time.monotonic() < deadline and proc.poll() is None
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    _kill_9_mid_file(ref, cache, "big.safetensors")
     _, info = pull(cache, ref, "--plain-http")
     assert info["bytes_resumed"] > 1_000_000
     assert info["bytes_fetched"] < 6_000_000
@@ -495,16 +500,7 @@ def test_a_compressed_image_resumes_after_kill_9_from_the_cut_layer(registry, tm
     ref = _push(registry, "resume/hand", "application/vnd.oci.image.config.v1+json",
                 [(gz, data) for data in layers])  # fmt: skip
     cache = tmp_path / "cache"
-    proc = subprocess.Popen([sys.executable, "-m", "modelcar.cache_daemon.cli", "pull", ref,
-                             "--cache-dir", str(cache), "--plain-http", "--max-rate", "2MiB"],
-                            cwd=ROOT, stderr=subprocess.DEVNULL)  # fmt: skip
-    partial = cache / "staging" / f"sha256-{ref.split('@sha256:')[1]}" / "b.bin"
-    deadline = time.monotonic() + 30
-    while not (partial.exists() and partial.stat().st_size > 1_000_000):
-        assert time.monotonic() < deadline and proc.poll() is None
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    _kill_9_mid_file(ref, cache, "b.bin")
     _, info = pull(cache, ref, "--plain-http")
     # the finished first layer is kept; the cut one is fetched again from its start
     assert info["bytes_fetched"] == len(layers[1])
