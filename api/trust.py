@@ -16,7 +16,14 @@ from sqlalchemy.orm import Session
 
 from modelcar.api.db.tables import ImageSignature, Policy, TrustedKey, utcnow
 from modelcar.contract import wire
-from modelcar.errors import Conflict, InvalidRequest, Missing, SignatureError, UsageError
+from modelcar.errors import (
+    Conflict,
+    InvalidRequest,
+    Missing,
+    SignatureError,
+    UnknownSigner,
+    UsageError,
+)
 from modelcar.trust import cosign, keys
 
 MAX_SIGNATURES_PER_DIGEST = 32
@@ -84,12 +91,14 @@ def trusted(s: Session | Connection, key_ids: list[str] | None = None) -> dict[s
 
 def add_signature(s: Session, body: wire.SignatureCreate, actor: str) -> None:
     payload = body.payload.encode()
-    try:  # a payload for this digest, whoever signed it; any key will do for the check
+    try:  # a payload for this digest, whoever signed it: no key is asked for here
         cosign.signer(payload, body.signature, body.digest, [])
+    except UnknownSigner:
+        pass
     except SignatureError as e:
-        if "another key" not in e.message:
-            raise InvalidRequest(f"not a cosign signature of this digest: {e.message}",
-                                 subject=body.digest) from None  # fmt: skip
+        raise InvalidRequest(
+            f"not a cosign signature of this digest: {e.message}", subject=body.digest
+        ) from None
     fingerprint = hashlib.sha256(payload + b"\0" + body.signature.encode()).hexdigest()
     if s.scalar(select(ImageSignature.id).where(ImageSignature.fingerprint == fingerprint)):
         return

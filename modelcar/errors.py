@@ -102,6 +102,11 @@ class SignatureError(ModelcarError):
     default_hint = "sign it with `modelcar sign REF --key KEY`, or check the public key"
 
 
+class UnknownSigner(SignatureError):
+    """A well-formed signature that none of the given keys made (someone else's, or
+    over other bytes): passed over where others may sign too, an error where not."""
+
+
 # --- storage / transport ---------------------------------------------------
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from modelcar.errors import ModelcarError, NotFound, SignatureError
+from modelcar.errors import ModelcarError, NotFound, SignatureError, UnknownSigner
 from modelcar.format.fileindex import FileIndex
 from modelcar.oci import referrers
 from modelcar.oci.digest import hex_of
@@ -147,16 +147,9 @@ def verify(
         if described.artifactType not in KINDS:
             continue
         document = _envelope(store, described, digest, what)
-        envelope = (
-            document.get("dsseEnvelope")
-            if isinstance(document, dict) and (described.artifactType == modelsig.BUNDLE_MEDIA_TYPE)
-            else document
-        )
         try:
-            claims, signer = dsse.open_envelope(envelope, public_keys, what)
-        except SignatureError as e:
-            if "another key" not in e.message:
-                raise
+            claims, signer = dsse.open_envelope(_unwrap(described, document), public_keys, what)
+        except UnknownSigner:
             found.passed_over.append(described.digest)
             continue
         kind = claims.get("predicateType")

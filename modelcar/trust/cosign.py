@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from modelcar.errors import ModelcarError, NotFound, SignatureError
+from modelcar.errors import ModelcarError, NotFound, SignatureError, UnknownSigner
 from modelcar.oci import mediatypes as mt
 from modelcar.oci.digest import hex_of, sha256_bytes
 from modelcar.oci.manifest import Descriptor, Manifest, canonical_json, parse_manifest
@@ -126,7 +126,7 @@ def signer(
     for key in public_keys:
         if keys.verifies(key, body, raw):
             return keys.key_id(key), who
-    raise SignatureError("a signature by another key, or over other bytes")
+    raise UnknownSigner("a signature by another key, or over other bytes")
 
 
 def _check(

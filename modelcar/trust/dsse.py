@@ -13,7 +13,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from modelcar.errors import SignatureError
+from modelcar.errors import SignatureError, UnknownSigner
 from modelcar.oci.manifest import canonical_json
 from modelcar.trust import keys
 
@@ -72,7 +72,7 @@ def open_envelope(
         None,
     )
     if signer is None:
-        raise SignatureError("an attestation signed by another key, or over other bytes",
+        raise UnknownSigner("an attestation signed by another key, or over other bytes",
                              subject=subject)  # fmt: skip
     try:
         claims = json.loads(payload)

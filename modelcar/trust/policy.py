@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from cryptography.hazmat.primitives.asymmetric import ec
+
 from modelcar.errors import SignatureError, UsageError
 from modelcar.format.fileindex import FileIndex
 from modelcar.oci.reference import Ref
@@ -25,20 +27,14 @@ class Rule:
     source_prefix: str | None = None
 
 
-def _apply(
-    rule: Rule, store: ImageStore, ref: Ref, digest: str, index: Callable[[], FileIndex]
-) -> str:
-    """The signer's key id, or SignatureError saying why not."""
+def _keys(rule: Rule) -> list[ec.EllipticCurvePublicKey]:
     try:
         public = [keys.parse_public_key(pem.encode(), rule.policy) for pem in rule.keys]
     except UsageError as e:
         raise SignatureError(f"a policy key is unusable ({e.message})") from None
     if not public:
         raise SignatureError("none of the policy's keys is trusted any more")
-    signed = cosign.verify_image(store, ref, digest, public)
-    if rule.source_prefix is not None:
-        attest.verify(store, ref, digest, public, index(), rule.source_prefix)
-    return signed.key_id
+    return public
 
 
 def check(
@@ -49,13 +45,18 @@ def check(
     index: Callable[[], FileIndex],
 ) -> list[str]:
     """Apply every rule. A required one that fails raises SignatureError ("signature
-    required by policy P: why"); one that only reports gives a line in the result."""
+    required by policy P: why", or "provenance required …" when its signature held and
+    its provenance did not); one that only reports gives a line in the result."""
     notes = []
     for rule in rules:
+        what = "signature"
         try:
-            _apply(rule, store, ref, digest, index)
+            public = _keys(rule)
+            cosign.verify_image(store, ref, digest, public)
+            if rule.source_prefix is not None:
+                what = "provenance"
+                attest.verify(store, ref, digest, public, index(), rule.source_prefix)
         except SignatureError as e:
-            what = "provenance" if "provenance" in e.message else "signature"
             line = f"{what} required by policy {rule.policy}: {e.message}"
             if rule.require:
                 raise SignatureError(line, subject=f"{ref.name}@{digest}") from None
