@@ -26,7 +26,7 @@ from pydantic import BaseModel
 from modelcar.builder.base import BaseImage, load_bases
 from modelcar.builder.plan import LayerPlan, plan_layers
 from modelcar.builder.progress import Progress
-from modelcar.builder.sources.base import Source, SourceFile
+from modelcar.builder.sources.base import Source, SourceFile, source_annotations
 from modelcar.builder.statcache import StatCache, default_path, layer_key
 from modelcar.errors import (
     BlobTooLarge,
@@ -116,7 +116,7 @@ class _LayerResult:
     skipped: int
 
 
-def _now() -> str:
+def utc_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -326,7 +326,7 @@ class Builder:
 
     def run(self) -> BuildRecord:
         started = time.monotonic()
-        started_on = _now()
+        started_on = utc_now()
         files = self.source.files()
         if not files:
             raise SourceEmpty("source has no files to package", subject=self.source.uri)
@@ -440,7 +440,7 @@ class Builder:
             platforms=bases.platforms,
             index_digest=index.digest(),
             started=started_on,
-            finished=_now(),
+            finished=utc_now(),
             seconds=round(time.monotonic() - started, 3),
             bytes_uploaded=uploaded,
             bytes_skipped=sum(r.skipped for r in results),
@@ -479,9 +479,7 @@ class Builder:
             mt.INDEX_DIGEST: index.digest(),
             mt.BASE_NAME: base_name,
         }
-        extra = getattr(self.source, "annotations", None)
-        if extra is not None:  # e.g. the MLflow run id
-            annotations.update(extra())
+        annotations.update(source_annotations(self.source))  # e.g. the MLflow run id
         if base_digest:
             annotations[mt.BASE_DIGEST] = base_digest
             annotations[oci_mt.BASE_DIGEST_OCI] = base_digest

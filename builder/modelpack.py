@@ -17,9 +17,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, BinaryIO
 
-from modelcar.builder.build import BuildOptions, BuildRecord, LayerRecord, created_time
+from modelcar.builder.build import (
+    BuildOptions,
+    BuildRecord,
+    LayerRecord,
+    created_time,
+    utc_now,
+)
 from modelcar.builder.progress import Progress
-from modelcar.builder.sources.base import Source, SourceFile
+from modelcar.builder.sources.base import Source, SourceFile, source_annotations
 from modelcar.builder.statcache import StatCache, default_path, layer_key
 from modelcar.errors import DigestMismatch, SourceEmpty, SourceFileError
 from modelcar.format import keys as mk
@@ -160,8 +166,7 @@ def push(
     """The ModelPack manifest over ``raw``; its digest and descriptor."""
     layers = [modelpack.layer(path, digest, size)
               for path, (digest, size) in sorted(raw.files.items())]  # fmt: skip
-    extra = getattr(source, "annotations", None)
-    run_id = (extra() if extra else {}).get(mk.SOURCE_RUN_ID)
+    run_id = source_annotations(source).get(mk.SOURCE_RUN_ID)
     revision = source.uri.rsplit("@", 1)[1] if source.uri.startswith("hf://") and "@" in (
         source.uri) else run_id  # fmt: skip
     created = created_time(source)
@@ -206,15 +211,11 @@ def build(
 ) -> BuildRecord:
     """``--format modelpack`` or ``both`` (``modelcar`` is Builder alone)."""
     import time
-    from datetime import UTC, datetime
 
     from modelcar.builder.build import Builder
     from modelcar.oci.stores import open_store
 
-    def now() -> str:
-        return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-    started, started_on = time.monotonic(), now()
+    started, started_on = time.monotonic(), utc_now()
     files = source.files()
     if not files:
         raise no_files(source)
@@ -226,7 +227,7 @@ def build(
     if fmt == "modelpack":
         digest, _ = push(target, target_ref, raw, source, name, tags)
         return record(target_ref, digest, raw, source, tags,
-                      round(time.monotonic() - started, 3), started_on, now())  # fmt: skip
+                      round(time.monotonic() - started, 3), started_on, utc_now())  # fmt: skip
     stored = StoredSource(source, target, raw, files)
     built = Builder(stored, target_ref, options, progress, target=target).run()
     top = target.get_manifest(built.digest)

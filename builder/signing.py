@@ -11,7 +11,7 @@ from importlib.metadata import PackageNotFoundError, version
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from modelcar.builder.build import BuildOptions, BuildRecord
-from modelcar.builder.sources.base import Selection, Source
+from modelcar.builder.sources.base import Selection, Source, source_annotations
 from modelcar.format import keys as mk
 from modelcar.format.image import load_model_image
 from modelcar.oci.reference import Ref
@@ -30,14 +30,13 @@ def facts_of(
     record: BuildRecord, source: Source, selection: Selection, options: BuildOptions, image_index
 ) -> provenance.BuildFacts:
     objects = getattr(source, "provenance", None)
-    extra = getattr(source, "annotations", None)
     return provenance.BuildFacts(
         source=record.source,
         index=image_index,
         builder_version=builder_version(),
         started=record.started,
         finished=record.finished,
-        run_id=(extra() if extra else {}).get(mk.SOURCE_RUN_ID),
+        run_id=source_annotations(source).get(mk.SOURCE_RUN_ID),
         objects=objects() if objects else {},
         base=record.base,
         base_digest=record.base_digest,

@@ -31,6 +31,12 @@ class Source(Protocol):
     def files(self) -> list[SourceFile]: ...
 
 
+def source_annotations(source: Source) -> dict[str, str]:
+    """What a source adds to an image's annotations (MLflow: the run id), if anything."""
+    extra = getattr(source, "annotations", None)
+    return dict(extra()) if extra is not None else {}
+
+
 def _matches(path: str, pattern: str) -> bool:
     if pattern.endswith("/"):
         return path.startswith(pattern) or f"/{pattern}" in f"/{path}"
