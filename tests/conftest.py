@@ -135,6 +135,16 @@ def podman():
     return Podman()
 
 
+@pytest.fixture(scope="module")
+def signing_key(tmp_path_factory) -> tuple[Path, Path]:
+    """An ECDSA P-256 key pair written by `modelcar keygen`: (private, public)."""
+    from tests.helpers import run_cli
+
+    d = tmp_path_factory.mktemp("keys")
+    run_cli("keygen", str(d / "release"))
+    return d / "release.key", d / "release.pub"
+
+
 @pytest.fixture(scope="session")
 def arm64_busybox() -> Path:
     """Debian's static busybox for arm64 (fetched with apt once, kept under .image/)."""

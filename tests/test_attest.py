@@ -51,13 +51,6 @@ def model(tmp_path_factory) -> Path:
     return d
 
 
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory) -> tuple[Path, Path]:
-    d = tmp_path_factory.mktemp("attest-keys")
-    run_cli("keygen", str(d / "release"))
-    return d / "release.key", d / "release.pub"
-
-
 def _manifest(registry, repo: str, reference: str, accept: str = MANIFEST) -> httpx.Response:
     return httpx.get(f"http://{registry.host}/v2/{repo}/manifests/{reference}",
                      headers={"Accept": accept})  # fmt: skip
@@ -98,8 +91,10 @@ def _openssl_verifies(public: Path, data: bytes, sig: bytes, work: Path) -> bool
     return r.returncode == 0
 
 
-def test_provenance_is_slsa_v1_and_openssl_checks_its_envelope(registry, model, pair, tmp_path):
-    private, public = pair
+def test_provenance_is_slsa_v1_and_openssl_checks_its_envelope(
+    registry, model, signing_key, tmp_path
+):
+    private, public = signing_key
     repo = "attest/prov"
     pinned = build(model, f"{registry.host}/{repo}", "--plain-http", "--sign-key", str(private),
                    "--exclude", "*.md")  # fmt: skip
@@ -141,8 +136,8 @@ def test_provenance_is_slsa_v1_and_openssl_checks_its_envelope(registry, model, 
     assert_one_line_error(r, "provenance names another source", "hf://acme/")
 
 
-def test_model_signing_verifies_the_published_directory(registry, model, pair, tmp_path):
-    private, public = pair
+def test_model_signing_verifies_the_published_directory(registry, model, signing_key, tmp_path):
+    private, public = signing_key
     repo = "attest/ms"
     pinned = build(model, f"{registry.host}/{repo}", "--plain-http")
     digest = pinned.split("@")[1]
@@ -180,8 +175,8 @@ def _put(registry, repo: str, reference: str, body: dict, media_type: str) -> st
     return r.headers["Docker-Content-Digest"]
 
 
-def test_bad_attestations_are_refused_in_one_line(registry, model, pair, tmp_path):
-    private, public = pair
+def test_bad_attestations_are_refused_in_one_line(registry, model, signing_key, tmp_path):
+    private, public = signing_key
     repo = "attest/bad"
     a = build(model, f"{registry.host}/{repo}", "--plain-http", "--sign-key", str(private))
     b = build(model, f"{registry.host}/{repo}", "--plain-http", "--base", "scratch",
@@ -234,8 +229,8 @@ def test_bad_attestations_are_refused_in_one_line(registry, model, pair, tmp_pat
     assert "ok:" in run_cli("verify", b, "--key", str(public), "--plain-http").stdout
 
 
-def test_a_referrer_naming_a_missing_blob_is_refused(model, pair, tmp_path):
-    private, public = pair
+def test_a_referrer_naming_a_missing_blob_is_refused(model, signing_key, tmp_path):
+    private, public = signing_key
     layout = tmp_path / "layout"
     pinned = build(model, f"oci:{layout}:v1", "--sign-key", str(private))
     digest = pinned.split("@")[1]
@@ -253,9 +248,9 @@ def test_a_referrer_naming_a_missing_blob_is_refused(model, pair, tmp_path):
 
 
 def test_rebuilding_a_signed_image_keeps_one_signature_and_one_of_each(
-    registry, model, pair, tmp_path
+    registry, model, signing_key, tmp_path
 ):
-    private, _ = pair
+    private, _ = signing_key
     repo = "attest/again"
     first = build(model, f"{registry.host}/{repo}", "--plain-http", "--sign-key", str(private))
     r = run_cli("build", str(model), f"{registry.host}/{repo}", "--plain-http", "--sign-key",

@@ -29,13 +29,6 @@ def model(tmp_path_factory) -> Path:
     return d
 
 
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory) -> tuple[Path, Path]:
-    d = tmp_path_factory.mktemp("keys")
-    run_cli("keygen", str(d / "release"))
-    return d / "release.key", d / "release.pub"
-
-
 def _get(registry, repo: str, reference: str) -> httpx.Response:
     return httpx.get(f"http://{registry.host}/v2/{repo}/manifests/{reference}",
                      headers={"Accept": MANIFEST})  # fmt: skip
@@ -45,8 +38,10 @@ def _blob(registry, repo: str, digest: str) -> bytes:
     return httpx.get(f"http://{registry.host}/v2/{repo}/blobs/{digest}").content
 
 
-def test_a_signature_openssl_verifies_and_verify_key_accepts(registry, model, pair, tmp_path):
-    private, public = pair
+def test_a_signature_openssl_verifies_and_verify_key_accepts(
+    registry, model, signing_key, tmp_path
+):
+    private, public = signing_key
     assert oct(private.stat().st_mode & 0o777) == "0o600"
     pinned = build(model, f"{registry.host}/signed/m", "--plain-http")
     digest = pinned.split("@")[1]
@@ -86,8 +81,8 @@ def test_a_signature_openssl_verifies_and_verify_key_accepts(registry, model, pa
         assert "signed by" in run_cli("verify", pinned, "--key", str(pub), "--plain-http").stdout
 
 
-def test_build_sign_key_signs_and_a_bad_key_builds_nothing(registry, model, pair, tmp_path):
-    private, public = pair
+def test_build_sign_key_signs_and_a_bad_key_builds_nothing(registry, model, signing_key, tmp_path):
+    private, public = signing_key
     pinned = build(model, f"{registry.host}/signed/built", "--plain-http", "--sign-key",
                    str(private))  # fmt: skip
     assert "signed by" in run_cli("verify", pinned, "--key", str(public), "--plain-http").stdout
@@ -112,8 +107,8 @@ def test_encrypted_keys_need_their_password(registry, model, tmp_path):
     assert "signed by" in ok.stdout
 
 
-def test_bad_signatures_are_refused_in_one_line(registry, model, pair, tmp_path):
-    private, public = pair
+def test_bad_signatures_are_refused_in_one_line(registry, model, signing_key, tmp_path):
+    private, public = signing_key
     a = build(model, f"{registry.host}/signed/a", "--plain-http")
     b = build(model, f"{registry.host}/signed/a", "--plain-http", "--base", "scratch")
     da, db = a.split("@")[1], b.split("@")[1]

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 
 from harness.localregistry import free_port
 from harness.models import write_safetensors
@@ -24,12 +23,6 @@ def _model(root: Path, seed: int) -> Path:
     return root
 
 
-@pytest.fixture
-def keypair(tmp_path) -> tuple[Path, Path]:
-    run_cli("keygen", str(tmp_path / "release"))
-    return tmp_path / "release.key", tmp_path / "release.pub"
-
-
 def _build(api, registry, tmp_path, name: str, seed: int, *extra: str) -> str:
     r = run_cli("build", str(_model(tmp_path / name, seed)), f"{registry.host}/trust/{name}",
                 "--plain-http", "--api", api.url, "--model", name, "--alias", "prod", *extra,
@@ -38,9 +31,9 @@ def _build(api, registry, tmp_path, name: str, seed: int, *extra: str) -> str:
 
 
 def test_signed_versions_resolve_and_nodes_publish_only_what_verifies(
-    api, registry, keypair, tmp_path
+    api, registry, signing_key, tmp_path
 ):
-    private, public = keypair
+    private, public = signing_key
     admin = api.client(api.admin)
     bad = admin.post("/v1/keys", json={"name": "release", "pem": "not a key"})
     assert bad.status_code == 422 and "not a PEM public key" in bad.json()["error"]["message"]
