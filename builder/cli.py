@@ -486,15 +486,16 @@ def verify(
         raise UsageError("--require-provenance-source needs --key PUB")
     image_ref = parse_ref(ref)
     options = _store_options(plain_http, insecure, ca_file, docker_config)
-    signed = attested = None
+    store = open_store(image_ref, options)
+    signed = attested = image = None
     if key:
         public = [keys.load_public_key(k) for k in key]
-        store = open_store(image_ref, options)
         digest = image_ref.digest or store.get_manifest(image_ref.reference).digest
+        image_ref = image_ref.pinned(digest)  # the bytes checked are the ones signed
         signed = cosign.verify_image(store, image_ref, digest, public)
-        image = load_model_image(store, image_ref.pinned(digest))
+        image = load_model_image(store, image_ref)
         attested = attest.verify(store, image_ref, digest, public, image.index, require_source)
-    n_layers, n_files, platforms = verify_image(image_ref, options)
+    n_layers, n_files, platforms = verify_image(store, image_ref, image)
     if json_out:
         typer.echo(json.dumps({
             "reference": ref, "layers": n_layers, "files": n_files, "platforms": platforms,

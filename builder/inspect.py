@@ -8,7 +8,7 @@ from modelcar.errors import DigestMismatch, ImageFormatError
 from modelcar.format import keys as mt
 from modelcar.format.fileindex import FileEntry, file_index_from_config
 from modelcar.format.foreign import FORMAT_NAMES, PATH_ANNOTATIONS, format_of, load_foreign
-from modelcar.format.image import NotAModelcar, load_model_image
+from modelcar.format.image import ModelImage, NotAModelcar, load_model_image
 from modelcar.format.layer import read_model_layer
 from modelcar.format.unpack import index_of, unpack_layer
 from modelcar.oci import mediatypes as oci_mt
@@ -150,14 +150,17 @@ def _verify_foreign(store: ImageStore, ref: Ref) -> tuple[int, int, list[str]]:
     return len(image.parts), len(index_of(done).files), []
 
 
-def verify_image(ref: Ref, options: StoreOptions) -> tuple[int, int, list[str]]:
+def verify_image(
+    store: ImageStore, ref: Ref, image: ModelImage | None = None
+) -> tuple[int, int, list[str]]:
     """Every blob read again: the layers' digests, the files' sha256 (each layer once,
-    for every platform of an index); the layers and files verified, the platforms."""
-    store = open_store(ref, options)
-    try:
-        image = load_model_image(store, ref)
-    except NotAModelcar:
-        return _verify_foreign(store, ref)
+    for every platform of an index); the layers and files verified, the platforms.
+    ``image``: the modelcar ``ref`` names, when the caller has loaded it already."""
+    if image is None:
+        try:
+            image = load_model_image(store, ref)
+        except NotAModelcar:
+            return _verify_foreign(store, ref)
     index = image.index
     # the base layers differ per platform; the model layers do not
     manifests = [v.manifest for v in image.variants.values()] or [image.manifest]
