@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import Connection, select
 from sqlalchemy.orm import Session, selectinload
 
 from modelcar.api import catalog, trust
-from modelcar.api.db.tables import Model, Node, NodeModel, Policy, utcnow
+from modelcar.api.db.tables import Model, Node, NodeModel, Policy, Version, utcnow
 from modelcar.contract import wire as wire
 from modelcar.contract.modelref import parse_model_ref
 from modelcar.errors import Conflict, InvalidRequest, Missing, ModelcarError
@@ -56,6 +57,7 @@ def put_status(s: Session, name: str, body: wire.NodeStatusPut) -> Node:
             m.bytes_total,
             m.error,
         )
+        row.sources = dict(m.sources) or None
     s.flush()
     return node
 
@@ -91,6 +93,7 @@ def node_out(node: Node, stale_after: float, *, models: bool = True) -> wire.Nod
                 bytes_total=m.bytes_total,
                 error=m.error,
                 updated=m.updated,
+                sources=m.sources or {},
             )
             for m in node.models
         ]
@@ -148,6 +151,7 @@ def put_policy(s: Session, name: str, body: wire.PolicyPut, actor: str) -> Polic
     policy.verification = (
         body.verification.model_dump(mode="json") if body.verification is not None else None
     )
+    policy.rollout = body.rollout.model_dump(mode="json") if body.rollout is not None else None
     policy.updated, policy.updated_by = utcnow(), actor
     s.flush()
     return policy
@@ -167,9 +171,24 @@ def policy_out(p: Policy) -> wire.PolicyOut:
         node_selector=p.node_selector,
         description=p.description,
         verification=p.verification,
+        rollout=p.rollout,
         updated=p.updated,
         updated_by=p.updated_by,
     )
+
+
+def policies_assigning(s: Session, version: Version) -> list[Policy]:
+    """The policies with a reference that resolves, now, to this version's digest."""
+    found = []
+    for policy in s.scalars(select(Policy).order_by(Policy.name)):
+        for text in policy.models:
+            try:
+                if catalog.find(s, parse_model_ref(text)).digest == version.digest:
+                    found.append(policy)
+                    break
+            except ModelcarError:
+                continue
+    return found
 
 
 def assignments(s: Session, node: str, labels: dict[str, str] | None) -> wire.Assignments:
@@ -220,6 +239,20 @@ def assignments(s: Session, node: str, labels: dict[str, str] | None) -> wire.As
                 entry.policies.append(policy.name)
                 if rule is not None:
                     entry.verification.append(rule)
+                entry.rollout = _strictest(entry.rollout, policy.rollout)
     return wire.Assignments(
         node=node, labels=labels, models=list(chosen.values()), unresolved=unresolved
     )
+
+
+def _strictest(
+    have: wire.RolloutRule | None, rollout: dict[str, Any] | None
+) -> wire.RolloutRule | None:
+    """Of two policies' rollouts for one digest, the fewer origin leases (then the
+    shorter wait)."""
+    if rollout is None:
+        return have
+    new = wire.RolloutRule.model_validate(rollout)
+    if have is None:
+        return new
+    return min(have, new, key=lambda r: (r.origin_concurrency, r.wave_timeout))

@@ -2,9 +2,9 @@
 
 The core's range reader (:mod:`modelcar.http.rangereader`) does the resuming: on a
 transport error, a stall or an early end it reopens at the byte it had reached.
-What the daemon adds: the sources, tried in order (mirrors first, the origin last,
-as containerd's ``hosts.toml``), the next one after each failure; and a shared rate
-limiter over all layers of a pull.
+What the daemon adds: the sources of the chain (:mod:`.sources`), tried in order,
+the next one after each miss or failure, at the same offset; the bytes each source
+served and the misses, counted; and a shared rate limiter over all layers of a pull.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from contextlib import contextmanager, suppress
 
 import httpx
 
+from modelcar.cache_daemon.sources import Source
 from modelcar.errors import (
     ModelcarError,
     NotFound,
@@ -26,7 +27,6 @@ from modelcar.errors import (
 )
 from modelcar.http.rangereader import EarlyEnd, RangeReader
 from modelcar.oci.digest import Readable
-from modelcar.oci.store import ImageStore
 
 log = logging.getLogger("modelcar.cache")
 
@@ -53,12 +53,19 @@ class RateLimiter:
             time.sleep(wait)
 
 
+class SourcesMissed(NotFound):
+    """No source of the chain holds the blob (each answered 404)."""
+
+
 class BlobStream(RangeReader):
-    """``read()`` the blob from ``start``; each failure moves on to the next source."""
+    """``read()`` the blob from ``start``; each failure moves on to the next source.
+
+    ``by_source`` counts the bytes each source served, ``fallbacks`` the times each
+    missed or failed. When every source misses, :class:`SourcesMissed`."""
 
     def __init__(
         self,
-        sources: list[ImageStore],
+        sources: list[Source],
         digest: str,
         size: int,
         *,
@@ -70,6 +77,8 @@ class BlobStream(RangeReader):
         self.sources = sources
         self.digest = digest
         self._source = 0
+        self.by_source: dict[str, int] = {}
+        self.fallbacks: dict[str, int] = {}
         self._limiter = limiter or RateLimiter(None)
         super().__init__(
             self._open_at,
@@ -85,16 +94,20 @@ class BlobStream(RangeReader):
     @contextmanager
     def _open_at(self, offset: int) -> Iterator[Readable]:
         errors: list[str] = []
+        missed = 0
         for i in range(len(self.sources)):
             index = (self._source + i) % len(self.sources)
-            store = self.sources[index]
+            source = self.sources[index]
             try:
-                cm = store.open_blob(self.digest, offset)
+                cm = source.store.open_blob(self.digest, offset)
                 f = cm.__enter__()
             except (RegistryError, httpx.HTTPError, OSError) as e:
-                errors.append(f"{store.ref.name}: {e}")
-                if not isinstance(e, NotFound):
-                    log.info("blob %s from %s failed: %s", self.digest[:19], store.ref.name, e)
+                errors.append(f"{source.name}: {e}")
+                self.fallbacks[source.name] = self.fallbacks.get(source.name, 0) + 1
+                if isinstance(e, NotFound):
+                    missed += 1
+                else:
+                    log.info("blob %s from %s failed: %s", self.digest[:19], source.name, e)
                 continue
             self._source = index
             try:
@@ -103,9 +116,15 @@ class BlobStream(RangeReader):
                 with suppress(ModelcarError, httpx.HTTPError, OSError):
                     cm.__exit__(None, None, None)
             return
-        raise TransientRegistryError(
-            "no source could serve the layer", subject=f"{self.digest}: {'; '.join(errors)}"
-        )
+        subject = f"{self.digest}: {'; '.join(errors)}"
+        if missed == len(self.sources):
+            raise SourcesMissed("no source holds the layer", subject=subject)
+        raise TransientRegistryError("no source could serve the layer", subject=subject)
+
+    @property
+    def served(self) -> set[str]:
+        """The sources that gave this stream at least one byte."""
+        return {name for name, n in self.by_source.items() if n}
 
     def _next_source(self, error: BaseException) -> None:
         self._source += 1  # the next attempt starts with the next source
@@ -125,6 +144,8 @@ class BlobStream(RangeReader):
             raise TransientRegistryError(
                 f"download kept failing ({type(e).__name__})", subject=self.digest
             ) from None
+        name = self.sources[self._source % len(self.sources)].name
+        self.by_source[name] = self.by_source.get(name, 0) + len(data)
         self._limiter.consume(len(data))
         return data
 

@@ -23,6 +23,7 @@ from modelcar.cache_daemon.cachedir import CacheDir
 from modelcar.cache_daemon.control import ControlServer
 from modelcar.cache_daemon.evict import Budget, Evictor
 from modelcar.cache_daemon.pull import Puller, PullOptions, PullResult, pinned
+from modelcar.cache_daemon.sources import SourceSpec, chain, parse_source
 from modelcar.cliutil import human, new_app, parse_size, run_cli
 from modelcar.contract.client import API_ENV, TOKEN_ENV, TOKEN_FILE_ENV, ApiClient
 from modelcar.contract.nodecache import DEFAULT_CACHE_ROOT
@@ -43,6 +44,17 @@ MaxRate = Annotated[
 Mirror = Annotated[
     list[str] | None,
     typer.Option("--mirror", help="Registry mirror URL tried before the origin (repeatable)."),
+]
+SourceChain = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--source",
+        help="A blob source tried before the origin, in order (repeatable): "
+        "spegel=http://$NODE_IP:30020 (a miss is 404, next at once), "
+        "dragonfly=http://127.0.0.1:4001 (dfdaemon's proxy), mirror=https://HOST, and "
+        "'origin' last. Add ,credentials to send a spegel or dragonfly source the "
+        "origin's credentials (never by default). $VARS in URLs are expanded.",
+    ),
 ]
 MaxBytes = Annotated[str | None, typer.Option(help="Disk budget, e.g. 500GiB.")]
 High = Annotated[
@@ -102,14 +114,16 @@ def _setup_logging(verbose: bool = True) -> None:
 def _pull_options(
     jobs: int, max_rate: str | None, mirror: list[str] | None, plain_http: bool,
     insecure: bool, ca_file: str | None, checkpoint: str, stall_timeout: float, min_speed: str,
-    docker_config: list[str] | None,
+    docker_config: list[str] | None, sources: list[SourceSpec],
 ) -> PullOptions:  # fmt: skip
     rule = Progress(window=stall_timeout, min_speed=parse_size(min_speed))
+    chain(sources, mirror or [])  # a bad chain is refused now, not at the first pull
     return PullOptions(
         jobs=jobs,
         checkpoint_bytes=max(1, parse_size(checkpoint)),
         max_rate=parse_size(max_rate) if max_rate else None,
         mirrors=mirror or [],
+        sources=sources,
         store=StoreOptions(
             plain_http=plain_http,
             insecure=insecure,
@@ -203,6 +217,7 @@ def run(
     scrub_rate: Annotated[str, typer.Option(help="Re-hash speed cap per second.")] = "100MiB",
     jobs: Jobs = 4,
     max_rate: MaxRate = None,
+    source: SourceChain = None,
     mirror: Mirror = None,
     max_bytes: MaxBytes = None,
     max_percent: MaxPercent = None,
@@ -226,6 +241,9 @@ def run(
     if bool(api) == bool(config):
         raise UsageError("give exactly one of --api URL (or MODELCAR_API) and --config FILE")
     _setup_logging()
+    specs = [parse_source(text) for text in source or []]
+    if config and not specs:
+        specs = StaticSource(config).sources()
     options = DaemonOptions(
         node=node,
         labels=_labels(label),
@@ -241,18 +259,19 @@ def run(
             stall_timeout,
             min_speed,
             docker_config,
+            specs,
         ),
         budget=_budget(max_bytes, max_percent, high_watermark, low_watermark),
         scrub_every=scrub_every,
         scrub_rate=parse_size(scrub_rate),
     )
     client = ApiClient(api, token, token_file=token_file) if api else None
-    source = ApiSource(client, node, options.labels) if client else StaticSource(config or "")
+    desired = ApiSource(client, node, options.labels) if client else StaticSource(config or "")
     metrics = Metrics()
     with CacheDir(cache_dir) as cache:
         labeller = NodeLabeller.from_environment(node, kubeconfig)
         warmer = RuntimeWarmer(cri_socket) if warm_cri else None
-        daemon = Daemon(cache, options, source, client, metrics, labeller, warmer)
+        daemon = Daemon(cache, options, desired, client, metrics, labeller, warmer)
         server = None
         if listen:
             host, _, port = listen.rpartition(":")
@@ -276,6 +295,7 @@ def pull(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
     jobs: Jobs = 4,
     max_rate: MaxRate = None,
+    source: SourceChain = None,
     mirror: Mirror = None,
     max_bytes: MaxBytes = None,
     max_percent: MaxPercent = None,
@@ -299,6 +319,7 @@ def pull(
     With a daemon running on the cache dir, the daemon pulls it (with its own options)
     and this waits for the result."""
     pinned(ref)
+    specs = [parse_source(text) for text in source or []]
     _setup_logging(not quiet)
     answer = control.request(Path(cache_dir), "pull", ref=ref)
     if answer is not None:
@@ -320,10 +341,14 @@ def pull(
             stall_timeout,
             min_speed,
             docker_config,
+            specs,
         )
         result = Puller(cache, options, make_room=evictor.make_room).pull(ref)
     if json_out:
         typer.echo(result.model_dump_json())
+    elif len(result.by_source) > 1 or set(result.by_source) - {"origin"}:
+        parts = ", ".join(f"{k} {human(v)}" for k, v in sorted(result.by_source.items()))
+        typer.echo(f"bytes by source: {parts}", err=True)
     typer.echo(result.path)
 
 

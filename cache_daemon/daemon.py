@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from modelcar.cache_daemon.blobstream import RateLimiter
+from modelcar.cache_daemon.blobstream import RateLimiter, SourcesMissed
 from modelcar.cache_daemon.cachedir import CacheDir
 from modelcar.cache_daemon.control import ControlError, Events
 from modelcar.cache_daemon.cri import RuntimeWarmer
@@ -22,7 +22,14 @@ from modelcar.cache_daemon.desired import ApiSource, StaticSource, Wanted
 from modelcar.cache_daemon.evict import Budget, Evictor
 from modelcar.cache_daemon.metrics import Metrics
 from modelcar.cache_daemon.nodelabels import OURS, NodeLabeller
-from modelcar.cache_daemon.pull import Puller, PullOptions, PullResult, PullStopped, pinned
+from modelcar.cache_daemon.pull import (
+    Check,
+    Puller,
+    PullOptions,
+    PullResult,
+    PullStopped,
+    pinned,
+)
 from modelcar.cache_daemon.scrub import scrub, verify_models
 from modelcar.contract import wire as wire
 from modelcar.contract.client import ApiClient
@@ -35,6 +42,10 @@ from modelcar.trust import policy
 from modelcar.trust.policy import Rule
 
 log = logging.getLogger("modelcar.cache")
+
+
+class WaitingForLease(ModelcarError):
+    """A rollout wave: no origin lease was free and no peer held the layers in time."""
 
 
 def event(what: str, **fields: object) -> str:
@@ -184,9 +195,12 @@ class Daemon:
         self._event("pulling", digest=w.digest, image=w.image, model=w.label)
         self.report()
         try:
-            result = self._pull(w.image, w.label, w.rules)
+            result = self._pull(w.image, w.label, w.rules, w.rollout)
         except PullStopped:
             self._event("stopped", digest=w.digest, model=w.label)
+            return
+        except WaitingForLease as e:
+            self._event("waiting", digest=w.digest, model=w.label, error=e.one_line())
             return
         except ModelcarError as e:
             if isinstance(e, SignatureError):
@@ -200,7 +214,13 @@ class Daemon:
         self._warm(w)
         self.report()
 
-    def _pull(self, image: str, label: str, rules: tuple[Rule, ...] = ()) -> PullResult:
+    def _pull(
+        self,
+        image: str,
+        label: str,
+        rules: tuple[Rule, ...] = (),
+        rollout: wire.RolloutRule | None = None,
+    ) -> PullResult:
         ref = pinned(image)
         digest = ref.digest or ""
         with self._evict_lock:
@@ -214,10 +234,50 @@ class Daemon:
                 log.warning("%s: %s", image, note)  # a policy that only reports
                 self._event("unverified", digest=digest, model=label, error=note)
 
+        check = verified if rules else None
         try:
-            return self.puller.pull(image, verified if rules else None)
+            if rollout is None or self.api is None:
+                return self.puller.pull(image, check)
+            return self._pull_in_wave(image, digest, check, rollout)
         finally:
             self._pulling.pop(digest, None)
+
+    def _pull_in_wave(
+        self, image: str, digest: str, check: Check | None, rollout: wire.RolloutRule
+    ) -> PullResult:
+        """Peers first; the origin only with a lease; between the two, wait (bounded by
+        the rollout's ``wave_timeout``) for a peer to hold the layers or a lease to free."""
+        assert self.api is not None
+        deadline = time.monotonic() + rollout.wave_timeout
+        node = self.options.node
+        while True:
+            try:
+                return self.puller.pull(image, check, origin=False)
+            except SourcesMissed:
+                pass  # no peer holds a layer yet: the origin, if a lease allows
+            lease = self.api.take_lease(node, digest)
+            if lease.granted:
+                self._event("lease", digest=digest, holders=lease.holders, limit=lease.limit)
+                try:
+                    return self.puller.pull(image, check)
+                finally:
+                    try:
+                        self.api.give_back_lease(node, digest)
+                    except ModelcarError as e:  # it expires without reports anyway
+                        log.warning("giving the lease back failed: %s", e.one_line())
+            left = deadline - time.monotonic()
+            wait = min(max(lease.retry_after, 0.2), self.options.interval, left)
+            self.cache.db.set(digest, state="pending", error="waiting for peers or an origin lease")
+            self.report()
+            if wait <= 0 or self._stop.wait(wait):
+                if self._stop.is_set():
+                    raise PullStopped("stopped while waiting for an origin lease", subject=digest)
+                raise WaitingForLease(
+                    f"no origin lease within {rollout.wave_timeout}s "
+                    f"({len(lease.holders)}/{lease.limit} held) and no peer holds the layers yet",
+                    subject=image,
+                    hint="the next pass asks again; see GET …/versions/N/rollout",
+                )
 
     # --- the control socket ------------------------------------------------------
 
@@ -351,6 +411,7 @@ class Daemon:
                     bytes_done=min(r.bytes_done, r.size),
                     bytes_total=r.size,
                     error=r.error[:2000] if r.error else None,
+                    sources=dict(list(self.puller.by_source.get(r.digest, {}).items())[:32]),
                 )
             )
         for w in self.wanted:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from modelcar.cache_daemon.pull import pinned
+from modelcar.cache_daemon.sources import SourceSpec, check_chain, parse_source
 from modelcar.contract import wire
 from modelcar.contract.client import ApiClient
 from modelcar.errors import ModelcarError, UsageError
@@ -24,6 +26,8 @@ class Wanted:
     label: str  # name:version or the reference, for logs
     #: What to check before publishing it: its policies' verification rules.
     rules: tuple[Rule, ...] = ()
+    #: Rollout waves: fetch from the origin only with a lease from the API.
+    rollout: wire.RolloutRule | None = None
 
 
 class StaticSource:
@@ -47,13 +51,38 @@ class StaticSource:
             log.info("config %s: %d models", self.path, len(self._wanted))
         return self._wanted
 
-    def _read(self) -> list[Wanted]:
+    def _load(self) -> dict[str, Any]:
         try:
             data = yaml.safe_load(self.path.read_text()) or {}
         except yaml.YAMLError as e:
             raise UsageError("--config is not valid YAML", subject=str(self.path),
                              hint=" ".join(str(e).split())) from None  # fmt: skip
-        models = data.get("models") if isinstance(data, dict) else None
+        except OSError as e:
+            raise UsageError(
+                "cannot read --config", subject=str(self.path), hint=e.strerror
+            ) from None
+        return data if isinstance(data, dict) else {}
+
+    def sources(self) -> list[SourceSpec]:
+        """``sources:`` — the chain, as ``--source`` strings or ``{kind, url, credentials}``."""
+        items = self._load().get("sources") or []
+        if not isinstance(items, list):
+            raise UsageError("--config needs `sources:` as a list", subject=str(self.path))
+        specs = []
+        for item in items:
+            if isinstance(item, str):
+                specs.append(parse_source(item))
+                continue
+            try:
+                specs.append(SourceSpec.model_validate(item))
+            except ValueError as e:
+                raise UsageError("invalid source in --config", subject=str(self.path),
+                                 hint=str(e).splitlines()[-1].strip()) from None  # fmt: skip
+        return check_chain(specs)
+
+    def _read(self) -> list[Wanted]:
+        data = self._load()
+        models = data.get("models")
         if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
             raise UsageError(
                 "--config needs `models:` as a list of pinned image references",
@@ -80,7 +109,8 @@ class ApiSource:
         for u in got.unresolved:
             log.warning("policy %s: %s does not resolve: %s", u.policy, u.ref, u.error)
         self._last = [
-            Wanted(a.digest, a.image, f"{a.name}:{a.version}", _rules(a)) for a in got.models
+            Wanted(a.digest, a.image, f"{a.name}:{a.version}", _rules(a), a.rollout)
+            for a in got.models
         ]
         return self._last
 

@@ -34,6 +34,20 @@ class Metrics:
             "Models not published: their signature or provenance failed a policy's check",
             registry=r,
         )
+        self.source_bytes = Counter(
+            "modelcar_cache_source_bytes", "Layer bytes fetched, by source of the chain",
+            ["source"], registry=r,
+        )  # fmt: skip
+        self.source_fallbacks = Counter(
+            "modelcar_cache_source_fallbacks",
+            "Times a source missed or failed and the next one of the chain was asked",
+            ["source"], registry=r,
+        )  # fmt: skip
+        self.source_bad_bytes = Counter(
+            "modelcar_cache_source_bad_bytes",
+            "Layers whose bytes from this source failed their digest (source dropped)",
+            ["source"], registry=r,
+        )  # fmt: skip
         self.evictions = Counter("modelcar_cache_evictions", "Models evicted", registry=r)
         self.cache_bytes = Gauge("modelcar_cache_bytes", "Bytes held by the cache", registry=r)
         self.models = Gauge("modelcar_cache_models", "Models by state", ["state"], registry=r)
@@ -41,6 +55,15 @@ class Metrics:
     def pulled(self, fetched: int, seconds: float) -> None:
         self.bytes_pulled.inc(fetched)
         self.pull_seconds.observe(seconds)
+
+    def from_sources(self, by_source: dict[str, int], fallbacks: dict[str, int]) -> None:
+        for name, n in by_source.items():
+            self.source_bytes.labels(name).inc(n)
+        for name, n in fallbacks.items():
+            self.source_fallbacks.labels(name).inc(n)
+
+    def bad_bytes(self, source: str) -> None:
+        self.source_bad_bytes.labels(source).inc()
 
     def verify_failed(self) -> None:
         self.verify_failures.inc()

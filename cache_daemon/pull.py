@@ -16,15 +16,16 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
-from modelcar.cache_daemon.blobstream import BlobStream, RateLimiter
+from modelcar.cache_daemon.blobstream import BlobStream, RateLimiter, SourcesMissed
 from modelcar.cache_daemon.cachedir import CacheDir, CacheVanished
 from modelcar.cache_daemon.journal import LayerJournal, Replay
+from modelcar.cache_daemon.sources import Source, SourceSpec, chain, open_sources
 from modelcar.errors import (
     DigestMismatch,
     DiskFull,
@@ -41,7 +42,6 @@ from modelcar.format.unpack import Unpacked, index_of, unpack_layer
 from modelcar.oci.manifest import Descriptor
 from modelcar.oci.reference import ImageRef, LayoutRef, parse_ref
 from modelcar.oci.store import ImageStore, StoreOptions
-from modelcar.oci.stores import open_store
 
 log = logging.getLogger("modelcar.cache")
 
@@ -60,6 +60,8 @@ class PullOptions(BaseModel):
     jobs: int = 4
     max_rate: float | None = None  # bytes per second, all layers together
     mirrors: list[str] = []
+    #: The chain before the origin (spegel, dragonfly, mirror); mirrors are added after.
+    sources: list[SourceSpec] = []
     store: StoreOptions = StoreOptions()
     attempts: int = 6
     checkpoint_bytes: int = CHECKPOINT_BYTES
@@ -77,6 +79,8 @@ class PullResult(BaseModel):
     bytes_fetched: int
     bytes_resumed: int
     seconds: float
+    #: Layer bytes by source of the chain (``origin``, ``spegel``, …) in this pull.
+    by_source: dict[str, int] = {}
 
 
 @dataclass
@@ -86,8 +90,18 @@ class _Progress:
     fetched: int = 0
     resumed: int = 0
     on_change: Callable[[int, int], None] | None = None
+    by_source: dict[str, int] = field(default_factory=dict)
+    fallbacks: dict[str, int] = field(default_factory=dict)
     _last: float = field(default=0.0)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def sourced(self, blob: BlobStream) -> None:
+        """A layer's stream is done: add what each source served and missed."""
+        with self._lock:
+            for mine, theirs in ((self.by_source, blob.by_source),
+                                 (self.fallbacks, blob.fallbacks)):  # fmt: skip
+                for name, n in theirs.items():
+                    mine[name] = mine.get(name, 0) + n
 
     def add(self, n: int = 0, *, fetched: int = 0, resumed: int = 0) -> None:
         """Counts from several layer threads at once."""
@@ -112,17 +126,11 @@ def pinned(image: str):
     return ref
 
 
-def mirror_stores(ref, mirrors: list[str], options: StoreOptions) -> list[ImageStore]:
-    """Mirrors first (host swapped, same repository), then the origin. A mirror gets one
-    try per request: the next source is its retry."""
-    stores: list[ImageStore] = []
-    if isinstance(ref, ImageRef):
-        for url in mirrors:
-            host = url.split("://", 1)[-1].rstrip("/")
-            opts = replace(options, plain_http=url.startswith("http://"), retries=1)
-            stores.append(open_store(ImageRef(host, ref.repository, digest=ref.digest), opts))
-    stores.append(open_store(ref, options))
-    return stores
+class _BadBytes(Exception):
+    """A layer failed its digest with bytes from these sources (not the origin)."""
+
+    def __init__(self, sources: set[str], error: ModelcarError):
+        self.sources, self.error = sources, error
 
 
 class _Tap:
@@ -223,7 +231,7 @@ class Puller:
         make_room: Callable[[str, int], None] | None = None,
         on_progress: Callable[[str, int, int], None] | None = None,
         metrics: Any = None,
-        sources: Callable[[ImageRef | LayoutRef], list[ImageStore]] | None = None,
+        sources: Callable[[ImageRef | LayoutRef], list[Source]] | None = None,
         stop: threading.Event | None = None,
     ):
         """``stop``: once set, pulls end at their next read (PullStopped) and keep what
@@ -235,15 +243,18 @@ class Puller:
         self.make_room = make_room
         self.on_progress = on_progress
         self.metrics = metrics
-        # where a reference's blobs come from: mirrors, then the origin (tests: in memory)
-        self.sources = sources or (
-            lambda ref: mirror_stores(ref, self.options.mirrors, self.options.store)
-        )
+        # where a reference's blobs come from: the chain, the origin last (tests: in memory)
+        specs = chain(self.options.sources, self.options.mirrors)
+        self.sources = sources or (lambda ref: open_sources(ref, specs, self.options.store))
         self._present: set[str] = set()  # published dirs found whole in this process
+        #: layer bytes by source, per digest pulled by this process (for the node report)
+        self.by_source: dict[str, dict[str, int]] = {}
 
-    def pull(self, image: str, check: Check | None = None) -> PullResult:
+    def pull(self, image: str, check: Check | None = None, *, origin: bool = True) -> PullResult:
         """Pull and publish ``image``; ``check`` (e.g. its signature) runs on the origin
-        once the manifest is read and before a byte of a layer is fetched."""
+        once the manifest is read and before a byte of a layer is fetched. Without
+        ``origin`` (no rollout lease), layers come from the other sources only, and when
+        none holds one: :class:`SourcesMissed`, with what was staged kept."""
         ref = pinned(image)
         digest = ref.digest
         assert digest is not None
@@ -256,12 +267,13 @@ class Puller:
                 digest=digest, image=image, path=str(self.cache.model_dir(digest)), size=size,
                 files=0, layers=0, bytes_fetched=0, bytes_resumed=0, seconds=0.0,
             )  # fmt: skip
-        sources = self.sources(ref)
+        every = self.sources(ref)
+        sources = every if origin else [s for s in every if not s.origin]
         try:
             self.cache.check_writable(digest)
-            model = self._load(sources, ref)
+            model = self._load([s.store for s in every], ref)
             if check is not None:
-                check(sources[-1], model)
+                check(every[-1].store, model)
             if self.make_room:
                 self.make_room(digest, model.size)
         except ModelcarError as e:  # nothing staged yet: record why, for ls and the API
@@ -281,6 +293,11 @@ class Puller:
             # staging and journals stay; the row stays 'pulling' (reset at the next start)
             log.info("stopped %s mid-pull; the next start resumes it", image)
             raise
+        except SourcesMissed:
+            if origin:
+                raise
+            db.set(digest, state="pending", error=None)  # waits for a peer or a lease
+            raise
         except (ModelcarError, OSError) as e:
             err = self._as_error(e, digest)
             self._failed(digest, err)
@@ -297,6 +314,7 @@ class Puller:
             digest=digest, image=image, path=str(self.cache.model_dir(digest)), size=size,
             files=len(index.files), layers=len(layers),
             bytes_fetched=progress.fetched, bytes_resumed=progress.resumed, seconds=seconds,
+            by_source=progress.by_source,
         )  # fmt: skip
 
     # --- steps -----------------------------------------------------------------
@@ -335,10 +353,7 @@ class Puller:
                 if f.layer == layer and _size(staging / f.path) != f.size:
                     done.discard(layer)
                     break
-        progress = _Progress(
-            total=model.size,
-            on_change=lambda d, t: self._report(digest, d, t),
-        )
+        progress = self._progress(digest, model.size)
         progress.add(sum(f.size for f in files.values() if f.layer in done))
         todo = [d for d in model.model_layers if d.digest not in done]
         if todo:
@@ -355,6 +370,41 @@ class Puller:
     def _pull_layer(
         self, digest: str, desc: Descriptor, files: dict[str, FileEntry], sources, progress
     ) -> None:
+        self._dropping(
+            sources, progress,
+            lambda usable: self._pull_layer_from(digest, desc, files, usable, progress),
+        )  # fmt: skip
+
+    def _dropping(
+        self, sources: list[Source], progress: _Progress, attempt: Callable[[list[Source]], Any]
+    ) -> Any:
+        """Run ``attempt`` over the chain; when a layer fails its digest with bytes from
+        sources other than the origin, drop those for this layer and do it again."""
+        dropped: set[str] = set()
+        while True:
+            usable = [s for s in sources if s.name not in dropped]
+            try:
+                return attempt(usable)
+            except _BadBytes as bad:
+                for name in sorted(bad.sources):
+                    log.warning("%s served bad bytes (%s); dropped for this layer",
+                                name, bad.error.one_line())  # fmt: skip
+                    if self.metrics:
+                        self.metrics.bad_bytes(name)
+                dropped |= bad.sources
+                if not any(s.name not in dropped for s in sources):
+                    raise bad.error from None
+
+    def _suspects(self, blob: BlobStream, error: ModelcarError, sources: list[Source]) -> None:
+        """Raise :class:`_BadBytes` if sources other than the origin fed the failed layer."""
+        origins = {s.name for s in sources if s.origin}
+        suspects = blob.served - origins
+        if suspects:
+            raise _BadBytes(suspects, error) from None
+
+    def _pull_layer_from(
+        self, digest: str, desc: Descriptor, files: dict[str, FileEntry], sources, progress
+    ) -> None:
         staging = self.cache.staging_dir(digest)
         journal = self._journal(digest, desc.digest)
         start = journal.load()
@@ -367,16 +417,25 @@ class Puller:
         replay = journal.replay()
         state.tap = _Tap(replay, blob, journal, self.stop)
         progress.add(resumed=start)
+        counted = 0
+
+        def on_bytes(n: int) -> None:
+            nonlocal counted
+            counted += n
+            progress.add(n)
+
         try:
             read_model_layer(
                 state.tap, desc.digest, files,
                 sink=lambda rel, entry: _FileWriter(state, rel, entry),
-                on_bytes=progress.add,
+                on_bytes=on_bytes,
             )  # fmt: skip
-        except (DigestMismatch, ImageFormatError):
+        except (DigestMismatch, ImageFormatError) as e:
             journal.remove()  # what was staged for this layer cannot be trusted
             if self.metrics:
                 self.metrics.verify_failed()
+            progress.add(-counted)
+            self._suspects(blob, e, sources)
             raise
         except OSError as e:
             if start and not _is_space(e):  # a broken journal: next time from zero
@@ -386,13 +445,14 @@ class Puller:
             blob.close()
             replay.close()
             progress.add(fetched=blob.fetched)
+            self._sourced(progress, blob)
             journal.close()
         self.cache.db.layer_done(digest, desc.digest)
         journal.remove()
         log.info("layer %s verified (%d bytes fetched)", desc.digest[:19], blob.fetched)
 
     def _pull_foreign(
-        self, digest: str, model: ForeignImage, sources: list[ImageStore]
+        self, digest: str, model: ForeignImage, sources: list[Source]
     ) -> tuple[_Progress, FileIndex]:
         """Unpack another tool's image layer by layer, computing its file index. A layer
         finished before a stop is kept (its result in the journal dir); one cut off is
@@ -414,23 +474,30 @@ class Puller:
         if model.in_order:  # after the first layer to redo, every later one is redone
             first = next((i for i, k in enumerate(keys) if k not in results), len(keys))
             results = {k: results[k] for k in keys[:first]}
-        progress = _Progress(total=model.size, on_change=lambda d, t: self._report(digest, d, t))
+        progress = self._progress(digest, model.size)
         progress.add(sum(p.layer.size for p, k in zip(model.parts, keys, strict=True)
                          if k in results))  # fmt: skip
-        claimed = {path for done in results.values() for path in done.files}
+        claimed = {path: key for key, done in results.items() for path in done.files}
         lock = threading.Lock()
 
-        def claim(path: str) -> None:  # an artifact's layers hold disjoint files
-            with lock:
-                if path in claimed:
-                    raise UnsafeArchive("the same file in two layers", subject=path)
-                claimed.add(path)
+        def claim(key: str) -> Callable[[str], None] | None:
+            if model.in_order:
+                return None
+
+            def one_path(path: str) -> None:  # an artifact's layers hold disjoint files
+                with lock:
+                    if claimed.setdefault(path, key) != key:
+                        raise UnsafeArchive("the same file in two layers", subject=path)
+
+            return one_path
 
         todo = [(p, k) for p, k in zip(model.parts, keys, strict=True) if k not in results]
 
         def one(part: Part, key: str) -> None:
-            results[key] = self._unpack(staging, part, sources, progress,
-                                        None if model.in_order else claim)  # fmt: skip
+            results[key] = self._dropping(
+                sources, progress,
+                lambda usable: self._unpack(staging, part, usable, progress, claim(key)),
+            )  # fmt: skip
             tmp = jdir / f"{key}.json.tmp"
             tmp.write_text(json.dumps(results[key].to_json()))
             tmp.rename(jdir / f"{key}.json")
@@ -458,7 +525,7 @@ class Puller:
         self,
         staging: Path,
         part: Part,
-        sources: list[ImageStore],
+        sources: list[Source],
         progress: _Progress,
         claim: Callable[[str], None] | None,
     ) -> Unpacked:
@@ -474,13 +541,18 @@ class Puller:
         counted = _Counted(blob, progress, self.stop)
         try:
             return unpack_layer(counted, part, staging, claim=claim, resume=resume)
-        except (DigestMismatch, ImageFormatError):
+        except (DigestMismatch, ImageFormatError) as e:
             if self.metrics:
                 self.metrics.verify_failed()
+            progress.add(-counted.n)
+            if part.raw_path is not None:
+                (staging / part.raw_path).unlink(missing_ok=True)
+            self._suspects(blob, e, sources)
             raise
         finally:
             blob.close()
             progress.add(fetched=blob.fetched)
+            self._sourced(progress, blob)
 
     def _publish(self, digest: str, index: FileIndex) -> None:
         staging = self.cache.staging_dir(digest)
@@ -552,6 +624,18 @@ class Puller:
         where = f": {e.filename}" if e.filename else ""
         return ModelcarError(f"cannot write the model ({e.strerror or e}){where}", subject=digest)
 
+    def _sourced(self, progress: _Progress, blob: BlobStream) -> None:
+        progress.sourced(blob)
+        if self.metrics:
+            self.metrics.from_sources(blob.by_source, blob.fallbacks)
+
+    def _progress(self, digest: str, total: int) -> _Progress:
+        """The pull's progress; its bytes by source add up over the attempts of this
+        process (a wave's peer-only try, then the one with a lease)."""
+        progress = _Progress(total=total, on_change=lambda d, t: self._report(digest, d, t))
+        progress.by_source = self.by_source.setdefault(digest, {})
+        return progress
+
     def _report(self, digest: str, done: int, total: int) -> None:
         self.cache.db.set(digest, bytes_done=done)
         if self.on_progress:
@@ -563,11 +647,13 @@ class _Counted:
 
     def __init__(self, raw: BlobStream, progress: _Progress, stop: threading.Event | None):
         self.raw, self.progress, self.stop = raw, progress, stop
+        self.n = 0
 
     def read(self, n: int = -1) -> bytes:
         if self.stop is not None and self.stop.is_set():
             raise PullStopped("stopped mid-pull", subject=self.raw.digest)
         data = self.raw.read(n)
+        self.n += len(data)
         self.progress.add(len(data))
         return data
 

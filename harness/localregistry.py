@@ -7,6 +7,7 @@ storage dir of the caller's, optional TLS and htpasswd, stopped by PID.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -19,6 +20,8 @@ import httpx
 from modelcar.errors import ModelcarError
 
 DEFAULT_BINARY = "/usr/bin/docker-registry"
+#: the access log's combined format: "METHOD PATH PROTO" STATUS BYTES
+_ACCESS = re.compile(r'"([A-Z]+) (\S+) HTTP/[0-9.]+" ([0-9]{3}) ([0-9]+|-)')
 
 
 def free_port() -> int:
@@ -45,6 +48,7 @@ class LocalRegistry:
         tls: tuple[Path, Path] | None = None,
         htpasswd: Path | None = None,
         token_auth: dict[str, str] | None = None,
+        access_log: bool = False,
     ):
         self.root = Path(root)
         self.port = port or free_port()
@@ -52,6 +56,7 @@ class LocalRegistry:
         self.token_auth = token_auth  # realm, service, issuer, rootcertbundle
         self.htpasswd = htpasswd
         self.token_auth = token_auth  # realm, service, issuer, rootcertbundle
+        self.access_log = access_log  # one line per request in registry.log
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -68,7 +73,7 @@ class LocalRegistry:
             "log:",
             "  level: error",
             "  accesslog:",
-            "    disabled: true",
+            f"    disabled: {'false' if self.access_log else 'true'}",
             "storage:",
             "  filesystem:",
             f"    rootdirectory: {self.root / 'storage'}",
@@ -128,6 +133,21 @@ class LocalRegistry:
             time.sleep(0.05)
         self.stop()
         raise ModelcarError("docker-registry did not answer in time", subject=self.url)
+
+    def blob_bytes_served(self) -> int:
+        """Bytes of blob bodies this registry sent (GET .../blobs/..., from the access
+        log, which needs ``access_log=True``)."""
+        total = 0
+        for line in (self.root / "registry.log").read_text(errors="replace").splitlines():
+            m = _ACCESS.search(line)
+            if (
+                m
+                and m.group(1) == "GET"
+                and "/blobs/sha256:" in m.group(2)
+                and m.group(3) in ("200", "206")
+            ):
+                total += int(m.group(4)) if m.group(4).isdigit() else 0
+        return total
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

@@ -139,6 +139,8 @@ class Policy(Base):
     description: Mapped[str] = mapped_column(Text, default="")
     #: What nodes check before publishing (wire.Verification), or null.
     verification: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    #: ``{origin_concurrency, wave_timeout}``: rollout waves for the models it assigns.
+    rollout: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     updated: Mapped[datetime] = mapped_column(default=utcnow)
     updated_by: Mapped[str] = mapped_column(String(128), default="")
 
@@ -217,6 +219,24 @@ class NodeModel(Base):
     bytes_total: Mapped[int] = mapped_column(BigInteger, default=0)
     error: Mapped[str | None] = mapped_column(Text)
     updated: Mapped[datetime] = mapped_column(default=utcnow)
+    #: Layer bytes of the node's pull by source (origin, spegel, …).
+    sources: Mapped[dict[str, int] | None] = mapped_column(JSON)
+
+
+class OriginLease(Base):
+    """A node allowed to fetch a digest's layers from the origin now. One row per slot
+    (``0 .. origin_concurrency-1``): the primary key makes a grant race-free."""
+
+    __tablename__ = "origin_leases"
+    __table_args__ = (UniqueConstraint("digest", "node_name", name="uq_origin_leases_node"),)
+
+    digest: Mapped[str] = mapped_column(String(71), primary_key=True)
+    slot: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    node_name: Mapped[str] = mapped_column(ForeignKey("nodes.name", ondelete="CASCADE"), index=True)
+    granted: Mapped[datetime] = mapped_column(default=utcnow)
+    expires: Mapped[datetime] = mapped_column()
+    #: seconds a report of "still pulling" extends it by (the rollout's wave_timeout)
+    ttl: Mapped[int] = mapped_column()
 
 
 class Token(Base):

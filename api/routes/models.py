@@ -8,7 +8,7 @@ from fastapi import APIRouter, Path, Query, Response
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
-from modelcar.api import catalog, fleet, trust, usage
+from modelcar.api import catalog, fleet, rollouts, trust, usage
 from modelcar.api.db.tables import Alias, Model, Version
 from modelcar.api.deps import DB, Admin, Config, Publisher, Reader
 from modelcar.api.routes import ERRORS
@@ -182,6 +182,19 @@ def version_usage(name: Name, version: Number, db: DB, _: Reader) -> list[wire.W
     with db.reading() as s:
         v = catalog.get_version(s, catalog.get_model(s, name), version)
         return usage.users(s, v.id)
+
+
+@router.get(
+    "/{name}/versions/{version}/rollout",
+    response_model=wire.RolloutOut,
+    summary="The version's rollout: origin leases, node states, bytes from origin vs peers",
+)
+def version_rollout(
+    name: Name, version: Number, db: DB, settings: Config, _: Reader
+) -> wire.RolloutOut:
+    with db.reading() as s:
+        v = catalog.get_version(s, catalog.get_model(s, name), version)
+        return rollouts.view(s, v, settings.stale_after)
 
 
 @router.delete(

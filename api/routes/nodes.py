@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Response
 from sqlalchemy import select
 
-from modelcar.api import fleet
+from modelcar.api import fleet, rollouts
 from modelcar.api.db.tables import Policy
 from modelcar.api.deps import DB, Admin, Anyone, Config, Reader
 from modelcar.api.routes import ERRORS
@@ -69,7 +69,41 @@ def put_status(
 ) -> wire.NodeOut:
     who.require_node(node, write=True)
     with db.writing() as s:
-        return fleet.node_out(fleet.put_status(s, node, body), settings.stale_after)
+        row = fleet.put_status(s, node, body)
+        rollouts.after_report(s, row)
+        return fleet.node_out(row, settings.stale_after)
+
+
+@router.post(
+    "/nodes/{node}/leases",
+    response_model=wire.LeaseOut,
+    tags=["nodes"],
+    summary="Ask for an origin lease for a digest (rollout waves; node token of that node)",
+)
+def take_lease(
+    node: NodeName, body: wire.LeaseRequest, db: DB, settings: Config, who: Anyone
+) -> wire.LeaseOut:
+    who.require_node(node, write=True)
+    with db.writing() as s:
+        return rollouts.take(s, node, body.digest, settings.stale_after)
+
+
+@router.delete(
+    "/nodes/{node}/leases/{digest}",
+    status_code=204,
+    tags=["nodes"],
+    summary="Give an origin lease back (node token of that node)",
+)
+def give_back_lease(
+    node: NodeName,
+    digest: Annotated[str, Path(pattern=r"^sha256:[a-f0-9]{64}$", description="The digest")],
+    db: DB,
+    who: Anyone,
+) -> Response:
+    who.require_node(node, write=True)
+    with db.writing() as s:
+        rollouts.give_back(s, node, digest)
+    return Response(status_code=204)
 
 
 @router.get(

@@ -186,6 +186,20 @@ class ApiClient:
         r = self.request("PUT", f"/v1/nodes/{_q(node)}/status", json=body.model_dump(mode="json"))
         return _parse(wire.NodeOut, r)
 
+    def take_lease(self, node: str, digest: str) -> wire.LeaseOut:
+        body = wire.LeaseRequest(digest=digest).model_dump(mode="json")
+        return _parse(
+            wire.LeaseOut, self.request("POST", f"/v1/nodes/{_q(node)}/leases", json=body)
+        )
+
+    def give_back_lease(self, node: str, digest: str) -> None:
+        r = self.request("DELETE", f"/v1/nodes/{_q(node)}/leases/{digest}")
+        if r.status_code >= 400:
+            raise _error_of(r)
+
+    def rollout(self, name: str, version: int) -> wire.RolloutOut:
+        return self._get(f"/v1/models/{_q(name)}/versions/{version}/rollout", wire.RolloutOut)
+
     def put_policy(self, name: str, body: wire.PolicyPut) -> wire.PolicyOut:
         r = self.request("PUT", f"/v1/policies/{_q(name)}", json=body.model_dump(mode="json"))
         return _parse(wire.PolicyOut, r)

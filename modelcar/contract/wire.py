@@ -116,6 +116,35 @@ def _repository(value: str) -> str:
     return ref.name
 
 
+DURATION_PATTERN = r"^(?:[1-9][0-9]{0,4}s|[1-9][0-9]{0,3}m|[1-9][0-9]?h)$"
+_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+def _duration(value: Any) -> Any:
+    """Seconds: a JSON integer, or text such as ``90s``, ``10m``, ``2h``."""
+    if isinstance(value, str):
+        if not re.match(DURATION_PATTERN, value):
+            raise ValueError("a duration is whole seconds or NUMBER followed by s, m or h")
+        return int(value[:-1]) * _UNITS[value[-1]]
+    return _json_integer(value)
+
+
+#: Up to a week.
+Seconds = Annotated[
+    int,
+    Field(ge=1, le=7 * 86400),
+    BeforeValidator(_duration),
+    WithJsonSchema(
+        {
+            "oneOf": [
+                {"type": "integer", "minimum": 1, "maximum": 7 * 86400},
+                {"type": "string", "pattern": DURATION_PATTERN},
+            ],
+            "description": "seconds, or e.g. 90s, 10m, 2h",
+        }
+    ),
+]
+
 ModelRefStr = Annotated[str, StringConstraints(max_length=200, pattern=MODEL_REF_PATTERN)]
 Repository = Annotated[
     str,
@@ -188,6 +217,20 @@ class Verification(_Request):
     )
 
 
+class Rollout(_Request):
+    """Rollout waves: at most ``origin_concurrency`` nodes pull a model's layers from
+    the origin at once; the others take them from peers, or wait for an origin lease."""
+
+    origin_concurrency: Annotated[int, Field(ge=1, le=10000), BeforeValidator(_json_integer)] = (
+        Field(description="Nodes that may hold an origin lease for a digest at once")
+    )
+    wave_timeout: Seconds = Field(
+        600,
+        description="How long a node waits for peers or a lease per pass; also how long "
+        "a lease lives without a report from its node that it is still pulling",
+    )
+
+
 class PolicyPut(_Request):
     """Which models nodes matching ``node_selector`` (all labels equal) keep warm."""
 
@@ -195,6 +238,7 @@ class PolicyPut(_Request):
     node_selector: Labels = Field(default_factory=dict)
     description: Text = ""
     verification: Verification | None = None
+    rollout: Rollout | None = None
 
 
 class KeyCreate(_Request):
@@ -212,12 +256,19 @@ class SignatureCreate(_Request):
     signature: Annotated[str, StringConstraints(max_length=1024, pattern=r"^[A-Za-z0-9+/=]+$")]
 
 
+SourceName = Annotated[str, StringConstraints(pattern=r"^[a-z]+(?:-[0-9]+)?$", max_length=32)]
+SourceBytes = Annotated[dict[SourceName, Count], Field(max_length=32)]
+
+
 class NodeModelStatus(_Request):
     digest: DigestStr
     state: ModelState
     bytes_done: Count = 0
     bytes_total: Count = 0
     error: Annotated[str, StringConstraints(max_length=2048, pattern=NO_NUL)] | None = None
+    sources: SourceBytes = Field(
+        default_factory=dict, description="Layer bytes by source (origin, spegel, …)"
+    )
 
 
 class DiskUsage(_Request):
@@ -360,6 +411,11 @@ class VerificationRule(_Response):
     source_prefix: str | None = None
 
 
+class RolloutRule(_Response):
+    origin_concurrency: int
+    wave_timeout: int
+
+
 class Assignment(_Response):
     digest: str
     image: str
@@ -370,6 +426,9 @@ class Assignment(_Response):
     refs: list[str]
     policies: list[str]
     verification: list[VerificationRule] = Field(default_factory=list)
+    rollout: RolloutRule | None = Field(
+        None, description="The strictest rollout of the policies that assign it"
+    )
 
 
 class Unresolved(_Response):
@@ -392,6 +451,7 @@ class NodeModelOut(_Response):
     bytes_total: int
     error: str | None
     updated: datetime
+    sources: dict[str, int] = Field(default_factory=dict)
 
 
 class NodeOut(_Response):
@@ -411,8 +471,45 @@ class PolicyOut(_Response):
     node_selector: dict[str, str]
     description: str
     verification: dict[str, Any] | None = None
+    rollout: dict[str, Any] | None = None
     updated: datetime
     updated_by: str
+
+
+class LeaseRequest(_Request):
+    digest: DigestStr
+
+
+class LeaseOut(_Response):
+    digest: str
+    node: str
+    granted: bool = Field(description="True: this node may fetch the layers from the origin")
+    limit: int | None = Field(description="origin_concurrency, or null where no rollout applies")
+    holders: list[str] = Field(description="Nodes holding an origin lease for the digest now")
+    expires: datetime | None = None
+    retry_after: float = Field(5.0, description="Seconds before asking again when not granted")
+
+
+class LeaseHolder(_Response):
+    node: str
+    granted: datetime
+    expires: datetime
+
+
+class RolloutOut(_Response):
+    model: str
+    version: int
+    digest: str
+    origin_concurrency: int | None = Field(description="From the policies assigning it")
+    wave_timeout: int | None
+    leases: list[LeaseHolder]
+    nodes: int = Field(description="Fresh nodes that report the digest")
+    ready: int
+    pulling: int
+    failed: int
+    bytes_from_origin: int
+    bytes_from_peers: int = Field(description="Every source but the origin")
+    bytes_by_source: dict[str, int]
 
 
 class KeyOut(_Response):

@@ -65,6 +65,20 @@ class ImageStore(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class Via:
+    """Reach a registry repository through another server: a peer (Spegel), a P2P
+    proxy (Dragonfly's dfdaemon) or any endpoint that speaks the distribution API for
+    the origin. Requests go to ``endpoint`` with ``params`` and ``headers`` added;
+    the origin's credentials go along only if ``credentials``."""
+
+    endpoint: str
+    params: tuple[tuple[str, str], ...] = ()
+    headers: tuple[tuple[str, str], ...] = ()
+    credentials: bool = False
+    connect_timeout: float = 2.0
+
+
 @dataclass
 class StoreOptions:
     """How to reach a registry; ignored for oci: layouts."""
@@ -78,3 +92,5 @@ class StoreOptions:
     timeout: float = 60.0
     #: Minimum progress of every download (None: only ``timeout`` per read).
     progress: Progress | None = DEFAULT_PROGRESS
+    #: Not the registry itself but a server in front of it (None: the registry).
+    via: Via | None = None

@@ -11,6 +11,7 @@ from modelcar.builder.build import Builder, BuildOptions
 from modelcar.builder.sources.local import LocalSource
 from modelcar.cache_daemon.cachedir import CacheDir
 from modelcar.cache_daemon.pull import Puller, PullOptions, PullStopped
+from modelcar.cache_daemon.sources import origin_only
 from modelcar.errors import DigestMismatch
 from modelcar.oci.memory import MemoryStore
 from modelcar.oci.reference import parse_ref
@@ -41,7 +42,7 @@ def test_build_then_pull_without_a_server(model, tmp_path):
     assert again.digest == record.digest and again.bytes_skipped > 0  # reproducible
 
     with CacheDir(tmp_path / "cache") as cache:
-        puller = Puller(cache, PullOptions(jobs=2), sources=lambda r: [store])
+        puller = Puller(cache, PullOptions(jobs=2), sources=origin_only(store))
         result = puller.pull(str(ref.pinned(record.digest)))
         out = cache.model_dir(record.digest)
         assert (out / "weights.bin").read_bytes() == (model / "weights.bin").read_bytes()
@@ -58,7 +59,7 @@ def test_a_corrupted_layer_in_the_store_is_refused_and_nothing_published(model, 
     data[-2000] ^= 1
     store.blobs[big] = bytes(data)
     with CacheDir(tmp_path / "cache") as cache:
-        puller = Puller(cache, PullOptions(jobs=1), sources=lambda r: [store])
+        puller = Puller(cache, PullOptions(jobs=1), sources=origin_only(store))
         with pytest.raises(DigestMismatch):
             puller.pull(str(ref.pinned(record.digest)))
         assert cache.published() == []
@@ -78,13 +79,17 @@ def test_a_stopped_pull_keeps_its_work_and_the_next_one_resumes(model, tmp_path)
                 stop.set()
 
         stopper = Puller(
-            cache, options, sources=lambda r: [store], stop=stop, on_progress=stop_after_a_mib
+            cache,
+            options,
+            sources=origin_only(store),
+            stop=stop,
+            on_progress=stop_after_a_mib,
         )
         with pytest.raises(PullStopped):
             stopper.pull(image)
         assert cache.published() == []
         assert cache.db.get(record.digest).state == "pulling"  # reset to pending at start
-        result = Puller(cache, options, sources=lambda r: [store]).pull(image)
+        result = Puller(cache, options, sources=origin_only(store)).pull(image)
         assert result.bytes_resumed >= 1 << 20  # from the last checkpoint, not from zero
         out = cache.model_dir(record.digest)
         assert (out / "weights.bin").read_bytes() == (model / "weights.bin").read_bytes()

@@ -13,6 +13,7 @@ from modelcar.builder.build import Builder, BuildOptions
 from modelcar.builder.sources.local import LocalSource
 from modelcar.cache_daemon.cachedir import CacheDir
 from modelcar.cache_daemon.pull import Puller, PullOptions
+from modelcar.cache_daemon.sources import origin_only
 from modelcar.errors import ImageFormatError, UsageError
 from modelcar.format.image import load_model_image
 from modelcar.oci import mediatypes as mt
@@ -100,7 +101,7 @@ def test_a_multi_platform_base_gives_an_index_over_the_same_model_layers(tmp_pat
     image = load_model_image(target, parse_ref(f"memory.invalid/team/m@{record.digest}"))
     assert set(image.platforms) == {"linux/amd64", "linux/arm64"}
     with CacheDir(tmp_path / "cache") as cache:
-        result = Puller(cache, PullOptions(jobs=1), sources=lambda r: [target]).pull(
+        result = Puller(cache, PullOptions(jobs=1), sources=origin_only(target)).pull(
             f"memory.invalid/team/m@{record.digest}"
         )
         assert result.files == 2
@@ -123,6 +124,6 @@ def test_variants_that_differ_in_model_content_are_refused(tmp_path, base_store)
         load_model_image(target, parse_ref(ref))
     with CacheDir(tmp_path / "cache") as cache:
         with pytest.raises(ImageFormatError):
-            Puller(cache, PullOptions(jobs=1), sources=lambda r: [target]).pull(ref)
+            Puller(cache, PullOptions(jobs=1), sources=origin_only(target)).pull(ref)
         assert cache.published() == [] and cache.staged() == []
     assert json.loads(data)["manifests"][1]["platform"]["architecture"] == "arm64"

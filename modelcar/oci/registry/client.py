@@ -37,10 +37,11 @@ from modelcar.oci.reference import ImageRef
 from modelcar.oci.registry import upload
 from modelcar.oci.registry.auth import CredentialStore, RegistryAuth
 from modelcar.oci.registry.errors import check, translate_transport, with_retries
-from modelcar.oci.store import ChunkFactory, FetchedManifest, ImageStore, StoreOptions
+from modelcar.oci.store import ChunkFactory, FetchedManifest, ImageStore, StoreOptions, Via
 
-_ClientKey = tuple[str, bool, bool, str | None, str | None]
+_ClientKey = tuple[str, bool, bool, str | None, str | None, Via | None]
 _clients: dict[_ClientKey, tuple[httpx.Client, RegistryAuth]] = {}
+_auths: dict[tuple[str, bool, bool, str | None, str | None], RegistryAuth] = {}
 T = TypeVar("T")
 _clients_lock = threading.Lock()
 
@@ -56,22 +57,36 @@ def _verify(options: StoreOptions) -> Any:
 
 
 def _client_for(host: str, options: StoreOptions) -> tuple[httpx.Client, RegistryAuth]:
-    """One pooled httpx client (and token cache) per registry host and option set."""
-    key = (host, options.plain_http, options.insecure, options.ca_file, options.docker_config)
+    """One pooled httpx client per registry host and option set, and one auth (token
+    cache) per registry host, shared by every client that may send its credentials.
+
+    Through a ``Via``, the client sends to the via's endpoint, with its parameters and
+    headers, and carries the origin's auth only if the via is to receive credentials;
+    otherwise it sends no Authorization at all."""
+    via = options.via
+    auth_key = (host, options.plain_http, options.insecure, options.ca_file, options.docker_config)
+    key = (*auth_key, via)
     with _clients_lock:
         if key not in _clients:
             verify = _verify(options)
-            auth = RegistryAuth(
-                host, CredentialStore(host, options.docker_config), verify, options.timeout
-            )
+            auth = _auths.get(auth_key)
+            if auth is None:
+                auth = _auths[auth_key] = RegistryAuth(
+                    host, CredentialStore(host, options.docker_config), verify, options.timeout
+                )
+            headers = {"User-Agent": "modelcar/0.1", "Accept-Encoding": "identity"}
+            headers.update(dict(via.headers) if via else {})
             client = new_client(
                 verify=verify,
-                auth=auth,
+                auth=auth if via is None or via.credentials else None,
                 follow_redirects=True,
-                timeout=httpx.Timeout(options.timeout, connect=10.0),
+                timeout=httpx.Timeout(
+                    options.timeout, connect=via.connect_timeout if via else 10.0
+                ),
                 limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
                 # identity: digests and Range offsets are over the stored bytes
-                headers={"User-Agent": "modelcar/0.1", "Accept-Encoding": "identity"},
+                headers=headers,
+                params=dict(via.params) if via else None,
             )
             _clients[key] = (client, auth)
         return _clients[key]
@@ -85,6 +100,11 @@ class Repository:
         self.options = options
         scheme = "http" if options.plain_http else "https"
         self.base_url = f"{scheme}://{ref.api_host}"
+        #: who answers: the registry, or the peer or proxy in front of it (for messages)
+        self.server = ref.registry
+        if options.via is not None:
+            self.base_url = options.via.endpoint.rstrip("/")
+            self.server = self.base_url.split("://", 1)[-1]
         self.client, self.auth = _client_for(ref.api_host, options)
         self.monolithic = False
 
@@ -125,7 +145,7 @@ class Repository:
             finally:
                 r.close()
         except httpx.HTTPError as e:
-            raise translate_transport(e, self.ref.registry) from None
+            raise translate_transport(e, self.server) from None
         return httpx.Response(r.status_code, headers=r.headers, content=body, request=r.request)
 
     def _retry(self, fn: Callable[[], T]) -> T:
@@ -215,7 +235,7 @@ class Repository:
                     raise RegistryError("registry ignored the range request", subject=digest)
                 yield BodyReader(r, what=what, limit=limit, progress=rule)
         except httpx.HTTPError as e:
-            raise translate_transport(e, self.ref.registry) from None
+            raise translate_transport(e, self.server) from None
 
     def read_blob(self, digest: str, max_size: int = MAX_CONFIG_BYTES) -> bytes:
         def get() -> bytes:

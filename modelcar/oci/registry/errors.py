@@ -95,7 +95,9 @@ def _retryable(exc: BaseException) -> bool:
 
 
 def _attempts_for(attempts: int) -> Callable[[BaseException], int]:
-    return lambda e: UNREACHABLE_ATTEMPTS if isinstance(e, RegistryUnreachable) else attempts
+    # an unreachable host gets a few tries at most; a source with one try gets one
+    few = min(UNREACHABLE_ATTEMPTS, attempts)
+    return lambda e: few if isinstance(e, RegistryUnreachable) else attempts
 
 
 def _log_retry(seconds: float, attempt: int, error: BaseException) -> None:

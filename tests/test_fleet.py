@@ -1,0 +1,336 @@
+"""Fleet scale: the source chain (Spegel, Dragonfly, mirrors, origin) and rollout waves.
+
+The peers are stand-ins with the documented behaviour of Spegel's mirror and
+Dragonfly's dfdaemon proxy (harness/peers.py); the origin is a real Distribution
+registry whose own access log counts the blob bytes it served; the API and the
+daemons are the real processes.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.localregistry import LocalRegistry
+from harness.models import make_sharded_model
+from harness.peers import PeerStub, registry_blob
+from modelcar.cache_daemon.cachedir import CacheDir
+from modelcar.cache_daemon.metrics import Metrics
+from modelcar.cache_daemon.pull import Puller, PullOptions
+from modelcar.cache_daemon.sources import parse_source
+from modelcar.contract.nodecache import model_dir_name
+from modelcar.format.image import load_model_image
+from modelcar.oci.reference import parse_ref
+from modelcar.oci.store import StoreOptions
+from modelcar.oci.stores import open_store
+from tests.helpers import assert_one_line_error, build, cache_cli, pull, run_cli, tree
+
+MiB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def origin(tmp_path_factory):
+    """A registry that logs every request, and a 4-layer model in it."""
+    root = tmp_path_factory.mktemp("origin")
+    with LocalRegistry(root / "reg", access_log=True) as reg:
+        model = make_sharded_model(root / "model", shards=4, shard_size=2 * MiB)
+        ref = build(model, f"{reg.host}/fleet/model:v1", "--plain-http")
+        parsed = parse_ref(ref)
+        image = load_model_image(open_store(parsed, StoreOptions(plain_http=True)), parsed)
+        _facts[ref] = (
+            [{"digest": d.digest, "size": d.size} for d in image.model_layers],
+            image.manifest.config.size,
+        )
+        yield reg, ref, model
+
+
+def _storage(reg: LocalRegistry) -> str:
+    return str(reg.root / "storage")
+
+
+_facts: dict[str, tuple[list[dict], int]] = {}
+
+
+def _layers(reg: LocalRegistry, ref: str) -> list[dict]:
+    """The model layers (read once, before any byte is counted)."""
+    return _facts[ref][0]
+
+
+def _config_size(reg: LocalRegistry, ref: str) -> int:
+    return _facts[ref][1]
+
+
+def _everything(reg: LocalRegistry):
+    return lambda digest: registry_blob(_storage(reg), digest)
+
+
+def test_spegel_serves_everything_and_the_origin_sends_no_blob(origin, tmp_path):
+    reg, ref, model = origin
+    before = reg.blob_bytes_served()
+    with PeerStub("spegel", _everything(reg)) as spegel:
+        _, result = pull(tmp_path / "cache", ref, "--plain-http", "--source",
+                         f"spegel={spegel.url}")  # fmt: skip
+    assert result is not None
+    assert set(result["by_source"]) == {"spegel"}
+    assert result["by_source"]["spegel"] == sum(d["size"] for d in _layers(reg, ref))
+    assert reg.blob_bytes_served() == before  # config and layers: all from the peer
+    assert tree(Path(result["path"])) == tree(model)
+    blobs = spegel.blob_requests()
+    assert blobs and all(s.query.get("ns") == [reg.host] for s in blobs)
+    assert all("Authorization" not in s.headers for s in spegel.seen)
+
+
+def test_a_miss_moves_on_at_once_and_range_resumes_on_the_next_source(origin, tmp_path):
+    """Spegel holds nothing (404 each time); Dragonfly holds two layers and cuts the
+    first one off half-way, so the origin resumes it at that byte."""
+    reg, ref, model = origin
+    layers = _layers(reg, ref)
+    half = {layers[0]["digest"], layers[1]["digest"]}
+    cut = {layers[0]["digest"]: layers[0]["size"] // 2}
+
+    def dragonfly_holds(digest: str) -> bytes | None:
+        return registry_blob(_storage(reg), digest) if digest in half else None
+
+    before = reg.blob_bytes_served()
+    with (
+        PeerStub("spegel", lambda d: None) as spegel,
+        PeerStub("dragonfly", dragonfly_holds, cut=cut) as dragonfly,
+    ):
+        started = time.monotonic()
+        _, result = pull(tmp_path / "cache", ref, "--plain-http", "--jobs", "1",
+                         "--source", f"spegel={spegel.url}",
+                         "--source", f"dragonfly={dragonfly.url}",
+                         "--source", "origin")  # fmt: skip
+        took = time.monotonic() - started
+    assert result is not None and tree(Path(result["path"])) == tree(model)
+    total = sum(d["size"] for d in layers)
+    by = result["by_source"]
+    assert by["dragonfly"] == layers[0]["size"] // 2 + layers[1]["size"]
+    assert by["origin"] == total - by["dragonfly"]
+    assert "spegel" not in by
+    # every layer was asked of spegel, which answered 404, and of nobody twice for it
+    assert {s.path.rsplit("/", 1)[1] for s in spegel.blob_requests()} >= {
+        d["digest"] for d in layers
+    }
+    assert all(s.status == 404 for s in spegel.blob_requests())
+    assert all(s.headers.get("X-Dragonfly-Registry") == f"http://{reg.host}"
+               for s in dragonfly.seen)  # fmt: skip
+    # the origin sent exactly the rest: the cut layer from its half (a Range request)
+    assert reg.blob_bytes_served() - before == by["origin"] + _config_size(reg, ref)
+    assert took < 60  # no backoff spent on misses (bounded, not a benchmark)
+
+
+def test_bad_bytes_from_a_peer_drop_it_for_the_layer_and_are_counted(origin, tmp_path):
+    reg, ref, model = origin
+    layers = _layers(reg, ref)
+    metrics = Metrics()
+    before = reg.blob_bytes_served()
+    with PeerStub("spegel", _everything(reg), corrupt=True) as spegel:
+        options = PullOptions(
+            jobs=2, sources=[parse_source(f"spegel={spegel.url}")],
+            store=StoreOptions(plain_http=True),
+        )  # fmt: skip
+        with CacheDir(tmp_path / "cache") as cache:
+            result = Puller(cache, options, metrics=metrics).pull(ref)
+    assert tree(Path(result.path)) == tree(model)
+    total = sum(d["size"] for d in layers)
+    assert result.by_source["origin"] == total  # every layer again, whole, from the origin
+    assert reg.blob_bytes_served() - before >= total
+    bad = metrics.registry.get_sample_value(
+        "modelcar_cache_source_bad_bytes_total", {"source": "spegel"}
+    )
+    assert bad == len(layers)
+    assert (
+        metrics.registry.get_sample_value("modelcar_cache_source_bytes_total", {"source": "origin"})
+        == total
+    )
+
+
+def test_origin_credentials_never_reach_a_peer_unless_it_is_told_to(auth_registry, tmp_path):
+    reg = auth_registry
+    config = reg.docker_config(tmp_path / "auth")
+    model = make_sharded_model(tmp_path / "model", shards=2, shard_size=MiB + 1)
+    env = {"DOCKER_CONFIG": str(config)}
+    ref = run_cli("build", str(model), f"{reg.host}/fleet/private:v1", "-q",
+                  "--large-file-threshold", "1MiB", "--ca-file", str(reg.ca_file),
+                  env=env).last_line  # fmt: skip
+    storage = str(reg.registry.root / "storage")
+    layer_digests = set()
+
+    def second_layer_only(digest: str) -> bytes | None:
+        return registry_blob(storage, digest) if digest in layer_digests else None
+
+    with (
+        PeerStub("spegel", lambda d: None) as spegel,
+        PeerStub("dragonfly", lambda d: None) as plain_df,
+    ):
+        _, result = pull(tmp_path / "c1", ref, "--ca-file", str(reg.ca_file),
+                         "--docker-config", str(config),
+                         "--source", f"spegel={spegel.url}",
+                         "--source", f"dragonfly={plain_df.url}")  # fmt: skip
+    assert result is not None and result["by_source"] == {"origin": result["bytes_fetched"]}
+    assert spegel.blob_requests() and plain_df.blob_requests()
+    for seen in spegel.seen + plain_df.seen:
+        assert "Authorization" not in seen.headers, seen.path
+    expected = "Basic " + base64.b64encode(f"{reg.user}:{reg.password}".encode()).decode()
+    layer_digests.update(r.path.rsplit("/", 1)[1] for r in plain_df.blob_requests())
+    with PeerStub("dragonfly", second_layer_only) as trusted_df:
+        _, result = pull(tmp_path / "c2", ref, "--ca-file", str(reg.ca_file),
+                         "--docker-config", str(config),
+                         "--source", f"dragonfly={trusted_df.url},credentials")  # fmt: skip
+    assert result is not None and set(result["by_source"]) == {"dragonfly"}
+    assert tree(Path(result["path"])) == tree(model)
+    assert trusted_df.blob_requests()
+    assert all(s.headers.get("Authorization") == expected for s in trusted_df.blob_requests())
+    assert all(s.headers.get("X-Dragonfly-Registry") == f"https://{reg.host}"
+               for s in trusted_df.seen)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "args, needles",
+    [
+        (["--source", "peer=http://x:1"], ["invalid --source", "spegel, dragonfly"]),
+        (["--source", "origin", "--source", "spegel=http://x:1"], ["origin source comes once"]),
+        (["--source", "spegel"], ["spegel source needs a URL"]),
+        (["--source", "spegel=ftp://x"], ["invalid --source", "http(s)://HOST"]),
+        (["--source", "spegel=http://$NO_SUCH_VAR:1"], ["names $NO_SUCH_VAR, which is not set"]),
+        (["--source", "mirror=http://x:1,credentials"], ["mirror uses its own credentials"]),
+        (["--source", "dragonfly=http://x:1,tokens"], ["unknown source option"]),
+    ],
+)
+def test_a_bad_chain_is_one_line(tmp_path, args, needles):
+    ref = "127.0.0.1:1/m@sha256:" + "a" * 64
+    r = cache_cli("pull", ref, "--cache-dir", str(tmp_path / "c"), *args, check=False)
+    assert_one_line_error(r, *needles)
+
+
+# --- rollout waves -----------------------------------------------------------------
+
+NODES = 20
+K = 2
+
+
+def test_rollout_waves_cap_origin_bytes_with_20_daemons(origin, make_api, tmp_path):
+    """20 daemons (`run --once`, a cache dir each) under a policy with
+    origin_concurrency 2: the first nodes take leases and pull from the origin, the
+    others wait for a peer to hold the model, and the origin sends at most 2 × the
+    model's bytes. The peers serve only what a ready node holds (a published model)."""
+    reg, ref, _ = origin
+    api = make_api(stale_after=60)
+    admin = api.client(api.admin)
+    digest = ref.split("@")[1]
+    repo = ref.split("@")[0]
+    layers = _layers(reg, ref)
+    size = sum(d["size"] for d in layers)
+    config_size = _config_size(reg, ref)
+    r = admin.post("/v1/models/fleet/versions", json={
+        "digest": digest, "repository": repo, "size": size, "file_count": 4})  # fmt: skip
+    assert r.status_code == 201, r.text
+    rollout = {"origin_concurrency": K, "wave_timeout": "3m"}
+    r = admin.put("/v1/policies/gpus", json={"models": ["fleet:1"], "rollout": rollout})
+    assert r.status_code == 200, r.text
+    caches = [tmp_path / f"node-{i:02d}" for i in range(NODES)]
+
+    published = [c / "models" / model_dir_name(digest) for c in caches]
+
+    def ready_node_holds(blob: str) -> bytes | None:
+        """Spegel advertises a layer once its node holds the whole image."""
+        if any(p.is_dir() for p in published):
+            return registry_blob(_storage(reg), blob)
+        return None
+
+    before = reg.blob_bytes_served()
+    with (
+        PeerStub("spegel", ready_node_holds) as spegel,
+        PeerStub("dragonfly", ready_node_holds) as dragonfly,
+    ):
+        procs = []
+        for i, cache in enumerate(caches):
+            node = f"node-{i:02d}"
+            token = api.token("node", node, node)
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "modelcar.cache_daemon.cli", "run", "--once",
+                 "--node", node, "--api", api.url, "--cache-dir", str(cache),
+                 "--source", f"spegel={spegel.url}", "--source", f"dragonfly={dragonfly.url}",
+                 "--plain-http", "--listen", "", "--interval", "0.5", "--label", "gpu=yes"],
+                env={**os.environ, "MODELCAR_API_TOKEN": token},
+                stdout=subprocess.DEVNULL, stderr=open(tmp_path / f"{node}.log", "wb"),
+                start_new_session=True,
+            ))  # fmt: skip
+        deadline = time.monotonic() + 300
+        codes = []
+        for p in procs:
+            try:
+                codes.append(p.wait(timeout=max(1, deadline - time.monotonic())))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                codes.append(-9)
+    logs = {i: (tmp_path / f"node-{i:02d}.log").read_text()[-800:] for i in range(NODES)}
+    assert codes == [0] * NODES, logs
+    assert all(p.is_dir() for p in published)
+    origin_bytes = reg.blob_bytes_served() - before
+    # layers: at most K copies; besides them only each node's small config blob
+    assert origin_bytes <= K * size + NODES * config_size, (origin_bytes, size)
+    assert origin_bytes >= size  # somebody had to start from the origin
+    rollout = admin.get("/v1/models/fleet/versions/1/rollout").json()
+    assert rollout["origin_concurrency"] == K
+    assert rollout["ready"] == NODES and rollout["leases"] == []
+    assert rollout["bytes_from_origin"] <= K * size
+    assert rollout["bytes_from_origin"] + rollout["bytes_from_peers"] == NODES * size
+    full = [(tmp_path / f"node-{i:02d}.log").read_text() for i in range(NODES)]
+    leases = sum(log.count('"event": "lease"') for log in full)
+    assert leases >= 1  # and the origin bytes above show at most K held at once
+    print(json.dumps({"origin_bytes": origin_bytes, "model_bytes": size, "K": K,
+                      "by_source": rollout["bytes_by_source"], "leases": leases}))  # fmt: skip
+
+
+def test_leases_are_capped_renewed_by_reports_and_freed_when_a_node_goes_quiet(make_api):
+    api = make_api(stale_after=2)
+    admin = api.client(api.admin)
+    digest = "sha256:" + "b" * 64
+    r = admin.post("/v1/models/big/versions", json={
+        "digest": digest, "repository": "registry.example/big", "size": 10})  # fmt: skip
+    assert r.status_code == 201, r.text
+    admin.put("/v1/policies/all", json={"models": ["big:1"],
+              "rollout": {"origin_concurrency": 1, "wave_timeout": 30}})  # fmt: skip
+    a = api.client(api.token("node", "a", "a"))
+    b = api.client(api.token("node", "b", "b"))
+    status = {"models": [{"digest": digest, "state": "pulling"}]}
+    assert a.put("/v1/nodes/a/status", json=status).status_code == 200
+    assert b.put("/v1/nodes/b/status", json=status).status_code == 200
+    got_a = a.post("/v1/nodes/a/leases", json={"digest": digest}).json()
+    got_b = b.post("/v1/nodes/b/leases", json={"digest": digest}).json()
+    assert got_a["granted"] and got_a["limit"] == 1
+    assert not got_b["granted"] and got_b["holders"] == ["a"] and got_b["retry_after"] > 0
+    # a node cannot take or give back another node's lease
+    assert b.post("/v1/nodes/a/leases", json={"digest": digest}).status_code == 403
+    assert b.delete(f"/v1/nodes/a/leases/{digest}").status_code == 403
+    # a goes quiet: once stale, its lease is free for b
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        b.put("/v1/nodes/b/status", json=status)
+        if b.post("/v1/nodes/b/leases", json={"digest": digest}).json()["granted"]:
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail("the quiet node's lease never expired")
+    # b reports the model ready: its lease ends with that report
+    b.put("/v1/nodes/b/status", json={"models": [{"digest": digest, "state": "ready"}]})
+    assert admin.get("/v1/models/big/versions/1/rollout").json()["leases"] == []
+    # bad input: a JSON error, never a 500
+    assert a.post("/v1/nodes/a/leases", json={"digest": "nope"}).status_code == 422
+    assert admin.put("/v1/policies/all", json={"models": ["big:1"], "rollout": {
+        "origin_concurrency": 0}}).status_code == 422  # fmt: skip
+    assert admin.put("/v1/policies/all", json={"models": ["big:1"], "rollout": {
+        "origin_concurrency": 1, "wave_timeout": "10 minutes"}}).status_code == 422  # fmt: skip
+    # no rollout: every lease is granted, with no limit
+    admin.put("/v1/policies/all", json={"models": ["big:1"]})
+    free = a.post("/v1/nodes/a/leases", json={"digest": digest}).json()
+    assert free["granted"] and free["limit"] is None
