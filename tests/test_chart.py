@@ -220,7 +220,7 @@ def test_network_policies_name_who_may_connect_and_where_daemons_may_go():
     # the daemons reach the API, DNS, the registry CIDRs and the Kubernetes API only
     targets = [peer for rule in cache["egress"] for peer in rule["to"]]
     cidrs = sorted(p["ipBlock"]["cidr"] for p in targets if "ipBlock" in p)
-    assert cidrs == ["10.0.0.1/32", "10.30.0.0/16"]
+    assert cidrs == ["10.0.0.1/32", "10.30.0.0/16", "10.40.0.0/16"]
     assert all("ipBlock" not in p or p["ipBlock"]["cidr"] != "0.0.0.0/0" for p in targets)
     dns = [r for r in cache["egress"] if {"port": 53, "protocol": "UDP"} in r.get("ports", [])]
     assert dns
@@ -230,6 +230,30 @@ def test_network_policies_name_who_may_connect_and_where_daemons_may_go():
         for rule in api["egress"]
         for p in rule["to"]
     )
+
+
+def test_the_source_chain_reaches_the_daemon_as_it_parses_it(monkeypatch):
+    from modelcar.cache_daemon.sources import chain, parse_source
+
+    c = _containers(render(PRODUCTION))["DaemonSet/cache"]
+    sources = [a.removeprefix("--source=") for a in c["args"] if a.startswith("--source=")]
+    assert sources == ["spegel=http://$NODE_IP:30020", "dragonfly=http://$NODE_IP:4001"]
+    env = {e["name"]: e for e in c["env"]}
+    assert env["NODE_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.hostIP"
+    monkeypatch.setenv("NODE_IP", "10.40.1.7")
+    specs = chain([parse_source(s) for s in sources], ["http://spegel.spegel.svc:5000"])
+    assert [(s.kind, s.url) for s in specs] == [
+        ("spegel", "http://10.40.1.7:30020"), ("dragonfly", "http://10.40.1.7:4001"),
+        ("mirror", "http://spegel.spegel.svc:5000"), ("origin", None),
+    ]  # fmt: skip
+    # no chain, no NODE_IP (and nothing kube play or a kubelet must fill in)
+    assert "NODE_IP" not in {e["name"] for e in _containers(render({}))["DaemonSet/cache"]["env"]}
+    with pytest.raises(helm_python.HelmError) as err:
+        render({"cache": {"sources": [{"kind": "peer", "url": "http://x:1"}]}})
+    assert "kind" in str(err.value)
+    with pytest.raises(helm_python.HelmError) as err:
+        render({**PRODUCTION, "networkPolicy": {**PRODUCTION["networkPolicy"], "peerCIDRs": []}})
+    assert "peerCIDRs" in str(err.value)
 
 
 def test_network_policy_without_registry_cidrs_is_refused():
