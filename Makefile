@@ -71,6 +71,7 @@ bench: system-deps venv
 	$(PY) bench/api.py
 	$(PY) bench/pull.py
 	$(PY) bench/hf.py
+	$(PY) bench/fleet.py --plot docs/fleet.png
 
 clean:
 	rm -rf $(VENV) .pytest_cache .demo .bench .image dist
