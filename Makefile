@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
-APT_PACKAGES := docker-registry skopeo umoci busybox-static openssl postgresql containerd podman mmdebstrap catatonit qemu-user-static
+APT_PACKAGES := docker-registry skopeo umoci busybox-static openssl postgresql containerd podman mmdebstrap catatonit qemu-user-static chromium chromium-driver
 PYTEST_ARGS ?=
 
 .PHONY: demo test unit lint format bench image system-deps venv clean

@@ -13,6 +13,7 @@ from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 from starlette.exceptions import HTTPException
 from starlette.routing import Match, Route
 
+from modelcar.api import ui
 from modelcar.api.db.engine import Database
 from modelcar.api.deps import TokenCache
 from modelcar.api.metrics import Metrics, Telemetry
@@ -136,5 +137,7 @@ def create_app(settings: Settings, database: Database | None = None) -> FastAPI:
 
     for module in (models, resolve, nodes, trust, tokens, health):
         app.include_router(module.router)
+    app.include_router(ui.router)
+    app.mount("/ui/static", ui.static, name="ui-static")
     app.add_middleware(Telemetry, metrics=metrics, max_body=settings.max_body_bytes)
     return app

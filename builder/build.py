@@ -106,6 +106,8 @@ class BuildRecord(BaseModel):
     format: str = "modelcar"
     #: The ModelPack manifest's digest (`--format modelpack|both`).
     modelpack_digest: str | None = None
+    #: What the source adds to the image's annotations (an MLflow run id).
+    source_annotations: dict[str, str] = {}
 
 
 @dataclass
@@ -423,6 +425,7 @@ class Builder:
             digest=digest,
             tags=tags,
             source=self.source.uri,
+            source_annotations=source_annotations(self.source),
             created=_iso(created_time(self.source)),
             size=index.total_size,
             files=len(index.files),

@@ -192,7 +192,8 @@ def record(target_ref: Ref, digest: str, raw: RawBlobs, source: Source, tags: li
                              for p, (d, s) in sorted(raw.files.items())])  # fmt: skip
     return BuildRecord(
         reference=str(target_ref.pinned(digest)), digest=digest, tags=tags, source=source.uri,
-        created="", size=index.total_size, files=len(index.files),
+        source_annotations=source_annotations(source), created="", size=index.total_size,
+        files=len(index.files),
         layers=[LayerRecord(digest=d, size=s, files=[p], uploaded=raw.uploaded[p])
                 for p, (d, s) in sorted(raw.files.items())],
         base="", base_digest=None, platforms=[], index_digest=index.digest(),

@@ -9,6 +9,7 @@ import sys
 import typer
 
 from modelcar.errors import ModelcarError, UsageError
+from modelcar.version import describe
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.I)
 _UNITS = {"": 1, "B": 1}
@@ -34,16 +35,34 @@ def parse_size(text: str) -> int:
 
 
 def new_app(name: str, help: str) -> typer.Typer:
-    """A typer app with the settings all three CLIs share: plain help, no completion
-    installer, and no rich tracebacks (expected failures are one line, see run_cli)."""
-    return typer.Typer(
+    """A typer app with the settings all three CLIs share: plain help, ``--version``,
+    shell completion (``--install-completion [bash|zsh|fish]``), and no rich tracebacks
+    (expected failures are one line, see run_cli)."""
+    app = typer.Typer(
         name=name,
         help=help,
         no_args_is_help=True,
-        add_completion=False,
+        add_completion=True,
         pretty_exceptions_enable=False,
         rich_markup_mode=None,
     )
+
+    def show_version(value: bool) -> None:
+        if value:
+            typer.echo(describe(name))
+            raise typer.Exit()
+
+    @app.callback()
+    def _root(
+        version: bool = typer.Option(
+            False, "--version", is_eager=True, callback=show_version,
+            help="Print the version (and the source revision, when known) and exit.",
+        ),  # fmt: skip
+    ) -> None:
+        pass
+
+    _root.__doc__ = help
+    return app
 
 
 def run_cli(application: typer.Typer, prog: str, argv: list[str] | None = None) -> None:

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response
 from sqlalchemy import select
-from sqlalchemy.orm import selectinload
+from sqlalchemy.orm import Session, selectinload
 
 from modelcar.api import catalog, fleet, rollouts, trust, usage
 from modelcar.api.db.tables import Alias, Model, Version
@@ -88,32 +88,31 @@ def list_models(db: DB, _: Reader) -> list[wire.ModelOut]:
         return [model_out(m, {a.name: a.version.number for a in m.aliases}) for m in models]
 
 
+def model_detail(s: Session, name: str, stale_after: float) -> wire.ModelDetail:
+    """A model with its versions: aliases, where each is ready, who signed it, who uses it."""
+    m = catalog.get_model(s, name, details=True)
+    aliases = {a.name: a.version.number for a in m.aliases}
+    by_number: dict[int, list[str]] = {}
+    for alias, number in aliases.items():
+        by_number.setdefault(number, []).append(alias)
+    digests = [v.digest for v in m.versions]
+    ready = fleet.ready_by_digest(s, digests, stale_after)
+    signed = trust.signed_by(s, digests)
+    used = usage.counts(s, [v.id for v in m.versions])
+    return wire.ModelDetail(
+        **model_out(m, aliases).model_dump(),
+        versions=[
+            version_out(v, m.name, by_number.get(v.number), ready.get(v.digest),
+                        signed[v.digest], used.get(v.id, 0))
+            for v in m.versions
+        ],
+    )  # fmt: skip
+
+
 @router.get("/{name}", response_model=wire.ModelDetail, summary="A model, its versions and aliases")
 def get_model(name: Name, db: DB, settings: Config, _: Reader) -> wire.ModelDetail:
     with db.reading() as s:
-        m = catalog.get_model(s, name, details=True)
-        aliases = {a.name: a.version.number for a in m.aliases}
-        by_number: dict[int, list[str]] = {}
-        for alias, number in aliases.items():
-            by_number.setdefault(number, []).append(alias)
-        digests = [v.digest for v in m.versions]
-        ready = fleet.ready_by_digest(s, digests, settings.stale_after)
-        signed = trust.signed_by(s, digests)
-        used = usage.counts(s, [v.id for v in m.versions])
-        return wire.ModelDetail(
-            **model_out(m, aliases).model_dump(),
-            versions=[
-                version_out(
-                    v,
-                    m.name,
-                    by_number.get(v.number),
-                    ready.get(v.digest),
-                    signed[v.digest],
-                    used.get(v.id, 0),
-                )
-                for v in m.versions
-            ],
-        )
+        return model_detail(s, name, settings.stale_after)
 
 
 @router.put(

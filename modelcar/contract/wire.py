@@ -83,6 +83,7 @@ PATTERN_HELP = {
     REPOSITORY_PATTERN: "a repository: HOST[:PORT]/PATH (no tag or digest) or oci:PATH",
     r"^sha256:[a-f0-9]{64}$": "a digest: sha256: and 64 lowercase hex characters",
     NO_NUL: "text without NUL characters",
+    r"^[a-z]+(?:-[0-9]+)?$": "a source name: a kind, optionally -N",
 }
 
 
@@ -256,8 +257,20 @@ class SignatureCreate(_Request):
     signature: Annotated[str, StringConstraints(max_length=1024, pattern=r"^[A-Za-z0-9+/=]+$")]
 
 
-SourceName = Annotated[str, StringConstraints(pattern=r"^[a-z]+(?:-[0-9]+)?$", max_length=32)]
-SourceBytes = Annotated[dict[SourceName, Count], Field(max_length=32)]
+SOURCE_NAME_PATTERN = r"^[a-z]+(?:-[0-9]+)?$"
+SourceName = Annotated[str, StringConstraints(pattern=SOURCE_NAME_PATTERN, max_length=32)]
+SourceBytes = Annotated[
+    dict[SourceName, Count],
+    Field(max_length=32),
+    WithJsonSchema(
+        {
+            "type": "object",
+            "maxProperties": 32,
+            "propertyNames": {"pattern": SOURCE_NAME_PATTERN, "maxLength": 32},
+            "additionalProperties": {"type": "integer", "minimum": 0, "maximum": 2**53 - 1},
+        }
+    ),
+]
 
 
 class NodeModelStatus(_Request):

@@ -1,0 +1,180 @@
+"""What each page of the web UI shows, read from the catalog and the fleet.
+
+Plain data for the templates; the same functions the JSON routes use wherever a
+page and an endpoint show the same thing (a model's detail, a rollout)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, selectinload
+
+from modelcar.api import catalog, fleet, rollouts, trust, usage
+from modelcar.api.db.tables import Alias, AliasEvent, Model, Policy, Version
+from modelcar.contract import wire as wire
+from modelcar.contract.modelref import parse_model_ref
+from modelcar.errors import ModelcarError
+from modelcar.format.keys import SOURCE_RUN_ID
+
+
+@dataclass
+class ModelRow:
+    name: str
+    description: str
+    owner: str
+    versions: int
+    latest: int | None
+    aliases: dict[str, int]
+    signed: int  # versions a trusted key signed
+    usage: int  # admitted objects pinning any version
+
+
+def models(s: Session) -> list[ModelRow]:
+    rows = s.scalars(
+        select(Model).options(selectinload(Model.aliases).selectinload(Alias.version))
+        .order_by(Model.name)
+    ).all()  # fmt: skip
+    versions = s.execute(select(Version.id, Version.model_id, Version.digest)).all()
+    signed = trust.signed_by(s, [v.digest for v in versions])
+    used = usage.counts(s, [v.id for v in versions])
+    per_model: dict[int, list] = {}
+    for v in versions:
+        per_model.setdefault(v.model_id, []).append(v)
+    return [
+        ModelRow(
+            name=m.name,
+            description=m.description,
+            owner=m.owner,
+            versions=len(per_model.get(m.id, [])),
+            latest=m.last_version or None,
+            aliases=dict(sorted((a.name, a.version.number) for a in m.aliases)),
+            signed=sum(bool(signed[v.digest]) for v in per_model.get(m.id, [])),
+            usage=sum(used.get(v.id, 0) for v in per_model.get(m.id, [])),
+        )
+        for m in rows
+    ]
+
+
+def alias_events(s: Session, model: Model) -> list[wire.AliasEvent]:
+    """Every alias move of the model, newest first."""
+    rows = s.scalars(
+        select(AliasEvent).where(AliasEvent.model_id == model.id).order_by(AliasEvent.id.desc())
+    )
+    return [
+        wire.AliasEvent(model=model.name, alias=e.alias, from_version=e.from_number,
+                        to_version=e.to_number, actor=e.actor, at=e.at, reason=e.reason)
+        for e in rows
+    ]  # fmt: skip
+
+
+@dataclass
+class Origin:
+    uri: str
+    commit: str | None  # a Hugging Face commit, a git revision
+    run: str | None  # an MLflow run
+
+
+_COMMIT = re.compile(r"@([0-9a-f]{40})\b")
+
+
+def origin_of(v: wire.VersionOut) -> Origin:
+    """Where a version came from, with its commit or run when the build recorded one."""
+    commit = _COMMIT.search(v.source_uri or v.build.get("source", "") or "")
+    facts = v.build.get("source_annotations") or {}
+    run = facts.get(SOURCE_RUN_ID) if isinstance(facts, dict) else None
+    uri = v.source_uri or str(v.build.get("source", ""))
+    return Origin(uri, commit.group(1) if commit else None, run if isinstance(run, str) else None)
+
+
+@dataclass
+class Cell:
+    state: str
+    text: str  # the state in words: never colour alone
+    title: str = ""
+
+
+@dataclass
+class NodeRow:
+    name: str
+    stale: bool
+    last_seen: datetime
+    used: int | None
+    budget: int | None
+    capacity: int | None
+    cells: dict[str, Cell] = field(default_factory=dict)  # by digest
+
+    @property
+    def used_share(self) -> float | None:
+        limit = self.budget or self.capacity
+        return self.used / limit if self.used is not None and limit else None
+
+
+@dataclass
+class Fleet:
+    columns: list[tuple[str, str]]  # (digest, label: name:version or the short digest)
+    nodes: list[NodeRow]
+    counts: dict[str, int]
+
+
+def fleet_grid(s: Session, stale_after: float) -> Fleet:
+    nodes = fleet.list_nodes(s)
+    digests = sorted({m.digest for n in nodes for m in n.models})
+    names: dict[str, str] = {}
+    for digest, model, number in s.execute(
+        select(Version.digest, Model.name, Version.number)
+        .join(Model, Model.id == Version.model_id)
+        .where(Version.digest.in_(digests))
+        .order_by(Model.name, Version.number)
+    ):
+        names.setdefault(digest, f"{model}:{number}")
+    columns = sorted(((d, names.get(d, d[:19])) for d in digests), key=lambda c: c[1])
+    since = fleet.fresh_since(stale_after)
+    counts: dict[str, int] = {}
+    rows = []
+    for n in nodes:
+        disk = n.disk or {}
+        row = NodeRow(
+            name=n.name, stale=n.last_seen < since, last_seen=n.last_seen,
+            used=disk.get("used_bytes"), budget=disk.get("budget_bytes"),
+            capacity=disk.get("capacity_bytes"),
+        )  # fmt: skip
+        for m in n.models:
+            row.cells[m.digest] = _cell(m.state, m.bytes_done, m.bytes_total, m.error)
+            counts[m.state] = counts.get(m.state, 0) + 1
+        rows.append(row)
+    return Fleet(columns, rows, counts)
+
+
+def _cell(state: str, done: int, total: int, error: str | None) -> Cell:
+    if state == "pulling" and total:
+        return Cell(state, f"pulling {100 * done // total}%", f"{done} of {total} bytes")
+    if state == "failed":
+        return Cell(state, "failed", error or "")
+    return Cell(state, state, error or "")
+
+
+def rollout_list(s: Session, stale_after: float) -> list[wire.RolloutOut]:
+    """The versions that policies with a rollout assign, each with its rollout now."""
+    seen: set[int] = set()
+    out = []
+    for policy in s.scalars(select(Policy).order_by(Policy.name)):
+        if not policy.rollout:
+            continue
+        for text in policy.models:
+            try:
+                target = catalog.find(s, parse_model_ref(text))
+            except ModelcarError:
+                continue
+            version = s.scalar(
+                select(Version).join(Model).where(Model.name == target.name,
+                                                  Version.number == target.number)
+                .options(selectinload(Version.model))
+            )  # fmt: skip
+            if version is None or version.id in seen:
+                continue
+            seen.add(version.id)
+            out.append(rollouts.view(s, version, stale_after))
+    return out
