@@ -205,6 +205,7 @@ class Daemon:
         except ModelcarError as e:
             if isinstance(e, SignatureError):
                 self.metrics.refused()
+            self.metrics.failed(e)
             self._event("failed", digest=w.digest, model=w.label, error=e.one_line())
             return
         self._event(
@@ -374,6 +375,7 @@ class Daemon:
                 continue
             self._scrubbed[digest] = now
             problems = scrub(self.cache, digest, self._scrub_limiter)["problems"]
+            self.metrics.scrubs.labels("quarantined" if problems else "ok").inc()
             if problems:
                 self.metrics.verify_failed()
                 self._event("quarantined", digest=digest, problem=problems[0])
@@ -388,7 +390,9 @@ class Daemon:
 
     def _update_gauges(self) -> None:
         records = self.cache.db.all()
-        self.metrics.cache_bytes.set(self.evictor.used())
+        used = self.evictor.used()
+        self.metrics.cache_bytes.set(used)
+        self.metrics.budget_bytes.set(self.options.budget.limit(self.cache, used))
         for state in ("pending", "pulling", "ready", "failed", "evicted"):
             self.metrics.models.labels(state).set(sum(r.state == state for r in records))
 

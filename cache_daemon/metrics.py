@@ -15,6 +15,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from modelcar import errors
+
 
 class Metrics:
     def __init__(self) -> None:
@@ -48,8 +50,18 @@ class Metrics:
             "Layers whose bytes from this source failed their digest (source dropped)",
             ["source"], registry=r,
         )  # fmt: skip
+        self.pull_failures = Counter(
+            "modelcar_cache_pull_failures", "Pulls that failed, by reason", ["reason"], registry=r
+        )
+        self.scrubs = Counter(
+            "modelcar_cache_scrubs", "Ready models re-hashed, by result (ok, quarantined)",
+            ["result"], registry=r,
+        )  # fmt: skip
         self.evictions = Counter("modelcar_cache_evictions", "Models evicted", registry=r)
         self.cache_bytes = Gauge("modelcar_cache_bytes", "Bytes held by the cache", registry=r)
+        self.budget_bytes = Gauge(
+            "modelcar_cache_budget_bytes", "The cache's disk budget in bytes", registry=r
+        )
         self.models = Gauge("modelcar_cache_models", "Models by state", ["state"], registry=r)
 
     def pulled(self, fetched: int, seconds: float) -> None:
@@ -64,6 +76,9 @@ class Metrics:
 
     def bad_bytes(self, source: str) -> None:
         self.source_bad_bytes.labels(source).inc()
+
+    def failed(self, error: BaseException) -> None:
+        self.pull_failures.labels(failure_reason(error)).inc()
 
     def verify_failed(self) -> None:
         self.verify_failures.inc()
@@ -108,3 +123,23 @@ class StatusServer:
     def stop(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+#: Error classes by the reason label they are counted under (the first match wins).
+_REASONS: tuple[tuple[type[BaseException], str], ...] = (
+    (errors.SignatureError, "signature"),
+    (errors.DigestMismatch, "digest"),
+    (errors.DiskFull, "disk_full"),
+    (errors.UnsafeArchive, "image"),
+    (errors.ImageFormatError, "image"),
+    (errors.AuthenticationFailed, "auth"),
+    (errors.AccessDenied, "auth"),
+    (errors.NotFound, "not_found"),
+    (errors.RegistryUnreachable, "network"),
+    (errors.TransientRegistryError, "network"),
+)
+
+
+def failure_reason(error: BaseException) -> str:
+    """A small, fixed set of labels for a failed pull (never the message: unbounded)."""
+    return next((label for kind, label in _REASONS if isinstance(error, kind)), "other")

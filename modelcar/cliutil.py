@@ -55,7 +55,10 @@ def new_app(name: str, help: str) -> typer.Typer:
     @app.callback()
     def _root(
         version: bool = typer.Option(
-            False, "--version", is_eager=True, callback=show_version,
+            False,
+            "--version",
+            is_eager=True,
+            callback=show_version,
             help="Print the version (and the source revision, when known) and exit.",
         ),  # fmt: skip
     ) -> None:

@@ -86,8 +86,9 @@ def _client_for(host: str, options: StoreOptions) -> tuple[httpx.Client, Registr
                 limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
                 # identity: digests and Range offsets are over the stored bytes
                 headers=headers,
-                params=dict(via.params) if via else None,
             )
+            if via is not None and via.params:  # (params=None would drop an URL's own query)
+                client.params = httpx.QueryParams(dict(via.params))
             _clients[key] = (client, auth)
         return _clients[key]
 
