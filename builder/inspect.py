@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from pydantic import BaseModel
 
 from modelcar.errors import DigestMismatch, ImageFormatError
@@ -18,6 +20,7 @@ from modelcar.oci.platform import platform_str
 from modelcar.oci.reference import Ref
 from modelcar.oci.store import ImageStore, StoreOptions
 from modelcar.oci.stores import open_store
+from modelcar.trust import attest, cosign, modelsig, provenance
 
 
 class LayerInfo(BaseModel):
@@ -42,6 +45,13 @@ class ImageInfo(BaseModel):
     platforms: list[str] = []
     layers: list[LayerInfo] = []
     files: list[FileEntry] = []
+    #: The source's commit (a Hugging Face or git revision in the source URI) and run.
+    commit: str | None = None
+    run: str | None = None
+    #: Cosign signatures and attestations attached to the digest (present, not checked:
+    #: `modelcar verify --key PUB` checks them).
+    signatures: int = 0
+    attestations: list[str] = []
 
 
 def _load(ref: Ref, options: StoreOptions):
@@ -82,7 +92,13 @@ def describe(ref: Ref, options: StoreOptions) -> ImageInfo:
         )
         for d in manifest.layers
     ]
+    source = ann.get(mt.SOURCE)
+    commit = re.search(r"@([0-9a-f]{40})\b", source or "")
     return ImageInfo(
+        commit=commit.group(1) if commit else None,
+        run=ann.get(mt.SOURCE_RUN_ID),
+        signatures=cosign.count(store, fetched.digest),
+        attestations=attest.listed(store, fetched.digest),
         reference=pinned,
         digest=fetched.digest,
         media_type=fetched.media_type,
@@ -96,6 +112,12 @@ def describe(ref: Ref, options: StoreOptions) -> ImageInfo:
         layers=layers,
         files=index.files if index else [],
     )
+
+
+_PREDICATES = {
+    provenance.PREDICATE_TYPE: "SLSA provenance",
+    modelsig.PREDICATE_TYPE: "model-signing bundle",
+}
 
 
 def render(info: ImageInfo) -> str:
@@ -112,8 +134,17 @@ def render(info: ImageInfo) -> str:
     for label, value in (
         ("created", info.created),
         ("source", info.source or "unknown (not built by modelcar build)"),
-        ("run", ann.get(mt.SOURCE_RUN_ID)),
+        ("commit", info.commit),
+        ("run", info.run or ann.get(mt.SOURCE_RUN_ID)),
         ("base", info.base),
+        (
+            "signed",
+            f"{info.signatures} cosign signature{'s' if info.signatures != 1 else ''} "
+            "(not checked here: modelcar verify --key PUB)"
+            if info.signatures
+            else "no (no cosign signature)",
+        ),
+        ("attested", ", ".join(_PREDICATES.get(p, p) for p in info.attestations)),
     ):
         if value:
             lines.append(f"{label:<10} {value}")

@@ -60,7 +60,7 @@ def new_app(name: str, help: str) -> typer.Typer:
             is_eager=True,
             callback=show_version,
             help="Print the version (and the source revision, when known) and exit.",
-        ),  # fmt: skip
+        ),
     ) -> None:
         pass
 

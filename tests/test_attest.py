@@ -233,6 +233,10 @@ def test_a_referrer_naming_a_missing_blob_is_refused(model, signing_key, tmp_pat
     private, public = signing_key
     layout = tmp_path / "layout"
     pinned = build(model, f"oci:{layout}:v1", "--sign-key", str(private))
+    # inspect says what is attached (and that it checks nothing)
+    shown = run_cli("inspect", pinned).stdout
+    assert "signed     1 cosign signature (not checked here: modelcar verify --key PUB)" in shown
+    assert "attested   model-signing bundle, SLSA provenance" in shown
     digest = pinned.split("@")[1]
     index = json.loads((layout / "index.json").read_text())
     tag = f"sha256-{digest[7:]}"

@@ -361,6 +361,8 @@ def test_inspect_shows_the_manifest_annotations_and_the_source(tmp_path):
     assert info["annotations"]["dev.modelcar.contract"] == "v1"
     plain = run_cli("inspect", ref).stdout
     assert f"source     hf://acme/m@{'a' * 40}" in plain
+    assert f"commit     {'a' * 40}" in plain and info["commit"] == "a" * 40
+    assert "signed     no (no cosign signature)" in plain and info["signatures"] == 0
 
 
 def test_an_endless_error_body_is_read_only_up_to_a_bound(registry, tmp_path):

@@ -186,6 +186,12 @@ def verify(
     return found
 
 
+def listed(store: ImageStore, digest: str) -> list[str]:
+    """The predicate types of the attestations attached to ``digest`` (none checked)."""
+    return sorted({(d.annotations or {}).get(PREDICATE_ANNOTATION, d.artifactType or "?")
+                   for d in referrers.referrers(store, digest)})  # fmt: skip
+
+
 def subject_of(store: ImageStore, digest: str) -> Descriptor:
     fetched = store.get_manifest(digest)
     return Descriptor(mediaType=fetched.media_type, digest=fetched.digest, size=len(fetched.data))

@@ -60,6 +60,11 @@ def _existing(store: ImageStore, digest: str) -> list[Descriptor]:
     return list(parse_manifest(fetched.data).layers)
 
 
+def count(store: ImageStore, digest: str) -> int:
+    """How many signatures the digest has in the cosign layout (none checked)."""
+    return len(_existing(store, digest))
+
+
 @dataclass(frozen=True)
 class Signature:
     """One signature as cosign stores it: the simple-signing payload and the base64 of
