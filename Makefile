@@ -35,7 +35,7 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 demo: system-deps venv
-	$(PY) scripts/demo.py
+	$(PY) scripts/demo.py $(DEMO_ARGS)
 
 test: system-deps venv
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -13,6 +13,7 @@ SQLite and PostgreSQL alike, with any number of API replicas.
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import delete, or_, select
 from sqlalchemy.exc import IntegrityError
@@ -109,8 +110,14 @@ def after_report(s: Session, node: Node) -> None:
     s.flush()
 
 
-def view(s: Session, version: Version, stale_after: float) -> wire.RolloutOut:
-    """Leases, node states and bytes by source for one version's digest."""
+def view(
+    s: Session,
+    version: Version,
+    stale_after: float,
+    rules: list[dict[str, Any] | None] | None = None,
+) -> wire.RolloutOut:
+    """Leases, node states and bytes by source for one version's digest. ``rules``: the
+    rollouts of the policies assigning it, when the caller knows them already."""
     digest = version.digest
     rows = s.execute(
         select(NodeModel)
@@ -125,12 +132,10 @@ def view(s: Session, version: Version, stale_after: float) -> wire.RolloutOut:
         states[m.state] = states.get(m.state, 0) + 1
         for name, n in (m.sources or {}).items():
             by_source[name] = by_source.get(name, 0) + n
-    rules = [
-        wire.RolloutRule.model_validate(p.rollout)
-        for p in fleet.policies_assigning(s, version)
-        if p.rollout
-    ]
-    rule = min(rules, key=lambda r: (r.origin_concurrency, r.wave_timeout)) if rules else None
+    if rules is None:
+        rules = [p.rollout for p in fleet.policies_assigning(s, version)]
+    valid = [wire.RolloutRule.model_validate(r) for r in rules if r]
+    rule = min(valid, key=lambda r: (r.origin_concurrency, r.wave_timeout)) if valid else None
     origin = sum(n for name, n in by_source.items() if name == "origin")
     return wire.RolloutOut(
         model=version.model.name, version=version.number, digest=digest,

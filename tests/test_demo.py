@@ -20,4 +20,43 @@ def test_the_demo_shows_a_ready_model_and_the_resolve_answer(tmp_path):
     assert "nodes_ready  demo-node" in out
     assert "kind: InferenceService" in out and "/mnt/models" in out
     assert len(out.splitlines()) < 60  # one screen
+    assert "/ui  (sign in with the read token mct_" in out
+    assert "make demo DEMO_ARGS=--keep" in out
     assert list(tmp_path.iterdir()) == []  # nothing left behind
+
+
+def test_keep_leaves_the_api_and_its_web_ui_running_until_ctrl_c(tmp_path):
+    import os
+    import re
+    import signal
+    import time
+
+    import httpx
+
+    proc = subprocess.Popen(
+        [sys.executable, "scripts/demo.py", "--keep"], cwd=ROOT, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+    )  # fmt: skip
+    try:
+        lines = []
+        deadline = time.monotonic() + 300
+        assert proc.stdout is not None
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            assert line, f"the demo ended early: {proc.stderr.read() if proc.stderr else ''}"
+            lines.append(line)
+            if "kept running" in line:
+                break
+        ui = next(
+            m for line in lines if (m := re.search(r"web UI:\s+(\S+)/ui .* (mct_\S+)\)", line))
+        )
+        url, token = ui.group(1), ui.group(2)
+        page = httpx.get(f"{url}/ui/fleet", headers={"Authorization": f"Bearer {token}"})
+        assert page.status_code == 200 and "demo-node" in page.text and "minilm:1" in page.text
+        assert httpx.get(f"{url}/ui/fleet").status_code == 401  # a token, as always
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    assert "kept " in out

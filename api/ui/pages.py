@@ -8,12 +8,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from modelcar.api import catalog, fleet, rollouts, trust, usage
-from modelcar.api.db.tables import Alias, AliasEvent, Model, Policy, Version
+from modelcar.api.db.tables import Alias, AliasEvent, Model, Node, NodeModel, Policy, Version
 from modelcar.contract import wire as wire
 from modelcar.contract.modelref import parse_model_ref
 from modelcar.errors import ModelcarError
@@ -104,7 +105,7 @@ class NodeRow:
     used: int | None
     budget: int | None
     capacity: int | None
-    cells: dict[str, Cell] = field(default_factory=dict)  # by digest
+    cells: list[Cell | None] = field(default_factory=list)  # one per column
 
     @property
     def used_share(self) -> float | None:
@@ -120,8 +121,13 @@ class Fleet:
 
 
 def fleet_grid(s: Session, stale_after: float) -> Fleet:
-    nodes = fleet.list_nodes(s)
-    digests = sorted({m.digest for n in nodes for m in n.models})
+    """Every node (rows) × every model reported (columns). Plain column reads, no ORM
+    objects: the page must stay fast with hundreds of nodes."""
+    reports = s.execute(
+        select(NodeModel.node_name, NodeModel.digest, NodeModel.state, NodeModel.bytes_done,
+               NodeModel.bytes_total, NodeModel.error)
+    ).all()  # fmt: skip
+    digests = sorted({r.digest for r in reports})
     names: dict[str, str] = {}
     for digest, model, number in s.execute(
         select(Version.digest, Model.name, Version.number)
@@ -131,21 +137,26 @@ def fleet_grid(s: Session, stale_after: float) -> Fleet:
     ):
         names.setdefault(digest, f"{model}:{number}")
     columns = sorted(((d, names.get(d, d[:19])) for d in digests), key=lambda c: c[1])
+    position = {digest: i for i, (digest, _) in enumerate(columns)}
     since = fleet.fresh_since(stale_after)
-    counts: dict[str, int] = {}
-    rows = []
-    for n in nodes:
-        disk = n.disk or {}
-        row = NodeRow(
-            name=n.name, stale=n.last_seen < since, last_seen=n.last_seen,
+    rows: dict[str, NodeRow] = {}
+    for name, last_seen, disk in s.execute(
+        select(Node.name, Node.last_seen, Node.disk).order_by(Node.name)
+    ):
+        disk = disk or {}
+        rows[name] = NodeRow(
+            name=name, stale=last_seen < since, last_seen=last_seen,
             used=disk.get("used_bytes"), budget=disk.get("budget_bytes"),
-            capacity=disk.get("capacity_bytes"),
+            capacity=disk.get("capacity_bytes"), cells=[None] * len(columns),
         )  # fmt: skip
-        for m in n.models:
-            row.cells[m.digest] = _cell(m.state, m.bytes_done, m.bytes_total, m.error)
-            counts[m.state] = counts.get(m.state, 0) + 1
-        rows.append(row)
-    return Fleet(columns, rows, counts)
+    counts: dict[str, int] = {}
+    for r in reports:
+        row = rows.get(r.node_name)
+        if row is None:
+            continue
+        row.cells[position[r.digest]] = _cell(r.state, r.bytes_done, r.bytes_total, r.error)
+        counts[r.state] = counts.get(r.state, 0) + 1
+    return Fleet(columns, list(rows.values()), counts)
 
 
 def _cell(state: str, done: int, total: int, error: str | None) -> Cell:
@@ -157,9 +168,9 @@ def _cell(state: str, done: int, total: int, error: str | None) -> Cell:
 
 
 def rollout_list(s: Session, stale_after: float) -> list[wire.RolloutOut]:
-    """The versions that policies with a rollout assign, each with its rollout now."""
-    seen: set[int] = set()
-    out = []
+    """The versions that policies with a rollout assign, each with its rollout now (the
+    strictest of its policies')."""
+    found: dict[int, tuple[Version, list[dict[str, Any] | None]]] = {}
     for policy in s.scalars(select(Policy).order_by(Policy.name)):
         if not policy.rollout:
             continue
@@ -173,8 +184,6 @@ def rollout_list(s: Session, stale_after: float) -> list[wire.RolloutOut]:
                                                   Version.number == target.number)
                 .options(selectinload(Version.model))
             )  # fmt: skip
-            if version is None or version.id in seen:
-                continue
-            seen.add(version.id)
-            out.append(rollouts.view(s, version, stale_after))
-    return out
+            if version is not None:
+                found.setdefault(version.id, (version, []))[1].append(policy.rollout)
+    return [rollouts.view(s, v, stale_after, rules=rules) for v, rules in found.values()]
