@@ -332,11 +332,14 @@ class Daemon:
         """What the daemon is doing now, for ``modelcar-cache status`` and ``ls``."""
         capacity, _free = self.cache.filesystem()
         used = self.evictor.used()
+        pulls = []
+        for d, p in list(self._pulling.items()):
+            pulls.append({**p.view(d), "by_source": dict(self.puller.by_source.get(d, {}))})
         return {
             "node": self.options.node,
             "pid": os.getpid(),
             "cache_dir": str(self.cache.root),
-            "pulls": [p.view(d) for d, p in list(self._pulling.items())],
+            "pulls": pulls,
             "assigned": sorted(self._assigned),
             "errors": {r.digest: r.error for r in self.cache.db.all() if r.error},
             "disk": {

@@ -217,6 +217,7 @@ NODES = 20
 K = 2
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the leases: both, below
 def test_rollout_waves_cap_origin_bytes_with_20_daemons(origin, make_api, tmp_path):
     """20 daemons (`run --once`, a cache dir each) under a policy with
     origin_concurrency 2: the first nodes take leases and pull from the origin, the
@@ -334,3 +335,22 @@ def test_leases_are_capped_renewed_by_reports_and_freed_when_a_node_goes_quiet(m
     admin.put("/v1/policies/all", json={"models": ["big:1"]})
     free = a.post("/v1/nodes/a/leases", json={"digest": digest}).json()
     assert free["granted"] and free["limit"] is None
+
+
+def test_the_chain_from_the_config_file(origin, tmp_path):
+    """`sources:` in --config (strings or mappings), used by `run` when no --source."""
+    reg, ref, model = origin
+    with PeerStub("spegel", _everything(reg)) as spegel:
+        config = tmp_path / "node.yaml"
+        config.write_text(json.dumps({"models": [ref], "sources": [
+            {"kind": "spegel", "url": spegel.url}, "origin"]}))  # fmt: skip
+        r = cache_cli("run", "--once", "--node", "n1", "--config", str(config), "--cache-dir",
+                      str(tmp_path / "c"), "--plain-http", "--listen", "")  # fmt: skip
+        assert r.code == 0, r.stderr
+        assert spegel.blob_requests() and all(s.status == 200 for s in spegel.blob_requests())
+    (published,) = (tmp_path / "c" / "models").iterdir()
+    assert tree(published) == tree(model)
+    config.write_text(json.dumps({"models": [ref], "sources": [{"kind": "peer", "url": "x"}]}))
+    bad = cache_cli("run", "--once", "--node", "n1", "--config", str(config), "--cache-dir",
+                    str(tmp_path / "c"), "--listen", "", check=False)  # fmt: skip
+    assert_one_line_error(bad, "invalid source in --config", str(config))
