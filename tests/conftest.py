@@ -20,6 +20,19 @@ from modelcar.api.settings import Settings
 from tests.helpers import ROOT, VERSION, write_docker_config
 
 
+#: Tests that build or run images share one podman storage (.image/): under
+#: `pytest -n 2 --dist loadgroup` (make test) they all run in the same worker.
+PODMAN_FIXTURES = {"images", "podman", "arm64_busybox", "multiarch_base"}
+PODMAN_MODULES = {"test_image", "test_pods"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+        if PODMAN_FIXTURES & set(getattr(item, "fixturenames", ())) or module in PODMAN_MODULES:
+            item.add_marker(pytest.mark.xdist_group("podman"))
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Each test gets its own stat cache and no ambient registry credentials."""
