@@ -249,6 +249,8 @@ class Puller:
         self._present: set[str] = set()  # published dirs found whole in this process
         #: layer bytes by source, per digest pulled by this process (for the node report)
         self.by_source: dict[str, dict[str, int]] = {}
+        #: images read by a pull that waits for peers or a lease (see pull(origin=False))
+        self._waiting: dict[str, ModelImage | ForeignImage] = {}
 
     def pull(self, image: str, check: Check | None = None, *, origin: bool = True) -> PullResult:
         """Pull and publish ``image``; ``check`` (e.g. its signature) runs on the origin
@@ -271,7 +273,8 @@ class Puller:
         sources = every if origin else [s for s in every if not s.origin]
         try:
             self.cache.check_writable(digest)
-            model = self._load([s.store for s in every], ref)
+            # an image is immutable: a wave's next try reuses the one read by the last
+            model = self._waiting.pop(digest, None) or self._load([s.store for s in every], ref)
             if check is not None:
                 check(every[-1].store, model)
             if self.make_room:
@@ -297,6 +300,7 @@ class Puller:
             if origin:
                 raise
             db.set(digest, state="pending", error=None)  # waits for a peer or a lease
+            self._waiting[digest] = model
             raise
         except (ModelcarError, OSError) as e:
             err = self._as_error(e, digest)

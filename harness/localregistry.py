@@ -134,9 +134,9 @@ class LocalRegistry:
         self.stop()
         raise ModelcarError("docker-registry did not answer in time", subject=self.url)
 
-    def blob_bytes_served(self) -> int:
-        """Bytes of blob bodies this registry sent (GET .../blobs/..., from the access
-        log, which needs ``access_log=True``)."""
+    def blob_bytes_served(self, digests: set[str] | None = None) -> int:
+        """Bytes of blob bodies this registry sent (GET .../blobs/..., of ``digests``
+        only if given), from the access log, which needs ``access_log=True``."""
         total = 0
         for line in (self.root / "registry.log").read_text(errors="replace").splitlines():
             m = _ACCESS.search(line)

@@ -19,13 +19,13 @@ from harness.tls import make_cert, make_htpasswd
 from modelcar.api.settings import Settings
 from tests.helpers import ROOT, VERSION, write_docker_config
 
-
 #: Tests that build or run images share one podman storage (.image/): under
 #: `pytest -n 2 --dist loadgroup` (make test) they all run in the same worker.
 PODMAN_FIXTURES = {"images", "podman", "arm64_busybox", "multiarch_base"}
 PODMAN_MODULES = {"test_image", "test_pods"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""

@@ -13,7 +13,6 @@ import pytest
 from harness.localregistry import free_port
 from tests.helpers import ROOT, assert_one_line_error, run_api_cli, stop_process
 
-
 MIGRATIONS = ROOT / "api" / "db" / "migrations" / "versions"
 
 

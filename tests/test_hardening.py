@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -242,13 +243,17 @@ def test_the_builder_refuses_names_the_puller_would_refuse(tmp_path, name, needl
 
 
 def test_paths_that_cannot_be_published_under_the_cache_are_refused(tmp_path):
-    src = tmp_path / "src"
-    deep = src
-    while len(str(deep.relative_to(src))) < MAX_PATH_BYTES:
-        deep = deep / ("d" * 250)
-    deep.mkdir(parents=True)
-    (deep / "w.bin").write_bytes(b"x")
-    r = run_cli("build", str(src), f"oci:{tmp_path / 'out'}", "-q", check=False)
+    # the tree under a short temp dir: the deep path must still fit in the OS's PATH_MAX
+    src = Path(tempfile.mkdtemp(prefix="deep-"))
+    try:
+        deep = src
+        while len(str(deep.relative_to(src))) < MAX_PATH_BYTES:
+            deep = deep / ("d" * 250)
+        deep.mkdir(parents=True)
+        (deep / "w.bin").write_bytes(b"x")
+        r = run_cli("build", str(src), f"oci:{tmp_path / 'out'}", "-q", check=False)
+    finally:
+        shutil.rmtree(src, ignore_errors=True)
     assert_one_line_error(r, f"{MAX_PATH_BYTES}-byte limit")
     assert len(r.stderr) < 600 + len(str(deep))  # one short line (the path, once)
     # a name no local filesystem holds, but a remote source can list
