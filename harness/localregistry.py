@@ -145,6 +145,7 @@ class LocalRegistry:
                 and m.group(1) == "GET"
                 and "/blobs/sha256:" in m.group(2)
                 and m.group(3) in ("200", "206")
+                and (digests is None or m.group(2).rsplit("/", 1)[-1] in digests)
             ):
                 total += int(m.group(4)) if m.group(4).isdigit() else 0
         return total
