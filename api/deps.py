@@ -62,19 +62,32 @@ async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
+async def identify(request: Request, secret: str | None) -> Principal:
+    """Who presents ``secret`` (anonymous without one): checked against the database,
+    through the token cache for reads only (the API's routes and the web UI alike)."""
+    if not secret:
+        return ANONYMOUS
+    if request.method not in READ_METHODS:  # writes never trust a cached authorization
+        return await run_in_threadpool(_authenticate, request.app.state.db, secret)
+    cache: TokenCache = request.app.state.tokens
+    who = cache.get(secret)
+    if who is None:
+        who = await run_in_threadpool(_authenticate, request.app.state.db, secret)
+        cache.put(secret, who)
+    return who
+
+
 async def principal(
     request: Request,
     creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Principal:
-    if creds is None:
-        return ANONYMOUS
-    if request.method not in READ_METHODS:  # writes never trust a cached authorization
-        return await run_in_threadpool(_authenticate, request.app.state.db, creds.credentials)
-    cache: TokenCache = request.app.state.tokens
-    who = cache.get(creds.credentials)
-    if who is None:
-        who = await run_in_threadpool(_authenticate, request.app.state.db, creds.credentials)
-        cache.put(creds.credentials, who)
+    return await identify(request, creds.credentials if creds else None)
+
+
+def may_read(who: Principal, settings: Settings) -> Principal:
+    """``who``, if it may read: a read token or more, or anyone with ``open_reads``."""
+    if not (who.anonymous and settings.open_reads):
+        who.require("read")
     return who
 
 
@@ -87,9 +100,7 @@ async def reader(
     who: Annotated[Principal, Depends(principal)],
     settings: Annotated[Settings, Depends(get_settings)],
 ) -> Principal:
-    if not (who.anonymous and settings.open_reads):
-        who.require("read")
-    return who
+    return may_read(who, settings)
 
 
 async def publisher(who: Annotated[Principal, Depends(principal)]) -> Principal:

@@ -22,8 +22,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.staticfiles import StaticFiles
 
 from modelcar.api import catalog
-from modelcar.api.auth import ANONYMOUS, Principal
-from modelcar.api.deps import _authenticate
+from modelcar.api.auth import Principal
+from modelcar.api.deps import identify, may_read
 from modelcar.api.routes.models import model_detail
 from modelcar.api.ui import pages
 from modelcar.cliutil import human
@@ -55,22 +55,10 @@ async def _who(request: Request) -> Principal | None:
     header = request.headers.get("Authorization", "")
     if header.startswith("Bearer "):
         secret = header.removeprefix("Bearer ")
-    settings = request.app.state.settings
-    if not secret:
-        return ANONYMOUS if settings.open_reads else None
-    cache = request.app.state.tokens
-    who = cache.get(secret)
-    if who is None:
-        try:
-            who = await run_in_threadpool(_authenticate, request.app.state.db, secret)
-        except ModelcarError:
-            return None
-        cache.put(secret, who)
     try:
-        who.require("read")
+        return may_read(await identify(request, secret), request.app.state.settings)
     except ModelcarError:
         return None
-    return who
 
 
 def _page(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
@@ -154,8 +142,7 @@ async def login(request: Request) -> Response:
     token = (form.get("token") or [""])[0].strip()
     next_page = _safe_next((form.get("next") or ["/ui"])[0])
     try:
-        who = await run_in_threadpool(_authenticate, request.app.state.db, token)
-        who.require("read")
+        (await identify(request, token)).require("read")  # a POST: checked in the database
     except ModelcarError as e:
         return _page(request, "login.html", 401, error=e.message, next=next_page)
     response = RedirectResponse(next_page, status_code=303)
