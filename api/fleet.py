@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -239,20 +240,16 @@ def assignments(s: Session, node: str, labels: dict[str, str] | None) -> wire.As
                 entry.policies.append(policy.name)
                 if rule is not None:
                     entry.verification.append(rule)
-                entry.rollout = _strictest(entry.rollout, policy.rollout)
+                entry.rollout = strictest([entry.rollout, policy.rollout])
     return wire.Assignments(
         node=node, labels=labels, models=list(chosen.values()), unresolved=unresolved
     )
 
 
-def _strictest(
-    have: wire.RolloutRule | None, rollout: dict[str, Any] | None
+def strictest(
+    rollouts: Iterable[wire.RolloutRule | dict[str, Any] | None],
 ) -> wire.RolloutRule | None:
-    """Of two policies' rollouts for one digest, the fewer origin leases (then the
-    shorter wait)."""
-    if rollout is None:
-        return have
-    new = wire.RolloutRule.model_validate(rollout)
-    if have is None:
-        return new
-    return min(have, new, key=lambda r: (r.origin_concurrency, r.wave_timeout))
+    """Of the rollouts of the policies assigning one digest, the fewest origin leases
+    (then the shorter wait); None when none sets one."""
+    rules = [wire.RolloutRule.model_validate(r) for r in rollouts if r]
+    return min(rules, key=lambda r: (r.origin_concurrency, r.wave_timeout)) if rules else None

@@ -81,7 +81,7 @@ def take(s: Session, node: str, digest: str, stale_after: float) -> wire.LeaseOu
                 pass
             else:
                 mine = lease
-    names = [r.node_name for r in holders(s, digest, stale_after)]
+    names = [r.node_name for r in holders(s, digest, stale_after)]  # with any concurrent grant
     return wire.LeaseOut(
         digest=digest, node=node, granted=mine is not None, limit=rule.origin_concurrency,
         holders=names, expires=mine.expires if mine else None,
@@ -134,8 +134,7 @@ def view(
             by_source[name] = by_source.get(name, 0) + n
     if rules is None:
         rules = [p.rollout for p in fleet.policies_assigning(s, version)]
-    valid = [wire.RolloutRule.model_validate(r) for r in rules if r]
-    rule = min(valid, key=lambda r: (r.origin_concurrency, r.wave_timeout)) if valid else None
+    rule = fleet.strictest(rules)
     origin = sum(n for name, n in by_source.items() if name == "origin")
     return wire.RolloutOut(
         model=version.model.name, version=version.number, digest=digest,
