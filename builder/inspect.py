@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-
 from pydantic import BaseModel
 
 from modelcar.errors import DigestMismatch, ImageFormatError
@@ -93,9 +91,9 @@ def describe(ref: Ref, options: StoreOptions) -> ImageInfo:
         for d in manifest.layers
     ]
     source = ann.get(mt.SOURCE)
-    commit = re.search(r"@([0-9a-f]{40})\b", source or "")
+    hf = mt.hf_commit(source or "")
     return ImageInfo(
-        commit=commit.group(1) if commit else None,
+        commit=hf[1] if hf else None,
         run=ann.get(mt.SOURCE_RUN_ID),
         signatures=cosign.count(store, fetched.digest),
         attestations=attest.listed(store, fetched.digest),

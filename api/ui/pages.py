@@ -5,7 +5,6 @@ page and an endpoint show the same thing (a model's detail, a rollout)."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -18,7 +17,7 @@ from modelcar.api.db.tables import Alias, AliasEvent, Model, Node, NodeModel, Po
 from modelcar.contract import wire as wire
 from modelcar.contract.modelref import parse_model_ref
 from modelcar.errors import ModelcarError
-from modelcar.format.keys import SOURCE_RUN_ID
+from modelcar.format.keys import SOURCE_RUN_ID, hf_commit
 
 
 @dataclass
@@ -78,16 +77,13 @@ class Origin:
     run: str | None  # an MLflow run
 
 
-_COMMIT = re.compile(r"@([0-9a-f]{40})\b")
-
-
 def origin_of(v: wire.VersionOut) -> Origin:
     """Where a version came from, with its commit or run when the build recorded one."""
-    commit = _COMMIT.search(v.source_uri or v.build.get("source", "") or "")
+    pinned = hf_commit(v.source_uri or v.build.get("source", "") or "")
     facts = v.build.get("source_annotations") or {}
     run = facts.get(SOURCE_RUN_ID) if isinstance(facts, dict) else None
     uri = v.source_uri or str(v.build.get("source", ""))
-    return Origin(uri, commit.group(1) if commit else None, run if isinstance(run, str) else None)
+    return Origin(uri, pinned[1] if pinned else None, run if isinstance(run, str) else None)
 
 
 @dataclass

@@ -3,6 +3,8 @@
 The OCI media types it uses are in :mod:`modelcar.oci.mediatypes`.
 """
 
+import re
+
 # modelcar's own keys (reverse-DNS under dev.modelcar.).
 PREFIX = "dev.modelcar."
 CONTRACT = PREFIX + "contract"  # "v1"
@@ -21,3 +23,13 @@ FILE_SIZE = PREFIX + "file.size"
 CONTRACT_VERSION = "v1"
 MODELS_DIR = "models"  # model files live under /models/ in the image
 CONFIG_INDEX_KEY = "dev.modelcar.index"  # where the file index lives in the image config
+
+
+_PINNED_HF = re.compile(r"^hf://(?P<repo>[^@]+)@(?P<commit>[0-9a-f]{40})$")
+
+
+def hf_commit(source: str) -> tuple[str, str] | None:
+    """A ``SOURCE`` pinned to a Hugging Face commit, ``hf://ORG/NAME@<sha>``: (the
+    repository, ``ORG/NAME``, and the commit); None for any other source."""
+    m = _PINNED_HF.match(source)
+    return (m["repo"], m["commit"]) if m else None

@@ -13,13 +13,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modelcar.format.fileindex import FileIndex
+from modelcar.format.keys import hf_commit
 from modelcar.oci.digest import hex_of, sha256_bytes
 from modelcar.oci.manifest import canonical_json
 
 PREDICATE_TYPE = "https://slsa.dev/provenance/v1"
 BUILD_TYPE = "https://modelcar.dev/slsa/build/v1"
 BUILDER_ID = "https://modelcar.dev/builder/modelcar-build"
-_HF = re.compile(r"^hf://(?P<repo>[^@]+)@(?P<commit>[0-9a-f]{40})$")
 _MLFLOW = re.compile(r"^mlflow://(?P<name>.+)/(?P<version>[0-9]+)$")
 
 
@@ -50,8 +50,9 @@ def tree_digest(index: FileIndex) -> str:
 
 def source_dependencies(facts: BuildFacts) -> list[dict[str, Any]]:
     """The source as in-toto ResourceDescriptors, each in its immutable form."""
-    if m := _HF.match(facts.source):
-        return [{"uri": f"hf://{m['repo']}", "digest": {"gitCommit": m["commit"]}}]
+    if pinned := hf_commit(facts.source):
+        repo, commit = pinned
+        return [{"uri": f"hf://{repo}", "digest": {"gitCommit": commit}}]
     if m := _MLFLOW.match(facts.source):
         described: dict[str, Any] = {"uri": facts.source, "name": m["name"]}
         if facts.run_id:
