@@ -91,17 +91,14 @@ class _Progress:
     resumed: int = 0
     on_change: Callable[[int, int], None] | None = None
     by_source: dict[str, int] = field(default_factory=dict)
-    fallbacks: dict[str, int] = field(default_factory=dict)
     _last: float = field(default=0.0)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def sourced(self, blob: BlobStream) -> None:
-        """A layer's stream is done: add what each source served and missed."""
+        """A layer's stream is done: add what each source served."""
         with self._lock:
-            for mine, theirs in ((self.by_source, blob.by_source),
-                                 (self.fallbacks, blob.fallbacks)):  # fmt: skip
-                for name, n in theirs.items():
-                    mine[name] = mine.get(name, 0) + n
+            for name, n in blob.by_source.items():
+                self.by_source[name] = self.by_source.get(name, 0) + n
 
     def add(self, n: int = 0, *, fetched: int = 0, resumed: int = 0) -> None:
         """Counts from several layer threads at once."""
@@ -296,13 +293,10 @@ class Puller:
             # staging and journals stay; the row stays 'pulling' (reset at the next start)
             log.info("stopped %s mid-pull; the next start resumes it", image)
             raise
-        except SourcesMissed:
-            if origin:
-                raise
-            db.set(digest, state="pending", error=None)  # waits for a peer or a lease
-            self._waiting[digest] = model
-            raise
         except (ModelcarError, OSError) as e:
+            if isinstance(e, SourcesMissed) and not origin:
+                self._waiting[digest] = model  # the caller waits for a peer or a lease
+                raise
             err = self._as_error(e, digest)
             self._failed(digest, err)
             raise err from None

@@ -33,7 +33,6 @@ from modelcar.oci.store import ImageStore, StoreOptions, Via
 from modelcar.oci.stores import open_store
 
 Kind = Literal["spegel", "dragonfly", "mirror", "origin"]
-PEERS: tuple[str, ...] = ("spegel", "dragonfly")
 PEER_CONNECT_TIMEOUT = 2.0
 _VAR = re.compile(r"\$(\w+)|\$\{(\w+)\}")
 
@@ -53,10 +52,6 @@ class SourceSpec(BaseModel):
         if v is not None and not re.match(r"^https?://[^/\s]+/?$", v):
             raise ValueError("a source URL is http(s)://HOST[:PORT]")
         return v
-
-    @property
-    def label(self) -> str:
-        return self.kind
 
 
 def parse_source(text: str) -> SourceSpec:
@@ -118,10 +113,6 @@ class Source:
     @property
     def origin(self) -> bool:
         return self.kind == "origin"
-
-    @property
-    def peer(self) -> bool:
-        return self.kind in PEERS
 
 
 def open_sources(

@@ -12,7 +12,7 @@ from modelcar.builder.sources.local import LocalSource
 from modelcar.cache_daemon.cachedir import CacheDir
 from modelcar.cache_daemon.pull import Puller, PullOptions, PullStopped
 from modelcar.cache_daemon.sources import origin_only
-from modelcar.errors import DigestMismatch
+from modelcar.errors import DigestMismatch, NotFound
 from modelcar.oci.memory import MemoryStore
 from modelcar.oci.reference import parse_ref
 
@@ -62,6 +62,22 @@ def test_a_corrupted_layer_in_the_store_is_refused_and_nothing_published(model, 
         puller = Puller(cache, PullOptions(jobs=1), sources=origin_only(store))
         with pytest.raises(DigestMismatch):
             puller.pull(str(ref.pinned(record.digest)))
+        assert cache.published() == []
+
+
+def test_a_layer_the_origin_lacks_fails_the_pull_and_is_recorded(model, tmp_path):
+    """Every source (here the origin alone) answers "not found": the pull fails, and the
+    state says so (only a wave's peer-only try waits instead)."""
+    ref = parse_ref("memory.invalid/team/model:v1")
+    store = MemoryStore(ref)
+    record = _build(model, store, ref)
+    del store.blobs[max(record.layers, key=lambda layer: layer.size).digest]
+    with CacheDir(tmp_path / "cache") as cache:
+        puller = Puller(cache, PullOptions(jobs=1), sources=origin_only(store))
+        with pytest.raises(NotFound):
+            puller.pull(str(ref.pinned(record.digest)))
+        row = cache.db.get(record.digest)
+        assert row is not None and row.state == "failed" and "no source holds" in row.error
         assert cache.published() == []
 
 
