@@ -8,12 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
 from modelcar.cache_daemon.pull import pinned
 from modelcar.cache_daemon.sources import SourceSpec, check_chain, parse_source
 from modelcar.contract import wire
 from modelcar.contract.client import ApiClient
 from modelcar.errors import ModelcarError, UsageError
+from modelcar.oci.manifest import first_error
 from modelcar.trust.policy import Rule
 
 log = logging.getLogger("modelcar.cache")
@@ -75,9 +77,9 @@ class StaticSource:
                 continue
             try:
                 specs.append(SourceSpec.model_validate(item))
-            except ValueError as e:
+            except ValidationError as e:
                 raise UsageError("invalid source in --config", subject=str(self.path),
-                                 hint=str(e).splitlines()[-1].strip()) from None  # fmt: skip
+                                 hint=first_error(e)) from None  # fmt: skip
         return check_chain(specs)
 
     def _read(self) -> list[Wanted]:

@@ -25,9 +25,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from modelcar.errors import UsageError
+from modelcar.oci.manifest import first_error
 from modelcar.oci.reference import ImageRef, LayoutRef
 from modelcar.oci.store import ImageStore, StoreOptions, Via
 from modelcar.oci.stores import open_store
@@ -68,10 +69,10 @@ def parse_source(text: str) -> SourceSpec:
         )  # fmt: skip
     try:
         spec = SourceSpec(kind=kind.strip(), url=url, credentials="credentials" in flags)
-    except ValueError as e:
+    except ValidationError as e:
         raise UsageError(
             "invalid --source", subject=text,
-            hint=f"{_why(e)}; KIND is spegel, dragonfly, mirror or origin",
+            hint=f"{first_error(e)}; KIND is spegel, dragonfly, mirror or origin",
         ) from None  # fmt: skip
     return check_chain([spec])[0]
 
@@ -170,12 +171,6 @@ def _expand(url: str, text: str) -> str:
         return os.environ[name]
 
     return _VAR.sub(var, url)
-
-
-def _why(e: ValueError) -> str:
-    lines = [line.strip() for line in str(e).splitlines()
-             if line.strip() and not line.strip().startswith("For further")]  # fmt: skip
-    return lines[-1].split(" [", 1)[0] if lines else "invalid"
 
 
 def origin_only(store: ImageStore) -> Callable[[ImageRef | LayoutRef], list[Source]]:

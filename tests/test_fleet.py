@@ -358,4 +358,4 @@ def test_the_chain_from_the_config_file(origin, tmp_path):
     config.write_text(json.dumps({"models": [ref], "sources": [{"kind": "peer", "url": "x"}]}))
     bad = cache_cli("run", "--once", "--node", "n1", "--config", str(config), "--cache-dir",
                     str(tmp_path / "c"), "--listen", "", check=False)  # fmt: skip
-    assert_one_line_error(bad, "invalid source in --config", str(config))
+    assert_one_line_error(bad, "invalid source in --config", str(config), "kind: Input should be")
