@@ -68,6 +68,17 @@ def test_every_console_script_runs_from_a_fresh_venv_with_all_extras(wheel, tmp_
     for script in ("modelcar", "modelcar-cache", "modelcar-api"):
         r = _run(bin_dir, script, "--help", cwd=tmp_path)
         assert r.code == 0 and "Usage:" in r.stdout, (script, r.stderr)
+    # the web UI's templates and stylesheet are in the wheel, and every template compiles
+    shipped = subprocess.run(
+        [str(bin_dir / "python"), "-c", "from modelcar.api import ui; "
+         "print(*sorted(ui.templates.env.list_templates()), *sorted("
+         "p.name for p in (ui.HERE / 'static').iterdir())); "
+         "[ui.templates.env.get_template(t) for t in ui.templates.env.list_templates()]"],
+        capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert shipped.returncode == 0, shipped.stderr
+    templates = sorted(p.name for p in (ROOT / "api" / "ui" / "templates").iterdir())
+    assert shipped.stdout.split() == [*templates, "ui.css"]
 
 
 def test_base_alone_names_the_extra_to_install(wheel, tmp_path):
