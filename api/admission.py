@@ -82,27 +82,61 @@ class Pinned:
     answers: list[wire.ResolveAnswer] = field(default_factory=list)
 
 
+#: References to resolve in one object: more is no workload, and each costs a lookup.
+MAX_REFERENCES = 256
+#: The InferenceService components that hold storage fields (KServe's CRD: predictor,
+#: transformer, explainer, and each canary's predictor).
+COMPONENTS = ("predictor", "transformer", "explainer")
+
+
+class Malformed(ModelcarError):
+    """A part of the object is not of the type Kubernetes' schema gives it."""
+
+
 def _dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _refs(spec: dict[str, Any], kind: str) -> Iterator[tuple[dict[str, Any], str]]:
-    """(holder, key) for every place a model or image reference may be, in ``spec``."""
+def _list_in(holder: dict[str, Any], key: str, where: str) -> list[Any]:
+    """``holder[key]`` as a list to extend (made if absent); Malformed if it is no list."""
+    value = holder.setdefault(key, [])
+    if value is None:
+        value = holder[key] = []
+    if not isinstance(value, list):
+        raise Malformed(f"{where}.{key} is not a list", hint="fix the object's spec")
+    return value
+
+
+def _components(spec: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(JSON-ish path, component) for every InferenceService component."""
+    for name in COMPONENTS:
+        if isinstance(spec.get(name), dict):
+            yield f"spec.{name}", spec[name]
+    canary = spec.get("canary")
+    for i, item in enumerate(canary if isinstance(canary, list) else []):
+        if isinstance(item, dict) and isinstance(item.get("predictor"), dict):
+            yield f"spec.canary[{i}].predictor", item["predictor"]
+
+
+def _refs(spec: dict[str, Any], kind: str) -> Iterator[tuple[dict[str, Any], dict[str, Any], str]]:
+    """(component, holder, key) for every place a model or image reference may be:
+    every ``storageUri`` of a component's framework fields and each ``storageUris[].uri``
+    (all of KServe's storage fields); each image volume's ``reference`` of a pod."""
     if kind == "InferenceService":
-        predictor = spec.get("predictor")
-        if not isinstance(predictor, dict):
-            return
-        for value in predictor.values():
-            if isinstance(value, dict) and isinstance(value.get("storageUri"), str):
-                yield value, "storageUri"
-        for item in predictor.get("storageUris") or []:
-            if isinstance(item, dict) and isinstance(item.get("uri"), str):
-                yield item, "uri"
+        for _, component in _components(spec):
+            for value in component.values():
+                if isinstance(value, dict) and isinstance(value.get("storageUri"), str):
+                    yield component, value, "storageUri"
+            uris = component.get("storageUris")
+            for item in uris if isinstance(uris, list) else []:
+                if isinstance(item, dict) and isinstance(item.get("uri"), str):
+                    yield component, item, "uri"
         return
-    for volume in spec.get("volumes") or []:
+    volumes = spec.get("volumes")
+    for volume in volumes if isinstance(volumes, list) else []:
         image = volume.get("image") if isinstance(volume, dict) else None
         if isinstance(image, dict) and isinstance(image.get("reference"), str):
-            yield image, "reference"
+            yield spec, image, "reference"
 
 
 def _pod_spec_of(obj: dict[str, Any], kind: str) -> tuple[dict[str, Any] | None, str]:
@@ -122,99 +156,132 @@ def _pod_spec_of(obj: dict[str, Any], kind: str) -> tuple[dict[str, Any] | None,
 def references(obj: dict[str, Any], kind: str) -> list[str]:
     """Every model or image reference the object holds."""
     spec, _ = _pod_spec_of(obj, kind)
-    return [holder[key] for holder, key in _refs(spec, kind)] if spec else []
+    return [holder[key] for _, holder, key in _refs(spec, kind)] if spec else []
 
 
-def _prefer(affinity: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
-    """``new``'s node affinity added to ``affinity``: required terms AND-ed, preferred
-    ones appended."""
+def _prefer(affinity: Any, rules: list[dict[str, Any]]) -> dict[str, Any]:
+    """``rules``' node affinities added to ``affinity``, in one copy: required terms
+    AND-ed into each of the object's terms, preferred ones appended."""
     out = copy.deepcopy(affinity) if isinstance(affinity, dict) else {}
-    node = out.setdefault("nodeAffinity", {})
-    rule = new["nodeAffinity"]
-    if "preferredDuringSchedulingIgnoredDuringExecution" in rule:
-        node.setdefault("preferredDuringSchedulingIgnoredDuringExecution", []).extend(
-            rule["preferredDuringSchedulingIgnoredDuringExecution"]
-        )
-    else:
+    if not isinstance(out.get("nodeAffinity"), dict):
+        out["nodeAffinity"] = {}
+    node = out["nodeAffinity"]
+    for rule in (r["nodeAffinity"] for r in rules):
+        if "preferredDuringSchedulingIgnoredDuringExecution" in rule:
+            _list_in(node, "preferredDuringSchedulingIgnoredDuringExecution", "affinity").extend(
+                rule["preferredDuringSchedulingIgnoredDuringExecution"]
+            )
+            continue
         want = rule["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]
         req = node.setdefault("requiredDuringSchedulingIgnoredDuringExecution", {})
-        terms = req.setdefault("nodeSelectorTerms", [])
+        if not isinstance(req, dict):
+            raise Malformed("affinity.nodeAffinity.requiredDuringScheduling… is not an object")
+        terms = _list_in(req, "nodeSelectorTerms", "affinity")
         if not terms:
             terms.append({"matchExpressions": []})
         for term in terms:  # terms are OR-ed: the model's node label must hold in each
-            term.setdefault("matchExpressions", []).extend(want["matchExpressions"])
+            if not isinstance(term, dict):
+                raise Malformed("a nodeSelectorTerm is not an object")
+            _list_in(term, "matchExpressions", "nodeSelectorTerm").extend(want["matchExpressions"])
     return out
+
+
+def _annotations_patch(
+    obj: dict[str, Any], base: str, values: dict[str, str]
+) -> list[dict[str, Any]]:
+    """The patch that sets our annotations on ``obj`` (at ``base``), whatever its
+    ``metadata`` and annotations are (absent, null, a list): a patch that always applies.
+    ``add`` replaces an existing member (RFC 6902): a non-object becomes an object."""
+    ours = {f"modelcar.dev/{k}": values[k] for k in ANNOTATIONS}
+    metadata = obj.get("metadata")
+    if not isinstance(metadata, dict):
+        return [{"op": "add", "path": f"{base}/metadata", "value": {"annotations": ours}}]
+    if not isinstance(metadata.get("annotations"), dict):
+        return [{"op": "add", "path": f"{base}/metadata/annotations", "value": ours}]
+    return [{"op": "add", "path": f"{base}/metadata/annotations/{k.replace('/', '~1')}",
+             "value": v} for k, v in ours.items()]  # fmt: skip
 
 
 def mutate(obj: dict[str, Any], kind: str, resolve: Resolve) -> tuple[list[dict[str, Any]],
                                                                       Pinned]:  # fmt: skip
     """The JSONPatch that pins every ``model://`` reference in ``obj``, and what it pins.
-    Raises ModelcarError (the caller denies) for a reference that does not resolve."""
+    Raises ModelcarError (the caller denies) for a reference that does not resolve, an
+    object over MAX_REFERENCES references, or a part of the wrong type. Linear in the
+    object: each text is resolved once, each component's affinity copied once with one
+    term per distinct digest."""
     spec, pointer = _pod_spec_of(obj, kind)
     pinned = Pinned()
     if spec is None:
         return [], pinned
-    metadata = _dict(obj.get("metadata"))
-    notes = _dict(metadata.get("annotations"))
+    notes = _dict(_dict(obj.get("metadata")).get("annotations"))
     mode: wire.MountMode = "hostpath" if notes.get(MODE_ANNOTATION) == "hostpath" else "oci"
     new = copy.deepcopy(spec)
-    for holder, key in list(_refs(new, kind)):
+    todo = [(c, h, k) for c, h, k in _refs(new, kind) if h[k].startswith(SCHEME)]
+    if len(todo) > MAX_REFERENCES:
+        raise ModelcarError(f"{len(todo)} model:// references in one object, over the limit "
+                            f"of {MAX_REFERENCES}", hint="split the workload")  # fmt: skip
+    answers: dict[str, wire.ResolveAnswer] = {}
+    rules: dict[int, tuple[dict[str, Any], dict[str, dict[str, Any]]]] = {}
+    dropped: dict[int, set[int]] = {}  # component -> storageUris entries mounted instead
+    for component, holder, key in todo:
         text = holder[key]
-        if not text.startswith(SCHEME):
-            continue
-        got = resolve(text.removeprefix(SCHEME), mode)
+        if text not in answers:
+            answers[text] = resolve(text.removeprefix(SCHEME), mode)
+        got = answers[text]
         pinned.answers.append(got)
+        if got.storage_uri is None and (kind != "InferenceService" or mode == "oci"):
+            raise ModelcarError("the version's image is in an oci: layout, which pods cannot "
+                                "pull", subject=text, hint=f"annotate {MODE_ANNOTATION}: "
+                                "hostpath to mount the node cache's copy")  # fmt: skip
         if kind != "InferenceService":  # an image volume: the pinned image
             holder[key] = got.image
-            continue
-        if mode == "oci":
-            if got.storage_uri is None:
-                raise ModelcarError("the version's image is in an oci: layout, which pods cannot "
-                                    "pull", subject=text, hint=f"annotate {MODE_ANNOTATION}: "
-                                    "hostpath to mount the node cache's copy")  # fmt: skip
+        elif mode == "oci":
             holder[key] = got.storage_uri
-            new["predictor"]["affinity"] = _prefer(new["predictor"].get("affinity"),
-                                                   got.pod_spec["affinity"])  # fmt: skip
         else:
-            mounts = got.pod_spec["volumeMounts"]
-            if key == "uri":  # a storageUris entry: mounted where it said
-                mounts = [dict(mounts[0], mountPath=holder.get("mountPath") or MOUNT_PATH,
-                               name=f"{VOLUME}-{len(pinned.answers)}")]  # fmt: skip
-                new["predictor"]["storageUris"] = [
-                    i for i in new["predictor"]["storageUris"] if i is not holder
-                ] or None
-                volumes = [dict(got.pod_spec["volumes"][0], name=mounts[0]["name"])]
-                component = new["predictor"].setdefault("model", {})
-            else:
-                del holder[key]
-                volumes, component = got.pod_spec["volumes"], holder
-            component.setdefault("volumeMounts", []).extend(mounts)
-            if "args" not in component and key == "storageUri":
-                component["args"] = [f"--model_dir={MOUNT_PATH}"]
-            new["predictor"].setdefault("volumes", []).extend(volumes)
-            new["predictor"]["affinity"] = _prefer(new["predictor"].get("affinity"),
-                                                   got.pod_spec["affinity"])  # fmt: skip
+            _mount(component, holder, key, got, len(pinned.answers), dropped)
+        if kind == "InferenceService" or mode == "oci":
+            rules.setdefault(id(component), (component, {}))[1].setdefault(
+                got.digest, got.pod_spec["affinity"]
+            )
     if not pinned.answers:
         return [], pinned
-    if kind == "InferenceService" and new["predictor"].get("storageUris", 1) is None:
-        del new["predictor"]["storageUris"]
-    if kind != "InferenceService" and mode == "oci":
-        for got in pinned.answers:
-            new["affinity"] = _prefer(new.get("affinity"), got.pod_spec["affinity"])
+    for component, by_digest in rules.values():
+        component["affinity"] = _prefer(component.get("affinity"), list(by_digest.values()))
+    for _, component in _components(new) if kind == "InferenceService" else ():
+        if id(component) in dropped:
+            left = [i for i in component["storageUris"] if id(i) not in dropped[id(component)]]
+            if left:
+                component["storageUris"] = left
+            else:
+                del component["storageUris"]
     first = pinned.answers[0]
     values = {"model": first.name, "version": str(first.version), "alias": first.alias or "",
               "digest": first.digest}  # fmt: skip
-    patch: list[dict[str, Any]] = [{"op": "replace", "path": pointer, "value": new}]
-    if "annotations" not in metadata:
-        patch.append({"op": "add", "path": "/metadata/annotations",
-                      "value": {f"modelcar.dev/{k}": values[k] for k in ANNOTATIONS}})  # fmt: skip
-    else:
-        for k in ANNOTATIONS:
-            patch.append({"op": "add", "path": f"/metadata/annotations/modelcar.dev~1{k}",
-                          "value": values[k]})  # fmt: skip
-    if "metadata" not in obj:
-        patch.insert(1, {"op": "add", "path": "/metadata", "value": {}})
+    patch = [{"op": "replace", "path": pointer, "value": new}, *_annotations_patch(obj, "", values)]
+    if kind in POD_TEMPLATES:  # its pods carry them too: their deletion is then seen
+        patch += _annotations_patch(obj["spec"]["template"], "/spec/template", values)
     return patch, pinned
+
+
+def _mount(component: dict[str, Any], holder: dict[str, Any], key: str,
+           got: wire.ResolveAnswer, n: int, dropped: dict[int, set[int]]) -> None:  # fmt: skip
+    """hostpath mode: the node cache's copy mounted in place of a storage field."""
+    mounts = got.pod_spec["volumeMounts"]
+    if key == "uri":  # a storageUris entry: mounted where it said, in the model container
+        mounts = [dict(mounts[0], mountPath=holder.get("mountPath") or MOUNT_PATH,
+                       name=f"{VOLUME}-{n}")]  # fmt: skip
+        dropped.setdefault(id(component), set()).add(id(holder))
+        volumes = [dict(got.pod_spec["volumes"][0], name=mounts[0]["name"])]
+        container = component.setdefault("model", {})
+        if not isinstance(container, dict):
+            raise Malformed("the component's model is not an object")
+    else:
+        del holder[key]
+        volumes, container = got.pod_spec["volumes"], holder
+    _list_in(container, "volumeMounts", "the model container").extend(mounts)
+    if "args" not in container and key == "storageUri":
+        container["args"] = [f"--model_dir={MOUNT_PATH}"]
+    _list_in(component, "volumes", "the component").extend(volumes)
 
 
 def _images(obj: dict[str, Any], kind: str) -> list[str]:

@@ -14,6 +14,7 @@ from sqlalchemy import Connection, Select, bindparam, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
+from modelcar.api import usage
 from modelcar.api.db.tables import (
     Alias,
     AliasEvent,
@@ -164,7 +165,7 @@ def delete_version(s: Session, name: str, number: int) -> Version:
         )
     users = s.execute(
         select(Workload.namespace, Workload.kind, Workload.name)
-        .where(Workload.version_id == version.id)
+        .where(Workload.version_id == version.id, usage.current())
         .order_by(Workload.namespace, Workload.kind, Workload.name)
     ).all()
     if users:

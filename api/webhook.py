@@ -1,11 +1,19 @@
 """The admission webhooks, on a port of their own (TLS): ``POST /mutate`` pins
 ``model://`` references (see ``admission.py``), ``POST /validate`` refuses unpinned or
-unknown images. Both record who runs what (``usage.py``) unless the review is a dry
-run, and a DELETE review forgets the object. Nothing else is served on this port.
+unknown images, ``POST /record`` (a validating webhook that never refuses) records.
+They record who runs what (``usage.py``) unless the review is a dry run, and a DELETE
+review forgets the object. Nothing else is served on this port.
+
+Every review runs in the thread pool, so one large object never holds the event loop
+(and the small reviews behind it); a body is refused on its Content-Length, read only
+up to the size limit and within BODY_TIMEOUT, and a connection that has not sent its
+request headers within HEADER_TIMEOUT is closed.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -20,6 +28,13 @@ from modelcar.api.settings import Settings
 from modelcar.contract import wire
 from modelcar.contract.modelref import parse_model_ref
 from modelcar.errors import ModelcarError
+
+log = logging.getLogger("modelcar.api")
+
+#: Seconds a client has to send its request headers, then its body (the apiserver
+#: gives up on a webhook after at most 30 s; its reviews arrive at once).
+HEADER_TIMEOUT = 10.0
+BODY_TIMEOUT = 10.0
 
 KINDS = {
     ("serving.kserve.io", "InferenceService"),
@@ -48,11 +63,21 @@ _BODY = {"required": True, "content": {"application/json": {
     "schema": _inline(_SCHEMA, _SCHEMA.get("$defs", {}))}}}  # fmt: skip
 
 
+def _meta(req: admission.AdmissionRequest) -> dict[str, Any]:
+    obj = req.object if isinstance(req.object, dict) else req.oldObject or {}
+    meta = obj.get("metadata") if isinstance(obj, dict) else None
+    return meta if isinstance(meta, dict) else {}
+
+
 def _name(req: admission.AdmissionRequest) -> str:
-    obj = req.object or req.oldObject or {}
-    meta = obj.get("metadata")
-    meta = meta if isinstance(meta, dict) else {}
-    return str(req.name or meta.get("name") or meta.get("generateName") or "")
+    meta = _meta(req)
+    return str(req.name or meta.get("name") or meta.get("generateName") or "")[:253]
+
+
+def _uid(req: admission.AdmissionRequest) -> str:
+    """The object's uid: the apiserver sets it after the mutating webhooks, so a
+    CREATE has one in validating reviews only."""
+    return str(_meta(req).get("uid") or "")[:128]
 
 
 class Webhooks:
@@ -68,37 +93,66 @@ class Webhooks:
                               cache_root=self.settings.cache_root, mode=mode)  # fmt: skip
 
     def _record(self, req: admission.AdmissionRequest, digests: list[str]) -> None:
-        if req.dryRun or not digests:
+        if req.dryRun:
             return
-        kind, namespace, name = req.kind.kind, req.namespace or "", _name(req)
-        uid = str((req.object or {}).get("metadata", {}).get("uid") or "")
+        kind, namespace, name, uid = req.kind.kind, req.namespace or "", _name(req), _uid(req)
+        if not digests:  # an UPDATE that dropped its references: nothing pinned any more
+            if req.operation == "UPDATE":
+                with self.db.writing() as s:
+                    usage.forget(s, kind, namespace, name, uid)
+            return
         with self.db.connection() as conn:  # a re-admission of the same object writes nothing
             if usage.unchanged(conn, kind, namespace, name, uid, digests):
                 return
+        generated = str(_meta(req).get("generateName") or "")[:253]
         with self.db.writing() as s:
+            if uid and generated and generated != name:  # /mutate saw only generateName
+                usage.forget_provisional(s, kind, namespace, generated)
             usage.record(s, kind, namespace, name, uid, req.operation, digests)
 
-    def review(self, review: admission.AdmissionReview, validating: bool) -> dict[str, Any]:
+    def review(self, review: admission.AdmissionReview, path: str) -> dict[str, Any]:
+        """One review at ``path`` (mutate, validate or record); never raises: what the
+        object's shape breaks ends in a denial naming it, not a 500."""
         req = review.request
+        try:
+            return self._review(req, path)
+        except ModelcarError as e:
+            return admission.answer(req.uid, allowed=False, message=e.one_line())
+        except (TypeError, AttributeError, KeyError, ValueError, RecursionError) as e:
+            log.warning("admission review %s: %s: %s", req.uid, type(e).__name__, e)
+            return admission.answer(req.uid, allowed=path == "record",
+                                    message=f"the object cannot be read ({type(e).__name__}); "
+                                    "check its spec against the kind's schema")  # fmt: skip
+
+    def _review(self, req: admission.AdmissionRequest, path: str) -> dict[str, Any]:
         kind = req.kind.kind
         if (req.kind.group, kind) not in KINDS:
             return admission.answer(req.uid)  # not ours to judge
         if req.operation == "DELETE":
             if not req.dryRun:
                 with self.db.writing() as s:
-                    usage.forget(s, kind, req.namespace or "", _name(req))
+                    usage.forget(s, kind, req.namespace or "", _name(req), _uid(req))
             return admission.answer(req.uid)
         obj = req.object
         if req.operation not in ("CREATE", "UPDATE") or not isinstance(obj, dict):
             return admission.answer(req.uid)
-        if validating:
+        if path == "validate":
             return self._validate(req, obj, kind)
-        try:
-            patch, pinned = admission.mutate(obj, kind, self.resolve)
-        except ModelcarError as e:
-            return admission.answer(req.uid, allowed=False, message=e.one_line())
-        self._record(req, [a.digest for a in pinned.answers])
+        if path == "record":  # never refuses: records what the object pins
+            self._record(req, admission.digests(obj, kind))
+            return admission.answer(req.uid)
+        patch, pinned = admission.mutate(obj, kind, self.resolve)
+        if pinned.answers:
+            self._record(req, [a.digest for a in pinned.answers])
         return admission.answer(req.uid, patch=patch)
+
+    def _deny(self, req: admission.AdmissionRequest, kind: str, why: str) -> dict[str, Any]:
+        if req.operation == "CREATE" and not req.dryRun:  # it will not exist
+            names = {_name(req), str(_meta(req).get("generateName") or "")[:253]} - {""}
+            with self.db.writing() as s:
+                for name in names:
+                    usage.forget_provisional(s, kind, req.namespace or "", name)
+        return admission.answer(req.uid, allowed=False, message=why)
 
     def _validate(
         self, req: admission.AdmissionRequest, obj: dict[str, Any], kind: str
@@ -108,7 +162,7 @@ class Webhooks:
             why = (
                 f"image not pinned by digest: {bad[0]} (write model://NAME@ALIAS or REPO@sha256:…)"
             )
-            return admission.answer(req.uid, allowed=False, message=why)
+            return self._deny(req, kind, why)
         digests = admission.digests(obj, kind)
         with self.db.reading() as s:
             known = usage.registered(s, digests)
@@ -116,11 +170,11 @@ class Webhooks:
         unknown = [d for d in digests if d not in known]
         if self.settings.webhook_require_registered and unknown:
             why = f"digest is no registered model version: {unknown[0]}"
-            return admission.answer(req.uid, allowed=False, message=why)
+            return self._deny(req, kind, why)
         unsigned = [d for d in digests if not signed.get(d)]
         if self.settings.webhook_require_signed and unsigned:
             why = f"digest is not signed by a trusted key: {unsigned[0]}"
-            return admission.answer(req.uid, allowed=False, message=why)
+            return self._deny(req, kind, why)
         self._record(req, digests)
         return admission.answer(req.uid)
 
@@ -138,10 +192,66 @@ def serve_webhooks(settings: Settings, db: Database, **common: Any) -> Any:
     config = uvicorn.Config(
         create_webhook_app(settings, db), host=settings.host, port=settings.webhook_port or 0,
         ssl_certfile=settings.webhook_cert, ssl_keyfile=settings.webhook_key, **extra, **common,
+        http=_header_timeout_protocol(),
     )  # fmt: skip
     server = uvicorn.Server(config)
     threading.Thread(target=server.run, name="webhooks", daemon=True).start()
     return server
+
+
+def _header_timeout_protocol() -> type:
+    """uvicorn's h11 protocol, closing a connection that has not sent a whole request
+    head within HEADER_TIMEOUT of connecting or of its last answer (uvicorn bounds only
+    the idle time between requests)."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderTimeoutH11(H11Protocol):
+        _timer: asyncio.TimerHandle | None = None
+
+        def _arm(self) -> None:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self.loop.call_later(HEADER_TIMEOUT, self._expire)
+
+        def _expire(self) -> None:
+            waiting = self.cycle is None or self.cycle.response_complete  # no head yet
+            if waiting and not self.transport.is_closing():
+                self.transport.close()
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._timer is not None:
+                self._timer.cancel()
+            super().connection_lost(exc)
+
+    return HeaderTimeoutH11
+
+
+async def read_capped(request: Request, cap: int) -> bytes | None:
+    """The body, or None when it is over ``cap`` bytes (by Content-Length, or once the
+    bytes read pass it: nothing past the cap is kept). TimeoutError after BODY_TIMEOUT."""
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > cap):
+        return None
+    body = bytearray()
+
+    async def read() -> bool:
+        async for chunk in request.stream():
+            body.extend(chunk)
+            if len(body) > cap:
+                return False
+        return True
+
+    if not await asyncio.wait_for(read(), BODY_TIMEOUT):
+        return None
+    return bytes(body)
 
 
 def create_webhook_app(settings: Settings, db: Database) -> FastAPI:
@@ -151,8 +261,11 @@ def create_webhook_app(settings: Settings, db: Database) -> FastAPI:
     hooks = Webhooks(settings, db)
 
     async def parse(request: Request) -> admission.AdmissionReview | JSONResponse:
-        body = await request.body()
-        if len(body) > settings.max_body_bytes:
+        try:
+            body = await read_capped(request, settings.max_body_bytes)
+        except TimeoutError:
+            return error_response(408, "timeout", f"review body not sent within {BODY_TIMEOUT}s")
+        if body is None:
             return error_response(413, "too_large", "review body over the size limit")
         try:
             return admission.AdmissionReview.model_validate_json(body)
@@ -164,28 +277,32 @@ def create_webhook_app(settings: Settings, db: Database) -> FastAPI:
 
     from starlette.concurrency import run_in_threadpool
 
-    async def answer(request: Request, validating: bool) -> Any:
+    async def answer(request: Request, path: str) -> Any:
         parsed = await parse(request)
         if isinstance(parsed, JSONResponse):
             return parsed
-        if db.is_sqlite:  # a local file: faster than a trip to the thread pool
-            return JSONResponse(hooks.review(parsed, validating))
-        return JSONResponse(await run_in_threadpool(hooks.review, parsed, validating))
+        # off the event loop for every database: a large review never holds the small
+        return JSONResponse(await run_in_threadpool(hooks.review, parsed, path))
 
     async def mutate(request: Request) -> Any:
         """Pin every model:// reference of the object (a JSONPatch), or deny."""
-        return await answer(request, False)
+        return await answer(request, "mutate")
 
     async def validate(request: Request) -> Any:
         """Refuse images not pinned by digest, or no registered (or signed) version."""
-        return await answer(request, True)
+        return await answer(request, "validate")
+
+    async def record(request: Request) -> Any:
+        """Record what the object pins (who runs what); always allowed."""
+        return await answer(request, "record")
 
     responses: dict[int | str, dict[str, Any]] = {
         200: {"description": "An AdmissionReview answer"},
         400: {"description": "Not an AdmissionReview"},
+        408: {"description": "The body was not sent in time"},
         413: {"description": "Too large"},
     }
-    for path, handler in (("/mutate", mutate), ("/validate", validate)):
+    for path, handler in (("/mutate", mutate), ("/validate", validate), ("/record", record)):
         app.add_api_route(path, handler, methods=["POST"], responses=responses,
                           openapi_extra={"requestBody": _BODY})  # fmt: skip
     return app

@@ -24,6 +24,9 @@ from modelcar.contract.nodecache import digest_of_dir_name, model_dir_name
 from modelcar.errors import ModelcarError, UsageError
 from modelcar.format.fileindex import FileIndex
 
+#: Quarantined models kept for inspection; older ones are deleted.
+MAX_QUARANTINED = 2
+
 
 class CacheVanished(ModelcarError):
     default_hint = "was it deleted or unmounted while in use? nothing was published"
@@ -227,10 +230,37 @@ class CacheDir:
         self.index_path(digest).unlink(missing_ok=True)
 
     def quarantine(self, digest: str) -> Path:
+        """Move a bad model out of models/ (never served), keeping the newest
+        MAX_QUARANTINED for inspection; their bytes count against the budget."""
         src = self.model_dir(digest)
         dst = self.root / "quarantine" / f"{src.name}-{time.time_ns()}"
         os.rename(src, dst)
+        self.drop_quarantined(keep=MAX_QUARANTINED)
         return dst
+
+    def quarantined(self) -> list[Path]:
+        """What quarantine/ holds, oldest first (names end in the time they were moved)."""
+        entries = list((self.root / "quarantine").iterdir())
+        return sorted(entries, key=lambda p: (p.name.rsplit("-", 1)[-1].zfill(20), p.name))
+
+    def quarantined_bytes(self) -> int:
+        total = 0
+        for base in self.quarantined():
+            for dirpath, _dirs, files in os.walk(base):
+                for name in files:
+                    with contextlib.suppress(OSError):
+                        total += os.lstat(os.path.join(dirpath, name)).st_size
+        return total
+
+    def drop_quarantined(self, keep: int = 0) -> int:
+        """Remove all but the newest ``keep`` quarantined models; how many went."""
+        doomed = self.quarantined()[: max(0, len(self.quarantined()) - keep)]
+        for p in doomed:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+        return len(doomed)
 
     # --- space -----------------------------------------------------------------
 

@@ -174,7 +174,7 @@ class ControlServer:
                 raise ValueError(f"request over {MAX_REQUEST} bytes")
         try:
             request = json.loads(data)
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
             raise ValueError("not one JSON line") from None
         if not isinstance(request, dict) or not isinstance(request.get("op"), str):
             raise ValueError('expected {"op": "…", …}')

@@ -29,6 +29,7 @@ from modelcar.cache_daemon.pull import (
     PullResult,
     PullStopped,
     pinned,
+    unexpected,
 )
 from modelcar.cache_daemon.scrub import scrub, verify_models
 from modelcar.contract import wire as wire
@@ -135,7 +136,11 @@ class Daemon:
 
     def run(self, once: bool = False) -> None:
         while not self._stop.is_set():
-            self.run_once()
+            try:
+                self.run_once()
+            except Exception as e:  # one bad pass is logged and counted; the loop goes on
+                log.error("the pass failed: %s", unexpected(e, self.options.node).one_line())
+                self.metrics.failed(e)
             if once:
                 return
             self._stop.wait(self.options.interval)
@@ -175,7 +180,10 @@ class Daemon:
         for w in self.wanted:
             if self._stop.is_set():
                 return
-            self._ensure(w)
+            try:
+                self._ensure(w)
+            except Exception as e:  # never one model's error for the others: recorded, counted
+                self._crashed(w, e)
         for digest in self.evictor.collect():
             self._event("evicted", digest=digest)
         self._scrub_one()
@@ -215,6 +223,15 @@ class Daemon:
         self._warm(w)
         self.report()
 
+    def _crashed(self, w: Wanted, e: Exception) -> None:
+        err = unexpected(e, w.image)
+        self.metrics.failed(err)
+        try:
+            self.cache.db.set(w.digest, image=w.image, state="failed", error=err.one_line())
+        except Exception as db_error:  # e.g. the disk is full
+            log.warning("could not record the failure: %s", db_error)
+        self._event("failed", digest=w.digest, model=w.label, error=err.one_line())
+
     def _pull(
         self,
         image: str,
@@ -229,8 +246,9 @@ class Daemon:
                 raise ControlError("the daemon is pulling this model already", subject=image)
             self._pulling[digest] = _Pulling(image, label, time.monotonic())
 
-        def verified(store: ImageStore, model: ModelImage | ForeignImage) -> None:
-            files = model.index if isinstance(model, ModelImage) else FileIndex(files=[])
+        def verified(
+            store: ImageStore, model: ModelImage | ForeignImage, files: FileIndex | None
+        ) -> None:
             for note in policy.check(rules, store, ref, digest, lambda: files):
                 log.warning("%s: %s", image, note)  # a policy that only reports
                 self._event("unverified", digest=digest, model=label, error=note)

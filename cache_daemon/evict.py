@@ -52,8 +52,8 @@ class Evictor:
         self.on_evict = on_evict
 
     def used(self) -> int:
-        """Bytes held by published models and pulls in progress."""
-        return sum(
+        """Bytes held by published models, pulls in progress and quarantine."""
+        return self.cache.quarantined_bytes() + sum(
             r.size for r in self.cache.db.all() if r.state in ("ready", "pulling", "pending")
             and (r.state != "ready" or self.cache.is_published(r.digest))
         )  # fmt: skip
@@ -82,6 +82,9 @@ class Evictor:
         limit = self.budget.limit(self.cache, used)
         if used + need <= limit * self.budget.high:
             return
+        if self.cache.drop_quarantined(keep=0):  # kept for inspection, but not over models
+            log.info("dropped quarantined models to make room for %s", digest[:19])
+            return self.make_room(digest, need)
         target = limit * self.budget.low
         for victim, size in self.candidates(keep):
             if used + need <= target:

@@ -31,6 +31,7 @@ from modelcar.errors import (
     DiskFull,
     ImageFormatError,
     ModelcarError,
+    SignatureError,
     UnsafeArchive,
     UsageError,
 )
@@ -52,8 +53,24 @@ class PullStopped(ModelcarError):
     """The daemon is stopping: the pull ends where it is, its journal kept to resume."""
 
 
-#: A check of an image before its layers are pulled; raises to refuse it.
-Check = Callable[[ImageStore, ModelImage | ForeignImage], None]
+class PullCrashed(ModelcarError):
+    """An error no check foresaw (a bug, or a decoder's error not yet converted): the
+    model fails with it, what was staged is dropped, and the daemon goes on."""
+
+    default_hint = "a bug in modelcar-cache: please report it with the daemon's log"
+
+
+def unexpected(e: BaseException, subject: str) -> PullCrashed:
+    """``e`` as one line, its traceback in the log (debug) for the report."""
+    log.debug("unexpected error pulling %s", subject, exc_info=e)
+    text = " ".join(str(e).split())[:200]
+    return PullCrashed(f"unexpected {type(e).__name__} ({text})", subject=subject)
+
+
+#: A check of an image before its layers are pulled, given its file index (None for a
+#: foreign image, whose index is known once unpacked: then it runs again with it,
+#: before the model is published); raises to refuse it.
+Check = Callable[[ImageStore, ModelImage | ForeignImage, FileIndex | None], None]
 
 
 class PullOptions(BaseModel):
@@ -112,6 +129,28 @@ class _Progress:
                 self._last = now
         if report and self.on_change:
             self.on_change(self.done, self.total)
+
+
+class _Reservation:
+    """What a pull holds against the budget. A compressed layer's files take more than
+    its bytes: as they outgrow the reservation it grows (by a quarter at least), and
+    each growth makes room first, so a small layer cannot fill the disk."""
+
+    def __init__(self, puller: Puller, digest: str, reserved: int, written: int = 0):
+        self.puller, self.digest = puller, digest
+        self.reserved, self.written = reserved, written
+        self._lock = threading.Lock()
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self.written += n
+            if self.written <= self.reserved:
+                return
+            grown = max(self.written, self.reserved + self.reserved // 4)
+            if self.puller.make_room:
+                self.puller.make_room(self.digest, grown)
+            self.puller.cache.db.set(self.digest, size=grown)
+            self.reserved = grown
 
 
 def pinned(image: str):
@@ -273,18 +312,22 @@ class Puller:
             # an image is immutable: a wave's next try reuses the one read by the last
             model = self._waiting.pop(digest, None) or self._load([s.store for s in every], ref)
             if check is not None:
-                check(every[-1].store, model)
+                index0 = model.index if isinstance(model, ModelImage) else None
+                check(every[-1].store, model, index0)
             if self.make_room:
                 self.make_room(digest, model.size)
-        except ModelcarError as e:  # nothing staged yet: record why, for ls and the API
-            db.set(digest, image=image, state="failed", error=e.one_line())
-            raise
+        except Exception as e:  # nothing staged yet: record why, for ls and the API
+            err = e if isinstance(e, ModelcarError) else unexpected(e, image)
+            db.set(digest, image=image, state="failed", error=err.one_line())
+            raise err from None
         db.set(digest, image=image, state="pulling", size=model.size, bytes_done=0, error=None)
         try:
             if isinstance(model, ForeignImage):
                 log.info("pull %s: %s, %d layers, %d bytes", image,
                          FORMAT_NAMES[model.format], len(model.parts), model.size)  # fmt: skip
                 progress, index = self._pull_foreign(digest, model, sources)
+                if check is not None:  # what needs the files (a model-signing bundle)
+                    check(every[-1].store, model, index)
             else:
                 log.info("pull %s: %d files, %d bytes", image, len(model.files), model.size)
                 progress, index = self._pull_layers(digest, model, sources), model.index
@@ -298,6 +341,10 @@ class Puller:
                 self._waiting[digest] = model  # the caller waits for a peer or a lease
                 raise
             err = self._as_error(e, digest)
+            self._failed(digest, err)
+            raise err from None
+        except Exception as e:  # never a crash: the model fails, the caller goes on
+            err = unexpected(e, image)
             self._failed(digest, err)
             raise err from None
         seconds = time.monotonic() - started
@@ -476,6 +523,8 @@ class Puller:
         progress.add(sum(p.layer.size for p, k in zip(model.parts, keys, strict=True)
                          if k in results))  # fmt: skip
         claimed = {path: key for key, done in results.items() for path in done.files}
+        written = sum(size for done in results.values() for size, _ in done.files.values())
+        reservation = _Reservation(self, digest, model.size, written)
         lock = threading.Lock()
 
         def claim(key: str) -> Callable[[str], None] | None:
@@ -494,7 +543,9 @@ class Puller:
         def one(part: Part, key: str) -> None:
             results[key] = self._dropping(
                 sources, progress,
-                lambda usable: self._unpack(staging, part, usable, progress, claim(key)),
+                lambda usable: self._unpack(
+                    staging, part, usable, progress, claim(key), reservation.add
+                ),
             )  # fmt: skip
             tmp = jdir / f"{key}.json.tmp"
             tmp.write_text(json.dumps(results[key].to_json()))
@@ -526,6 +577,7 @@ class Puller:
         sources: list[Source],
         progress: _Progress,
         claim: Callable[[str], None] | None,
+        on_bytes: Callable[[int], None] | None = None,
     ) -> Unpacked:
         resume = 0
         if part.raw_path is not None:  # a raw layer is its file: go on from its size
@@ -538,7 +590,9 @@ class Puller:
         progress.add(resumed=resume)
         counted = _Counted(blob, progress, self.stop)
         try:
-            return unpack_layer(counted, part, staging, claim=claim, resume=resume)
+            return unpack_layer(
+                counted, part, staging, claim=claim, resume=resume, on_bytes=on_bytes
+            )
         except (DigestMismatch, ImageFormatError) as e:
             if self.metrics:
                 self.metrics.verify_failed()
@@ -579,7 +633,9 @@ class Puller:
             jdir.rmdir()
 
     def _failed(self, digest: str, e: ModelcarError) -> None:
-        resumable = not isinstance(e, DigestMismatch | ImageFormatError | DiskFull)
+        resumable = not isinstance(
+            e, DigestMismatch | ImageFormatError | DiskFull | PullCrashed | SignatureError
+        )
         if not resumable:
             self.cache.remove_staging(digest)
             self.drop_journals(digest)

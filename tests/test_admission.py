@@ -304,3 +304,192 @@ def test_the_webhooks_are_fuzzed_like_the_rest(case, hook):
     assert r.status_code in (200, 400, 405, 413), r.text  # 405: the methods other than POST
     if r.status_code == 200:
         assert r.json()["kind"] == "AdmissionReview"
+
+
+# --- hostile objects: linear time, every storage field, bounded bodies, no 500 ----------
+
+
+def _storage_paths() -> list[tuple[str, ...]]:
+    """Every storageUri / storageUris field of KServe's CRD (the vendored schema is the
+    list: predictor, transformer, explainer and its art, each canary's predictor)."""
+    found: list[tuple[str, ...]] = []
+
+    def walk(node: dict, path: tuple[str, ...]) -> None:
+        for key, sub in (node.get("properties") or {}).items():
+            if key in ("storageUri", "storageUris"):
+                found.append((*path, key))
+            walk(sub, (*path, key))
+        if isinstance(node.get("items"), dict):
+            walk(node["items"], (*path, "[]"))
+
+    walk(_crd_schema(), ())
+    return found
+
+
+def _with_uri_at(path: tuple[str, ...], uri: str) -> dict:
+    obj: dict = {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
+                 "metadata": {"name": "every", "namespace": "team"}}  # fmt: skip
+    node = obj
+    for i, key in enumerate(path[:-1]):
+        if key == "[]":
+            continue
+        nxt: dict = {}
+        node[key] = [nxt] if path[i + 1] == "[]" else nxt
+        node = nxt
+    if path[-1] == "storageUris":
+        node["storageUris"] = [{"uri": uri}]
+    else:
+        node["storageUri"] = uri
+    return obj
+
+
+def test_every_storage_field_of_the_crd_is_pinned_and_validated(hook):
+    paths = _storage_paths()
+    assert len(paths) >= 20  # predictor, transformer, explainer, canaries: all of them
+    for path in paths:
+        where = ".".join(path)
+        obj = _with_uri_at(path, "model://bert@prod")
+        out = _patched(obj, hook.review("/mutate", ISVC, obj))  # the patch applies
+        assert f"oci://{REPO}@{_digest(1)}" in json.dumps(out), where
+        assert "model://" not in json.dumps(out["spec"]), where
+        for bad in ("oci://r.example/x:latest", "model://bert@prod"):
+            refused = hook.review("/validate", ISVC, _with_uri_at(path, bad))
+            assert not refused["allowed"], (where, bad)
+            assert "not pinned by digest" in refused["status"]["message"], where
+
+
+def test_many_references_take_one_affinity_term_per_digest_and_a_cap(hook):
+    def pod(n: int, name: str) -> dict:
+        refs = [f"model://bert:{1 + i % 2}" for i in range(n)]
+        return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+                "spec": {"containers": [{"name": "c", "image": "busybox"}],
+                         "volumes": [{"name": f"m{i}", "image": {"reference": r}}
+                                     for i, r in enumerate(refs)]}}  # fmt: skip
+
+    out = _patched(pod(256, "many"), hook.review("/mutate", POD, pod(256, "many")))
+    preferred = out["spec"]["affinity"]["nodeAffinity"][
+        "preferredDuringSchedulingIgnoredDuringExecution"]  # fmt: skip
+    assert len(preferred) == 2  # two distinct digests, not 256 terms
+    assert {v["image"]["reference"] for v in out["spec"]["volumes"]} == {
+        f"{REPO}@{_digest(1)}", f"{REPO}@{_digest(2)}"}  # fmt: skip
+    denied = hook.review("/mutate", POD, pod(2000, "too-many"))
+    assert not denied["allowed"]
+    assert "2000 model:// references in one object, over the limit of 256" in (
+        denied["status"]["message"])  # fmt: skip
+
+
+def _tls_socket(hook):
+    import socket
+
+    ctx = _tls(hook.server_ca, hook.client_cert, hook.client_key)
+    raw = socket.create_connection(("127.0.0.1", hook.hook_port), timeout=60)
+    return ctx.wrap_socket(raw, server_hostname="127.0.0.1")
+
+
+def test_a_body_over_the_cap_is_refused_on_its_length_and_slow_clients_are_cut(hook):
+    with _tls_socket(hook) as s:  # announces 1 GB, sends nothing: refused at once
+        s.sendall(b"POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: 1000000000\r\n\r\n")  # fmt: skip
+        assert s.recv(100).startswith(b"HTTP/1.1 413")
+    r = hook.client.post(f"{hook.hook}/mutate", content=(b"x" for _ in range(1)),  # chunked
+                         headers={"Content-Type": "application/json"})  # fmt: skip
+    assert r.status_code == 400
+    with _tls_socket(hook) as s:  # half a request head, then silence: the server hangs up
+        s.sendall(b"POST /mutate HTTP/1.1\r\nHost: x\r\n")
+        started = time.monotonic()
+        assert s.recv(100) == b""  # closed (the socket's own timeout is 60 s)
+        assert time.monotonic() - started < 59
+    with _tls_socket(hook) as s:  # a head, then a body that never comes
+        s.sendall(b"POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+        assert s.recv(100).startswith(b"HTTP/1.1 408")
+
+
+def _raw_review(hook, path: str, kind: dict, obj, operation: str = "CREATE",
+                old=None) -> dict:  # fmt: skip
+    request = {"uid": str(uuid.uuid4()), "kind": kind, "namespace": "team",
+               "operation": operation, "object": obj, "oldObject": old}  # fmt: skip
+    body = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request}
+    r = hook.client.post(f"{hook.hook}{path}", json=body)
+    assert r.status_code == 200, r.text
+    return r.json()["response"]
+
+
+def test_malformed_objects_are_denied_or_patched_never_a_500(hook):
+    volume = {"name": "m", "image": {"reference": "model://bert@prod"}}
+    base = {"spec": {"containers": [{"name": "c", "image": "busybox"}], "volumes": [volume]}}
+    for metadata in (None, {"annotations": None}, {"annotations": ["a"]}, {"name": "p"}):
+        pod = {**copy.deepcopy(base), "metadata": metadata}
+        answer = _raw_review(hook, "/mutate", POD, pod)
+        out = _patched(pod, answer)  # the patch applies, whatever metadata was
+        assert out["metadata"]["annotations"]["modelcar.dev/digest"] == _digest(1)
+    for spec_patch in ({"affinity": "near"}, {"affinity": {"nodeAffinity": "x"}}):
+        pod = {"metadata": {"name": "p"}, "spec": {**copy.deepcopy(base["spec"]), **spec_patch}}
+        out = _patched(pod, _raw_review(hook, "/mutate", POD, pod))
+        assert out["spec"]["affinity"]["nodeAffinity"][
+            "preferredDuringSchedulingIgnoredDuringExecution"
+        ]
+    hostpath = {"modelcar.dev/mode": "hostpath"}
+    for predictor in ({"volumes": "v", "model": {"storageUri": "model://bert@prod"}},
+                      {"model": {"storageUri": "model://bert@prod", "volumeMounts": "x"}},
+                      {"model": {"storageUri": "model://bert@prod"}, "affinity": {
+                          "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": 7}}}):  # fmt: skip
+        obj = {"metadata": {"name": "m", "annotations": hostpath}, "spec": {"predictor": predictor}}
+        answer = _raw_review(hook, "/mutate", ISVC, obj)
+        assert not answer["allowed"] and "not" in answer["status"]["message"], predictor
+    for obj in (
+        {"metadata": None, "spec": {"predictor": "p"}},
+        {"spec": {"volumes": "v"}},
+        {"spec": []},
+        {"metadata": [], "spec": {"volumes": [None, 3, {"image": 4}]}},
+    ):
+        for path in ("/mutate", "/validate", "/record"):
+            _raw_review(hook, path, POD, obj)  # answered (200), whatever it says
+            _raw_review(hook, path, ISVC, obj)
+    _raw_review(hook, "/mutate", POD, None, "DELETE", {"metadata": None})
+
+
+def _users(hook, version: int = 2) -> set[tuple[str, str]]:
+    got = hook.api.get(f"/v1/models/bert/versions/{version}/usage").json()
+    return {(u["name"], u["uid"]) for u in got}
+
+
+def test_usage_converges_on_what_runs(hook):
+    pinned = f"{REPO}@{_digest(2)}"
+    pod = {"metadata": {"generateName": "web-"},
+           "spec": {"containers": [], "volumes": [{"name": "m",
+                                                   "image": {"reference": "model://bert:2"}}]}}  # fmt: skip
+    out = _patched(pod, _raw_review(hook, "/mutate", POD, pod))  # provisional: no uid yet
+    assert ("web-", "") in _users(hook)
+    # the apiserver names it and gives it a uid; the validating review confirms it
+    out["metadata"].update({"name": "web-x1", "uid": "u-1"})
+    assert _raw_review(hook, "/record", POD, out)["allowed"]
+    assert _users(hook) >= {("web-x1", "u-1")} and ("web-", "") not in _users(hook)
+    # its deletion is seen: the pod carries the annotations the template got
+    assert _raw_review(hook, "/mutate", POD, None, "DELETE", out)["allowed"]
+    assert ("web-x1", "u-1") not in _users(hook)
+    # mutate, then denied by validate: the provisional record goes
+    unknown = {"metadata": {"name": "den"},
+               "spec": {"containers": [], "volumes": [
+                   {"name": "m", "image": {"reference": "model://bert:2"}},
+                   {"name": "t", "image": {"reference": "r.example/x:latest"}}]}}  # fmt: skip
+    _raw_review(hook, "/mutate", POD, unknown)
+    assert ("den", "") in _users(hook)
+    assert not _raw_review(hook, "/validate", POD, unknown)["allowed"]
+    assert ("den", "") not in _users(hook)
+    # an UPDATE that drops the reference forgets the object
+    kept = {"metadata": {"name": "upd", "uid": "u-2"},
+            "spec": {"containers": [], "volumes": [{"name": "m", "image": {"reference": pinned}}]}}  # fmt: skip
+    _raw_review(hook, "/record", POD, kept)
+    assert ("upd", "u-2") in _users(hook)
+    dropped = {"metadata": {"name": "upd", "uid": "u-2"}, "spec": {"containers": [], "volumes": []}}
+    _raw_review(hook, "/record", POD, dropped, "UPDATE", kept)
+    assert ("upd", "u-2") not in _users(hook)
+    # a provisional record nobody confirms expires (here: made old in the database)
+    import sqlite3
+
+    ghost = {"metadata": {"name": "ghost"}, "spec": pod["spec"]}
+    _raw_review(hook, "/mutate", POD, ghost)
+    assert ("ghost", "") in _users(hook)
+    with sqlite3.connect(hook.db.removeprefix("sqlite:///")) as conn:
+        conn.execute("UPDATE workloads SET updated = '2000-01-01 00:00:00.000000' WHERE uid = ''")
+    assert ("ghost", "") not in _users(hook)

@@ -46,10 +46,13 @@ def test_lint_is_clean():
     assert [m for m in report["messages"] if m["severity"] >= 2] == []
 
 
-WEBHOOK = {"api": {"webhook": {"enabled": True}}}
+APISERVER = {"networkPolicy": {"webhookFrom": [{"ipBlock": {"cidr": "10.0.0.0/24"}}]}}
+WEBHOOK = {"api": {"webhook": {"enabled": True, "clientCA": {"configMap": "apiserver-ca"}}},
+           **APISERVER}  # fmt: skip
 WEBHOOK_OWN_CERT = {"api": {"webhook": {
     "enabled": True, "certManager": {"enabled": False}, "existingSecret": "hook-tls",
-    "caBundle": "LS0tLS1CRUdJTg==", "clientCA": {"configMap": "apiserver-ca"}}}}  # fmt: skip
+    "caBundle": "LS0tLS1CRUdJTg==", "clientCA": {"configMap": "apiserver-ca"}}},
+    **APISERVER}  # fmt: skip
 
 
 @pytest.mark.parametrize("values", [{}, PRODUCTION, WEBHOOK, WEBHOOK_OWN_CERT],
@@ -438,7 +441,16 @@ def test_a_registry_ca_configmap_is_mounted_and_trusted():
 def test_the_webhook_configurations_are_safe_by_default():
     kinds = by_kind(render(WEBHOOK))
     (mutating,) = kinds["MutatingWebhookConfiguration"][0]["webhooks"]
-    (validating,) = kinds["ValidatingWebhookConfiguration"][0]["webhooks"]
+    validating, recording = kinds["ValidatingWebhookConfiguration"][0]["webhooks"]
+    assert recording["clientConfig"]["service"]["path"] == "/record"
+    assert recording["failurePolicy"] == "Ignore"  # it only records: never blocks an object
+    assert {e["key"] for e in recording["namespaceSelector"]["matchExpressions"]} == {
+        "kubernetes.io/metadata.name"
+    }  # every namespace, not only the validated ones
+    # the port answers the apiserver only: its client certificate, and a NetworkPolicy
+    (policy,) = [p for p in kinds["NetworkPolicy"] if p["metadata"]["name"].endswith("-webhook")]
+    hook_rule = next(r for r in policy["spec"]["ingress"] if r["ports"][0]["port"] == 8443)
+    assert hook_rule["from"] == [{"ipBlock": {"cidr": "10.0.0.0/24"}}]
     for hook, path in ((mutating, "/mutate"), (validating, "/validate")):
         assert hook["sideEffects"] == "NoneOnDryRun" and hook["timeoutSeconds"] <= 5
         assert hook["failurePolicy"] == "Fail" and hook["admissionReviewVersions"] == ["v1"]
@@ -469,7 +481,12 @@ def test_the_webhook_configurations_are_safe_by_default():
     "values, needle",
     [({"api": {"webhook": {"enabled": True, "timeoutSeconds": 10}}}, "timeoutSeconds"),
      ({"api": {"webhook": {"enabled": True, "certManager": {"enabled": False},
-                           "existingSecret": "s"}}}, "caBundle")],
+                           "existingSecret": "s", "allowAnyClient": True}}, **APISERVER},
+      "caBundle"),
+     # secure by default: no client CA, or no peers for the webhook port, is refused
+     ({"api": {"webhook": {"enabled": True}}, **APISERVER}, "clientCA.configMap"),
+     ({"api": {"webhook": {"enabled": True, "clientCA": {"configMap": "ca"}}}},
+      "networkPolicy.webhookFrom")],
 )  # fmt: skip
 def test_webhook_values_that_cannot_work_are_refused(values, needle):
     with pytest.raises(Exception, match=needle):
@@ -499,6 +516,13 @@ def test_only_objects_that_name_a_model_reach_the_mutating_webhook():
     assert _matches(isvc("sklearn", "model://bert:3"))
     assert _matches({"spec": {"predictor": {"storageUris": [{"uri": "model://bert@prod"}]}}})
     assert _matches(volume) and _matches(template)
+    # every storage field of the CRD: transformer, explainer (and its art), canaries
+    uri = "model://bert@prod"
+    assert _matches({"spec": {"transformer": {"storageUris": [{"uri": uri}]}}})
+    assert _matches({"spec": {"explainer": {"storageUris": [{"uri": uri}]}}})
+    assert _matches({"spec": {"explainer": {"art": {"storageUri": uri}}}})
+    assert _matches({"spec": {"canary": [{"predictor": {"onnx": {"storageUri": uri}}}]}})
+    assert not _matches({"spec": {"canary": [{"predictor": {"onnx": {"storageUri": "s3://x"}}}]}})
     assert not _matches(isvc("model", "oci://r.example/bert@sha256:" + "a" * 64))
     assert not _matches({"spec": {"containers": [{"name": "c", "image": "model://x"}]}})
     pinned = {"metadata": {"annotations": {"modelcar.dev/digest": "sha256:" + "a" * 64}}}

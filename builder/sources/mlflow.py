@@ -173,7 +173,7 @@ class ArtifactProxyTree:
             raise SourceError(f"MLflow artifact listing answered HTTP {status}", subject=path)
         try:
             return json.loads(body).get("files", [])
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             raise SourceError("MLflow artifact listing is not JSON", subject=path) from None
 
     def files(self) -> list[SourceFile]:

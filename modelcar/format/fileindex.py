@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from modelcar.errors import ImageFormatError
 from modelcar.format import keys as mt
+from modelcar.format.paths import path_problem, shown
 from modelcar.oci.digest import Digest, sha256_bytes
 from modelcar.oci.manifest import JsonModel, first_error
 
@@ -26,11 +27,34 @@ class FileEntry(JsonModel):
     mode: int = 0o644
     layer: Digest
 
+    @field_validator("path")
+    @classmethod
+    def _model_path(cls, path: str) -> str:
+        """Every path passes the one model-path rule (no ``/etc/hostname``, no ``..``)."""
+        if (problem := path_problem(path)) is not None:
+            raise ValueError(f"{problem}: {shown(path)}")
+        return path
+
 
 class FileIndex(JsonModel):
     model_config = ConfigDict(extra="forbid")
     version: int = 1
     files: list[FileEntry]
+
+    @model_validator(mode="after")
+    def _one_entry_per_path(self) -> FileIndex:
+        """No path twice, and no file where another entry needs a directory."""
+        paths: set[str] = set()
+        for f in self.files:
+            if f.path in paths:
+                raise ValueError(f"the same path twice: {shown(f.path)}")
+            paths.add(f.path)
+        for f in self.files:
+            parts = f.path.split("/")
+            for i in range(1, len(parts)):
+                if (parent := "/".join(parts[:i])) in paths:
+                    raise ValueError(f"a file where a directory must be: {shown(parent)}")
+        return self
 
     def digest(self) -> str:
         return sha256_bytes(self.canonical())

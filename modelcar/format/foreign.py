@@ -22,7 +22,7 @@ from modelcar.format.paths import path_problem, shown
 from modelcar.oci import mediatypes as mt
 from modelcar.oci.digest import sha256_bytes
 from modelcar.oci.manifest import Descriptor, Manifest, parse_index, parse_manifest
-from modelcar.oci.platform import host_platform, is_runnable, same_platform
+from modelcar.oci.platform import host_platform, platform_images, same_platform
 from modelcar.oci.reference import Ref
 from modelcar.oci.store import ImageStore
 
@@ -185,7 +185,7 @@ def load_foreign(store: ImageStore, ref: Ref) -> ForeignImage:
                              subject=str(ref))  # fmt: skip
     data = fetched.data
     if fetched.media_type in mt.INDEX_TYPES:
-        children = [d for d in parse_index(data).manifests if is_runnable(d.platform)]
+        children = platform_images(parse_index(data).manifests, str(ref))
         host = host_platform()
         chosen = next((d for d in children if same_platform(d.platform, host)), None)  # type: ignore[arg-type]  # is_runnable: not None
         if chosen is None:

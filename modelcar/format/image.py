@@ -23,7 +23,7 @@ from modelcar.oci.manifest import (
     parse_index,
     parse_manifest,
 )
-from modelcar.oci.platform import host_platform, is_runnable, platform_str, same_platform
+from modelcar.oci.platform import host_platform, platform_images, platform_str, same_platform
 from modelcar.oci.reference import Ref
 from modelcar.oci.store import ImageStore
 
@@ -74,7 +74,7 @@ def load_model_image(store: ImageStore, ref: Ref) -> ModelImage:
 
 
 def _load_index(store: ImageStore, ref: Ref, data: bytes, digest: str) -> ModelImage:
-    children = [d for d in parse_index(data).manifests if is_runnable(d.platform)]
+    children = platform_images(parse_index(data).manifests, str(ref))
     if not children:
         raise ImageFormatError("image index lists no platform images", subject=str(ref))
     if len(children) > MAX_PLATFORMS:

@@ -13,7 +13,7 @@ import hashlib
 from collections.abc import Callable
 from typing import Protocol
 
-from modelcar.errors import DigestMismatch, UnsafeArchive
+from modelcar.errors import DigestMismatch, ImageFormatError, UnsafeArchive
 from modelcar.format import keys as mt
 from modelcar.format.fileindex import FileEntry
 from modelcar.format.paths import path_problem, shown
@@ -110,4 +110,9 @@ def read_model_layer(
     hashing.drain()
     if hashing.digest != digest:
         raise DigestMismatch(f"layer digest mismatch (got {hashing.digest})", subject=digest)
+    absent = next((p for p, f in expected.items() if f.layer == digest and p not in seen), None)
+    if absent is not None:
+        raise ImageFormatError(
+            "a file of the file index is not in the layer it names", subject=f"{digest}: {absent}"
+        )
     return seen

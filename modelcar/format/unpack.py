@@ -54,6 +54,45 @@ class Unpacked:
                    set(data["dirs"]), set(data["removed"]), set(data["opaque"]))  # fmt: skip
 
 
+#: A compressed layer may expand to at most this many times its size (and always to
+#: RATIO_FLOOR): model weights compress by 1.0-1.3x, text files by 3-10x; a layer past
+#: this is a decompression bomb, refused before it fills the disk.
+MAX_RATIO = 100
+RATIO_FLOOR = 64 << 20
+#: The largest zstd window a frame may ask for (zstd's own default decoding limit).
+ZSTD_MAX_WINDOW = 1 << 27
+
+
+def expansion_limit(compressed: int) -> int:
+    """The most bytes a compressed layer of ``compressed`` bytes may decompress to."""
+    return max(RATIO_FLOOR, compressed * MAX_RATIO)
+
+
+class _Bounded:
+    """A decompressor's output, counted against a limit; the decoder's own errors
+    (``zlib.error``, ``ZstdError``) become UnsafeArchive here, at the boundary."""
+
+    def __init__(self, inner: Readable, kind: str, limit: int, errors: tuple[type[Exception], ...]):
+        self.inner, self.kind, self.limit, self.errors = inner, kind, limit, errors
+        self.count = 0
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            data = self.inner.read(n)
+        except UnsafeArchive:
+            raise
+        except self.errors as e:
+            raise UnsafeArchive(f"corrupt {self.kind} stream ({e})") from None
+        self.count += len(data)
+        if self.count > self.limit:
+            raise UnsafeArchive(
+                f"{self.kind} layer expands past {self.limit} bytes (over {MAX_RATIO}x its size)",
+                hint="a decompression bomb, or a layer that should not be compressed; "
+                "nothing was published",
+            )
+        return data
+
+
 class _Gunzip:
     """A read()-able gunzip of a stream, across concatenated members."""
 
@@ -84,16 +123,17 @@ class _Gunzip:
         return b""
 
 
-def decompressed(stream: Readable, compression: Compression) -> Readable:
+def decompressed(stream: Readable, compression: Compression, limit: int) -> Readable:
+    """``stream`` decompressed, its output bounded by ``limit`` bytes."""
     if compression == "gzip":
-        return _Gunzip(stream)
+        return _Bounded(_Gunzip(stream), "gzip", limit, (zlib.error,))
     if compression == "zstd":
         import zstandard
 
-        reader = zstandard.ZstdDecompressor().stream_reader(
+        reader = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW).stream_reader(
             cast(Any, stream), read_across_frames=True
         )
-        return cast(Readable, reader)
+        return _Bounded(cast(Readable, reader), "zstd", limit, (zstandard.ZstdError,))
     return stream
 
 
@@ -275,7 +315,7 @@ def unpack_layer(
                     hashing.count += len(block)
         layer.raw(hashing, resume)
     else:
-        inner = decompressed(hashing, part.compression)
+        inner = decompressed(hashing, part.compression, expansion_limit(part.layer.size))
         layer.tar(inner)
         while inner.read(CHUNK):  # the tar's end padding, the compressed stream's tail
             pass

@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from modelcar import decode
 from modelcar.errors import ImageFormatError
 from modelcar.oci import mediatypes as mt
 from modelcar.oci.digest import Digest
@@ -58,13 +59,7 @@ class Index(JsonModel):
 
 
 def load_json(data: bytes, what: str) -> dict[str, Any]:
-    try:
-        obj = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        raise ImageFormatError(f"{what} is not valid JSON") from None
-    if not isinstance(obj, dict):
-        raise ImageFormatError(f"{what} is not a JSON object")
-    return obj
+    return decode.json_object(data, what, ImageFormatError)
 
 
 def parse_manifest(data: bytes) -> Manifest:

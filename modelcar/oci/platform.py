@@ -5,8 +5,8 @@ from __future__ import annotations
 import platform as _platform
 import re
 
-from modelcar.errors import UsageError
-from modelcar.oci.manifest import Platform
+from modelcar.errors import ImageFormatError, UsageError
+from modelcar.oci.manifest import Descriptor, Platform
 
 _SPEC = re.compile(r"([a-z0-9]+)/([a-z0-9_]+)(?:/([a-z0-9]+))?")
 _MACHINES = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
@@ -38,16 +38,33 @@ def host_platform() -> Platform:
     return Platform(os="linux", architecture=host_arch())
 
 
+def _key(p: Platform) -> tuple[str, str, str | None]:
+    variant = None if p.architecture == "arm64" and p.variant in (None, "v8") else p.variant
+    return p.os, p.architecture, variant
+
+
 def same_platform(a: Platform, b: Platform) -> bool:
     """Equal, reading an absent arm64 variant as v8 (the only one)."""
-
-    def norm(p: Platform) -> tuple[str, str, str | None]:
-        variant = None if p.architecture == "arm64" and p.variant in (None, "v8") else p.variant
-        return p.os, p.architecture, variant
-
-    return norm(a) == norm(b)
+    return _key(a) == _key(b)
 
 
 def is_runnable(p: Platform | None) -> bool:
     """A platform image, not an attestation or other artifact (``unknown/unknown``)."""
     return p is not None and p.os != "unknown" and p.architecture != "unknown"
+
+
+def platform_images(manifests: list[Descriptor], subject: str) -> list[Descriptor]:
+    """An index's runnable images; ImageFormatError if two name the same platform (one
+    node would take one and another tool the other: a platform names one image)."""
+    children = [d for d in manifests if is_runnable(d.platform)]
+    seen: set[tuple[str, str, str | None]] = set()
+    for d in children:
+        key = _key(d.platform)  # type: ignore[arg-type]  # is_runnable: not None
+        if key in seen:
+            raise ImageFormatError(
+                f"the image index lists {platform_str(d.platform)} twice",  # type: ignore[arg-type]
+                subject=subject,
+                hint="an index names one image per platform",
+            )
+        seen.add(key)
+    return children

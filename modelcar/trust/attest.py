@@ -11,12 +11,12 @@ is refused outright, while a valid envelope by a key not asked for is passed ove
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from modelcar import decode
 from modelcar.errors import ModelcarError, NotFound, SignatureError, UnknownSigner
 from modelcar.format.fileindex import FileIndex
 from modelcar.oci import referrers
@@ -125,10 +125,7 @@ def _envelope(store: ImageStore, described: Descriptor, digest: str, what: str) 
     except NotFound:
         raise SignatureError(f"a referrer names a missing blob ({layer.digest})",
                              subject=what) from None  # fmt: skip
-    try:
-        return json.loads(data)
-    except ValueError:
-        raise SignatureError("an attestation that is not JSON", subject=what) from None
+    return decode.json(data, "an attestation", SignatureError, subject=what)
 
 
 def verify(
@@ -136,14 +133,20 @@ def verify(
     ref: Ref,
     digest: str,
     public_keys: list[ec.EllipticCurvePublicKey],
-    index: FileIndex,
+    index: FileIndex | None,
     source_prefix: str | None = None,
 ) -> Attested:
     """Check the image's attestations by ``public_keys``; with ``source_prefix``, one
     verified provenance must name a source under it."""
     what = f"{ref.name}@{digest}"
     found = Attested()
-    for described in referrers.referrers(store, digest):
+    try:
+        attached = referrers.referrers(store, digest)
+    except ModelcarError as e:
+        raise SignatureError(f"the attestations cannot be listed ({e.message})",
+                             subject=what) from None  # fmt: skip
+    sources: list[str] = []
+    for described in attached:
         if described.artifactType not in KINDS:
             continue
         document = _envelope(store, described, digest, what)
@@ -161,11 +164,14 @@ def verify(
                 raise SignatureError(
                     f"an attestation whose subject is another image ({other})", subject=what
                 )
-            found.provenance_source = provenance.source_of(claims)
+            sources.append(provenance.source_of(claims))
+            found.provenance_source = sources[-1]
             found.provenance_key = signer
             found.builder = str(claims["predicate"].get("runDetails", {})
                                 .get("builder", {}).get("id", ""))  # fmt: skip
         elif kind == modelsig.PREDICATE_TYPE:
+            if index is None:  # a foreign image's files are known once unpacked
+                continue
             if not modelsig.matches(claims, index):
                 raise SignatureError("a model signature over other files than the image's",
                                      subject=what)  # fmt: skip
@@ -177,12 +183,15 @@ def verify(
                 subject=what,
                 hint="build with --sign-key to attach SLSA provenance",
             )
-        if not found.provenance_source.startswith(source_prefix):
+        # any one trusted provenance under the prefix will do, in whatever order
+        matching = [s for s in sources if provenance.under(s, source_prefix)]
+        if not matching:
             raise SignatureError(
                 f"the provenance names another source ({found.provenance_source}, "
                 f"not under {source_prefix})",
                 subject=what,
             )
+        found.provenance_source = matching[0]
     return found
 
 

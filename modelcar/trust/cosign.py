@@ -12,11 +12,11 @@ payload's bytes. Another signature appends a layer.
 from __future__ import annotations
 
 import base64
-import json
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from modelcar import decode
 from modelcar.errors import ModelcarError, NotFound, SignatureError, UnknownSigner
 from modelcar.oci import mediatypes as mt
 from modelcar.oci.digest import hex_of, sha256_bytes
@@ -119,12 +119,12 @@ def signer(
     naming ``digest``: its key id and the repository the payload names. SignatureError
     (saying why) otherwise."""
     try:
-        critical = json.loads(body)["critical"]
+        critical = decode.json(body, "a signature payload", SignatureError)["critical"]
         named = critical["image"]["docker-manifest-digest"]
         kind = critical["type"]
         who = str(critical["identity"]["docker-reference"])
-        raw = base64.b64decode(signature, validate=True)
-    except (ValueError, KeyError, TypeError):
+        raw = decode.b64(signature, "a signature", SignatureError)
+    except (KeyError, TypeError):
         raise SignatureError("a malformed payload or signature") from None
     if kind != SIGNATURE_KIND or named != digest:
         raise SignatureError(f"a payload for another image ({named})")
@@ -176,7 +176,7 @@ def verify_image(
     for layer in layers:
         try:
             found = _check(store, layer, digest, public_keys)
-        except SignatureError as e:
+        except ModelcarError as e:  # a missing or oversized blob too: try the next layer
             reasons.append(e.message)
             continue
         if found is not None:

@@ -8,11 +8,11 @@ bytes it will parse. Signatures are DER ECDSA P-256 over SHA-256, as cosign's.
 from __future__ import annotations
 
 import base64
-import json
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from modelcar import decode
 from modelcar.errors import SignatureError, UnknownSigner
 from modelcar.oci.manifest import canonical_json
 from modelcar.trust import keys
@@ -55,9 +55,10 @@ def open_envelope(
     """
     try:
         payload_type = envelope["payloadType"]
-        payload = base64.b64decode(envelope["payload"], validate=True)
-        signatures = [base64.b64decode(s["sig"], validate=True) for s in envelope["signatures"]][
-            : MAX_SIGNATURES + 1
+        payload = decode.b64(envelope["payload"], "a DSSE payload", SignatureError, subject)
+        signatures = [
+            decode.b64(s["sig"], "a DSSE signature", SignatureError, subject)
+            for s in envelope["signatures"][: MAX_SIGNATURES + 1]
         ]
     except (KeyError, TypeError, ValueError):
         raise SignatureError("a malformed DSSE envelope", subject=subject) from None
@@ -74,10 +75,7 @@ def open_envelope(
     if signer is None:
         raise UnknownSigner("an attestation signed by another key, or over other bytes",
                              subject=subject)  # fmt: skip
-    try:
-        claims = json.loads(payload)
-    except ValueError:
-        raise SignatureError("an attestation payload that is not JSON", subject=subject) from None
+    claims = decode.json(payload, "an attestation payload", SignatureError, subject)
     if not isinstance(claims, dict) or claims.get("_type") != STATEMENT_V1:
         raise SignatureError("an attestation that is not an in-toto Statement v1",
                              subject=subject)  # fmt: skip

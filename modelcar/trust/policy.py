@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from modelcar.errors import SignatureError, UsageError
+from modelcar.errors import ModelcarError, SignatureError, UsageError
 from modelcar.format.fileindex import FileIndex
 from modelcar.oci.reference import Ref
 from modelcar.oci.store import ImageStore
@@ -42,7 +42,7 @@ def check(
     store: ImageStore,
     ref: Ref,
     digest: str,
-    index: Callable[[], FileIndex],
+    index: Callable[[], FileIndex | None],
 ) -> list[str]:
     """Apply every rule. A required one that fails raises SignatureError ("signature
     required by policy P: why", or "provenance required …" when its signature held and
@@ -56,7 +56,7 @@ def check(
             if rule.source_prefix is not None:
                 what = "provenance"
                 attest.verify(store, ref, digest, public, index(), rule.source_prefix)
-        except SignatureError as e:
+        except ModelcarError as e:  # any error of the check is the check's failure
             line = f"{what} required by policy {rule.policy}: {e.message}"
             if rule.require:
                 raise SignatureError(line, subject=f"{ref.name}@{digest}") from None

@@ -97,6 +97,19 @@ def subject(name: str, digest: str) -> list[dict[str, Any]]:
     return [{"name": name, "digest": {"sha256": hex_of(digest)}}]
 
 
+def under(source: str, prefix: str) -> bool:
+    """Whether ``source`` is ``prefix`` or lies under it, by whole path segments:
+    ``hf://acme`` holds ``hf://acme/m@<commit>``, not ``hf://acme-evil/m``; a prefix that
+    ends in ``/``, ``@`` or ``:`` (``file:``) ends a segment itself."""
+    if (
+        not prefix
+        or source == prefix
+        or (prefix.endswith(("/", "@", ":")) and source.startswith(prefix))
+    ):
+        return True
+    return source.startswith(prefix) and source[len(prefix)] in "/@"
+
+
 def source_of(statement: dict[str, Any]) -> str:
     """The source a provenance statement names (its ``externalParameters.source``)."""
     try:

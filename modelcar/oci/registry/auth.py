@@ -41,6 +41,7 @@ from typing import Any
 
 import httpx
 
+from modelcar import decode
 from modelcar.errors import AuthenticationFailed, RegistryUnreachable, TransientRegistryError
 from modelcar.http.body import MAX_TOKEN_BYTES, read_body
 from modelcar.http.client import new_client
@@ -123,7 +124,7 @@ def _helper(name: str, host: str) -> Credentials | None:
     try:
         payload = json.loads(proc.stdout)
         return Credentials(payload["Username"], payload["Secret"])
-    except (ValueError, KeyError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         raise AuthenticationFailed(
             f"credential helper {binary} gave no usable answer", subject=host
         ) from None
@@ -133,8 +134,8 @@ def find_credentials(host: str, docker_config: str | None = None) -> Credentials
     """Credentials for ``host`` from config files or helpers, or None (anonymous)."""
     try:
         cfg = _load(config_paths(docker_config))
-    except (OSError, ValueError) as e:
-        raise AuthenticationFailed(f"cannot read docker config ({e})") from None
+    except (OSError, ValueError, RecursionError, AttributeError) as e:
+        raise AuthenticationFailed(f"cannot read docker config ({type(e).__name__})") from None
     helper = cfg.get("credHelpers", {}).get(host)
     if helper:
         return _helper(helper, host)
@@ -428,8 +429,5 @@ class RegistryAuth(httpx.Auth):
             raise AuthenticationFailed("token service rejected the credentials", subject=self.host)
         if status != 200:
             raise AuthenticationFailed(f"token service answered HTTP {status}", subject=realm)
-        try:
-            body = json.loads(data)
-        except ValueError:
-            raise AuthenticationFailed("token service gave no token", subject=realm) from None
+        body = decode.json(data, "the token service's answer", AuthenticationFailed, realm)
         return body if isinstance(body, dict) else {}

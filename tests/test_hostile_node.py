@@ -1,0 +1,125 @@
+"""One hostile tag never takes a node down: through a real registry and `modelcar-cache
+run`, a corrupt gzip layer, a config nested 200,000 levels deep, a duplicate-platform index
+and a decompression bomb each fail their own model, in one line, and the daemon pulls the
+good model after them."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import tarfile
+from pathlib import Path
+
+from modelcar.oci import mediatypes as mt
+from modelcar.oci.reference import parse_ref
+from modelcar.oci.store import StoreOptions
+from modelcar.oci.stores import open_store
+from tests.helpers import assert_one_line_error, build, cache_cli, pull, run_cli
+
+MiB = 1 << 20
+
+
+def _sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _tar(files: dict[str, bytes]) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+def _push(registry, repo: str, config: bytes, layer: bytes, media: str) -> str:
+    store = open_store(parse_ref(f"{registry.host}/{repo}:t"), StoreOptions(plain_http=True))
+    for blob in (config, layer):
+        store.put_blob(_sha(blob), len(blob), lambda b=blob: [b])
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": mt.OCI_MANIFEST,
+        "config": {"mediaType": mt.OCI_CONFIG, "digest": _sha(config), "size": len(config)},
+        "layers": [{"mediaType": media, "digest": _sha(layer), "size": len(layer)}],
+    }).encode()  # fmt: skip
+    return f"{registry.host}/{repo}@{store.put_manifest(manifest, mt.OCI_MANIFEST, 't')}"
+
+
+CONFIG = b'{"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers"}}'
+
+
+def _bad_gzip(registry) -> str:
+    good = bytearray(gzip.compress(_tar({"models/a.txt": b"x" * 100_000})))
+    good[40:60] = b"\xff" * 20
+    return _push(registry, "hostile2/gzip", CONFIG, bytes(good), mt.OCI_LAYER_GZIP)
+
+
+def _deep_config(registry) -> str:
+    deep = b'{"a": ' + b"[" * 200_000 + b"]" * 200_000 + b"}"
+    return _push(registry, "hostile2/deep", deep, _tar({"models/a": b"a"}), mt.OCI_LAYER_TAR)
+
+
+def _bomb(registry) -> str:
+    bomb = gzip.compress(_tar({"models/zero.bin": bytes(300 * MiB)}), compresslevel=9)
+    return _push(registry, "hostile2/bomb", CONFIG, bomb, mt.OCI_LAYER_GZIP)
+
+
+def _two_amd64(registry, tmp_path: Path) -> str:
+    refs = []
+    for i in range(2):
+        src = tmp_path / f"twin{i}"
+        src.mkdir()
+        (src / "w.bin").write_bytes(bytes([i]) * 4096)
+        refs.append(build(src, f"{registry.host}/hostile2/twins:v{i}", "--plain-http"))
+    store = open_store(
+        parse_ref(f"{registry.host}/hostile2/twins:i"), StoreOptions(plain_http=True)
+    )
+    children = []
+    for ref in refs:
+        fetched = store.get_manifest(ref.split("@")[1])
+        children.append({"mediaType": mt.OCI_MANIFEST, "digest": fetched.digest,
+                         "size": len(fetched.data),
+                         "platform": {"architecture": "amd64", "os": "linux"}})  # fmt: skip
+    index = json.dumps({"schemaVersion": 2, "mediaType": mt.OCI_INDEX,
+                        "manifests": children}).encode()  # fmt: skip
+    return f"{registry.host}/hostile2/twins@{store.put_manifest(index, mt.OCI_INDEX, 'i')}"
+
+
+def test_hostile_tags_fail_their_own_model_and_the_daemon_goes_on(registry, tmp_path):
+    good_src = tmp_path / "good"
+    good_src.mkdir()
+    (good_src / "weights.bin").write_bytes(b"good" * 50_000)
+    good = build(good_src, f"{registry.host}/hostile2/good", "--plain-http")
+    bad = {
+        "gzip": _bad_gzip(registry),
+        "deep": _deep_config(registry),
+        "bomb": _bomb(registry),
+        "twins": _two_amd64(registry, tmp_path),
+    }
+    config = tmp_path / "models.yaml"
+    config.write_text(json.dumps({"models": [*bad.values(), good]}))
+    cache = tmp_path / "cache"
+    r = cache_cli(
+        "run", "--node", "n1", "--cache-dir", str(cache), "--config", str(config), "--once",
+        "--listen", "", "--plain-http", check=False, timeout=600,
+    )  # fmt: skip
+    assert r.code == 0, r.stderr
+    assert "Traceback" not in r.stderr
+    rows = {row["digest"]: row for row in map(json.loads, cache_cli(
+        "ls", "--cache-dir", str(cache), "--json").stdout.splitlines())}  # fmt: skip
+    assert rows[good.split("@")[1]]["state"] == "ready"
+    expected = {"gzip": "corrupt gzip", "deep": "not valid JSON", "bomb": "expands past",
+                "twins": "linux/amd64 twice"}  # fmt: skip
+    for name, ref in bad.items():
+        row = rows[ref.split("@")[1]]
+        assert row["state"] == "failed", name
+        assert expected[name] in row["error"] and "\n" not in row["error"], (name, row["error"])
+    assert not list((cache / "staging").glob("sha256-*"))  # nothing half-done left behind
+
+    # the same refs by hand: one line each, non-zero; `modelcar verify` refuses the twins
+    r, _ = pull(tmp_path / "one", bad["gzip"], "--plain-http", check=False)
+    assert_one_line_error(r, "corrupt gzip")
+    r = run_cli("verify", bad["twins"], "--plain-http", check=False)
+    assert_one_line_error(r, "linux/amd64 twice")
