@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import Connection, func, select
 from sqlalchemy.orm import Session
 
-from modelcar.api.db.tables import ImageSignature, Policy, TrustedKey, utcnow
+from modelcar.api.db.tables import ImageSignature, Policy, TrustedKey, Version, utcnow
 from modelcar.contract import wire
 from modelcar.errors import (
     Conflict,
@@ -90,22 +90,36 @@ def trusted(s: Session | Connection, key_ids: list[str] | None = None) -> dict[s
 
 
 def add_signature(s: Session, body: wire.SignatureCreate, actor: str) -> None:
+    """Keep a signature of a registered digest by a trusted key, one per key: what no
+    trusted key made, or a digest no version has, is refused, so nobody can fill a
+    digest's slots with signatures that will never count."""
+    if s.scalar(select(Version.id).where(Version.digest == body.digest).limit(1)) is None:
+        raise Missing(
+            "the digest is no registered model version",
+            subject=body.digest,
+            hint="register the version first (POST /v1/models/NAME/versions)",
+        )
     payload = body.payload.encode()
-    try:  # a payload for this digest, whoever signed it: no key is asked for here
-        cosign.signer(payload, body.signature, body.digest, [])
+    public = [_public(pem) for pem in trusted(s).values()]
+    try:
+        key_id, _ = cosign.signer(payload, body.signature, body.digest, public)
     except UnknownSigner:
-        pass
+        raise Conflict(
+            "the signature verifies with no trusted key",
+            subject=body.digest,
+            hint="an admin trusts its public key first (POST /v1/keys)",
+        ) from None
     except SignatureError as e:
         raise InvalidRequest(
             f"not a cosign signature of this digest: {e.message}", subject=body.digest
         ) from None
-    fingerprint = hashlib.sha256(payload + b"\0" + body.signature.encode()).hexdigest()
-    if s.scalar(select(ImageSignature.id).where(ImageSignature.fingerprint == fingerprint)):
-        return
+    if key_id in signed_by(s, [body.digest])[body.digest]:
+        return  # one signature per key and digest is all that counts
     count = s.scalar(select(func.count()).where(ImageSignature.digest == body.digest)) or 0
     if count >= MAX_SIGNATURES_PER_DIGEST:
         raise Conflict(f"the digest has {count} signatures already, the most kept",
                        subject=body.digest)  # fmt: skip
+    fingerprint = hashlib.sha256(payload + b"\0" + body.signature.encode()).hexdigest()
     s.add(ImageSignature(digest=body.digest, fingerprint=fingerprint, payload=body.payload,
                          signature=body.signature, created=utcnow(), created_by=actor))  # fmt: skip
     s.flush()

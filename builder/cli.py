@@ -547,13 +547,11 @@ def sign(
     attest.attach(store, image_ref, attest.subject_of(store, digest), private, image.index, None)
     typer.echo(f"signed with {keys.key_id(private)}", err=True)
     if api:
-        from modelcar.contract.wire import SignatureCreate
+        from modelcar.builder.register import record_signature
 
         with ApiClient(api, token) as client:
-            signed = client.add_signature(SignatureCreate(
-                digest=digest, payload=signature.payload.decode(), signature=signature.signature
-            ))  # fmt: skip
-        trusted = ", ".join(signed.signed_by) or "no trusted key yet"
+            signed_by = record_signature(client, digest, signature)
+        trusted = ", ".join(signed_by) or "no trusted key"
         typer.echo(f"recorded by the API; signed by {trusted}", err=True)
     typer.echo(str(image_ref.pinned(digest)))
 

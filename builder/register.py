@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
+import sys
+
 from modelcar.builder.build import BuildRecord
 from modelcar.contract.client import ApiClient
 from modelcar.contract.modelref import valid_alias, valid_model_name
 from modelcar.contract.wire import SignatureCreate, VersionCreate, VersionOut
-from modelcar.errors import UsageError
+from modelcar.errors import Conflict, UsageError
 from modelcar.oci.reference import Ref
 from modelcar.trust.cosign import Signature
+
+
+def record_signature(client: ApiClient, digest: str, signature: Signature) -> list[str]:
+    """Give the API a signature; the trusted keys that signed the digest. A signature
+    the API will not keep (no trusted key made it) is said on stderr, not an error: the
+    image is signed in the registry all the same."""
+    try:
+        signed = client.add_signature(SignatureCreate(
+            digest=digest, payload=signature.payload.decode(), signature=signature.signature,
+        ))  # fmt: skip
+    except Conflict as e:
+        print(f"warning: the API did not record the signature: {e.one_line()}", file=sys.stderr)
+        return []
+    return signed.signed_by
 
 
 def default_model_name(target: Ref) -> str:
@@ -56,11 +72,8 @@ def register(
     )
     version, created = client.register_version(model, body)
     if signature is not None:  # before the alias moves: it moves to a signed version
-        signed = client.add_signature(SignatureCreate(
-            digest=record.digest, payload=signature.payload.decode(),
-            signature=signature.signature,
-        ))  # fmt: skip
-        version = version.model_copy(update={"signed_by": signed.signed_by})
+        signed_by = record_signature(client, record.digest, signature)
+        version = version.model_copy(update={"signed_by": signed_by})
     if alias:
         client.move_alias(model, alias, version.version, reason or f"build {record.digest[:19]}")
     return version, created

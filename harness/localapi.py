@@ -36,7 +36,7 @@ class LocalApi:
             raise RuntimeError(f"modelcar-api {args[0]} failed: {done.stderr.strip()}")
         return done.stdout.strip()
 
-    def start(self, timeout: float = 60) -> LocalApi:
+    def start(self, timeout: float = 300) -> LocalApi:
         self._cli("db", "upgrade")
         self.token = self._cli("token", "create", "--role", "admin", "--name", "local-admin")
         out = open(self.log, "ab") if self.log else subprocess.DEVNULL
@@ -50,7 +50,7 @@ class LocalApi:
             if self._proc.poll() is not None:
                 raise RuntimeError(f"modelcar-api exited with {self._proc.returncode}")
             try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                if httpx.get(f"{self.url}/readyz", timeout=10).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass

@@ -98,7 +98,7 @@ class LocalRegistry:
             lines += ["auth:", "  token:"] + [f"    {k}: {v}" for k, v in self.token_auth.items()]
         return "\n".join(lines) + "\n"
 
-    def start(self, timeout: float = 15.0) -> LocalRegistry:
+    def start(self, timeout: float = 120.0) -> LocalRegistry:
         binary = find_binary()
         if not binary:
             raise ModelcarError(
@@ -125,7 +125,7 @@ class LocalRegistry:
                     subject=(self.root / "registry.log").read_text()[-300:],
                 )
             try:
-                r = httpx.get(self.url + "/v2/", verify=False, timeout=1.0)
+                r = httpx.get(self.url + "/v2/", verify=False, timeout=10.0)
                 if r.status_code in (200, 401):
                     return self
             except httpx.HTTPError:

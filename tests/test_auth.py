@@ -109,3 +109,61 @@ def test_bearer_token_realm(tmp_path, minilm):
         )
         r = run_cli("inspect", ref, "--plain-http", env={"DOCKER_CONFIG": str(cfg)}, check=False)
         assert_one_line_error(r, "token service rejected the credentials")
+
+
+def test_an_identity_token_is_exchanged_by_the_oauth2_post_never_sent_as_basic(tmp_path, minilm):
+    """`docker login` against an OAuth2 registry keeps an identitytoken: it goes to the
+    token service as a refresh_token grant (POST), never as Basic credentials."""
+    import json
+
+    from harness.tokenserver import token_registry
+
+    with token_registry(tmp_path, "ci", "tok-pass", refresh_token="rt-123") as (reg, tokens):
+        cfg = tmp_path / "docker"
+        cfg.mkdir()
+        (cfg / "config.json").write_text(
+            json.dumps({"auths": {reg.host: {"auth": "", "identitytoken": "rt-123"}}})
+        )
+        target = f"{reg.host}/tok/minilm:v1"
+        ref = run_cli(
+            "build", str(minilm), target, "--plain-http", "-q", env={"DOCKER_CONFIG": str(cfg)}
+        ).last_line
+        assert tokens.posts >= 1 and tokens.refused == 0  # no Basic "<token>:…" was tried
+        out = run_cli("verify", ref, "--plain-http", env={"DOCKER_CONFIG": str(cfg)})
+        assert out.stdout.startswith("ok:")
+        (cfg / "config.json").write_text(
+            json.dumps({"auths": {reg.host: {"identitytoken": "stolen"}}})
+        )
+        r = run_cli("inspect", ref, "--plain-http", env={"DOCKER_CONFIG": str(cfg)}, check=False)
+        assert_one_line_error(r, "token service")
+
+
+def test_credentials_go_only_to_a_realm_the_registry_may_name(tmp_path, minilm):
+    """A registry (here a proxy that answers every request with a challenge) naming a realm on a
+    link-local address, another scheme or with user info: refused, nothing sent there."""
+    import base64
+    import json
+
+    from harness.proxy import QuirkProxy
+    from harness.tokenserver import token_registry
+
+    with token_registry(tmp_path, "ci", "tok-pass") as (reg, tokens):
+        cfg = tmp_path / "docker"
+        cfg.mkdir()
+        auth = base64.b64encode(b"ci:tok-pass").decode()
+        for realm, needle in (("http://169.254.169.254/latest/meta-data", "link-local"),
+                              ("file:///etc/passwd", "no http(s) URL"),
+                              (f"http://x:y@{tokens.realm[7:]}", "user info")):  # fmt: skip
+
+            def challenge(method: str, path: str, n: int, realm: str = realm):
+                return (401, {"WWW-Authenticate": f'Bearer realm="{realm}",service="s"'})
+
+            with QuirkProxy(f"http://{reg.host}", rule=challenge) as proxy:
+                (cfg / "config.json").write_text(
+                    json.dumps({"auths": {proxy.host: {"auth": auth}}})
+                )
+                before = tokens.requests
+                r = run_cli("build", str(minilm), f"{proxy.host}/tok/realm:v1", "--plain-http",
+                            env={"DOCKER_CONFIG": str(cfg)}, check=False)  # fmt: skip
+                assert_one_line_error(r, needle)
+                assert tokens.requests == before

@@ -158,8 +158,8 @@ class TrustedKey(Base):
 
 
 class ImageSignature(Base):
-    """A cosign signature of an image digest, kept whoever signed: it counts for the
-    trusted keys it verifies with, now or once its key is trusted."""
+    """A cosign signature of a registered digest by a trusted key (one per key); it
+    stops counting when its key is no longer trusted."""
 
     __tablename__ = "image_signatures"
 

@@ -26,6 +26,7 @@ Long-lived processes (the node daemon) outlive both tokens and credentials, so
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import os
 import re
@@ -52,10 +53,21 @@ class Credentials:
     username: str
     password: str
 
+    @property
+    def identity_token(self) -> str | None:
+        """The OAuth2 refresh token `docker login` keeps as ``identitytoken``, if that
+        is what these are (then they go to the token service's POST, never as Basic)."""
+        return self.password if self.username == IDENTITY_TOKEN_USER else None
+
     def basic(self) -> str:
         raw = f"{self.username}:{self.password}".encode()
         return "Basic " + base64.b64encode(raw).decode()
 
+
+#: The user name `docker login` leaves blank for an identity token.
+IDENTITY_TOKEN_USER = "<token>"
+#: What we call ourselves to an OAuth2 token service.
+CLIENT_ID = "modelcar"
 
 _Stamp = tuple[tuple[str, int | None, int | None, int | None], ...]
 #: Credentials are re-read at least this often by long-lived processes.
@@ -154,10 +166,49 @@ def find_credentials(host: str, docker_config: str | None = None) -> Credentials
         if entry.get("username"):
             return Credentials(entry["username"], entry.get("password", ""))
         if entry.get("identitytoken"):
-            return Credentials("<token>", entry["identitytoken"])
+            return Credentials(IDENTITY_TOKEN_USER, entry["identitytoken"])
     if cfg.get("credsStore"):
         return _helper(cfg["credsStore"], host)
     return None
+
+
+def _local_kind(host: str) -> str | None:
+    """ "loopback" or "link-local" (a metadata service's range) for such a host."""
+    name = host.strip("[]").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return "loopback"
+    try:
+        ip = ipaddress.ip_address(name)
+    except ValueError:
+        return None
+    if ip.is_loopback or ip.is_unspecified:
+        return "loopback"
+    return "link-local" if ip.is_link_local else None
+
+
+def check_realm(realm: str, registry: httpx.URL) -> httpx.URL:
+    """The token service a 401 names, if credentials may go there: http(s) with no
+    user info; plain http only for a plain-http registry; a loopback or link-local
+    host (a metadata service, a local port) only for a registry on one itself.
+    AuthenticationFailed otherwise: a registry cannot send our credentials anywhere."""
+    try:
+        url = httpx.URL(realm)
+    except (httpx.InvalidURL, TypeError, ValueError):
+        raise AuthenticationFailed("the registry named an invalid token realm",
+                                   subject=realm[:200]) from None  # fmt: skip
+    why = None
+    if url.scheme not in ("https", "http") or not url.host:
+        why = "a token realm that is no http(s) URL"
+    elif url.userinfo:
+        why = "a token realm with user info"
+    elif url.scheme == "http" and registry.scheme == "https":
+        why = "a plain-http token realm for an https registry"
+    elif (kind := _local_kind(url.host)) and kind != _local_kind(registry.host):
+        why = f"a token realm on a {kind} address"
+    if why:
+        raise AuthenticationFailed(f"refused {why}", subject=realm[:200],
+                                   hint="no credentials were sent; check the registry")  # fmt: skip
+    return url
 
 
 _CHALLENGE_RE = re.compile(r'(\w+)="([^"]*)"')
@@ -292,6 +343,7 @@ class RegistryAuth(httpx.Auth):
         self.verify = verify
         self.timeout = timeout
         self._scheme: str | None = None
+        self._registry = httpx.URL(f"https://{host}/")  # the URL that sent the challenge
         self._challenge: dict[str, str] = {}
         self._bearer: dict[str, _Token] = {}
         self._lock = threading.Lock()
@@ -365,6 +417,7 @@ class RegistryAuth(httpx.Auth):
             refused = float("-inf")
             if sent.startswith("Bearer "):  # expired or revoked: renew once
                 refused = self._drop(sent.removeprefix("Bearer "))
+            self._registry = request.url
             self._challenge = params
             self._scheme = "bearer"
             self._fetch_token(params, scope, newer_than=refused)
@@ -412,12 +465,22 @@ class RegistryAuth(httpx.Auth):
         if params.get("service"):
             query.append(("service", params["service"]))
         query += [("scope", s) for s in scope.split()]
+        url = check_realm(realm, self._registry)
         creds = self.credentials.get()
-        headers = {"Authorization": creds.basic()} if creds else {}
+        refresh = creds.identity_token if creds else None
+        method, headers, form = "GET", {}, None
+        if refresh is not None:  # OAuth2: the refresh token is exchanged by POST
+            method = "POST"
+            form = {"grant_type": "refresh_token", "refresh_token": refresh,
+                    "client_id": CLIENT_ID, "access_type": "offline",
+                    "service": params.get("service", ""), "scope": scope}  # fmt: skip
+            query = []
+        elif creds:
+            headers = {"Authorization": creds.basic()}
         try:
             with (
                 new_client(verify=self.verify, timeout=self.timeout) as c,
-                c.stream("GET", realm, params=query, headers=headers) as r,
+                c.stream(method, url, params=query, headers=headers, data=form) as r,
             ):
                 status = r.status_code
                 data = read_body(r, MAX_TOKEN_BYTES, realm) if status == 200 else b""
