@@ -431,8 +431,8 @@ def test_malformed_objects_are_denied_or_patched_never_a_500(hook):
     hostpath = {"modelcar.dev/mode": "hostpath"}
     for predictor in ({"volumes": "v", "model": {"storageUri": "model://bert@prod"}},
                       {"model": {"storageUri": "model://bert@prod", "volumeMounts": "x"}},
-                      {"model": {"storageUri": "model://bert@prod"}, "affinity": {
-                          "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": 7}}}):  # fmt: skip
+                      {"model": {"storageUri": "model://bert@prod"}, "affinity": {"nodeAffinity": {
+                          "requiredDuringSchedulingIgnoredDuringExecution": 7}}}):  # fmt: skip
         obj = {"metadata": {"name": "m", "annotations": hostpath}, "spec": {"predictor": predictor}}
         answer = _raw_review(hook, "/mutate", ISVC, obj)
         assert not answer["allowed"] and "not" in answer["status"]["message"], predictor
@@ -455,9 +455,8 @@ def _users(hook, version: int = 2) -> set[tuple[str, str]]:
 
 def test_usage_converges_on_what_runs(hook):
     pinned = f"{REPO}@{_digest(2)}"
-    pod = {"metadata": {"generateName": "web-"},
-           "spec": {"containers": [], "volumes": [{"name": "m",
-                                                   "image": {"reference": "model://bert:2"}}]}}  # fmt: skip
+    volumes = [{"name": "m", "image": {"reference": "model://bert:2"}}]
+    pod = {"metadata": {"generateName": "web-"}, "spec": {"containers": [], "volumes": volumes}}
     out = _patched(pod, _raw_review(hook, "/mutate", POD, pod))  # provisional: no uid yet
     assert ("web-", "") in _users(hook)
     # the apiserver names it and gives it a uid; the validating review confirms it
@@ -477,8 +476,8 @@ def test_usage_converges_on_what_runs(hook):
     assert not _raw_review(hook, "/validate", POD, unknown)["allowed"]
     assert ("den", "") not in _users(hook)
     # an UPDATE that drops the reference forgets the object
-    kept = {"metadata": {"name": "upd", "uid": "u-2"},
-            "spec": {"containers": [], "volumes": [{"name": "m", "image": {"reference": pinned}}]}}  # fmt: skip
+    image = [{"name": "m", "image": {"reference": pinned}}]
+    kept = {"metadata": {"name": "upd", "uid": "u-2"}, "spec": {"containers": [], "volumes": image}}
     _raw_review(hook, "/record", POD, kept)
     assert ("upd", "u-2") in _users(hook)
     dropped = {"metadata": {"name": "upd", "uid": "u-2"}, "spec": {"containers": [], "volumes": []}}
