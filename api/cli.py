@@ -76,6 +76,22 @@ def serve(
         str | None, typer.Option(help="The cache daemons' cache dir [/var/lib/modelcar].")
     ] = None,
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = True,
+    secure_cookies: Annotated[
+        bool | None,
+        typer.Option(
+            "--secure-cookies/--plain-cookies",
+            help="Mark the web UI's session cookie Secure: set it when the API is reached "
+            "over HTTPS (an ingress that terminates TLS) [plain, unless the request is https].",
+        ),
+    ] = None,
+    forwarded_allow_ips: Annotated[
+        str | None,
+        typer.Option(
+            metavar="IPS",
+            help="Proxies whose X-Forwarded-Proto/-For are believed, comma-separated "
+            "or * [127.0.0.1].",
+        ),
+    ] = None,
     webhook_port: Annotated[
         int | None,
         typer.Option(
@@ -110,6 +126,8 @@ def serve(
         port=port,
         workers=workers,
         open_reads=open_reads,
+        secure_cookies=secure_cookies,
+        forwarded_allow_ips=forwarded_allow_ips,
         stale_after=stale_after,
         cache_root=cache_root,
         webhook_port=webhook_port,
@@ -136,6 +154,8 @@ def serve(
         "log_level": settings.log_level,
         "access_log": access_log,
         "server_header": False,
+        "proxy_headers": True,
+        "forwarded_allow_ips": settings.forwarded_allow_ips,
     }
     if settings.webhook_port:
         from modelcar.api.webhook import serve_webhooks

@@ -13,7 +13,8 @@ from starlette.concurrency import run_in_threadpool
 from modelcar.api.auth import ANONYMOUS, Principal
 from modelcar.api.db.engine import Database
 from modelcar.api.settings import Settings
-from modelcar.api.tokens import authenticate
+from modelcar.api.tokens import SESSION_PREFIX, authenticate
+from modelcar.errors import Unauthorized
 
 READ_METHODS = frozenset({"GET", "HEAD"})
 bearer = HTTPBearer(auto_error=False, description="A modelcar token (mct_…)")
@@ -62,11 +63,14 @@ async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-async def identify(request: Request, secret: str | None) -> Principal:
+async def identify(request: Request, secret: str | None, session: bool = False) -> Principal:
     """Who presents ``secret`` (anonymous without one): checked against the database,
-    through the token cache for reads only (the API's routes and the web UI alike)."""
+    through the token cache for reads only (the API's routes and the web UI alike). A
+    web UI session id counts only where ``session`` (the UI's pages): never as a bearer."""
     if not secret:
         return ANONYMOUS
+    if secret.startswith(SESSION_PREFIX) != session:
+        raise Unauthorized("the bearer token is not valid (unknown or revoked)")
     if request.method not in READ_METHODS:  # writes never trust a cached authorization
         return await run_in_threadpool(_authenticate, request.app.state.db, secret)
     cache: TokenCache = request.app.state.tokens

@@ -31,6 +31,14 @@ class Settings(BaseModel):
     )
     pool_size: int = Field(20, ge=1, le=500, description="Database connections per worker")
     max_body_bytes: int = Field(4 << 20, ge=1024, description="Largest request body accepted")
+    secure_cookies: bool = Field(
+        False, description="Mark the web UI's session cookie Secure (served behind HTTPS)"
+    )
+    forwarded_allow_ips: str = Field(
+        "127.0.0.1",
+        description="Proxies whose X-Forwarded-Proto/For are believed (comma-separated, or *)",
+    )
+    ui_session_hours: float = Field(12.0, gt=0, le=24 * 30, description="A UI sign-in lasts")
     log_level: str = Field("info", pattern="^(critical|error|warning|info|debug)$")
     webhook_port: int | None = Field(
         None, ge=1, le=65535, description="Serve the admission webhooks over TLS on this port"

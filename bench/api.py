@@ -13,6 +13,10 @@ The catalog holds 50 models x 10 versions, an alias each, and 20 nodes reporting
 Admission rows: the mutating webhook (``modelcar-api serve --webhook-port``, TLS) pinning
 an InferenceService's ``model://model-N@prod`` (and recording who runs it), at 1 and 20
 concurrent; goal p99 <= 20 ms at 20 (the apiserver waits at most the webhook's 5 s).
+Then the same small reviews at 1 client while another client sends large ones without
+pause (a Pod with 256 ``model://`` volumes, the cap: the p99 of the small ones beside
+the large), and ``mutate()`` in process on 250 to 4,000 references (the cap lifted): time
+per reference stays flat (linear), where copying the affinity per reference was quadratic.
 
 Web UI rows: each page of ``/ui`` (models, a model, the fleet grid, rollouts) with the
 same catalog and 200 nodes reporting (a tenth of them with a model pulling and one
@@ -181,6 +185,80 @@ def measure_admission(url: str, clients: int, seconds: float, work: Path):
     return _parse_wrk(out)
 
 
+def _large_review(refs: int) -> bytes:
+    import json
+
+    volumes = [{"name": f"m{i}", "image": {"reference": f"model://model-{i % 2}@prod"}}
+               for i in range(refs)]  # fmt: skip
+    return json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                       "request": {"uid": "big", "kind": {"group": "", "version": "v1",
+                                                          "kind": "Pod"},
+                                   "namespace": "team", "name": "big", "operation": "CREATE",
+                                   "object": {"metadata": {"name": "big"},
+                                              "spec": {"containers": [], "volumes": volumes}}}},
+                      ).encode()  # fmt: skip
+
+
+def measure_admission_beside_large(url: str, seconds: float, work: Path):
+    """Small reviews at one client while a thread sends 256-reference reviews."""
+    import threading
+
+    import httpx
+
+    stop, sent = threading.Event(), [0]
+    body = _large_review(256)
+
+    def large() -> None:
+        with httpx.Client(verify=False, timeout=60) as c:
+            while not stop.is_set():
+                r = c.post(f"{url}/mutate", content=body,
+                           headers={"Content-Type": "application/json"})  # fmt: skip
+                assert r.status_code == 200 and r.json()["response"]["allowed"], r.text[:300]
+                sent[0] += 1
+
+    t = threading.Thread(target=large, daemon=True)
+    t.start()
+    try:
+        result = measure_admission(url, 1, seconds, work)
+    finally:
+        stop.set()
+        t.join(timeout=120)
+    return (*result, sent[0] / seconds)
+
+
+def measure_mutate_scaling() -> list[tuple[int, float]]:
+    """``admission.mutate`` on a Pod of N references (two digests), the cap lifted."""
+    import json
+
+    from modelcar.api import admission
+    from modelcar.contract import wire
+
+    def resolve(text: str, mode: str) -> wire.ResolveAnswer:
+        n = text.split("@")[0].rsplit("-", 1)[1]
+        return wire.ResolveAnswer.model_validate({
+            "name": "m", "version": 1, "alias": "prod", "digest": digest(n),
+            "repository": "r.example/m", "image": f"r.example/m@{digest(n)}",
+            "storage_uri": f"oci://r.example/m@{digest(n)}", "host_path": "/var/lib/x",
+            "node_label": f"modelcar.dev/m{n}", "nodes_ready": [], "size": 1, "file_count": 1,
+            "mode": mode, "pod_spec": {"volumes": [], "volumeMounts": [], "affinity": {
+                "nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+                    {"weight": 100, "preference": {"matchExpressions": [
+                        {"key": f"modelcar.dev/m{n}", "operator": "In", "values": ["ready"]}]}}]}}},
+        })  # fmt: skip
+
+    out = []
+    limit, admission.MAX_REFERENCES = admission.MAX_REFERENCES, 10**6
+    try:
+        for refs in (250, 1000, 2000, 4000):
+            obj = json.loads(_large_review(refs))["request"]["object"]
+            started = time.perf_counter()
+            admission.mutate(obj, "Pod", resolve)
+            out.append((refs, (time.perf_counter() - started) * 1000))
+    finally:
+        admission.MAX_REFERENCES = limit
+    return out
+
+
 def _ms(text: str) -> float:
     units = {"us": 0.001, "ms": 1.0, "s": 1000.0}
     for unit in ("us", "ms", "s"):
@@ -224,6 +302,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="per measurement")
     parser.add_argument("--no-postgres", action="store_true")
     parser.add_argument("--no-mlflow", action="store_true")
+    parser.add_argument("--admission-only", action="store_true", help="only the webhook rows")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="modelcar-bench-api-"))
@@ -233,6 +312,7 @@ def main() -> None:
     pg = None
     rows: list[tuple[str, int, float, float, float]] = []
     admission: list[tuple[int, float, float, float]] = []
+    beside: tuple[float, float, float, float] | None = None
     ui: list[tuple[str, float, float, float]] = []
     try:
         if not shutil.which("wrk"):
@@ -241,6 +321,8 @@ def main() -> None:
         targets: list[tuple[str, str, str, str, str]] = []
         resolve = ("/v1/resolve/model-", "@prod")
         apis.append(start_modelcar(f"sqlite:///{work}/catalog.db"))
+        if args.admission_only:
+            args.no_postgres = args.no_mlflow = True
         targets.append(("modelcar, SQLite", apis[-1].url, f"Bearer {apis[-1].token}", *resolve))
         if not args.no_postgres and find_pg_bin():
             pg = PostgresServer(work / "pg").start()
@@ -252,14 +334,14 @@ def main() -> None:
             procs.append(proc)
             by_alias = ("/api/2.0/mlflow/registered-models/alias?alias=prod&name=model-", "")
             targets.append(("MLflow, SQLite", url, "", *by_alias))
-        for clients in (1, 50):
+        for clients in () if args.admission_only else (1, 50):
             for label, url, auth, prefix, suffix in targets:
                 rps, p50, p99 = measure(url, auth, prefix, suffix, clients, args.seconds, work)
                 rows.append((label, clients, rps, p50, p99))
                 print(f"  {label:22} c={clients:<3} {rps:8.0f} req/s", file=sys.stderr)
         ui_api = start_modelcar(f"sqlite:///{work}/ui.db", nodes=UI_NODES)
         apis.append(ui_api)
-        for page, prefix in UI_PAGES:
+        for page, prefix in () if args.admission_only else UI_PAGES:
             rps, p50, p99 = measure(ui_api.url, f"Bearer {ui_api.token}", prefix, "", 1,
                                     args.seconds, work)  # fmt: skip
             ui.append((page, rps, p50, p99))
@@ -269,6 +351,7 @@ def main() -> None:
         for clients in (1, 20):
             rps, p50, p99 = measure_admission(hook, clients, args.seconds, work)
             admission.append((clients, rps, p50, p99))
+        beside = measure_admission_beside_large(hook, args.seconds, work)
     finally:
         for api in apis:
             api.stop()
@@ -294,6 +377,17 @@ def main() -> None:
         print(f"| {clients:7} | {rps:6.0f} | {p50:6.2f} | {p99:6.2f} |")
     worst = max((p99 for c, _, _, p99 in admission if c == 20), default=0.0)
     print(f"\np99 at 20 concurrent = {worst:.1f} ms (goal <= 20)")
+    if beside is not None:
+        alone = next((p99 for c, _, _, p99 in admission if c == 1), 0.0)
+        rps, p50, p99, large = beside
+        print(f"\nsmall reviews at 1 client beside {large:.1f} reviews/s of 256 references: "
+              f"p50 {p50:.2f} ms, p99 {p99:.2f} ms (alone: p99 {alone:.2f} ms, "
+              f"{p99 / alone if alone else 0:.1f}x)")  # fmt: skip
+    print("\nmutate() in process, a Pod of N model:// references (two digests)\n")
+    print("| references | ms | µs per reference |")
+    print("|---|---|---|")
+    for refs, ms in measure_mutate_scaling():
+        print(f"| {refs} | {ms:.1f} | {ms * 1000 / refs:.0f} |")
     print(f"\nweb UI (/ui, server-rendered, SQLite): {MODELS} models x {VERSIONS} versions, "
           f"{UI_NODES} nodes; one client\n")  # fmt: skip
     print("| page | req/s | p50 ms | p99 ms |")

@@ -16,7 +16,7 @@ from modelcar.oci import mediatypes as mt
 from modelcar.oci.reference import parse_ref
 from modelcar.oci.store import StoreOptions
 from modelcar.oci.stores import open_store
-from tests.helpers import assert_one_line_error, build, cache_cli, pull, run_cli
+from tests.helpers import assert_one_line_error, build, cache_cli, pull, run_cli, unpack_with_umoci
 
 MiB = 1 << 20
 
@@ -123,3 +123,60 @@ def test_hostile_tags_fail_their_own_model_and_the_daemon_goes_on(registry, tmp_
     assert_one_line_error(r, "corrupt gzip")
     r = run_cli("verify", bad["twins"], "--plain-http", check=False)
     assert_one_line_error(r, "linux/amd64 twice")
+
+
+def _push_layers(registry, repo: str, layers: list[bytes]) -> str:
+    store = open_store(parse_ref(f"{registry.host}/{repo}:t"), StoreOptions(plain_http=True))
+    config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {
+        "type": "layers", "diff_ids": [_sha(layer) for layer in layers]}}).encode()  # fmt: skip
+    for blob in (config, *layers):
+        store.put_blob(_sha(blob), len(blob), lambda b=blob: [b])
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": mt.OCI_MANIFEST,
+        "config": {"mediaType": mt.OCI_CONFIG, "digest": _sha(config), "size": len(config)},
+        "layers": [{"mediaType": mt.OCI_LAYER_TAR, "digest": _sha(layer), "size": len(layer)}
+                   for layer in layers],
+    }).encode()  # fmt: skip
+    return f"{registry.host}/{repo}@{store.put_manifest(manifest, mt.OCI_MANIFEST, 't')}"
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file()}  # fmt: skip
+
+
+def test_whiteouts_of_models_and_leading_slashes_apply_as_umoci_applies_them(registry, tmp_path):
+    """A hand-built image whose upper layers delete /models itself (``.wh.models``) and
+    name files with a leading slash: the node's tree is umoci's, byte for byte."""
+    layers = [
+        _tar({"models/a.txt": b"lower a", "models/sub/b.txt": b"lower b"}),
+        _tar({".wh.models": b"", "models/c.txt": b"upper c"}),
+        _tar({"/models/d.txt": b"slash d", "./models/sub/e.txt": b"dot e"}),
+    ]
+    ref = _push_layers(registry, "hostile2/whiteouts", layers)
+    _, result = pull(tmp_path / "cache", ref, "--plain-http")
+    assert result is not None
+    ours = _files(Path(result["path"]))
+    theirs = _files(unpack_with_umoci(ref, tmp_path / "umoci") / "models")
+    assert ours == theirs == {"c.txt": b"upper c", "d.txt": b"slash d", "sub/e.txt": b"dot e"}
+
+
+def test_modelpack_raw_layers_d_and_d_slash_e_are_refused(registry, tmp_path):
+    mp = "application/vnd.cncf.model."
+    store = open_store(parse_ref(f"{registry.host}/hostile2/mp:t"), StoreOptions(plain_http=True))
+    config = b'{"descriptor": {}, "config": {}, "modelfs": {"type": "layers", "diffIds": []}}'
+    files = {"d": b"file d", "d/e": b"file e"}
+    for blob in (config, *files.values()):
+        store.put_blob(_sha(blob), len(blob), lambda b=blob: [b])
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": mt.OCI_MANIFEST, "artifactType": mp + "manifest.v1+json",
+        "config": {"mediaType": mp + "config.v1+json", "digest": _sha(config),
+                   "size": len(config)},
+        "layers": [{"mediaType": mp + "weight.v1.raw", "digest": _sha(data), "size": len(data),
+                    "annotations": {"org.cncf.model.filepath": path}}
+                   for path, data in files.items()],
+    }).encode()  # fmt: skip
+    digest = store.put_manifest(manifest, mt.OCI_MANIFEST, "t")
+    r, _ = pull(tmp_path / "cache", f"{registry.host}/hostile2/mp@{digest}", "--plain-http",
+                check=False)  # fmt: skip
+    assert_one_line_error(r, "where another's directory is", "d/e")

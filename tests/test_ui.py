@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 import httpx
@@ -182,3 +183,35 @@ def test_open_reads_show_the_pages_without_a_token(make_api):
     api = make_api(open_reads=True)
     r = httpx.get(f"{api.url}/ui/fleet")
     assert r.status_code == 200 and "No node has reported yet" in r.text
+
+
+def test_the_cookie_holds_a_session_id_not_the_token_and_is_secure_when_told(make_api):
+    api = make_api(secure_cookies=True)
+    r = httpx.post(f"{api.url}/ui/login", data={"token": api.admin})
+    assert r.status_code == 303
+    cookie = r.headers["set-cookie"]
+    session = r.cookies["modelcar_ui_session"]
+    assert api.admin not in cookie and session.startswith("mcs_")
+    assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=strict" in cookie
+    jar = {"modelcar_ui_session": session}
+    assert httpx.get(f"{api.url}/ui/fleet", cookies=jar).status_code == 200
+    # a session id is no bearer token: the API refuses it, for reads and writes
+    bearer = {"Authorization": f"Bearer {session}"}
+    assert httpx.get(f"{api.url}/v1/models", headers=bearer).status_code == 401
+    assert httpx.post(f"{api.url}/v1/tokens", headers=bearer,
+                      json={"name": "x", "role": "admin"}).status_code == 401  # fmt: skip
+    # signing out ends the session on the server, not only in the browser
+    httpx.post(f"{api.url}/ui/logout", cookies=jar)
+    assert httpx.get(f"{api.url}/ui/fleet", cookies=jar).status_code == 401
+    # revoking the token ends its sessions
+    admin = {"Authorization": f"Bearer {api.admin}"}
+    reader = httpx.post(f"{api.url}/v1/tokens", headers=admin,
+                        json={"name": "r", "role": "read"}).json()  # fmt: skip
+    r = httpx.post(f"{api.url}/ui/login", data={"token": reader["token"]})
+    jar = {"modelcar_ui_session": r.cookies["modelcar_ui_session"]}
+    assert httpx.get(f"{api.url}/ui/fleet", cookies=jar).status_code == 200
+    httpx.delete(f"{api.url}/v1/tokens/{reader['id']}", headers=admin).raise_for_status()
+    deadline = time.monotonic() + 60  # reads may be cached for the token cache's ttl
+    while httpx.get(f"{api.url}/ui/fleet", cookies=jar).status_code != 401:
+        assert time.monotonic() < deadline
+        time.sleep(0.5)

@@ -249,3 +249,16 @@ class Token(Base):
     #: sha256 of the secret; the secret itself is never stored.
     secret_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class UiSession(Base):
+    """A web UI sign-in: the cookie holds a random session id, of which only the sha256
+    is kept; revoking its token (CASCADE) or signing out ends it."""
+
+    __tablename__ = "ui_sessions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    secret_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    token_id: Mapped[int] = mapped_column(ForeignKey("tokens.id", ondelete="CASCADE"), index=True)
+    created: Mapped[datetime] = mapped_column(default=utcnow)
+    expires: Mapped[datetime] = mapped_column(index=True)

@@ -2,9 +2,11 @@
 
 Server-rendered (Jinja2, autoescaped), no JavaScript and no CDN: one stylesheet served
 from here. Reads need a token unless ``--open-reads``: the login form takes one, checks
-it, and keeps it in a session cookie (HttpOnly, SameSite=Strict, path /ui, gone when the
-browser closes). There is no write action anywhere: changes go through the API, where
-each one is recorded with its actor.
+it and opens a session: the cookie holds a random session id (never the token; the
+database keeps its sha256), HttpOnly, SameSite=Strict, path /ui, gone when the browser
+closes or after ``ui_session_hours``, Secure behind HTTPS (``--secure-cookies``, or a
+forwarded proto from a trusted proxy). Revoking the token ends its sessions. There is no
+write action anywhere: changes go through the API, where each one is recorded.
 """
 
 from __future__ import annotations
@@ -25,13 +27,14 @@ from modelcar.api import catalog
 from modelcar.api.auth import Principal
 from modelcar.api.deps import identify, may_read
 from modelcar.api.routes.models import model_detail
+from modelcar.api.tokens import SESSION_PREFIX, close_session, open_session
 from modelcar.api.ui import pages
 from modelcar.cliutil import human
-from modelcar.errors import ModelcarError
+from modelcar.errors import ModelcarError, Unauthorized
 from modelcar.version import version as release
 
 HERE = Path(__file__).parent
-COOKIE = "modelcar_ui_token"
+COOKIE = "modelcar_ui_session"
 templates = Jinja2Templates(
     env=jinja2.Environment(
         loader=jinja2.FileSystemLoader(HERE / "templates"),
@@ -51,12 +54,12 @@ static = StaticFiles(directory=str(HERE / "static"))
 
 async def _who(request: Request) -> Principal | None:
     """The reader, or None when a token is needed and there is no valid one."""
-    secret = request.cookies.get(COOKIE)
+    secret, session = request.cookies.get(COOKIE), True
     header = request.headers.get("Authorization", "")
     if header.startswith("Bearer "):
-        secret = header.removeprefix("Bearer ")
+        secret, session = header.removeprefix("Bearer "), False
     try:
-        return may_read(await identify(request, secret), request.app.state.settings)
+        return may_read(await identify(request, secret, session), request.app.state.settings)
     except ModelcarError:
         return None
 
@@ -141,20 +144,37 @@ async def login(request: Request) -> Response:
     form = parse_qs(body[:4096].decode("utf-8", "replace"), max_num_fields=4)
     token = (form.get("token") or [""])[0].strip()
     next_page = _safe_next((form.get("next") or ["/ui"])[0])
+    settings = request.app.state.settings
     try:
+        if token.startswith(SESSION_PREFIX):
+            raise Unauthorized("that is a session id, not a token")
         (await identify(request, token)).require("read")  # a POST: checked in the database
+        session = await run_in_threadpool(_open, request.app.state.db, token, settings)
     except ModelcarError as e:
         return _page(request, "login.html", 401, error=e.message, next=next_page)
     response = RedirectResponse(next_page, status_code=303)
     response.set_cookie(
-        COOKIE, token, path="/ui", httponly=True, samesite="strict",
-        secure=request.url.scheme == "https",
+        COOKIE, session, path="/ui", httponly=True, samesite="strict",
+        secure=settings.secure_cookies or request.url.scheme == "https",
     )  # fmt: skip
     return response
 
 
+def _open(db: Any, token: str, settings: Any) -> str:
+    with db.writing() as s:
+        return open_session(s, token, settings.ui_session_hours)
+
+
+def _close(db: Any, session: str) -> None:
+    with db.writing() as s:
+        close_session(s, session)
+
+
 @router.post("/logout")
-async def logout() -> Response:
+async def logout(request: Request) -> Response:
+    if session := request.cookies.get(COOKIE):
+        await run_in_threadpool(_close, request.app.state.db, session)
+        request.app.state.tokens.clear()  # a cached read of it ends here too
     response = RedirectResponse("/ui/login", status_code=303)
     response.delete_cookie(COOKIE, path="/ui")
     return response

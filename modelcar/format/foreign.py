@@ -172,6 +172,15 @@ def plan(fmt: Format, manifest: Manifest, subject: str) -> list[Part]:
             parts.append(Part(layer, compression))
     if not parts:
         raise ImageFormatError(f"a {fmt} image with no layers", subject=subject)
+    for path in raw_paths:  # `d` and `d/e`: one would have to be dropped
+        parts_of = path.split("/")
+        parent = next((p for i in range(1, len(parts_of))
+                       if (p := "/".join(parts_of[:i])) in raw_paths), None)  # fmt: skip
+        if parent is not None:
+            raise ImageFormatError(
+                "a ModelPack layer's file is where another's directory is",
+                subject=f"{subject}: {shown(parent)} and {shown(path)}",
+            )
     return parts
 
 

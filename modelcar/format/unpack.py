@@ -262,10 +262,14 @@ class _Layer:
         self.done.files[rel] = (offset + size, sha or "")
 
     def tar(self, stream: Readable) -> None:
+        top = self.part.prefix.rstrip("/")
         for entry, body in TarReader(stream):
-            name = entry.name.removeprefix("./").rstrip("/")
+            name = _normalised(entry.name)
             if self.part.prefix:  # a container image: only models/ counts, the rest is skipped
-                if name == self.part.prefix.rstrip("/") or not name.startswith(self.part.prefix):
+                if name in (WHITEOUT + top, OPAQUE):  # /models (or /) deleted below this layer
+                    self.whiteout(OPAQUE)
+                    continue
+                if name == top or not name.startswith(self.part.prefix):
                     continue
                 rel = name[len(self.part.prefix) :]
             else:
@@ -286,6 +290,14 @@ class _Layer:
                 raise self.refuse(
                     f"{entry.kind} entry in layer (only files and dirs allowed)", entry.name
                 )
+
+
+def _normalised(name: str) -> str:
+    """A member's name as runtimes apply it: relative (a leading ``/`` or ``./`` means
+    the same path), no trailing ``/``."""
+    while name.startswith(("/", "./")):
+        name = name[2:] if name.startswith("./") else name[1:]
+    return name.rstrip("/")
 
 
 def unpack_layer(
