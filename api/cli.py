@@ -95,7 +95,7 @@ def serve(
     webhook_port: Annotated[
         int | None,
         typer.Option(
-            help="Also serve the admission webhooks (/mutate, /validate) over TLS "
+            help="Also serve the admission webhooks (/mutate, /validate, /record) over TLS "
             "on this port, and nothing else there."
         ),
     ] = None,
@@ -118,6 +118,7 @@ def serve(
 
     from modelcar.api.app import create_app
     from modelcar.api.db.engine import Database, redact
+    from modelcar.api.httpserver import uvicorn_options
 
     settings = load_settings(
         config,
@@ -153,9 +154,7 @@ def serve(
         "port": settings.port,
         "log_level": settings.log_level,
         "access_log": access_log,
-        "server_header": False,
-        "proxy_headers": True,
-        "forwarded_allow_ips": settings.forwarded_allow_ips,
+        **uvicorn_options(settings.forwarded_allow_ips),
     }
     if settings.webhook_port:
         from modelcar.api.webhook import serve_webhooks

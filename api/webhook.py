@@ -7,7 +7,7 @@ review forgets the object. Nothing else is served on this port.
 Every review runs in the thread pool, so one large object never holds the event loop
 (and the small reviews behind it); a body is refused on its Content-Length, read only
 up to the size limit and within BODY_TIMEOUT, and a connection that has not sent its
-request headers within HEADER_TIMEOUT is closed.
+request head within ``httpserver.HEADER_TIMEOUT`` is closed.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from modelcar.api import admission, catalog, trust, usage
 from modelcar.api.app import error_response, install_error_handlers
 from modelcar.api.db.engine import Database
+from modelcar.api.httpserver import HeaderTimeoutH11
 from modelcar.api.mounts import resolve_answer
 from modelcar.api.settings import Settings
 from modelcar.contract import wire
@@ -31,9 +32,8 @@ from modelcar.errors import ModelcarError
 
 log = logging.getLogger("modelcar.api")
 
-#: Seconds a client has to send its request headers, then its body (the apiserver
-#: gives up on a webhook after at most 30 s; its reviews arrive at once).
-HEADER_TIMEOUT = 10.0
+#: Seconds a client has to send a review's body after its head (the apiserver gives up
+#: on a webhook after at most 30 s; its reviews arrive at once).
 BODY_TIMEOUT = 10.0
 
 KINDS = {
@@ -192,46 +192,11 @@ def serve_webhooks(settings: Settings, db: Database, **common: Any) -> Any:
     config = uvicorn.Config(
         create_webhook_app(settings, db), host=settings.host, port=settings.webhook_port or 0,
         ssl_certfile=settings.webhook_cert, ssl_keyfile=settings.webhook_key, **extra, **common,
-        http=_header_timeout_protocol(),
+        http=HeaderTimeoutH11,
     )  # fmt: skip
     server = uvicorn.Server(config)
     threading.Thread(target=server.run, name="webhooks", daemon=True).start()
     return server
-
-
-def _header_timeout_protocol() -> type:
-    """uvicorn's h11 protocol, closing a connection that has not sent a whole request
-    head within HEADER_TIMEOUT of connecting or of its last answer (uvicorn bounds only
-    the idle time between requests)."""
-    from uvicorn.protocols.http.h11_impl import H11Protocol
-
-    class HeaderTimeoutH11(H11Protocol):
-        _timer: asyncio.TimerHandle | None = None
-
-        def _arm(self) -> None:
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer = self.loop.call_later(HEADER_TIMEOUT, self._expire)
-
-        def _expire(self) -> None:
-            waiting = self.cycle is None or self.cycle.response_complete  # no head yet
-            if waiting and not self.transport.is_closing():
-                self.transport.close()
-
-        def connection_made(self, transport: Any) -> None:
-            super().connection_made(transport)
-            self._arm()
-
-        def on_response_complete(self) -> None:
-            super().on_response_complete()
-            self._arm()
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            if self._timer is not None:
-                self._timer.cancel()
-            super().connection_lost(exc)
-
-    return HeaderTimeoutH11
 
 
 async def read_capped(request: Request, cap: int) -> bytes | None:

@@ -6,43 +6,39 @@ good model after them."""
 from __future__ import annotations
 
 import gzip
-import hashlib
-import io
 import json
-import tarfile
 from pathlib import Path
 
 from modelcar.oci import mediatypes as mt
+from modelcar.oci.digest import sha256_bytes as sha
 from modelcar.oci.reference import parse_ref
 from modelcar.oci.store import StoreOptions
 from modelcar.oci.stores import open_store
-from tests.helpers import assert_one_line_error, build, cache_cli, pull, run_cli, unpack_with_umoci
+from tests.helpers import (
+    assert_one_line_error,
+    build,
+    cache_cli,
+    make_tar,
+    pull,
+    run_cli,
+    unpack_with_umoci,
+)
 
 MiB = 1 << 20
 
 
-def _sha(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def _tar(files: dict[str, bytes]) -> bytes:
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return out.getvalue()
+def _tar_of(files: dict[str, bytes]) -> bytes:
+    return make_tar(list(files.items()))
 
 
 def _push(registry, repo: str, config: bytes, layer: bytes, media: str) -> str:
     store = open_store(parse_ref(f"{registry.host}/{repo}:t"), StoreOptions(plain_http=True))
     for blob in (config, layer):
-        store.put_blob(_sha(blob), len(blob), lambda b=blob: [b])
+        store.put_blob(sha(blob), len(blob), lambda b=blob: [b])
     manifest = json.dumps({
         "schemaVersion": 2, "mediaType": mt.OCI_MANIFEST,
-        "config": {"mediaType": mt.OCI_CONFIG, "digest": _sha(config), "size": len(config)},
-        "layers": [{"mediaType": media, "digest": _sha(layer), "size": len(layer)}],
+        "config": {"mediaType": mt.OCI_CONFIG, "digest": sha(config), "size": len(config)},
+        "layers": [{"mediaType": media, "digest": sha(layer), "size": len(layer)}],
     }).encode()  # fmt: skip
     return f"{registry.host}/{repo}@{store.put_manifest(manifest, mt.OCI_MANIFEST, 't')}"
 
@@ -51,18 +47,18 @@ CONFIG = b'{"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers"}
 
 
 def _bad_gzip(registry) -> str:
-    good = bytearray(gzip.compress(_tar({"models/a.txt": b"x" * 100_000})))
+    good = bytearray(gzip.compress(_tar_of({"models/a.txt": b"x" * 100_000})))
     good[40:60] = b"\xff" * 20
     return _push(registry, "hostile2/gzip", CONFIG, bytes(good), mt.OCI_LAYER_GZIP)
 
 
 def _deep_config(registry) -> str:
     deep = b'{"a": ' + b"[" * 200_000 + b"]" * 200_000 + b"}"
-    return _push(registry, "hostile2/deep", deep, _tar({"models/a": b"a"}), mt.OCI_LAYER_TAR)
+    return _push(registry, "hostile2/deep", deep, _tar_of({"models/a": b"a"}), mt.OCI_LAYER_TAR)
 
 
 def _bomb(registry) -> str:
-    bomb = gzip.compress(_tar({"models/zero.bin": bytes(300 * MiB)}), compresslevel=9)
+    bomb = gzip.compress(_tar_of({"models/zero.bin": bytes(300 * MiB)}), compresslevel=9)
     return _push(registry, "hostile2/bomb", CONFIG, bomb, mt.OCI_LAYER_GZIP)
 
 
@@ -128,13 +124,13 @@ def test_hostile_tags_fail_their_own_model_and_the_daemon_goes_on(registry, tmp_
 def _push_layers(registry, repo: str, layers: list[bytes]) -> str:
     store = open_store(parse_ref(f"{registry.host}/{repo}:t"), StoreOptions(plain_http=True))
     config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {
-        "type": "layers", "diff_ids": [_sha(layer) for layer in layers]}}).encode()  # fmt: skip
+        "type": "layers", "diff_ids": [sha(layer) for layer in layers]}}).encode()  # fmt: skip
     for blob in (config, *layers):
-        store.put_blob(_sha(blob), len(blob), lambda b=blob: [b])
+        store.put_blob(sha(blob), len(blob), lambda b=blob: [b])
     manifest = json.dumps({
         "schemaVersion": 2, "mediaType": mt.OCI_MANIFEST,
-        "config": {"mediaType": mt.OCI_CONFIG, "digest": _sha(config), "size": len(config)},
-        "layers": [{"mediaType": mt.OCI_LAYER_TAR, "digest": _sha(layer), "size": len(layer)}
+        "config": {"mediaType": mt.OCI_CONFIG, "digest": sha(config), "size": len(config)},
+        "layers": [{"mediaType": mt.OCI_LAYER_TAR, "digest": sha(layer), "size": len(layer)}
                    for layer in layers],
     }).encode()  # fmt: skip
     return f"{registry.host}/{repo}@{store.put_manifest(manifest, mt.OCI_MANIFEST, 't')}"
@@ -149,9 +145,9 @@ def test_whiteouts_of_models_and_leading_slashes_apply_as_umoci_applies_them(reg
     """A hand-built image whose upper layers delete /models itself (``.wh.models``) and
     name files with a leading slash: the node's tree is umoci's, byte for byte."""
     layers = [
-        _tar({"models/a.txt": b"lower a", "models/sub/b.txt": b"lower b"}),
-        _tar({".wh.models": b"", "models/c.txt": b"upper c"}),
-        _tar({"/models/d.txt": b"slash d", "./models/sub/e.txt": b"dot e"}),
+        _tar_of({"models/a.txt": b"lower a", "models/sub/b.txt": b"lower b"}),
+        _tar_of({".wh.models": b"", "models/c.txt": b"upper c"}),
+        _tar_of({"/models/d.txt": b"slash d", "./models/sub/e.txt": b"dot e"}),
     ]
     ref = _push_layers(registry, "hostile2/whiteouts", layers)
     _, result = pull(tmp_path / "cache", ref, "--plain-http")
@@ -167,12 +163,12 @@ def test_modelpack_raw_layers_d_and_d_slash_e_are_refused(registry, tmp_path):
     config = b'{"descriptor": {}, "config": {}, "modelfs": {"type": "layers", "diffIds": []}}'
     files = {"d": b"file d", "d/e": b"file e"}
     for blob in (config, *files.values()):
-        store.put_blob(_sha(blob), len(blob), lambda b=blob: [b])
+        store.put_blob(sha(blob), len(blob), lambda b=blob: [b])
     manifest = json.dumps({
         "schemaVersion": 2, "mediaType": mt.OCI_MANIFEST, "artifactType": mp + "manifest.v1+json",
-        "config": {"mediaType": mp + "config.v1+json", "digest": _sha(config),
+        "config": {"mediaType": mp + "config.v1+json", "digest": sha(config),
                    "size": len(config)},
-        "layers": [{"mediaType": mp + "weight.v1.raw", "digest": _sha(data), "size": len(data),
+        "layers": [{"mediaType": mp + "weight.v1.raw", "digest": sha(data), "size": len(data),
                     "annotations": {"org.cncf.model.filepath": path}}
                    for path, data in files.items()],
     }).encode()  # fmt: skip

@@ -215,3 +215,19 @@ def test_the_cookie_holds_a_session_id_not_the_token_and_is_secure_when_told(mak
     while httpx.get(f"{api.url}/ui/fleet", cookies=jar).status_code != 401:
         assert time.monotonic() < deadline
         time.sleep(0.5)
+
+
+def test_a_client_that_never_finishes_its_request_head_is_cut_off(api):
+    """Both ports speak the same protocol: half a request head, then silence, and the
+    API hangs up (HEADER_TIMEOUT, 10 s) instead of holding the connection."""
+    import socket
+
+    host, port = api.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=60) as s:
+        s.sendall(b"GET /readyz HTTP/1.1\r\nHost: x\r\n")
+        started = time.monotonic()
+        assert s.recv(100) == b""  # closed by the server, well before the socket's 60 s
+        assert time.monotonic() - started < 59
+    with socket.create_connection((host, int(port)), timeout=60) as s:  # a whole head is fine
+        s.sendall(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert s.recv(100).startswith(b"HTTP/1.1 200")

@@ -155,27 +155,10 @@ def verify(
         except UnknownSigner:
             found.passed_over.append(described.digest)
             continue
-        kind = claims.get("predicateType")
-        if kind == provenance.PREDICATE_TYPE:
-            named = [s.get("digest", {}).get("sha256") for s in claims.get("subject") or []
-                     if isinstance(s, dict)]  # fmt: skip
-            if hex_of(digest) not in named:
-                other = f"sha256:{named[0]}" if named else "none"
-                raise SignatureError(
-                    f"an attestation whose subject is another image ({other})", subject=what
-                )
-            sources.append(provenance.source_of(claims))
-            found.provenance_source = sources[-1]
-            found.provenance_key = signer
-            found.builder = str(claims["predicate"].get("runDetails", {})
-                                .get("builder", {}).get("id", ""))  # fmt: skip
-        elif kind == modelsig.PREDICATE_TYPE:
-            if index is None:  # a foreign image's files are known once unpacked
-                continue
-            if not modelsig.matches(claims, index):
-                raise SignatureError("a model signature over other files than the image's",
-                                     subject=what)  # fmt: skip
-            found.model_signature_key = signer
+        try:  # a signed statement of the wrong shape is malformed, not a crash
+            _take(found, sources, claims, signer, digest, index, what)
+        except (AttributeError, TypeError, KeyError, IndexError):
+            raise SignatureError("a malformed attestation statement", subject=what) from None
     if source_prefix is not None:
         if found.provenance_source is None:
             raise SignatureError(
@@ -193,6 +176,30 @@ def verify(
             )
         found.provenance_source = matching[0]
     return found
+
+
+def _take(found: Attested, sources: list[str], claims: dict[str, Any], signer: str,
+          digest: str, index: FileIndex | None, what: str) -> None:  # fmt: skip
+    """What one verified statement says, into ``found`` (provenance sources in ``sources``)."""
+    kind = claims.get("predicateType")
+    if kind == provenance.PREDICATE_TYPE:
+        named = [s.get("digest", {}).get("sha256") for s in claims.get("subject") or []
+                 if isinstance(s, dict)]  # fmt: skip
+        if hex_of(digest) not in named:
+            other = f"sha256:{named[0]}" if named else "none"
+            raise SignatureError(
+                f"an attestation whose subject is another image ({other})", subject=what
+            )
+        sources.append(provenance.source_of(claims))
+        found.provenance_source = sources[-1]
+        found.provenance_key = signer
+        found.builder = str(claims["predicate"].get("runDetails", {})
+                            .get("builder", {}).get("id", ""))  # fmt: skip
+    elif kind == modelsig.PREDICATE_TYPE and index is not None:  # a foreign image's
+        if not modelsig.matches(claims, index):  # files are known once unpacked
+            raise SignatureError("a model signature over other files than the image's",
+                                 subject=what)  # fmt: skip
+        found.model_signature_key = signer
 
 
 def listed(store: ImageStore, digest: str) -> list[str]:

@@ -4,10 +4,8 @@ down): each case failed before its fix, with a traceback, a published model or a
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import json
-import tarfile
 
 import pytest
 import zstandard
@@ -20,40 +18,34 @@ from modelcar.errors import ImageFormatError, ModelcarError, SignatureError, Uns
 from modelcar.format import keys as mk
 from modelcar.format.fileindex import file_index_from_config
 from modelcar.oci import mediatypes as mt
+from modelcar.oci.digest import sha256_bytes as sha
 from modelcar.oci.manifest import Descriptor, Platform
 from modelcar.oci.memory import MemoryStore
 from modelcar.oci.platform import platform_images
 from modelcar.oci.reference import parse_ref
 from modelcar.trust import cosign, provenance
+from tests.helpers import make_tar
 
 MiB = 1 << 20
+
+
+def _tar_of(files: dict[str, bytes]) -> bytes:
+    return make_tar(list(files.items()))
+
+
 REF = parse_ref("memory.invalid/hostile/m:t")
-
-
-def _sha(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def _tar(files: dict[str, bytes]) -> bytes:
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return out.getvalue()
 
 
 def _push(store: MemoryStore, config: bytes, layers: list[tuple[str, bytes]]) -> str:
     for blob in (config, *(data for _, data in layers)):
-        store.blobs[_sha(blob)] = blob
+        store.blobs[sha(blob)] = blob
     manifest = json.dumps({
         "schemaVersion": 2, "mediaType": mt.OCI_MANIFEST,
-        "config": {"mediaType": mt.OCI_CONFIG, "digest": _sha(config), "size": len(config)},
-        "layers": [{"mediaType": m, "digest": _sha(d), "size": len(d)} for m, d in layers],
+        "config": {"mediaType": mt.OCI_CONFIG, "digest": sha(config), "size": len(config)},
+        "layers": [{"mediaType": m, "digest": sha(d), "size": len(d)} for m, d in layers],
     }).encode()  # fmt: skip
-    store.manifests[_sha(manifest)] = manifest
-    return f"memory.invalid/hostile/m@{_sha(manifest)}"
+    store.manifests[sha(manifest)] = manifest
+    return f"memory.invalid/hostile/m@{sha(manifest)}"
 
 
 def _hand_built(store: MemoryStore, layer: bytes, media: str = mt.OCI_LAYER_GZIP) -> str:
@@ -64,15 +56,15 @@ def _hand_built(store: MemoryStore, layer: bytes, media: str = mt.OCI_LAYER_GZIP
 def _modelcar(store: MemoryStore, layer: bytes, files: list[dict]) -> str:
     config = json.dumps({
         "architecture": "amd64", "os": "linux",
-        "rootfs": {"type": "layers", "diff_ids": [_sha(layer)]},
+        "rootfs": {"type": "layers", "diff_ids": [sha(layer)]},
         mk.CONFIG_INDEX_KEY: {"version": 1, "files": files},
     }).encode()  # fmt: skip
     return _push(store, config, [(mt.OCI_LAYER_TAR, layer)])
 
 
 def _entry(path: str, data: bytes, layer: bytes) -> dict:
-    return {"path": path, "size": len(data), "sha256": _sha(data), "mode": 0o644,
-            "layer": _sha(layer)}  # fmt: skip
+    return {"path": path, "size": len(data), "sha256": sha(data), "mode": 0o644,
+            "layer": sha(layer)}  # fmt: skip
 
 
 def _pull(tmp_path, store: MemoryStore, ref: str):
@@ -92,7 +84,7 @@ def _pull(tmp_path, store: MemoryStore, ref: str):
 
 def test_a_bad_deflate_stream_is_an_unsafe_archive(tmp_path):
     store = MemoryStore(REF)
-    good = gzip.compress(_tar({"models/a.txt": b"x" * 100_000}))
+    good = gzip.compress(_tar_of({"models/a.txt": b"x" * 100_000}))
     bad = bytearray(good)
     bad[40:60] = b"\xff" * 20  # the deflate stream, past the gzip header
     with pytest.raises(UnsafeArchive, match="corrupt gzip"):
@@ -102,7 +94,7 @@ def test_a_bad_deflate_stream_is_an_unsafe_archive(tmp_path):
 @pytest.mark.parametrize("case", ["corrupt frame", "2 GiB window"])
 def test_a_bad_zstd_frame_is_an_unsafe_archive(tmp_path, case):
     store = MemoryStore(REF)
-    body = _tar({"models/a.txt": b"y" * 100_000})
+    body = _tar_of({"models/a.txt": b"y" * 100_000})
     if case == "corrupt frame":  # its checksum no longer matches
         corrupt = bytearray(zstandard.ZstdCompressor(write_checksum=True).compress(body))
         corrupt[-2] ^= 0xFF
@@ -125,11 +117,11 @@ def test_json_nested_200000_deep_is_an_image_format_error_everywhere(tmp_path):
     deep = b"[" * 200_000 + b"]" * 200_000
     obj = b'{"a": ' + deep + b"}"
     store = MemoryStore(REF)
-    store.manifests[_sha(deep)] = deep
+    store.manifests[sha(deep)] = deep
     with pytest.raises(ImageFormatError, match="not valid JSON"):
-        _pull(tmp_path, store, f"memory.invalid/hostile/m@{_sha(deep)}")
+        _pull(tmp_path, store, f"memory.invalid/hostile/m@{sha(deep)}")
     with pytest.raises(ImageFormatError, match="not valid JSON"):  # the config
-        _pull(tmp_path, store, _push(store, obj, [(mt.OCI_LAYER_TAR, _tar({"models/a": b"a"}))]))
+        _pull(tmp_path, store, _push(store, obj, [(mt.OCI_LAYER_TAR, _tar_of({"models/a": b"a"}))]))
     with pytest.raises(SignatureError, match=r"malformed|not valid JSON"):  # a .sig payload
         cosign.signer(obj, "AAAA", "sha256:" + "0" * 64, [])
 
@@ -142,8 +134,8 @@ def test_json_nested_200000_deep_is_an_image_format_error_everywhere(tmp_path):
 )
 def test_every_index_path_passes_the_path_rule_and_no_path_twice(path):
     files = [
-        {"path": "a.txt", "size": 1, "sha256": _sha(b"a"), "layer": _sha(b"l")},
-        {"path": path, "size": 1, "sha256": _sha(b"b"), "layer": _sha(b"l")},
+        {"path": "a.txt", "size": 1, "sha256": sha(b"a"), "layer": sha(b"l")},
+        {"path": path, "size": 1, "sha256": sha(b"b"), "layer": sha(b"l")},
     ]
     with pytest.raises(ImageFormatError, match="invalid modelcar file index"):
         file_index_from_config({mk.CONFIG_INDEX_KEY: {"version": 1, "files": files}})
@@ -151,8 +143,8 @@ def test_every_index_path_passes_the_path_rule_and_no_path_twice(path):
 
 def test_a_file_under_another_file_of_the_index_is_refused():
     files = [
-        {"path": "a", "size": 1, "sha256": _sha(b"a"), "layer": _sha(b"l")},
-        {"path": "a/b", "size": 1, "sha256": _sha(b"b"), "layer": _sha(b"l")},
+        {"path": "a", "size": 1, "sha256": sha(b"a"), "layer": sha(b"l")},
+        {"path": "a/b", "size": 1, "sha256": sha(b"b"), "layer": sha(b"l")},
     ]
     with pytest.raises(ImageFormatError, match="a file where a directory must be"):
         file_index_from_config({mk.CONFIG_INDEX_KEY: {"version": 1, "files": files}})
@@ -160,7 +152,7 @@ def test_a_file_under_another_file_of_the_index_is_refused():
 
 def test_an_index_file_its_layer_does_not_hold_is_refused(tmp_path):
     store = MemoryStore(REF)
-    layer = _tar({"models/a.txt": b"a" * 10})
+    layer = _tar_of({"models/a.txt": b"a" * 10})
     files = [_entry("a.txt", b"a" * 10, layer), _entry("ghost.txt", b"g" * 5, layer)]
     with pytest.raises(ImageFormatError, match="not in the layer it names"):
         _pull(tmp_path, store, _modelcar(store, layer, files))
@@ -185,7 +177,7 @@ def test_quarantine_keeps_the_newest_few_and_counts_against_the_budget(tmp_path)
 
 def test_an_index_naming_a_platform_twice_is_refused():
     amd = Platform(os="linux", architecture="amd64")
-    children = [Descriptor(mediaType=mt.OCI_MANIFEST, digest=_sha(bytes([i])), size=1,
+    children = [Descriptor(mediaType=mt.OCI_MANIFEST, digest=sha(bytes([i])), size=1,
                            platform=amd) for i in range(2)]  # fmt: skip
     with pytest.raises(ImageFormatError, match="linux/amd64 twice"):
         platform_images(children, "r")
@@ -201,7 +193,7 @@ def test_an_index_naming_a_platform_twice_is_refused():
 
 def test_a_gzip_bomb_stops_at_the_ratio_cap(tmp_path):
     store = MemoryStore(REF)
-    bomb = gzip.compress(_tar({"models/zero.bin": bytes(300 * MiB)}), compresslevel=9)
+    bomb = gzip.compress(_tar_of({"models/zero.bin": bytes(300 * MiB)}), compresslevel=9)
     assert len(bomb) < 400_000
     with pytest.raises(UnsafeArchive, match="expands past"):
         _pull(tmp_path, store, _hand_built(store, bomb))
@@ -209,7 +201,7 @@ def test_a_gzip_bomb_stops_at_the_ratio_cap(tmp_path):
 
 def test_a_zstd_layer_that_outgrows_the_budget_fails_before_the_disk_fills(tmp_path):
     store = MemoryStore(REF)
-    layer = zstandard.ZstdCompressor(level=19).compress(_tar({"models/z.bin": bytes(50 * MiB)}))
+    layer = zstandard.ZstdCompressor(level=19).compress(_tar_of({"models/z.bin": bytes(50 * MiB)}))
     assert len(layer) < 20_000
     with CacheDir(tmp_path / "cache") as cache:
         evictor = Evictor(cache, Budget(max_bytes=10 * MiB), set)
