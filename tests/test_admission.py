@@ -492,3 +492,15 @@ def test_usage_converges_on_what_runs(hook):
     with sqlite3.connect(hook.db.removeprefix("sqlite:///")) as conn:
         conn.execute("UPDATE workloads SET updated = '2000-01-01 00:00:00.000000' WHERE uid = ''")
     assert ("ghost", "") not in _users(hook)
+
+
+def test_a_pod_is_never_given_an_oci_layout_reference(hook):
+    hook.api.post("/v1/models/local/versions", json={
+        "digest": _digest(5), "repository": "oci:/srv/layouts/local", "size": 10,
+    }).raise_for_status()  # fmt: skip
+    for mode in ({}, {"modelcar.dev/mode": "hostpath"}):
+        pod = {"metadata": {"name": "lay", "annotations": mode},
+               "spec": {"containers": [], "volumes": [
+                   {"name": "m", "image": {"reference": "model://local:1"}}]}}  # fmt: skip
+        denied = _raw_review(hook, "/mutate", POD, pod)
+        assert not denied["allowed"] and "oci: layout" in denied["status"]["message"], mode
