@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -35,6 +36,9 @@ log = logging.getLogger("modelcar.api")
 #: Seconds a client has to send a review's body after its head (the apiserver gives up
 #: on a webhook after at most 30 s; its reviews arrive at once).
 BODY_TIMEOUT = 10.0
+#: Threads that run reviews, off the event loop: few, so that 20 concurrent reviews
+#: do not fight over the interpreter lock (a review takes about a millisecond).
+REVIEW_THREADS = 2
 
 KINDS = {
     ("serving.kserve.io", "InferenceService"),
@@ -224,6 +228,7 @@ def create_webhook_app(settings: Settings, db: Database) -> FastAPI:
                   redoc_url=None, openapi_url=None)  # fmt: skip
     install_error_handlers(app)
     hooks = Webhooks(settings, db)
+    reviewers = ThreadPoolExecutor(max_workers=REVIEW_THREADS, thread_name_prefix="review")
 
     async def parse(request: Request) -> admission.AdmissionReview | JSONResponse:
         try:
@@ -240,14 +245,13 @@ def create_webhook_app(settings: Settings, db: Database) -> FastAPI:
                                   f"not an admission.k8s.io/v1 AdmissionReview ({where}: "
                                   f"{e.errors()[0]['msg']})")  # fmt: skip
 
-    from starlette.concurrency import run_in_threadpool
-
     async def answer(request: Request, path: str) -> Any:
         parsed = await parse(request)
         if isinstance(parsed, JSONResponse):
             return parsed
         # off the event loop for every database: a large review never holds the small
-        return JSONResponse(await run_in_threadpool(hooks.review, parsed, path))
+        loop = asyncio.get_running_loop()
+        return JSONResponse(await loop.run_in_executor(reviewers, hooks.review, parsed, path))
 
     async def mutate(request: Request) -> Any:
         """Pin every model:// reference of the object (a JSONPatch), or deny."""
