@@ -22,8 +22,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from modelcar.api.mounts import MOUNT_PATH, VOLUME
+from modelcar.api.mounts import VOLUME
 from modelcar.contract import wire
+from modelcar.contract.nodecache import MOUNT_PATH
 from modelcar.errors import ModelcarError
 
 SCHEME = "model://"

@@ -56,11 +56,13 @@ class TokenCache:
 
 
 async def get_db(request: Request) -> Database:
-    return request.app.state.db
+    db: Database = request.app.state.db
+    return db
 
 
 async def get_settings(request: Request) -> Settings:
-    return request.app.state.settings
+    settings: Settings = request.app.state.settings
+    return settings
 
 
 async def identify(request: Request, secret: str | None, session: bool = False) -> Principal:

@@ -110,7 +110,7 @@ class Telemetry:
             received += len(message.get("body", b""))
             if received > self.max_body:
                 raise _TooLarge(self.max_body)
-            return message
+            return dict(message)
 
         length = dict(scope.get("headers") or []).get(b"content-length", b"0")
         if not length.isdigit() or int(length) > self.max_body:

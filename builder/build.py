@@ -16,6 +16,7 @@ import functools
 import hashlib
 import os
 import time
+from collections.abc import Iterator
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -264,7 +265,7 @@ class Builder:
             self.progress.advance("upload", size)
             return _LayerResult(desc, file_digests, 0, size)
 
-        def chunks():
+        def chunks() -> Iterator[bytes]:
             for chunk in TarWriter(members):
                 self.progress.advance("upload", len(chunk))
                 yield chunk
@@ -282,7 +283,7 @@ class Builder:
         """Remote files: one download, hashed while it uploads (no local copy)."""
         writers: list[TarWriter] = []
 
-        def chunks():
+        def chunks() -> Iterator[bytes]:
             writer = TarWriter(members)
             writers.append(writer)
             for chunk in writer:
@@ -317,7 +318,7 @@ class Builder:
             return 0
         store = base.store
 
-        def chunks():
+        def chunks() -> Iterator[bytes]:
             with store.open_blob(desc.digest) as f:
                 while block := f.read(MiB):
                     yield block
@@ -471,7 +472,9 @@ class Builder:
         )
         return config_bytes, manifest.canonical()
 
-    def _annotations(self, base_name: str, base_digest: str | None, index: FileIndex) -> dict:
+    def _annotations(
+        self, base_name: str, base_digest: str | None, index: FileIndex
+    ) -> dict[str, str]:
         """The manifest's (and an index's) annotations."""
         annotations = {
             oci_mt.CREATED: _iso(created_time(self.source)),
@@ -531,7 +534,7 @@ class Builder:
         plan: list[LayerPlan],
         index: FileIndex,
         created: str,
-    ) -> dict:
+    ) -> dict[str, Any]:
         config = dict(base.config)
         config["created"] = created
         rootfs = dict(config.get("rootfs") or {"type": "layers"})

@@ -22,6 +22,7 @@ from modelcar.oci.store import StoreOptions
 if TYPE_CHECKING:
     from modelcar.builder.build import BuildRecord
     from modelcar.builder.progress import Progress
+    from modelcar.builder.sources.base import Source
     from modelcar.trust.cosign import Signature
 
 app = new_app(
@@ -304,7 +305,7 @@ def build(
     typer.echo(record.reference)
 
 
-def _list_files(src) -> None:
+def _list_files(src: Source) -> None:
     files = src.files()
     for f in files:
         typer.echo(f"{f.size:>14}  {f.sha256 or '':71}  {f.path}")

@@ -16,7 +16,7 @@ from modelcar.oci.digest import HashingReader
 from modelcar.oci.manifest import load_json, parse_index, parse_manifest
 from modelcar.oci.platform import platform_str
 from modelcar.oci.reference import Ref
-from modelcar.oci.store import ImageStore, StoreOptions
+from modelcar.oci.store import FetchedManifest, ImageStore, StoreOptions
 from modelcar.oci.stores import open_store
 from modelcar.trust import attest, cosign, modelsig, provenance
 
@@ -52,7 +52,7 @@ class ImageInfo(BaseModel):
     attestations: list[str] = []
 
 
-def _load(ref: Ref, options: StoreOptions):
+def _load(ref: Ref, options: StoreOptions) -> tuple[ImageStore, FetchedManifest]:
     store = open_store(ref, options)
     fetched = store.get_manifest(ref.reference)
     return store, fetched

@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from modelcar.builder.build import BuildOptions, BuildRecord
 from modelcar.builder.sources.base import Selection, Source, source_annotations
 from modelcar.format import keys as mk
+from modelcar.format.fileindex import FileIndex
 from modelcar.format.image import load_model_image
 from modelcar.oci.reference import Ref
 from modelcar.oci.stores import open_store
@@ -27,7 +28,11 @@ def builder_version() -> str:
 
 
 def facts_of(
-    record: BuildRecord, source: Source, selection: Selection, options: BuildOptions, image_index
+    record: BuildRecord,
+    source: Source,
+    selection: Selection,
+    options: BuildOptions,
+    image_index: FileIndex,
 ) -> provenance.BuildFacts:
     objects = getattr(source, "provenance", None)
     return provenance.BuildFacts(

@@ -4,6 +4,7 @@
 <root>/state.db               per-model state (see state.py)
 <root>/models/sha256-<hex>/   published, verified models (what pods mount)
 <root>/staging/sha256-<hex>/  pulls in progress (never mounted)
+<root>/staging/sha256-<hex>.journal/  their layer journals and finished-layer results
 <root>/index/sha256-<hex>.json  each model's file index, for verify and scrub
 <root>/quarantine/…           corrupted models, kept for inspection, never served
 """
@@ -119,6 +120,21 @@ class CacheDir:
     def staging_dir(self, digest: str) -> Path:
         return self.root / "staging" / model_dir_name(digest)
 
+    def journal_dir(self, digest: str) -> Path:
+        """A pull's journals (``<layer hex>``) and finished layers (``NNNN-<hex>.json``)."""
+        staging = self.staging_dir(digest)
+        return staging.with_name(staging.name + ".journal")
+
+    def layer_journal(self, digest: str, layer: str) -> Path:
+        return self.journal_dir(digest) / layer.split(":", 1)[1]
+
+    def drop_journals(self, digest: str) -> None:
+        jdir = self.journal_dir(digest)
+        if jdir.exists():
+            for p in jdir.iterdir():
+                p.unlink()
+            jdir.rmdir()
+
     def index_path(self, digest: str) -> Path:
         return self.root / "index" / f"{model_dir_name(digest)}.json"
 
@@ -203,11 +219,15 @@ class CacheDir:
             os.fsync(f.fileno())
         os.replace(tmp, path)
 
-    def publish(self, digest: str) -> Path:
-        """One atomic rename from staging to models, then make it durable."""
+    def publish(self, digest: str, index: FileIndex) -> Path:
+        """Make the staged tree durable (every directory fsynced; the files were as they
+        were written), save its index, then one atomic rename from staging to models;
+        the journals go."""
         src, dst = self.staging_dir(digest), self.model_dir(digest)
         try:
-            fsync_dir(src)
+            for d in sorted({p.parent for p in src.rglob("*")} | {src}, reverse=True):
+                fsync_dir(d)
+            self.save_index(digest, index)
             os.rename(src, dst)
             fsync_dir(dst.parent)
             fsync_dir(src.parent)
@@ -215,6 +235,7 @@ class CacheDir:
             raise ModelcarError(
                 f"cannot publish the model ({e.strerror})", subject=str(dst)
             ) from None
+        self.drop_journals(digest)
         return dst
 
     def remove_staging(self, digest: str) -> None:

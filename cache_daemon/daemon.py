@@ -45,6 +45,10 @@ from modelcar.trust.policy import Rule
 log = logging.getLogger("modelcar.cache")
 
 
+#: How often the node's status is reported while pulls run (besides each state change).
+REPORT_SECONDS = 5.0
+
+
 class WaitingForLease(ModelcarError):
     """A rollout wave: no origin lease was free and no peer held the layers in time."""
 
@@ -130,11 +134,24 @@ class Daemon:
         )  # fmt: skip
         self._scrub_limiter = RateLimiter(options.scrub_rate)
         self._scrubbed: dict[str, float] = {}
-        self._last_report = 0.0
+        self._reporting = threading.Lock()
+        self._report_wanted = threading.Event()
+        self._stop_reporting = threading.Event()
 
     # --- the loop ----------------------------------------------------------------
 
     def run(self, once: bool = False) -> None:
+        reporter = threading.Thread(target=self._reporter, name="reporter", daemon=True)
+        reporter.start()
+        try:
+            self._loop(once)
+        finally:
+            self._stop_reporting.set()
+            self._report_wanted.set()
+            reporter.join(timeout=REPORT_SECONDS * 2)
+            self._send_report()  # the last state, before the process ends
+
+    def _loop(self, once: bool) -> None:
         while not self._stop.is_set():
             try:
                 self.run_once()
@@ -156,9 +173,20 @@ class Daemon:
             self.evictor.make_room(digest, need)
 
     def _progress(self, digest: str, done: int, total: int) -> None:
+        """A pull's bytes (from its watcher thread): noted for ``status`` and the next
+        report; nothing here waits on the API."""
         if (p := self._pulling.get(digest)) is not None:
             p.update(done, total)
-        self._maybe_report()
+
+    def _reporter(self) -> None:
+        """Reports go to the API from this thread alone: at once when asked (a state
+        change), and every REPORT_SECONDS while pulls run. An API that hangs delays
+        reports, never a pull or the loop."""
+        while not self._stop_reporting.is_set():
+            wanted = self._report_wanted.wait(REPORT_SECONDS)
+            self._report_wanted.clear()
+            if (wanted or self._pulling) and not self._stop_reporting.is_set():
+                self._send_report()
 
     def ready(self) -> bool:
         return all(self.cache.is_published(w.digest) for w in self.wanted)
@@ -455,15 +483,15 @@ class Daemon:
             ),
         )
 
-    def _maybe_report(self) -> None:
-        if time.monotonic() - self._last_report > 5.0:
-            self.report()
-
     def report(self) -> None:
+        """Ask for the node's status to be reported (by the reporter thread, at once)."""
+        self._report_wanted.set()
+
+    def _send_report(self) -> None:
         if self.api is None:
             return
-        self._last_report = time.monotonic()
-        try:
-            self.api.put_node_status(self.options.node, self.status())
-        except ModelcarError as e:
-            log.warning("status report failed: %s", e.one_line())
+        with self._reporting:  # one report at a time
+            try:
+                self.api.put_node_status(self.options.node, self.status())
+            except ModelcarError as e:
+                log.warning("status report failed: %s", e.one_line())

@@ -16,9 +16,12 @@ import base64
 import json
 import os
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from modelcar.oci.digest import CHUNK
+
+#: One journal record: ``{"at", "raw"}``, ``{"at", "file", "size"}`` or ``{"ckpt"}``.
+Segment = dict[str, Any]
 
 
 class LayerJournal:
@@ -26,16 +29,16 @@ class LayerJournal:
         self.path = path
         self.staging = staging
         self.resume_at = 0
-        self._segments: list[dict] = []
+        self._segments: list[Segment] = []
         self._fh: BinaryIO | None = None
 
     def load(self) -> int:
         """Read the journal; keep what the last checkpoint covers; return its offset."""
         if not self.path.exists():
             return 0
-        kept: list[dict] = []
+        kept: list[Segment] = []
         good_len = 0
-        pending: list[dict] = []
+        pending: list[Segment] = []
         length = 0
         with open(self.path, "rb") as f:
             for line in f:
@@ -62,7 +65,7 @@ class LayerJournal:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fh = open(self.path, "ab")  # noqa: SIM115
 
-    def _append(self, rec: dict) -> None:
+    def _append(self, rec: Segment) -> None:
         assert self._fh is not None
         self._fh.write(json.dumps(rec, separators=(",", ":")).encode() + b"\n")
 
@@ -99,7 +102,7 @@ class LayerJournal:
 class Replay:
     """The layer's bytes ``[0, end)``, rebuilt from journal segments and staged files."""
 
-    def __init__(self, segments: list[dict], staging: Path, end: int):
+    def __init__(self, segments: list[Segment], staging: Path, end: int):
         self._segments = sorted(segments, key=lambda r: r["at"])
         self._staging = staging
         self.end = end
@@ -140,10 +143,11 @@ class Replay:
             self._file = None
 
     @staticmethod
-    def _raw(seg: dict) -> bytes:
+    def _raw(seg: Segment) -> bytes:
         if "_bytes" not in seg:
             seg["_bytes"] = base64.b64decode(seg["raw"])
-        return seg["_bytes"]
+        data: bytes = seg["_bytes"]
+        return data
 
     def close(self) -> None:
         if self._file is not None:

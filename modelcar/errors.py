@@ -157,6 +157,25 @@ class DiskFull(ModelcarError):
     default_hint = "free disk space or lower the cache budget"
 
 
+# --- the node's pulls --------------------------------------------------------
+
+
+class PullStopped(ModelcarError):
+    """The daemon is stopping: the pull ends where it is, its journal kept to resume."""
+
+
+class LayerCancelled(PullStopped):
+    """Another layer of the same pull failed: this one ends where it is (its work kept),
+    and the pull fails with the other layer's error."""
+
+
+class PullCrashed(ModelcarError):
+    """An error no check foresaw (a bug, or a decoder's error not yet converted): the
+    model fails with it, what was staged is dropped, and the daemon goes on."""
+
+    default_hint = "a bug in modelcar-cache: please report it with the daemon's log"
+
+
 # --- the API and its clients -----------------------------------------------
 #
 # The API raises these; its error handler answers ``{"error": {code, message,

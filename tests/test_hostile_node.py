@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import time
 from pathlib import Path
 
 from modelcar.oci import mediatypes as mt
@@ -176,3 +177,43 @@ def test_modelpack_raw_layers_d_and_d_slash_e_are_refused(registry, tmp_path):
     r, _ = pull(tmp_path / "cache", f"{registry.host}/hostile2/mp@{digest}", "--plain-http",
                 check=False)  # fmt: skip
     assert_one_line_error(r, "where another's directory is", "d/e")
+
+
+def test_a_pull_does_not_wait_for_an_api_that_hangs(registry, tmp_path):
+    """The API accepts connections and never answers: the daemon's reports wait on their
+    own thread, the pull goes on and publishes (before any report has been answered)."""
+    import socket
+    import threading
+
+    from modelcar.cache_daemon.cachedir import CacheDir
+    from modelcar.cache_daemon.daemon import Daemon, DaemonOptions
+    from modelcar.cache_daemon.desired import StaticSource
+    from modelcar.cache_daemon.pull import PullOptions
+    from modelcar.contract.client import ApiClient
+
+    src = tmp_path / "m"
+    src.mkdir()
+    (src / "weights.bin").write_bytes(b"w" * 3_000_000)
+    ref = build(src, f"{registry.host}/hostile2/hang", "--plain-http")
+    hang = socket.socket()
+    hang.bind(("127.0.0.1", 0))
+    hang.listen(64)  # accepted by the kernel, never read or answered
+    config = tmp_path / "models.yaml"
+    config.write_text(json.dumps({"models": [ref]}))
+    cache = CacheDir(tmp_path / "cache").open()
+    api = ApiClient(f"http://127.0.0.1:{hang.getsockname()[1]}", "t", timeout=120, attempts=1)
+    options = DaemonOptions(node="n1", pull=PullOptions(store=StoreOptions(plain_http=True)))
+    daemon = Daemon(cache, options, StaticSource(config), api=api)
+    runner = threading.Thread(target=daemon.run, kwargs={"once": True}, daemon=True)
+    runner.start()
+    try:
+        digest = ref.split("@")[1]
+        deadline = time.monotonic() + 110  # well inside the API client's 120 s timeout
+        while not cache.is_published(digest):
+            assert time.monotonic() < deadline, "the pull waited for the API"
+            time.sleep(0.1)
+    finally:
+        daemon.stop()
+        hang.close()  # the reports in flight fail now, and the daemon ends
+        runner.join(timeout=150)
+        cache.close()

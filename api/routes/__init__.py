@@ -1,10 +1,12 @@
 """HTTP routes, one module per resource."""
 
+from typing import Any
+
 from modelcar.contract.wire import ErrorBody
 
 _ERR = {"model": ErrorBody}
 #: Error answers every route may give, documented in OpenAPI.
-ERRORS: dict[int | str, dict] = {
+ERRORS: dict[int | str, dict[str, Any]] = {
     400: {**_ERR, "description": "Unreadable request body"},
     401: {**_ERR, "description": "No or invalid token"},
     403: {**_ERR, "description": "The token's role does not allow this"},

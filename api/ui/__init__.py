@@ -11,6 +11,7 @@ write action anywhere: changes go through the API, where each one is recorded.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -82,7 +83,9 @@ def _login(request: Request, error: str | None = None, status: int = 401) -> HTM
     return _page(request, "login.html", status, error=error, next=request.url.path)
 
 
-async def _read(request: Request, render: Any) -> HTMLResponse:
+async def _read(
+    request: Request, render: Callable[[Any, float, Principal], HTMLResponse]
+) -> HTMLResponse:
     """Render a page for a reader, or the login page (and no data) for anyone else."""
     who = await _who(request)
     if who is None:

@@ -40,7 +40,7 @@ def models(s: Session) -> list[ModelRow]:
     versions = s.execute(select(Version.id, Version.model_id, Version.digest)).all()
     signed = trust.signed_by(s, [v.digest for v in versions])
     used = usage.counts(s, [v.id for v in versions])
-    per_model: dict[int, list] = {}
+    per_model: dict[int, list[Any]] = {}
     for v in versions:
         per_model.setdefault(v.model_id, []).append(v)
     return [

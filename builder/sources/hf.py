@@ -204,7 +204,7 @@ class HfSource:
         return out
 
     def _opener(self, path: str, size: int) -> Callable[[], Any]:
-        def open_file():
+        def open_file() -> Any:
             cached = try_to_load_from_cache(self.repo, path, revision=self.sha)
             if isinstance(cached, str):
                 return open(cached, "rb")

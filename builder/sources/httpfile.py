@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -39,6 +39,8 @@ _DOWNLOAD_FAILED: tuple[type[Exception], ...] = (EarlyEnd, SourceStalled, OSErro
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 Announce = Callable[[float, int, str], None]
 
+T = TypeVar("T")
+
 
 def retry_later(response: Any, error: ModelcarError) -> retry.RetryLater | None:
     """For a 429 or 5xx answer: try again after its Retry-After (else back off)."""
@@ -47,7 +49,7 @@ def retry_later(response: Any, error: ModelcarError) -> retry.RetryLater | None:
     return retry.RetryLater(retry.retry_after(response.headers), error)
 
 
-def call(fn: Callable[[], Any], what: str, announce: Announce, attempts: int = ATTEMPTS) -> Any:
+def call(fn: Callable[[], T], what: str, announce: Announce, attempts: int = ATTEMPTS) -> T:
     """Run one source request under the retry policy: only ``RetryLater`` is retried."""
     return retry.call(
         fn,

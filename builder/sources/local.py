@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import unquote, urlparse
 
 from modelcar.builder.sources.base import Selection, SourceFile
@@ -117,5 +119,5 @@ class LocalSource:
         seen.discard(key)
 
 
-def _opener(path: Path):
+def _opener(path: Path) -> Callable[[], BinaryIO]:
     return lambda: open(path, "rb")

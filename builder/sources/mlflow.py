@@ -123,7 +123,8 @@ class MlflowSource:
         return LocalSource(local, self.selection, uri=self.uri)
 
     def files(self) -> list[SourceFile]:
-        return self.inner.files()
+        files: list[SourceFile] = self.inner.files()
+        return files
 
     def annotations(self) -> dict[str, str]:
         return {mt.SOURCE_RUN_ID: self.run_id} if self.run_id else {}
@@ -138,7 +139,7 @@ def _underlying(location: str) -> str:
     if location.startswith("models:/"):
         from mlflow.store.artifact.models_artifact_repo import ModelsArtifactRepository
 
-        return _underlying(ModelsArtifactRepository.get_underlying_uri(location))
+        return _underlying(ModelsArtifactRepository.get_underlying_uri(location))  # type: ignore[no-untyped-call]
     return location
 
 
@@ -157,7 +158,7 @@ class ArtifactProxyTree:
         headers, auth = _auth()
         self.http = new_client(headers=headers, auth=auth, timeout=60)
 
-    def _list(self, rel: str) -> list[dict]:
+    def _list(self, rel: str) -> list[dict[str, Any]]:
         path = f"{self.root}/{rel}".strip("/")
         try:
             with self.http.stream("GET", self.api, params={"path": path}) as r:
@@ -172,7 +173,8 @@ class ArtifactProxyTree:
         if status != 200:
             raise SourceError(f"MLflow artifact listing answered HTTP {status}", subject=path)
         try:
-            return json.loads(body).get("files", [])
+            files: list[dict[str, Any]] = json.loads(body).get("files", [])
+            return files
         except (ValueError, AttributeError, RecursionError):
             raise SourceError("MLflow artifact listing is not JSON", subject=path) from None
 

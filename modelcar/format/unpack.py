@@ -264,7 +264,7 @@ class _Layer:
     def tar(self, stream: Readable) -> None:
         top = self.part.prefix.rstrip("/")
         for entry, body in TarReader(stream):
-            name = _normalised(entry.name)
+            name = _normalised(entry.name, runtime=bool(self.part.prefix))
             if self.part.prefix:  # a container image: only models/ counts, the rest is skipped
                 if name in (WHITEOUT + top, OPAQUE):  # /models (or /) deleted below this layer
                     self.whiteout(OPAQUE)
@@ -292,10 +292,11 @@ class _Layer:
                 )
 
 
-def _normalised(name: str) -> str:
-    """A member's name as runtimes apply it: relative (a leading ``/`` or ``./`` means
-    the same path), no trailing ``/``."""
-    while name.startswith(("/", "./")):
+def _normalised(name: str, runtime: bool) -> str:
+    """A member's name without ``./`` or a trailing ``/``; for a container image's layer
+    (``runtime``) also without a leading ``/``, as runtimes apply it. An artifact's
+    absolute path stays, and the path rule refuses it."""
+    while name.startswith("./") or (runtime and name.startswith("/")):
         name = name[2:] if name.startswith("./") else name[1:]
     return name.rstrip("/")
 

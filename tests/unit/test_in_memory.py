@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 
@@ -81,6 +82,35 @@ def test_a_layer_the_origin_lacks_fails_the_pull_and_is_recorded(model, tmp_path
         assert cache.published() == []
 
 
+class _StopAfter:
+    """A store whose blobs set ``stop`` once ``after`` bytes of them have been read."""
+
+    def __init__(self, store: MemoryStore, after: int, stop: threading.Event):
+        self.store, self.after, self.stop = store, after, stop
+        self.read = 0
+
+    def __getattr__(self, name: str):
+        return getattr(self.store, name)
+
+    @contextlib.contextmanager
+    def open_blob(self, digest: str, offset: int = 0):
+        outer = self
+
+        class Reader:
+            def __init__(self, inner):
+                self.inner = inner
+
+            def read(self, n: int = -1) -> bytes:
+                data = self.inner.read(min(n, 64 << 10) if n > 0 else 64 << 10)
+                outer.read += len(data)
+                if outer.read > outer.after:
+                    outer.stop.set()
+                return data
+
+        with self.store.open_blob(digest, offset) as f:
+            yield Reader(f)
+
+
 def test_a_stopped_pull_keeps_its_work_and_the_next_one_resumes(model, tmp_path):
     ref = parse_ref("memory.invalid/team/model:v1")
     store = MemoryStore(ref)
@@ -89,18 +119,8 @@ def test_a_stopped_pull_keeps_its_work_and_the_next_one_resumes(model, tmp_path)
     stop = threading.Event()
     with CacheDir(tmp_path / "cache") as cache:
         options = PullOptions(jobs=1, checkpoint_bytes=256 << 10)
-
-        def stop_after_a_mib(digest: str, done: int, total: int) -> None:
-            if done > 1 << 20:
-                stop.set()
-
-        stopper = Puller(
-            cache,
-            options,
-            sources=origin_only(store),
-            stop=stop,
-            on_progress=stop_after_a_mib,
-        )
+        stopping = _StopAfter(store, 1 << 20, stop)  # the daemon stops mid-layer
+        stopper = Puller(cache, options, sources=origin_only(stopping), stop=stop)
         with pytest.raises(PullStopped):
             stopper.pull(image)
         assert cache.published() == []
