@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Unpack
+from typing import Any
 
 from sqlalchemy import Connection, Select, bindparam, func, select
 from sqlalchemy.exc import IntegrityError
@@ -270,7 +270,7 @@ _READY_NODES = (
 )
 
 
-def _target_query(kind: str, with_nodes: bool) -> Select[Unpack[tuple[Any, ...]]]:
+def _target_query(kind: str, with_nodes: bool) -> Select[*tuple[Any, ...]]:
     columns = [Model.name, Version.number, Version.digest, Version.repository, Version.size,
                Version.file_count]  # fmt: skip
     query = select(*columns, *([_READY_NODES] if with_nodes else []))
