@@ -65,28 +65,34 @@ def get_model(s: Session, name: str, *, details: bool = False) -> Model:
 
 def lock_model(s: Session, name: str, *, create_by: str | None = None) -> Model:
     """The model's row, locked for this transaction; created first if ``create_by``."""
+    return _lock_or_create(s, name, create_by)[0]
+
+
+def _lock_or_create(s: Session, name: str, create_by: str | None) -> tuple[Model, bool]:
+    """The model's row, locked; whether this transaction created it (decided under the
+    lock or the unique index, so of two concurrent creators exactly one did)."""
     query = select(Model).where(Model.name == check_name(name)).with_for_update()
-    model = s.scalar(query)
+    model, created = s.scalar(query), False
     if model is None and create_by is not None:
         try:
             with s.begin_nested():
                 model = Model(name=name, created_by=create_by, created=utcnow())
                 s.add(model)
+            created = True
         except IntegrityError:  # created concurrently: take theirs
             model = s.scalar(query)
     if model is None:
         raise Missing("unknown model", subject=name, hint="register a version first")
-    return model
+    return model, created
 
 
 def upsert_model(s: Session, name: str, body: wire.ModelUpdate, actor: str) -> tuple[Model, bool]:
-    existing = s.scalar(select(Model).where(Model.name == check_name(name)))
-    model = lock_model(s, name, create_by=actor)
+    model, created = _lock_or_create(s, name, actor)
     if body.description is not None:
         model.description = body.description
     if body.owner is not None:
         model.owner = body.owner
-    return model, existing is None
+    return model, created
 
 
 def register_version(

@@ -17,6 +17,7 @@ from modelcar.api.settings import Settings, load_settings
 from modelcar.cliutil import new_app, run_cli
 from modelcar.contract.wire import ROLES, TokenCreate
 from modelcar.errors import UsageError
+from modelcar.oci.manifest import error_at
 
 app = new_app(
     "modelcar-api",
@@ -222,10 +223,11 @@ def token_create(
     try:
         body = TypeAdapter(TokenCreate).validate_python(fields)
     except ValidationError as e:
-        err = e.errors()[0]
-        where = next((p for p in reversed(err["loc"]) if p in ("name", "role", "node")), "role")
+        loc, msg = error_at(e)
+        where = next((p for p in reversed(loc.split(".")) if p in ("name", "role", "node")),
+                     "role")  # fmt: skip
         raise UsageError(
-            f"invalid --{where}: {err['msg']}",
+            f"invalid --{where}: {msg}",
             hint=f"roles: {', '.join(ROLES)}; a node token's --node (default --name) is the "
             "Kubernetes node name",
         ) from None

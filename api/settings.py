@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from modelcar.contract.nodecache import DEFAULT_CACHE_ROOT
 from modelcar.errors import UsageError
+from modelcar.oci.manifest import error_at
 
 ENV_PREFIX = "MODELCAR_API_"
 
@@ -81,10 +82,10 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
     try:
         return Settings.model_validate(data)
     except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "settings"
+        where, msg = error_at(e)
+        where = where or "settings"
         raise UsageError(
-            f"invalid setting {where}: {err['msg']}",
+            f"invalid setting {where}: {msg}",
             hint=f"set it with --{where.replace('_', '-')}, {ENV_PREFIX}{where.upper()} "
             "or the config file",
         ) from None

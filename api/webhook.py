@@ -31,6 +31,7 @@ from modelcar.api.settings import Settings
 from modelcar.contract import wire
 from modelcar.contract.modelref import parse_model_ref
 from modelcar.errors import ModelcarError
+from modelcar.oci.manifest import error_at
 
 log = logging.getLogger("modelcar.api")
 
@@ -239,10 +240,9 @@ def create_webhook_app(settings: Settings, db: Database) -> FastAPI:
         try:
             parsed = admission.AdmissionReview.model_validate_json(body)
         except ValidationError as e:
-            where = ".".join(str(p) for p in e.errors()[0]["loc"]) or "body"
-            return error_response(400, "invalid",
-                                  f"not an admission.k8s.io/v1 AdmissionReview ({where}: "
-                                  f"{e.errors()[0]['msg']})")  # fmt: skip
+            where, msg = error_at(e)
+            return error_response(400, "invalid", "not an admission.k8s.io/v1 AdmissionReview "
+                                  f"({where or 'body'}: {msg})")  # fmt: skip
         return JSONResponse(hooks.review(parsed, path))
 
     async def answer(request: Request, path: str) -> Any:

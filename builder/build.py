@@ -174,6 +174,19 @@ def previous_image(target: ImageStore, ref: Ref) -> PreviousImage | None:
     )
 
 
+def source_files(source: Source) -> list[SourceFile]:
+    """The files a build packages; SourceEmpty when there are none."""
+    files = source.files()
+    if not files:
+        raise SourceEmpty("source has no files to package", subject=source.uri)
+    return files
+
+
+def tags_for(ref: Ref, extra: list[str]) -> list[str]:
+    """The tags a build moves: the target's (``latest`` when it names none), then ``--tag``s."""
+    return list(dict.fromkeys([ref.tag or DEFAULT_TAG, *extra]))
+
+
 class Builder:
     def __init__(
         self,
@@ -330,9 +343,7 @@ class Builder:
     def run(self) -> BuildRecord:
         started = time.monotonic()
         started_on = utc_now()
-        files = self.source.files()
-        if not files:
-            raise SourceEmpty("source has no files to package", subject=self.source.uri)
+        files = source_files(self.source)
         for f in files:
             problem = path_problem(f.path)
             if problem is not None:
@@ -416,7 +427,7 @@ class Builder:
             target.put_manifest(top, media_type, sha256_bytes(top))
             sent += len(top)
         digest = sha256_bytes(top)
-        tags = list(dict.fromkeys([self.target_ref.tag or DEFAULT_TAG, *self.options.tags]))
+        tags = tags_for(self.target_ref, self.options.tags)
         for tag in tags:  # last: the tag moves only once everything it names is in place
             target.put_manifest(top, media_type, tag)
 

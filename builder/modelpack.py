@@ -22,12 +22,14 @@ from modelcar.builder.build import (
     BuildRecord,
     LayerRecord,
     created_time,
+    source_files,
+    tags_for,
     utc_now,
 )
 from modelcar.builder.progress import Progress
 from modelcar.builder.sources.base import Source, SourceFile, source_annotations
 from modelcar.builder.statcache import StatCache, default_path, layer_key
-from modelcar.errors import DigestMismatch, SourceEmpty, SourceFileError
+from modelcar.errors import DigestMismatch, SourceFileError
 from modelcar.format import keys as mk
 from modelcar.format import modelpack
 from modelcar.format.fileindex import FileEntry, FileIndex
@@ -167,8 +169,8 @@ def push(
     layers = [modelpack.layer(path, digest, size)
               for path, (digest, size) in sorted(raw.files.items())]  # fmt: skip
     run_id = source_annotations(source).get(mk.SOURCE_RUN_ID)
-    revision = source.uri.rsplit("@", 1)[1] if source.uri.startswith("hf://") and "@" in (
-        source.uri) else run_id  # fmt: skip
+    pinned = mk.hf_commit(source.uri)
+    revision = pinned[1] if pinned else run_id
     created = created_time(source)
     config = modelpack.config(name, layers, created if created else None, revision, source.uri)
     config_digest = sha256_bytes(config)
@@ -203,10 +205,6 @@ def record(target_ref: Ref, digest: str, raw: RawBlobs, source: Source, tags: li
     )  # fmt: skip
 
 
-def no_files(source: Source) -> SourceEmpty:
-    return SourceEmpty("source has no files to package", subject=source.uri)
-
-
 def build(
     fmt: str, source: Source, target_ref: Ref, options: BuildOptions, progress: Progress
 ) -> BuildRecord:
@@ -217,14 +215,12 @@ def build(
     from modelcar.oci.stores import open_store
 
     started, started_on = time.monotonic(), utc_now()
-    files = source.files()
-    if not files:
-        raise no_files(source)
+    files = source_files(source)
     target = open_store(target_ref, options.store, create=True)
     progress.log(f"uploading {len(files)} files as ModelPack raw layers from {source.uri}")
     raw = upload_raw(target, files, options, progress)
     name = target_ref.name.rsplit("/", 1)[-1]
-    tags = list(dict.fromkeys([target_ref.tag or "latest", *options.tags]))
+    tags = tags_for(target_ref, options.tags)
     if fmt == "modelpack":
         digest, _ = push(target, target_ref, raw, source, name, tags)
         return record(target_ref, digest, raw, source, tags,

@@ -15,6 +15,7 @@ from modelcar.cache_daemon.sources import SourceSpec, check_chain, parse_source
 from modelcar.contract import wire
 from modelcar.contract.client import ApiClient
 from modelcar.errors import ModelcarError, UsageError
+from modelcar.filestamp import Stamp, stamp
 from modelcar.oci.manifest import first_error
 from modelcar.trust.policy import Rule
 
@@ -37,19 +38,17 @@ class StaticSource:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self._mtime: float | None = None
+        self._stamp: Stamp | None = None
         self._wanted: list[Wanted] = []
 
     def desired(self) -> list[Wanted]:
-        try:
-            mtime = self.path.stat().st_mtime
-        except OSError as e:
-            raise UsageError(
-                "cannot read --config", subject=str(self.path), hint=e.strerror
-            ) from None
-        if mtime != self._mtime:
+        now = stamp([self.path])
+        if now[0][1] is None:
+            raise UsageError("cannot read --config", subject=str(self.path),
+                             hint="no such file")  # fmt: skip
+        if now != self._stamp:
             self._wanted = self._read()
-            self._mtime = mtime
+            self._stamp = now
             log.info("config %s: %d models", self.path, len(self._wanted))
         return self._wanted
 

@@ -219,3 +219,17 @@ def test_models_have_metadata(api):
     assert [x["name"] for x in c.get("/v1/models").json()] == ["bert", "llama"]
     assert c.put("/v1/models/Bad_Name", json={}).status_code == 422
     assert c.get("/v1/models/nope").status_code == 404
+
+
+def test_concurrent_puts_of_a_new_model_create_it_once(api):
+    """The row is locked (or created under the unique index) before anyone decides
+    whether it was new: of ten concurrent PUTs exactly one answers 201."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def put(i: int) -> int:
+        with api.client(api.admin) as c:
+            return c.put("/v1/models/racy", json={"description": f"d{i}"}).status_code
+
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        codes = list(pool.map(put, range(10)))
+    assert sorted(codes) == [200] * 9 + [201], codes

@@ -22,6 +22,7 @@ from modelcar.errors import (
     Unauthorized,
     UsageError,
 )
+from modelcar.filestamp import Stamp, stamp
 from modelcar.http import retry
 from modelcar.http.body import MAX_API_BYTES, ResponseTooLarge, read_body
 from modelcar.http.client import new_client
@@ -55,7 +56,7 @@ class ApiClient:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.attempts = attempts
         self.token_file = token_file
-        self._token_stamp: tuple[int, int] | None = None
+        self._token_stamp: Stamp | None = None
         self._http = new_client(base_url=self.url, headers=headers, timeout=timeout, verify=verify)
         if token_file:
             self._load_token(force=True)
@@ -64,11 +65,10 @@ class ApiClient:
         """(Re-)read the token file if it changed on disk (a rotated Secret); True if
         the token is now another one."""
         assert self.token_file
+        now = stamp([self.token_file])
+        if not force and now == self._token_stamp:
+            return False
         try:
-            st = os.stat(self.token_file)
-            stamp = (st.st_ino, st.st_mtime_ns)
-            if not force and stamp == self._token_stamp:
-                return False
             with open(self.token_file) as f:
                 token = f.read().strip()
         except OSError as e:
@@ -77,7 +77,7 @@ class ApiClient:
             ) from None
         if not token:
             raise UsageError("the API token file is empty", subject=self.token_file)
-        self._token_stamp = stamp
+        self._token_stamp = now
         header = f"Bearer {token}"
         changed: bool = self._http.headers.get("Authorization") != header
         self._http.headers["Authorization"] = header

@@ -76,10 +76,16 @@ def parse_index(data: bytes) -> Index:
         raise ImageFormatError(f"invalid image index: {first_error(e)}") from None
 
 
-def first_error(e: ValidationError) -> str:
+def error_at(e: ValidationError) -> tuple[str, str]:
+    """Where pydantic's first error is (dotted, "" at the top) and what it says: the
+    one reading of a validation error, for every message that names a field."""
     err = e.errors()[0]
-    loc = ".".join(str(p) for p in err.get("loc", ()))
-    return f"{loc}: {err.get('msg')}" if loc else str(err.get("msg"))
+    return ".".join(str(p) for p in err.get("loc", ())), str(err.get("msg"))
+
+
+def first_error(e: ValidationError) -> str:
+    loc, msg = error_at(e)
+    return f"{loc}: {msg}" if loc else msg
 
 
 def media_type_of(data: bytes, declared: str | None) -> str:

@@ -21,7 +21,7 @@ from modelcar.cache_daemon.kinds import (
 )
 from modelcar.cache_daemon.pull import Puller, PullOptions
 from modelcar.cache_daemon.sources import origin_only
-from modelcar.errors import DigestMismatch, UnsafeArchive
+from modelcar.errors import UnsafeArchive
 from modelcar.format import modelpack
 from modelcar.format.foreign import load_foreign
 from modelcar.format.image import load_model_image
@@ -106,11 +106,12 @@ def test_a_corrupt_first_layer_ends_a_40_layer_pull_without_fetching_the_rest(tm
     model = load_model_image(store, parse_ref(image))
     first = model.model_layers[0].digest
     bad = bytearray(store.blobs[first])
-    bad[len(bad) // 2] ^= 1  # in the file's bytes: its sha256 fails when it ends
+    bad[0] ^= 1  # its first tar header: refused at its first read
     store.blobs[first] = bytes(bad)
+    slow = _Slow(store)  # each layer takes a while, so the other three are in flight
     with CacheDir(tmp_path / "cache") as cache:
-        with pytest.raises(DigestMismatch):
-            Puller(cache, PullOptions(jobs=4, attempts=1), sources=origin_only(store)).pull(image)
+        with pytest.raises(UnsafeArchive):
+            Puller(cache, PullOptions(jobs=4, attempts=1), sources=origin_only(slow)).pull(image)
         layers = {d.digest for d in model.model_layers}
         fetched = {digest for digest, _ in store.reads if digest in layers}
         # the first one and those already in flight on the other three threads, not 40

@@ -44,6 +44,7 @@ import httpx
 
 from modelcar import decode
 from modelcar.errors import AuthenticationFailed, RegistryUnreachable, TransientRegistryError
+from modelcar.filestamp import Stamp, stamp
 from modelcar.http.body import MAX_TOKEN_BYTES, read_body
 from modelcar.http.client import new_client
 
@@ -69,7 +70,6 @@ IDENTITY_TOKEN_USER = "<token>"
 #: What we call ourselves to an OAuth2 token service.
 CLIENT_ID = "modelcar"
 
-_Stamp = tuple[tuple[str, int | None, int | None, int | None], ...]
 #: Credentials are re-read at least this often by long-lived processes.
 REFRESH_SECONDS = 300.0
 #: Without ``expires_in`` a token lives 60 s (the Docker token specification).
@@ -240,20 +240,13 @@ class CredentialStore:
         self.host = host
         self.docker_config = docker_config
         self._creds: Credentials | None = None
-        self._stamp: _Stamp | None = None
+        self._stamp: Stamp | None = None
         self._loaded_at = float("-inf")
         self._lock = threading.Lock()
         self.loads = 0
 
-    def _files_stamp(self) -> _Stamp:
-        out: list[tuple[str, int | None, int | None, int | None]] = []
-        for p in config_paths(self.docker_config):
-            try:
-                st = p.stat()  # follows the symlinks a mounted Secret swaps on update
-                out.append((str(p), st.st_ino, st.st_mtime_ns, st.st_size))
-            except OSError:
-                out.append((str(p), None, None, None))
-        return tuple(out)
+    def _files_stamp(self) -> Stamp:
+        return stamp(config_paths(self.docker_config))
 
     def get(self) -> Credentials | None:
         with self._lock:
@@ -270,7 +263,7 @@ class CredentialStore:
             self._load(self._files_stamp())
             return self._creds != before
 
-    def _load(self, stamp: _Stamp) -> None:
+    def _load(self, stamp: Stamp) -> None:
         try:
             self._creds = find_credentials(self.host, self.docker_config)
         except AuthenticationFailed:

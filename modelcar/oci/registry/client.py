@@ -6,6 +6,7 @@ the digest asked for. Blobs stream in both directions; see ``upload.py``.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ssl
 import threading
@@ -38,12 +39,24 @@ from modelcar.oci.registry import upload
 from modelcar.oci.registry.auth import CredentialStore, RegistryAuth
 from modelcar.oci.registry.errors import check, translate_transport, with_retries
 from modelcar.oci.store import ChunkFactory, FetchedManifest, ImageStore, StoreOptions, Via
+from modelcar.version import version
 
 _ClientKey = tuple[str, bool, bool, str | None, str | None, Via | None]
 _clients: dict[_ClientKey, tuple[httpx.Client, RegistryAuth]] = {}
 _auths: dict[tuple[str, bool, bool, str | None, str | None], RegistryAuth] = {}
 T = TypeVar("T")
 _clients_lock = threading.Lock()
+#: Who we say we are to registries and peers.
+USER_AGENT = f"modelcar/{version()}"
+
+
+@atexit.register
+def close_clients() -> None:
+    """Close every cached registry client (their pooled connections); at exit too."""
+    with _clients_lock:
+        for client, _ in _clients.values():
+            client.close()
+        _clients.clear()
 
 
 def _verify(options: StoreOptions) -> Any:
@@ -74,7 +87,7 @@ def _client_for(host: str, options: StoreOptions) -> tuple[httpx.Client, Registr
                 auth = _auths[auth_key] = RegistryAuth(
                     host, CredentialStore(host, options.docker_config), verify, options.timeout
                 )
-            headers = {"User-Agent": "modelcar/0.1", "Accept-Encoding": "identity"}
+            headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
             headers.update(dict(via.headers) if via else {})
             client = new_client(
                 verify=verify,
