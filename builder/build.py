@@ -22,13 +22,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel
-
 from modelcar.builder.base import BaseImage, load_bases
 from modelcar.builder.plan import LayerPlan, plan_layers
 from modelcar.builder.progress import Progress
 from modelcar.builder.sources.base import Source, SourceFile, source_annotations
 from modelcar.builder.statcache import StatCache, default_path, layer_key
+from modelcar.contract.build import BuildRecord, LayerRecord
 from modelcar.errors import (
     BlobTooLarge,
     DigestMismatch,
@@ -66,49 +65,6 @@ class BuildOptions:
     store: StoreOptions = field(default_factory=StoreOptions)
     #: Platforms to build for (None: every platform of the base).
     platforms: list[Platform] | None = None
-
-
-class LayerRecord(BaseModel):
-    digest: str
-    size: int
-    files: list[str]
-    uploaded: bool
-
-
-class SigningRecord(BaseModel):
-    key_id: str
-    attestations: list[str]  # predicate types
-    seconds: float
-
-
-class BuildRecord(BaseModel):
-    reference: str
-    digest: str
-    tags: list[str]
-    source: str
-    created: str
-    size: int
-    files: int
-    layers: list[LayerRecord]
-    base: str
-    base_digest: str | None
-    #: One manifest per platform, under an index, when there is more than one.
-    platforms: list[str]
-    index_digest: str
-    #: Wall-clock start and end (UTC), for provenance; ``seconds`` is measured monotonic.
-    started: str = ""
-    finished: str = ""
-    seconds: float
-    bytes_uploaded: int
-    bytes_skipped: int
-    #: Filled by `build --sign-key` once the image is signed and attested.
-    signed: SigningRecord | None = None
-    #: modelcar, or modelpack (`--format modelpack`: ``digest`` is the ModelPack's).
-    format: str = "modelcar"
-    #: The ModelPack manifest's digest (`--format modelpack|both`).
-    modelpack_digest: str | None = None
-    #: What the source adds to the image's annotations (an MLflow run id).
-    source_annotations: dict[str, str] = {}
 
 
 @dataclass
@@ -367,7 +323,7 @@ class Builder:
         on = f" for {', '.join(bases.platforms)}" if bases.is_index else ""
         self.progress.log(
             f"building {len(files)} files ({total} bytes) in {len(plan)} layers{on} "
-            f"from {getattr(self.source, 'root', self.source.uri)}"
+            f"from {self.source.where()}"
         )
         base_blobs = {d.digest: (b, d) for b in bases.images for d in b.layers}
 
@@ -557,7 +513,7 @@ class Builder:
             history.append({"created": created, "created_by": f"modelcar build: /models/{names}"})
         config["history"] = history
         config[mt.CONFIG_INDEX_KEY] = index.model_dump(mode="json")
-        provenance = getattr(self.source, "provenance", None)
-        if provenance is not None:  # which object versions were read (S3 ETags)
-            config[mt.SOURCE_OBJECTS] = provenance()
+        objects = self.source.provenance()
+        if objects is not None:  # which object versions were read (S3 ETags)
+            config[mt.SOURCE_OBJECTS] = objects
         return config

@@ -20,9 +20,9 @@ from modelcar.oci.reference import parse_ref
 from modelcar.oci.store import StoreOptions
 
 if TYPE_CHECKING:
-    from modelcar.builder.build import BuildRecord
     from modelcar.builder.progress import Progress
     from modelcar.builder.sources.base import Source
+    from modelcar.contract.build import BuildRecord
     from modelcar.trust.cosign import Signature
 
 app = new_app(
@@ -289,8 +289,8 @@ def build(
     if private is not None:
         import time
 
-        from modelcar.builder.build import SigningRecord
         from modelcar.builder.signing import sign_build
+        from modelcar.contract.build import SigningRecord
 
         started = time.monotonic()
         signature, attested = sign_build(target_ref, record, private, src, selection, options)

@@ -15,12 +15,10 @@ import functools
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 from modelcar.builder.build import (
     BuildOptions,
-    BuildRecord,
-    LayerRecord,
     created_time,
     source_files,
     tags_for,
@@ -29,6 +27,7 @@ from modelcar.builder.build import (
 from modelcar.builder.progress import Progress
 from modelcar.builder.sources.base import Source, SourceFile, source_annotations
 from modelcar.builder.statcache import StatCache, default_path, layer_key
+from modelcar.contract.build import BuildRecord, LayerRecord
 from modelcar.errors import DigestMismatch, SourceFileError
 from modelcar.format import keys as mk
 from modelcar.format import modelpack
@@ -132,7 +131,7 @@ class _BlobFile:
         self.close()
 
 
-class StoredSource:
+class StoredSource(Source):
     """The source again, its files now read from their raw blobs in the target."""
 
     def __init__(self, inner: Source, target: ImageStore, raw: RawBlobs, files: list[SourceFile]):
@@ -143,8 +142,14 @@ class StoredSource:
     def files(self) -> list[SourceFile]:
         return self._files
 
-    def __getattr__(self, name: str) -> Any:  # annotations(), provenance(), root…
-        return getattr(self.inner, name)
+    def where(self) -> str:
+        return self.inner.where()
+
+    def annotations(self) -> dict[str, str]:
+        return self.inner.annotations()
+
+    def provenance(self) -> dict[str, dict[str, str]] | None:
+        return self.inner.provenance()
 
 
 def _stored(f: SourceFile, target: ImageStore, digest: str) -> SourceFile:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from modelcar.builder.build import BuildRecord
+from modelcar.contract.build import BuildRecord
 from modelcar.contract.client import ApiClient
 from modelcar.contract.modelref import valid_alias, valid_model_name
 from modelcar.contract.wire import SignatureCreate, VersionCreate, VersionOut

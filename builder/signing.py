@@ -10,8 +10,9 @@ from importlib.metadata import PackageNotFoundError, version
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from modelcar.builder.build import BuildOptions, BuildRecord
+from modelcar.builder.build import BuildOptions
 from modelcar.builder.sources.base import Selection, Source, source_annotations
+from modelcar.contract.build import BuildRecord
 from modelcar.format import keys as mk
 from modelcar.format.fileindex import FileIndex
 from modelcar.format.image import load_model_image
@@ -34,7 +35,7 @@ def facts_of(
     options: BuildOptions,
     image_index: FileIndex,
 ) -> provenance.BuildFacts:
-    objects = getattr(source, "provenance", None)
+    objects = source.provenance()
     return provenance.BuildFacts(
         source=record.source,
         index=image_index,
@@ -42,7 +43,7 @@ def facts_of(
         started=record.started,
         finished=record.finished,
         run_id=source_annotations(source).get(mk.SOURCE_RUN_ID),
-        objects=objects() if objects else {},
+        objects=objects or {},
         base=record.base,
         base_digest=record.base_digest,
         include=list(selection.include),

@@ -22,10 +22,11 @@ from modelcar.cache_daemon import control
 from modelcar.cache_daemon.cachedir import CacheDir
 from modelcar.cache_daemon.control import ControlServer
 from modelcar.cache_daemon.evict import Budget, Evictor
-from modelcar.cache_daemon.pull import Puller, PullOptions, PullResult, pinned
+from modelcar.cache_daemon.pull import Puller, PullOptions, pinned
 from modelcar.cache_daemon.sources import SourceSpec, chain, parse_source
 from modelcar.cliutil import human, new_app, parse_size, run_cli
 from modelcar.contract.client import API_ENV, TOKEN_ENV, TOKEN_FILE_ENV, ApiClient
+from modelcar.contract.control import GcArgs, VerifyArgs
 from modelcar.contract.nodecache import DEFAULT_CACHE_ROOT
 from modelcar.errors import DigestMismatch, UsageError
 from modelcar.http.body import Progress
@@ -321,9 +322,8 @@ def pull(
     pinned(ref)
     specs = [parse_source(text) for text in source or []]
     _setup_logging(not quiet)
-    answer = control.request(Path(cache_dir), "pull", ref=ref)
-    if answer is not None:
-        done = PullResult.model_validate(answer)
+    done = control.pull(Path(cache_dir), ref)
+    if done is not None:
         if json_out:
             typer.echo(done.model_dump_json())
         typer.echo(done.path)
@@ -373,8 +373,8 @@ def list_models(cache_dir: CacheRoot = DEFAULT_CACHE_ROOT, json_out: JsonOut = F
     if not (Path(cache_dir) / "state.db").is_file():
         typer.echo(f"no models: {cache_dir} holds no cache (yet)", err=True)
         return
-    status = control.request(Path(cache_dir), "status", timeout=10)
-    assigned = set(status["assigned"]) if status else None
+    status = control.status(Path(cache_dir))
+    assigned = set(status.assigned) if status else None
     cache = _reader(cache_dir)
     try:
         records = cache.db.all()
@@ -395,29 +395,27 @@ def list_models(cache_dir: CacheRoot = DEFAULT_CACHE_ROOT, json_out: JsonOut = F
 def status(cache_dir: CacheRoot = DEFAULT_CACHE_ROOT, json_out: JsonOut = False) -> None:
     """What the running daemon is doing now: each pull (bytes, rate, ETA, source), the
     last error per model, the disk budget."""
-    answer = control.request(Path(cache_dir), "status", timeout=10)
+    answer = control.status(Path(cache_dir))
     if answer is None:
         raise UsageError("no daemon is running on this cache dir", subject=str(cache_dir),
                          hint="`modelcar-cache ls` reads the cache without one")  # fmt: skip
     if json_out:
-        typer.echo(json.dumps(answer, sort_keys=True))
+        typer.echo(json.dumps(answer.model_dump(), sort_keys=True))
         return
-    disk = answer["disk"]
-    disk_use = (f"{human(disk['used_bytes'])} used of a {human(disk['budget_bytes'])} budget "
-                f"({human(disk['capacity_bytes'])} disk)")  # fmt: skip
-    assigned = len(answer["assigned"])
-    typer.echo(f"node {answer['node']} (daemon pid {answer['pid']}), cache "
-               f"{answer['cache_dir']}: {disk_use}, {assigned} assigned")  # fmt: skip
-    for p in answer["pulls"]:
-        total = p["bytes_total"]
-        pct = 100 * p["bytes_done"] / total if total else 0.0
-        eta = f"ETA {p['eta_seconds']}s" if p["eta_seconds"] is not None else "ETA ?"
-        typer.echo(f"pulling {p['digest'][:19]}  {p['model']}  {human(p['bytes_done'])} of "
-                   f"{human(p['bytes_total'])} ({pct:.0f}%)  {human(p['rate'])}/s  {eta}  "
-                   f"from {p['source']}")  # fmt: skip
-    if not answer["pulls"]:
+    disk = answer.disk
+    disk_use = (f"{human(disk.used_bytes)} used of a {human(disk.budget_bytes)} budget "
+                f"({human(disk.capacity_bytes)} disk)")  # fmt: skip
+    typer.echo(f"node {answer.node} (daemon pid {answer.pid}), cache "
+               f"{answer.cache_dir}: {disk_use}, {len(answer.assigned)} assigned")  # fmt: skip
+    for p in answer.pulls:
+        pct = 100 * p.bytes_done / p.bytes_total if p.bytes_total else 0.0
+        eta = f"ETA {p.eta_seconds}s" if p.eta_seconds is not None else "ETA ?"
+        typer.echo(f"pulling {p.digest[:19]}  {p.model}  {human(p.bytes_done)} of "
+                   f"{human(p.bytes_total)} ({pct:.0f}%)  {human(p.rate)}/s  {eta}  "
+                   f"from {p.source}")  # fmt: skip
+    if not answer.pulls:
         typer.echo("no pull in progress")
-    for digest, error in sorted(answer["errors"].items()):
+    for digest, error in sorted(answer.errors.items()):
         typer.echo(f"error   {digest[:19]}  {error}")
 
 
@@ -455,14 +453,14 @@ def gc(
     down to --max-bytes/--max-percent once; its assigned models and pulls are kept."""
     _setup_logging()
     keep_digests = {pinned(k).digest or "" for k in keep or []}
-    answer = control.request(
-        Path(cache_dir), "gc", keep=sorted(keep_digests),
-        max_bytes=parse_size(max_bytes) if max_bytes else None, max_percent=max_percent,
-    )  # fmt: skip
+    answer = control.gc(Path(cache_dir), GcArgs(
+        keep=sorted(keep_digests), max_bytes=parse_size(max_bytes) if max_bytes else None,
+        max_percent=max_percent,
+    ))  # fmt: skip
     if answer is not None:
-        for digest in answer["evicted"]:
+        for digest in answer.evicted:
             typer.echo(digest)
-        typer.echo(f"evicted {len(answer['evicted'])} models (by the running daemon)", err=True)
+        typer.echo(f"evicted {len(answer.evicted)} models (by the running daemon)", err=True)
         return
     with CacheDir(cache_dir) as cache:
         for digest in cache.staged():
@@ -490,8 +488,8 @@ def verify(
     Reads only, beside the daemon too, unless --quarantine."""
     from modelcar.cache_daemon.scrub import verify_models
 
-    answer = control.request(Path(cache_dir), "verify", digests=digests or [],
-                             quarantine=True) if quarantine else None  # fmt: skip
+    args = VerifyArgs(digests=digests or [], quarantine=True)
+    answer = control.verify(Path(cache_dir), args) if quarantine else None
     if answer is not None:
         results = answer
     elif quarantine:
@@ -504,10 +502,10 @@ def verify(
         finally:
             cache.close()
     for r in results:
-        verdict = "ok" if not r["problems"] else "CORRUPT: " + r["problems"][0]
-        moved = f" (moved to {r['quarantined']})" if r["quarantined"] else ""
-        typer.echo(f"{r['digest']}  {verdict}{moved}")
-    bad = sum(bool(r["problems"]) for r in results)
+        verdict = "ok" if not r.problems else "CORRUPT: " + r.problems[0]
+        moved = f" (moved to {r.quarantined})" if r.quarantined else ""
+        typer.echo(f"{r.digest}  {verdict}{moved}")
+    bad = sum(bool(r.problems) for r in results)
     if bad:  # exit 1, as a corrupt layer does
         raise DigestMismatch(f"{bad} of {len(results)} models differ from their file index")
 

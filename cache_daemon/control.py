@@ -23,6 +23,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from pydantic import TypeAdapter
+
+from modelcar.contract import control as ctl
 from modelcar.errors import ModelcarError, UsageError
 
 log = logging.getLogger("modelcar.cache")
@@ -246,6 +249,27 @@ def request(root: Path, op: str, timeout: float | None = 600, **args: Any) -> An
     if not answer.get("ok"):
         raise ControlError(answer.get("error") or "refused", subject=str(root))
     return answer.get("result")
+
+
+def status(root: Path) -> ctl.LiveStatus | None:
+    """What the running daemon does now; None if none runs on ``root``."""
+    answer = request(root, "status", timeout=10)
+    return None if answer is None else ctl.LiveStatus.model_validate(answer)
+
+
+def gc(root: Path, args: ctl.GcArgs) -> ctl.GcResult | None:
+    answer = request(root, "gc", **args.model_dump())
+    return None if answer is None else ctl.GcResult.model_validate(answer)
+
+
+def pull(root: Path, ref: str) -> ctl.PullResult | None:
+    answer = request(root, "pull", **ctl.PullArgs(ref=ref).model_dump())
+    return None if answer is None else ctl.PullResult.model_validate(answer)
+
+
+def verify(root: Path, args: ctl.VerifyArgs) -> list[ctl.VerifyResult] | None:
+    answer = request(root, "verify", **args.model_dump())
+    return None if answer is None else TypeAdapter(list[ctl.VerifyResult]).validate_python(answer)
 
 
 def events(root: Path, follow: bool) -> Iterator[str] | None:

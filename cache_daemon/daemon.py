@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import BaseModel, ValidationError
+
 from modelcar.cache_daemon.blobstream import RateLimiter, SourcesMissed
 from modelcar.cache_daemon.cachedir import CacheDir
 from modelcar.cache_daemon.control import ControlError, Events
@@ -32,12 +34,15 @@ from modelcar.cache_daemon.pull import (
     unexpected,
 )
 from modelcar.cache_daemon.scrub import scrub, verify_models
+from modelcar.contract import control as ctl
 from modelcar.contract import wire as wire
 from modelcar.contract.client import ApiClient
+from modelcar.contract.control import PullView
 from modelcar.errors import ModelcarError, SignatureError
 from modelcar.format.fileindex import FileIndex
 from modelcar.format.foreign import ForeignImage
 from modelcar.format.image import ModelImage
+from modelcar.oci.manifest import first_error
 from modelcar.oci.store import ImageStore
 from modelcar.trust import policy
 from modelcar.trust.policy import Rule
@@ -76,19 +81,19 @@ class _Pulling:
         self.done, self.total = done, total
         self.samples = [(t, d) for t, d in self.samples if now - t < 10.0] + [(now, done)]
 
-    def view(self, digest: str) -> dict[str, object]:
+    def view(self, digest: str, by_source: dict[str, int]) -> PullView:
         rate = 0.0
         if len(self.samples) > 1:
             (t0, d0), (t1, d1) = self.samples[0], self.samples[-1]
             rate = (d1 - d0) / (t1 - t0) if t1 > t0 else 0.0
         left = max(0, self.total - self.done)
-        return {
-            "digest": digest, "image": self.image, "model": self.model,
-            "bytes_done": self.done, "bytes_total": self.total, "rate": round(rate),
-            "eta_seconds": round(left / rate) if rate > 0 else None,
-            "source": self.image.split("/", 1)[0],
-            "seconds": round(time.monotonic() - self.started, 1),
-        }  # fmt: skip
+        return PullView(
+            digest=digest, image=self.image, model=self.model,
+            bytes_done=self.done, bytes_total=self.total, rate=round(rate),
+            eta_seconds=round(left / rate) if rate > 0 else None,
+            source=self.image.split("/", 1)[0],
+            seconds=round(time.monotonic() - self.started, 1), by_source=by_source,
+        )  # fmt: skip
 
 
 @dataclass
@@ -328,28 +333,39 @@ class Daemon:
 
     # --- the control socket ------------------------------------------------------
 
-    def control(self, op: str, args: dict[str, Any]) -> Any:
-        """One control request (see control.py), run by the daemon itself."""
-        if op == "status":
+    def control(self, op: str, raw: dict[str, Any]) -> Any:
+        """One control request (see control.py), run by the daemon itself; its result
+        as JSON-ready data (the models of ``modelcar.contract.control``)."""
+        kind = ctl.ARGS.get(op)
+        if kind is None:
+            raise ControlError(f"unknown control request {op!r}",
+                               hint="status, gc, pull, verify or events")  # fmt: skip
+        try:
+            args = kind.model_validate(raw)
+        except ValidationError as e:
+            raise ControlError(f"a bad {op} request ({first_error(e)})") from None
+        return self._control(args).model_dump() if not isinstance(args, ctl.VerifyArgs) else [
+            r.model_dump() for r in self._verify(args.digests, args.quarantine)]  # fmt: skip
+
+    def _control(self, args: BaseModel) -> BaseModel:
+        if isinstance(args, ctl.StatusArgs):
             return self.live_status()
-        if op == "gc":
+        if isinstance(args, ctl.GcArgs):
             budget = self.options.budget
-            if args.get("max_bytes") is not None or args.get("max_percent") is not None:
+            if args.max_bytes is not None or args.max_percent is not None:
                 # a one-off budget: down to it, not between watermarks
-                budget = Budget(max_bytes=args.get("max_bytes"),
-                                max_percent=args.get("max_percent"), high=1.0, low=1.0)  # fmt: skip
-            keep = set(args.get("keep") or [])
+                budget = Budget(max_bytes=args.max_bytes, max_percent=args.max_percent,
+                                high=1.0, low=1.0)  # fmt: skip
+            keep = set(args.keep)
             evictor = Evictor(self.cache, budget, lambda: self._assigned | keep, self._evicted)
             with self._evict_lock:
                 evicted = evictor.collect()
             self._drop_stale_staging()
             self._update_gauges()
             self.report()
-            return {"evicted": evicted}
-        if op == "pull":
-            ref = args.get("ref")
-            if not isinstance(ref, str):
-                raise ControlError('pull needs {"ref": "REPO@sha256:…"}')
+            return ctl.GcResult(evicted=evicted)
+        if isinstance(args, ctl.PullArgs):
+            ref = args.ref
             digest = pinned(ref).digest
             self._event("pulling", digest=digest, image=ref, model="(requested)")
             # an assigned model keeps its policies' checks when pulled by hand
@@ -358,42 +374,39 @@ class Daemon:
             self._event("ready", digest=result.digest, model="(requested)",
                         seconds=round(result.seconds, 2), fetched=result.bytes_fetched)  # fmt: skip
             self.report()
-            return result.model_dump()
-        if op == "verify":
-            return self._verify(args.get("digests") or [], bool(args.get("quarantine")))
-        raise ControlError(f"unknown control request {op!r}",
-                           hint="status, gc, pull, verify or events")  # fmt: skip
+            return result
+        raise ControlError("events are streamed, not answered")
 
-    def _verify(self, digests: list[str], quarantine: bool) -> list[dict[str, Any]]:
+    def _verify(self, digests: list[str], quarantine: bool) -> list[ctl.VerifyResult]:
         results = verify_models(self.cache, digests, quarantine=quarantine)
         for r in results:
-            if r["quarantined"]:
+            if r.quarantined:
                 self.metrics.verify_failed()
-                self._event("quarantined", digest=r["digest"], problem=r["problems"][0])
-        if any(r["quarantined"] for r in results):
+                self._event("quarantined", digest=r.digest, problem=r.problems[0])
+        if any(r.quarantined for r in results):
             self.report()
         return results
 
-    def live_status(self) -> dict[str, Any]:
-        """What the daemon is doing now, for ``modelcar-cache status`` and ``ls``."""
+    def live_status(self) -> ctl.LiveStatus:
+        """What the daemon is doing now, for ``modelcar-cache status``."""
         capacity, _free = self.cache.filesystem()
         used = self.evictor.used()
-        pulls = []
-        for d, p in list(self._pulling.items()):
-            pulls.append({**p.view(d), "by_source": dict(self.puller.by_source.get(d, {}))})
-        return {
-            "node": self.options.node,
-            "pid": os.getpid(),
-            "cache_dir": str(self.cache.root),
-            "pulls": pulls,
-            "assigned": sorted(self._assigned),
-            "errors": {r.digest: r.error for r in self.cache.db.all() if r.error},
-            "disk": {
-                "used_bytes": used,
-                "budget_bytes": self.options.budget.limit(self.cache, used),
-                "capacity_bytes": capacity,
-            },
-        }
+        return ctl.LiveStatus(
+            node=self.options.node,
+            pid=os.getpid(),
+            cache_dir=str(self.cache.root),
+            pulls=[
+                p.view(d, dict(self.puller.by_source.get(d, {})))
+                for d, p in list(self._pulling.items())
+            ],
+            assigned=sorted(self._assigned),
+            errors={r.digest: r.error for r in self.cache.db.all() if r.error},
+            disk=ctl.DiskUse(
+                used_bytes=used,
+                capacity_bytes=capacity,
+                budget_bytes=self.options.budget.limit(self.cache, used),
+            ),
+        )
 
     def _warm(self, w: Wanted) -> None:
         """With --warm-cri: the runtime pulls the image too, and pins it (once per process)."""
@@ -423,7 +436,7 @@ class Daemon:
             if now - self._scrubbed.get(digest, 0.0) < self.options.scrub_every:
                 continue
             self._scrubbed[digest] = now
-            problems = scrub(self.cache, digest, self._scrub_limiter)["problems"]
+            problems = scrub(self.cache, digest, self._scrub_limiter).problems
             self.metrics.scrubs.labels("quarantined" if problems else "ok").inc()
             if problems:
                 self.metrics.verify_failed()

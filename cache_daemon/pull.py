@@ -25,6 +25,7 @@ from modelcar.cache_daemon.ingest import Job, PullProgress, file_size, is_space
 from modelcar.cache_daemon.kinds import strategy_for
 from modelcar.cache_daemon.metrics import NO_METRICS, PullMetrics
 from modelcar.cache_daemon.sources import Source, SourceSpec, chain, open_sources
+from modelcar.contract.control import PullResult
 from modelcar.errors import (
     DigestMismatch,
     DiskFull,
@@ -74,20 +75,6 @@ class PullOptions(BaseModel):
     checkpoint_bytes: int = CHECKPOINT_BYTES
 
     model_config = {"arbitrary_types_allowed": True}
-
-
-class PullResult(BaseModel):
-    digest: str
-    image: str
-    path: str
-    size: int
-    files: int
-    layers: int
-    bytes_fetched: int
-    bytes_resumed: int
-    seconds: float
-    #: Layer bytes by source of the chain (``origin``, ``spegel``, …) in this pull.
-    by_source: dict[str, int] = {}
 
 
 def pinned(image: str) -> ImageRef | LayoutRef:

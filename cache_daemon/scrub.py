@@ -6,10 +6,10 @@ import hashlib
 import logging
 import os
 from pathlib import Path
-from typing import Any
 
 from modelcar.cache_daemon.blobstream import RateLimiter
 from modelcar.cache_daemon.cachedir import CacheDir
+from modelcar.contract.control import VerifyResult
 from modelcar.errors import UsageError
 from modelcar.oci.digest import CHUNK
 
@@ -54,19 +54,19 @@ def check_model(cache: CacheDir, digest: str, limiter: RateLimiter | None = None
 
 def scrub(
     cache: CacheDir, digest: str, limiter: RateLimiter | None = None, *, quarantine: bool = True
-) -> dict[str, Any]:
+) -> VerifyResult:
     """Check one model; with ``quarantine``, move it out of models/ (never served) if it
-    is corrupt. ``{"digest", "problems", "quarantined": where or None}``."""
+    is corrupt."""
     problems = check_model(cache, digest, limiter)
     where = None
     if problems and quarantine:
         where = str(cache.quarantine(digest))
         cache.db.set(digest, state="failed", error=f"corrupted, quarantined: {problems[0]}")
         log.warning("quarantined %s to %s: %s", digest[:19], where, "; ".join(problems[:3]))
-    return {"digest": digest, "problems": problems, "quarantined": where}
+    return VerifyResult(digest=digest, problems=problems, quarantined=where)
 
 
-def verify_models(cache: CacheDir, digests: list[str], *, quarantine: bool) -> list[dict[str, Any]]:
+def verify_models(cache: CacheDir, digests: list[str], *, quarantine: bool) -> list[VerifyResult]:
     """``scrub`` each of ``digests`` (default: every published model), all named ones
     checked to be published first."""
     targets = digests or cache.published()

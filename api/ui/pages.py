@@ -14,7 +14,8 @@ from sqlalchemy.orm import Session, selectinload
 
 from modelcar.api import catalog, fleet, rollouts, trust, usage
 from modelcar.api.db.tables import Alias, AliasEvent, Model, Node, NodeModel, Policy, Version
-from modelcar.contract import wire as wire
+from modelcar.contract import wire
+from modelcar.contract.build import read_build
 from modelcar.contract.modelref import parse_model_ref
 from modelcar.errors import ModelcarError
 from modelcar.format.keys import SOURCE_RUN_ID, hf_commit
@@ -79,11 +80,11 @@ class Origin:
 
 def origin_of(v: wire.VersionOut) -> Origin:
     """Where a version came from, with its commit or run when the build recorded one."""
-    pinned = hf_commit(v.source_uri or v.build.get("source", "") or "")
-    facts = v.build.get("source_annotations") or {}
-    run = facts.get(SOURCE_RUN_ID) if isinstance(facts, dict) else None
-    uri = v.source_uri or str(v.build.get("source", ""))
-    return Origin(uri, pinned[1] if pinned else None, run if isinstance(run, str) else None)
+    build = read_build(v.build)
+    uri = v.source_uri or (build.source if build else "")
+    pinned = hf_commit(uri)
+    run = build.source_annotations.get(SOURCE_RUN_ID) if build else None
+    return Origin(uri, pinned[1] if pinned else None, run)
 
 
 @dataclass

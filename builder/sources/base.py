@@ -25,16 +25,31 @@ class SourceFile:
 
 
 class Source(Protocol):
+    """What a build reads. ``files`` is required; the rest are optional capabilities
+    with defaults here, which a source class inherits by naming ``Source`` as its base
+    (a structural match without them is a type error, not a silent ``getattr``)."""
+
     uri: str  # immutable name of what was read: file:///abs, hf://org/name@<sha>, ...
     created: int | None  # seconds since the epoch of the source's commit, if it has one
 
     def files(self) -> list[SourceFile]: ...
 
+    def where(self) -> str:
+        """Where the files are read from, for messages (a local root, or the URI)."""
+        return self.uri
+
+    def annotations(self) -> dict[str, str]:
+        """What the source adds to the image's annotations (MLflow: the run id)."""
+        return {}
+
+    def provenance(self) -> dict[str, dict[str, str]] | None:
+        """The object versions read, for the config and provenance (S3: ETags)."""
+        return None
+
 
 def source_annotations(source: Source) -> dict[str, str]:
     """What a source adds to an image's annotations (MLflow: the run id), if anything."""
-    extra = getattr(source, "annotations", None)
-    return dict(extra()) if extra is not None else {}
+    return dict(source.annotations())
 
 
 def _matches(path: str, pattern: str) -> bool:

@@ -35,7 +35,7 @@ from huggingface_hub.errors import (
 from huggingface_hub.hf_api import RepoFile
 from huggingface_hub.utils import build_hf_headers, get_session
 
-from modelcar.builder.sources.base import Selection, SourceFile, _matches
+from modelcar.builder.sources.base import Selection, Source, SourceFile, _matches
 from modelcar.builder.sources.httpfile import (
     ATTEMPTS,
     HTTP_ERRORS,
@@ -71,7 +71,7 @@ def default_skip(path: str, has_safetensors: bool) -> bool:
     return has_safetensors and any(_matches(path, p) for p in DUPLICATE_WEIGHTS)
 
 
-class HfSource:
+class HfSource(Source):
     def __init__(
         self,
         uri: str,

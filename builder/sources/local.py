@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import unquote, urlparse
 
-from modelcar.builder.sources.base import Selection, SourceFile
+from modelcar.builder.sources.base import Selection, Source, SourceFile
 from modelcar.errors import SourceError, SourceFileError, SourceNotFound
 
 DEFAULT_EXCLUDE = (".git/", ".modelcar/")
@@ -28,7 +28,7 @@ def path_from_uri(text: str) -> Path:
     return Path(text)
 
 
-class LocalSource:
+class LocalSource(Source):
     def __init__(self, location: str, selection: Selection | None = None, uri: str | None = None):
         self.root = path_from_uri(location).expanduser()
         self.selection = selection or Selection()
@@ -49,6 +49,9 @@ class LocalSource:
         # into the repo's own blobs/ directory: those targets belong to the snapshot.
         blobs = self.real_root.parent.parent / "blobs"
         return self.real_root.parent.name == "snapshots" and blobs in real.parents
+
+    def where(self) -> str:
+        return str(self.root)
 
     def files(self) -> list[SourceFile]:
         out: list[SourceFile] = []

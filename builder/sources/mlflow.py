@@ -23,7 +23,7 @@ from urllib.parse import quote, urlparse
 
 import httpx
 
-from modelcar.builder.sources.base import Selection, SourceFile
+from modelcar.builder.sources.base import Selection, Source, SourceFile
 from modelcar.builder.sources.httpfile import HttpFile
 from modelcar.errors import SourceError, SourceNotFound, UsageError
 from modelcar.format import keys as mt
@@ -57,7 +57,7 @@ def _auth() -> tuple[dict[str, str], Any]:
     return headers, ((user, password) if user and password else None)
 
 
-class MlflowSource:
+class MlflowSource(Source):
     def __init__(
         self,
         uri: str,
@@ -101,7 +101,7 @@ class MlflowSource:
         self.location = _underlying(location)
         self.inner = self._inner(self.location, s3_endpoint)
 
-    def _inner(self, location: str, s3_endpoint: str | None) -> Any:
+    def _inner(self, location: str, s3_endpoint: str | None) -> Source:
         if location.startswith("s3://"):
             from modelcar.builder.sources.s3 import S3Source
 
@@ -123,8 +123,13 @@ class MlflowSource:
         return LocalSource(local, self.selection, uri=self.uri)
 
     def files(self) -> list[SourceFile]:
-        files: list[SourceFile] = self.inner.files()
-        return files
+        return self.inner.files()
+
+    def where(self) -> str:
+        return self.inner.where()
+
+    def provenance(self) -> dict[str, dict[str, str]] | None:
+        return self.inner.provenance()
 
     def annotations(self) -> dict[str, str]:
         return {mt.SOURCE_RUN_ID: self.run_id} if self.run_id else {}
@@ -143,12 +148,13 @@ def _underlying(location: str) -> str:
     return location
 
 
-class ArtifactProxyTree:
+class ArtifactProxyTree(Source):
     """Artifacts behind the tracking server's proxy (``mlflow server --artifacts-destination``)."""
 
     def __init__(
         self, tracking: str, location: str, selection: Selection, on_wait: Callable[[str], None]
     ):
+        self.uri, self.created = location, None
         parsed = urlparse(location)
         base = f"http://{parsed.netloc}" if parsed.netloc else tracking.rstrip("/")
         self.api = f"{base}/api/2.0/mlflow-artifacts/artifacts"

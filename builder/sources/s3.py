@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from modelcar.builder.sources.base import Selection, SourceFile
+from modelcar.builder.sources.base import Selection, Source, SourceFile
 from modelcar.errors import (
     ModelcarError,
     SourceError,
@@ -41,7 +41,7 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     return bucket, f"{prefix}/" if prefix else ""
 
 
-class S3Source:
+class S3Source(Source):
     def __init__(
         self,
         uri: str,
