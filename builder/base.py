@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from modelcar.errors import ImageFormatError, UsageError
-from modelcar.format import keys as mt
-from modelcar.oci import mediatypes as oci_mt
+from modelcar.format import keys as mk
+from modelcar.oci import mediatypes as mt
 from modelcar.oci.digest import sha256_bytes
 from modelcar.oci.manifest import (
     Descriptor,
@@ -185,17 +185,17 @@ def busybox_base(path: str | None = None, platform: Platform | None = None) -> B
         config["variant"] = platform.variant
     config_bytes = canonical_json(config)
     desc = Descriptor(
-        mediaType=oci_mt.OCI_LAYER_TAR,
+        mediaType=mt.OCI_LAYER_TAR,
         digest=layer_digest,
         size=len(layer),
-        annotations={mt.LAYER_ROLE: "base"},
+        annotations={mk.LAYER_ROLE: "base"},
     )
     manifest = Manifest(
         config=Descriptor(
-            mediaType=oci_mt.OCI_CONFIG, digest=sha256_bytes(config_bytes), size=len(config_bytes)
+            mediaType=mt.OCI_CONFIG, digest=sha256_bytes(config_bytes), size=len(config_bytes)
         ),
         layers=[desc],
-        annotations={oci_mt.CREATED: EPOCH, mt.PREFIX + "base": "busybox"},
+        annotations={mt.CREATED: EPOCH, mk.PREFIX + "base": "busybox"},
     )
     manifest_bytes = manifest.canonical()
     return BaseImage(
@@ -213,7 +213,7 @@ def busybox_index(binaries: list[tuple[Platform, str | None]]) -> Bases:
     A binary of None is the default one (``$MODELCAR_BUSYBOX`` or /bin/busybox)."""
     images = [busybox_base(path, p) for p, path in binaries]
     index = Index(manifests=[_platform_descriptor(b) for b in images],
-                  annotations={oci_mt.CREATED: EPOCH, mt.PREFIX + "base": "busybox"})  # fmt: skip
+                  annotations={mt.CREATED: EPOCH, mk.PREFIX + "base": "busybox"})  # fmt: skip
     index_bytes = index.canonical()
     return Bases(
         name="modelcar-busybox", digest=sha256_bytes(index_bytes), images=images,
@@ -224,7 +224,7 @@ def busybox_index(binaries: list[tuple[Platform, str | None]]) -> Bases:
 def _platform_descriptor(b: BaseImage) -> Descriptor:
     assert b.manifest_bytes is not None and b.digest is not None
     return Descriptor(
-        mediaType=oci_mt.OCI_MANIFEST, digest=b.digest, size=len(b.manifest_bytes),
+        mediaType=mt.OCI_MANIFEST, digest=b.digest, size=len(b.manifest_bytes),
         platform=b.platform,
     )  # fmt: skip
 
@@ -245,8 +245,8 @@ def scratch_base(platform: Platform | None = None) -> BaseImage:
 
 
 _LAYER_TYPES = {
-    oci_mt.DOCKER_LAYER_TAR: oci_mt.OCI_LAYER_TAR,
-    oci_mt.DOCKER_LAYER_GZIP: oci_mt.OCI_LAYER_GZIP,
+    mt.DOCKER_LAYER_TAR: mt.OCI_LAYER_TAR,
+    mt.DOCKER_LAYER_GZIP: mt.OCI_LAYER_GZIP,
 }
 MAX_PLATFORMS = 64
 
@@ -275,7 +275,7 @@ def load_bases(
     store = open_store(ref, options)
     fetched = store.get_manifest(ref.reference)
     name = str(ref.with_tag(ref.tag) if not ref.digest else ref)
-    if fetched.media_type not in oci_mt.INDEX_TYPES:
+    if fetched.media_type not in mt.INDEX_TYPES:
         image = _load_image(store, spec, name, fetched.data, fetched.digest)
         if platforms and not all(same_platform(p, image.platform) for p in platforms):
             raise UsageError(
@@ -321,7 +321,7 @@ def _load_image(store: ImageStore, spec: str, name: str, data: bytes, digest: st
             mediaType=_LAYER_TYPES.get(d.mediaType, d.mediaType),
             digest=d.digest,
             size=d.size,
-            annotations={mt.LAYER_ROLE: "base"},
+            annotations={mk.LAYER_ROLE: "base"},
         )
         for d in manifest.layers
     ]

@@ -37,12 +37,12 @@ from modelcar.errors import (
     SourceEmpty,
     SourceFileError,
 )
-from modelcar.format import keys as mt
+from modelcar.format import keys as mk
 from modelcar.format.fileindex import FileEntry, FileIndex
 from modelcar.format.image import load_model_image
 from modelcar.format.paths import path_problem, shown
 from modelcar.http.body import MAX_CONFIG_WRITE_BYTES, MAX_MANIFEST_BYTES, human_limit
-from modelcar.oci import mediatypes as oci_mt
+from modelcar.oci import mediatypes as mt
 from modelcar.oci.digest import sha256_bytes
 from modelcar.oci.manifest import Descriptor, Index, Manifest, Platform, canonical_json
 from modelcar.oci.reference import DEFAULT_TAG, Ref
@@ -92,21 +92,21 @@ def created_time(source: Source) -> int:
 
 def _members(layer: LayerPlan) -> list[Member]:
     return with_parents(
-        Member(name=f"{mt.MODELS_DIR}/{f.path}", size=f.size, opener=f.opener, origin=f.origin)
+        Member(name=f"{mk.MODELS_DIR}/{f.path}", size=f.size, opener=f.opener, origin=f.origin)
         for f in layer.files
     )
 
 
 def _layer_annotations(layer: LayerPlan, digests: dict[str, str]) -> dict[str, str]:
     paths = [f.path for f in layer.files]
-    ann = {mt.LAYER_ROLE: "model"}
+    ann = {mk.LAYER_ROLE: "model"}
     if len(paths) == 1:
         f = layer.files[0]
-        ann[oci_mt.TITLE] = f.path
-        ann[mt.FILE_SHA256] = digests[f"{mt.MODELS_DIR}/{f.path}"]
-        ann[mt.FILE_SIZE] = str(f.size)
+        ann[mt.TITLE] = f.path
+        ann[mk.FILE_SHA256] = digests[f"{mk.MODELS_DIR}/{f.path}"]
+        ann[mk.FILE_SIZE] = str(f.size)
     else:
-        ann[oci_mt.TITLE] = f"{paths[0]} … {paths[-1]} ({len(paths)} files)"
+        ann[mt.TITLE] = f"{paths[0]} … {paths[-1]} ({len(paths)} files)"
     return ann
 
 
@@ -195,7 +195,7 @@ class Builder:
         if prev.layer_sizes.get(digest) != archive_size(members):
             return None
         self.progress.advance("hash", layer.size)
-        return digest, {f"{mt.MODELS_DIR}/{f.path}": f.sha256 for f in layer.files}  # type: ignore[misc]  # sha256: all checked non-None above
+        return digest, {f"{mk.MODELS_DIR}/{f.path}": f.sha256 for f in layer.files}  # type: ignore[misc]  # sha256: all checked non-None above
 
     def _digest_layer(self, members: list[Member], layer: LayerPlan) -> tuple[str, dict[str, str]]:
         key = self._cache_key(members, layer)
@@ -225,7 +225,7 @@ class Builder:
                 return pushed
         digest, file_digests = known or self._digest_layer(members, layer)
         desc = Descriptor(
-            mediaType=oci_mt.OCI_LAYER_TAR,
+            mediaType=mt.OCI_LAYER_TAR,
             digest=digest,
             size=size,
             annotations=_layer_annotations(layer, file_digests),
@@ -269,7 +269,7 @@ class Builder:
         if key:
             self.cache.put(key, digest, size, file_digests)
         desc = Descriptor(
-            mediaType=oci_mt.OCI_LAYER_TAR,
+            mediaType=mt.OCI_LAYER_TAR,
             digest=digest,
             size=size,
             annotations=_layer_annotations(layer, file_digests),
@@ -347,7 +347,7 @@ class Builder:
                 FileEntry(
                     path=f.path,
                     size=f.size,
-                    sha256=r.file_digests[f"{mt.MODELS_DIR}/{f.path}"],
+                    sha256=r.file_digests[f"{mk.MODELS_DIR}/{f.path}"],
                     layer=r.descriptor.digest,
                 )
                 for layer, r in zip(plan, results, strict=True)
@@ -369,17 +369,17 @@ class Builder:
             config_chunks: functools.partial[list[bytes]] = functools.partial(list, [config_bytes])
             sent += target.put_blob(config_digest, len(config_bytes), config_chunks)
             child = target.put_manifest(
-                manifest_bytes, oci_mt.OCI_MANIFEST, sha256_bytes(manifest_bytes)
+                manifest_bytes, mt.OCI_MANIFEST, sha256_bytes(manifest_bytes)
             )
             sent += len(manifest_bytes)
             size = len(manifest_bytes)
-            children.append(Descriptor(mediaType=oci_mt.OCI_MANIFEST, digest=child, size=size,
+            children.append(Descriptor(mediaType=mt.OCI_MANIFEST, digest=child, size=size,
                                        platform=base.platform))  # fmt: skip
-        top, media_type = manifest_bytes, oci_mt.OCI_MANIFEST
+        top, media_type = manifest_bytes, mt.OCI_MANIFEST
         if bases.is_index:
             annotations = self._annotations(bases.name, bases.digest, index)
             top = Index(manifests=children, annotations=annotations).canonical()
-            media_type = oci_mt.OCI_INDEX
+            media_type = mt.OCI_INDEX
             target.put_manifest(top, media_type, sha256_bytes(top))
             sent += len(top)
         digest = sha256_bytes(top)
@@ -430,7 +430,7 @@ class Builder:
         annotations = self._annotations(base.name, base.digest, index)
         manifest = Manifest(
             config=Descriptor(
-                mediaType=oci_mt.OCI_CONFIG,
+                mediaType=mt.OCI_CONFIG,
                 digest=sha256_bytes(config_bytes),
                 size=len(config_bytes),
             ),
@@ -444,18 +444,18 @@ class Builder:
     ) -> dict[str, str]:
         """The manifest's (and an index's) annotations."""
         annotations = {
-            oci_mt.CREATED: _iso(created_time(self.source)),
-            mt.CONTRACT: mt.CONTRACT_VERSION,
-            mt.SOURCE: self.source.uri,
-            mt.SIZE: str(index.total_size),
-            mt.FILE_COUNT: str(len(index.files)),
-            mt.INDEX_DIGEST: index.digest(),
-            mt.BASE_NAME: base_name,
+            mt.CREATED: _iso(created_time(self.source)),
+            mk.CONTRACT: mk.CONTRACT_VERSION,
+            mk.SOURCE: self.source.uri,
+            mk.SIZE: str(index.total_size),
+            mk.FILE_COUNT: str(len(index.files)),
+            mk.INDEX_DIGEST: index.digest(),
+            mk.BASE_NAME: base_name,
         }
         annotations.update(source_annotations(self.source))  # e.g. the MLflow run id
         if base_digest:
-            annotations[mt.BASE_DIGEST] = base_digest
-            annotations[oci_mt.BASE_DIGEST_OCI] = base_digest
+            annotations[mk.BASE_DIGEST] = base_digest
+            annotations[mt.BASE_DIGEST_OCI] = base_digest
         return annotations
 
     def _check_sizes(self, files: list[SourceFile], base: BaseImage, plan: list[LayerPlan]) -> None:
@@ -465,9 +465,9 @@ class Builder:
         placeholder = "sha256:" + "0" * 64
         results = []
         for layer in plan:
-            digests = {f"{mt.MODELS_DIR}/{f.path}": placeholder for f in layer.files}
+            digests = {f"{mk.MODELS_DIR}/{f.path}": placeholder for f in layer.files}
             desc = Descriptor(
-                mediaType=oci_mt.OCI_LAYER_TAR,
+                mediaType=mt.OCI_LAYER_TAR,
                 digest=placeholder,
                 size=archive_size(_members(layer)),
                 annotations=_layer_annotations(layer, digests),
@@ -512,8 +512,8 @@ class Builder:
             names = layer.files[0].path if len(layer.files) == 1 else f"{len(layer.files)} files"
             history.append({"created": created, "created_by": f"modelcar build: /models/{names}"})
         config["history"] = history
-        config[mt.CONFIG_INDEX_KEY] = index.model_dump(mode="json")
+        config[mk.CONFIG_INDEX_KEY] = index.model_dump(mode="json")
         objects = self.source.provenance()
         if objects is not None:  # which object versions were read (S3 ETags)
-            config[mt.SOURCE_OBJECTS] = objects
+            config[mk.SOURCE_OBJECTS] = objects
         return config

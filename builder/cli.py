@@ -11,13 +11,21 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from modelcar.cliutil import new_app, parse_size, run_cli
+from modelcar.cliutil import (
+    CaFile,
+    DockerConfigs,
+    Insecure,
+    PlainHttp,
+    new_app,
+    parse_size,
+    run_cli,
+    store_options,
+)
 from modelcar.contract.client import API_ENV, TOKEN_ENV, ApiClient
 from modelcar.errors import ModelcarError, UsageError
 from modelcar.oci.digest import sha256_bytes
 from modelcar.oci.platform import parse_platform
 from modelcar.oci.reference import parse_ref
-from modelcar.oci.store import StoreOptions
 
 if TYPE_CHECKING:
     from modelcar.builder.progress import Progress
@@ -35,32 +43,6 @@ base_app = typer.Typer(
 )
 app.add_typer(base_app, name="base")
 
-PlainHttp = Annotated[
-    bool,
-    typer.Option(
-        "--plain-http", envvar="MODELCAR_PLAIN_HTTP", help="Talk HTTP, not HTTPS, to the registry."
-    ),
-]
-Insecure = Annotated[
-    bool, typer.Option("--insecure", help="Do not verify the registry's TLS certificate.")
-]
-CaFile = Annotated[
-    str | None,
-    typer.Option(
-        "--ca-file",
-        envvar="MODELCAR_CA_FILE",
-        help="PEM file of CAs to trust for the registry, besides the system's.",
-    ),
-]
-DockerConfig = Annotated[
-    str | None,
-    typer.Option(
-        "--docker-config",
-        envvar="DOCKER_CONFIG",
-        help="docker config.json (or its dir) with registry credentials.",
-    ),
-]
-
 
 Api = Annotated[
     str | None,
@@ -72,14 +54,6 @@ Token = Annotated[
         "--token", envvar=TOKEN_ENV, help="API bearer token (better set in the environment)."
     ),
 ]
-
-
-def _store_options(
-    plain_http: bool, insecure: bool, ca_file: str | None, docker_config: str | None
-) -> StoreOptions:
-    return StoreOptions(
-        plain_http=plain_http, insecure=insecure, ca_file=ca_file, docker_config=docker_config
-    )
 
 
 @app.command()
@@ -204,7 +178,7 @@ def build(
     plain_http: PlainHttp = False,
     insecure: Insecure = False,
     ca_file: CaFile = None,
-    docker_config: DockerConfig = None,
+    docker_config: DockerConfigs = None,
 ) -> None:
     """Package SOURCE into a modelcar image at TARGET; print the pinned reference last.
 
@@ -244,7 +218,9 @@ def build(
         large_file_threshold=parse_size(large_file_threshold),
         max_layer_size=layer_limit,
         stat_cache=stat_cache,
-        store=_store_options(plain_http, insecure, ca_file, docker_config),
+        store=store_options(
+            plain_http=plain_http, insecure=insecure, ca_file=ca_file, docker_config=docker_config
+        ),
         platforms=[parse_platform(p) for p in platform] if platform else None,
     )
     if image_format not in ("modelcar", "modelpack", "both"):
@@ -367,7 +343,7 @@ def base_create(
     plain_http: PlainHttp = False,
     insecure: Insecure = False,
     ca_file: CaFile = None,
-    docker_config: DockerConfig = None,
+    docker_config: DockerConfigs = None,
 ) -> None:
     """Write the default base image (static busybox) to TARGET; print its pinned reference.
 
@@ -404,7 +380,11 @@ def base_create(
                 f"busybox-static:{p.architecture}, then dpkg-deb -x)",
             )
     store = open_store(
-        ref, _store_options(plain_http, insecure, ca_file, docker_config), create=True
+        ref,
+        store_options(
+            plain_http=plain_http, insecure=insecure, ca_file=ca_file, docker_config=docker_config
+        ),
+        create=True,
     )
     if not platforms:
         img = busybox_base(given.get(platform_str(host_platform())))
@@ -435,12 +415,17 @@ def inspect(
     plain_http: PlainHttp = False,
     insecure: Insecure = False,
     ca_file: CaFile = None,
-    docker_config: DockerConfig = None,
+    docker_config: DockerConfigs = None,
 ) -> None:
     """Show a modelcar's manifest summary and file index."""
     from modelcar.builder.inspect import describe, render
 
-    info = describe(parse_ref(ref), _store_options(plain_http, insecure, ca_file, docker_config))
+    info = describe(
+        parse_ref(ref),
+        store_options(
+            plain_http=plain_http, insecure=insecure, ca_file=ca_file, docker_config=docker_config
+        ),
+    )
     typer.echo(info.model_dump_json(indent=2) if json_out else render(info))
 
 
@@ -471,7 +456,7 @@ def verify(
     plain_http: PlainHttp = False,
     insecure: Insecure = False,
     ca_file: CaFile = None,
-    docker_config: DockerConfig = None,
+    docker_config: DockerConfigs = None,
 ) -> None:
     """Download every blob again and check each layer digest and each file's sha256;
     with --key, first the image's cosign signature and its signed attestations
@@ -486,7 +471,9 @@ def verify(
     if require_source is not None and not key:
         raise UsageError("--require-provenance-source needs --key PUB")
     image_ref = parse_ref(ref)
-    options = _store_options(plain_http, insecure, ca_file, docker_config)
+    options = store_options(
+        plain_http=plain_http, insecure=insecure, ca_file=ca_file, docker_config=docker_config
+    )
     store = open_store(image_ref, options)
     signed = attested = image = None
     if key:
@@ -526,7 +513,7 @@ def sign(
     plain_http: PlainHttp = False,
     insecure: Insecure = False,
     ca_file: CaFile = None,
-    docker_config: DockerConfig = None,
+    docker_config: DockerConfigs = None,
     api: Api = None,
     token: Token = None,
 ) -> None:
@@ -541,7 +528,12 @@ def sign(
 
     private = keys.load_private_key(key)
     image_ref = parse_ref(ref)
-    store = open_store(image_ref, _store_options(plain_http, insecure, ca_file, docker_config))
+    store = open_store(
+        image_ref,
+        store_options(
+            plain_http=plain_http, insecure=insecure, ca_file=ca_file, docker_config=docker_config
+        ),
+    )
     digest = image_ref.digest or store.get_manifest(image_ref.reference).digest
     image = load_model_image(store, image_ref.pinned(digest))
     signature = cosign.sign_image(store, image_ref, digest, private)

@@ -5,13 +5,13 @@ from __future__ import annotations
 from pydantic import BaseModel
 
 from modelcar.errors import DigestMismatch, ImageFormatError
-from modelcar.format import keys as mt
+from modelcar.format import keys as mk
 from modelcar.format.fileindex import FileEntry, file_index_from_config
 from modelcar.format.foreign import FORMAT_NAMES, PATH_ANNOTATIONS, format_of, load_foreign
 from modelcar.format.image import ModelImage, NotAModelcar, load_model_image
 from modelcar.format.layer import read_model_layer
 from modelcar.format.unpack import index_of, unpack_layer
-from modelcar.oci import mediatypes as oci_mt
+from modelcar.oci import mediatypes as mt
 from modelcar.oci.digest import HashingReader
 from modelcar.oci.manifest import load_json, parse_index, parse_manifest
 from modelcar.oci.platform import platform_str
@@ -62,7 +62,7 @@ def describe(ref: Ref, options: StoreOptions) -> ImageInfo:
     store, fetched = _load(ref, options)
     pinned = str(ref.pinned(fetched.digest))
     platforms: list[str] = []
-    if fetched.media_type in oci_mt.INDEX_TYPES:
+    if fetched.media_type in mt.INDEX_TYPES:
         try:  # a multi-platform modelcar: its model, as this machine's platform has it
             image = load_model_image(store, ref)
         except ImageFormatError as e:
@@ -85,25 +85,25 @@ def describe(ref: Ref, options: StoreOptions) -> ImageInfo:
             digest=d.digest,
             size=d.size,
             media_type=d.mediaType,
-            role=(d.annotations or {}).get(mt.LAYER_ROLE, "?"),
+            role=(d.annotations or {}).get(mk.LAYER_ROLE, "?"),
             title=next((v for k in PATH_ANNOTATIONS if (v := (d.annotations or {}).get(k))), None),
         )
         for d in manifest.layers
     ]
-    source = ann.get(mt.SOURCE)
-    hf = mt.hf_commit(source or "")
+    source = ann.get(mk.SOURCE)
+    hf = mk.hf_commit(source or "")
     return ImageInfo(
         commit=hf[1] if hf else None,
-        run=ann.get(mt.SOURCE_RUN_ID),
+        run=ann.get(mk.SOURCE_RUN_ID),
         signatures=cosign.count(store, fetched.digest),
         attestations=attest.listed(store, fetched.digest),
         reference=pinned,
         digest=fetched.digest,
         media_type=fetched.media_type,
         format=FORMAT_NAMES.get(kind or "", "not a model image"),
-        created=ann.get(oci_mt.CREATED) or config.get("created"),
-        source=ann.get(mt.SOURCE),
-        base=ann.get(mt.BASE_NAME),
+        created=ann.get(mt.CREATED) or config.get("created"),
+        source=ann.get(mk.SOURCE),
+        base=ann.get(mk.BASE_NAME),
         size=index.total_size if index else None,
         annotations=ann,
         platforms=platforms,
@@ -133,7 +133,7 @@ def render(info: ImageInfo) -> str:
         ("created", info.created),
         ("source", info.source or "unknown (not built by modelcar build)"),
         ("commit", info.commit),
-        ("run", info.run or ann.get(mt.SOURCE_RUN_ID)),
+        ("run", info.run or ann.get(mk.SOURCE_RUN_ID)),
         ("base", info.base),
         (
             "signed",

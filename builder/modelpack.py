@@ -33,7 +33,7 @@ from modelcar.format import keys as mk
 from modelcar.format import modelpack
 from modelcar.format.fileindex import FileEntry, FileIndex
 from modelcar.format.paths import path_problem, shown
-from modelcar.oci import mediatypes as oci_mt
+from modelcar.oci import mediatypes as mt
 from modelcar.oci import referrers
 from modelcar.oci.digest import sha256_bytes
 from modelcar.oci.manifest import Descriptor
@@ -182,13 +182,13 @@ def push(
     target.put_blob(config_digest, len(config), lambda: [config])
     annotations = {mk.SOURCE: source.uri}
     manifest = modelpack.manifest(config, config_digest, layers, subject, annotations)
-    digest = target.put_manifest(manifest, oci_mt.OCI_MANIFEST, sha256_bytes(manifest))
-    described = Descriptor(mediaType=oci_mt.OCI_MANIFEST, digest=digest, size=len(manifest),
+    digest = target.put_manifest(manifest, mt.OCI_MANIFEST, sha256_bytes(manifest))
+    described = Descriptor(mediaType=mt.OCI_MANIFEST, digest=digest, size=len(manifest),
                            artifactType=modelpack.ARTIFACT_TYPE)  # fmt: skip
     if subject is not None:
         referrers.link(target, subject.digest, described)
     for tag in tags:  # last, as for a modelcar
-        target.put_manifest(manifest, oci_mt.OCI_MANIFEST, tag)
+        target.put_manifest(manifest, mt.OCI_MANIFEST, tag)
     return digest, described
 
 

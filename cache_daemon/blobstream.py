@@ -17,7 +17,7 @@ from contextlib import contextmanager, suppress
 
 import httpx
 
-from modelcar.cache_daemon.sources import Source
+from modelcar.cache_daemon.sources import BlobSource
 from modelcar.errors import (
     ModelcarError,
     NotFound,
@@ -65,7 +65,7 @@ class BlobStream(RangeReader):
 
     def __init__(
         self,
-        sources: list[Source],
+        sources: list[BlobSource],
         digest: str,
         size: int,
         *,

@@ -24,13 +24,22 @@ from modelcar.cache_daemon.control import ControlServer
 from modelcar.cache_daemon.evict import Budget, Evictor
 from modelcar.cache_daemon.pull import Puller, PullOptions, pinned
 from modelcar.cache_daemon.sources import SourceSpec, chain, parse_source
-from modelcar.cliutil import human, new_app, parse_size, run_cli
+from modelcar.cliutil import (
+    CaFile,
+    DockerConfigs,
+    Insecure,
+    PlainHttp,
+    human,
+    new_app,
+    parse_size,
+    run_cli,
+    store_options,
+)
 from modelcar.contract.client import API_ENV, TOKEN_ENV, TOKEN_FILE_ENV, ApiClient
 from modelcar.contract.control import GcArgs, VerifyArgs
 from modelcar.contract.nodecache import DEFAULT_CACHE_ROOT
 from modelcar.errors import DigestMismatch, UsageError
-from modelcar.http.body import Progress
-from modelcar.oci.store import StoreOptions
+from modelcar.http.body import StallRule
 
 app = new_app("modelcar-cache", "Keep assigned modelcars unpacked and verified on this node.")
 
@@ -68,18 +77,6 @@ Checkpoint = Annotated[
 MaxPercent = Annotated[
     float | None, typer.Option(min=1, max=100, help="Disk budget as % of the filesystem.")
 ]
-PlainHttp = Annotated[
-    bool, typer.Option("--plain-http", envvar="MODELCAR_PLAIN_HTTP", help="HTTP registries.")
-]
-Insecure = Annotated[bool, typer.Option("--insecure", help="Skip registry TLS verification.")]
-CaFile = Annotated[
-    str | None,
-    typer.Option(
-        "--ca-file",
-        envvar="MODELCAR_CA_FILE",
-        help="PEM file of CAs to trust for registries and mirrors, besides the system's.",
-    ),
-]
 JsonOut = Annotated[bool, typer.Option("--json", help="JSON output.")]
 StallTimeout = Annotated[
     float,
@@ -87,15 +84,6 @@ StallTimeout = Annotated[
         min=1,
         help="A source that delivers less than --min-speed over this many seconds of waiting "
         "is stalled: the next source resumes at the same offset.",
-    ),
-]
-DockerConfigs = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--docker-config",
-        help="Registry credentials: a docker config.json or a dir holding one (repeatable; "
-        "merged, later ones win). Default: $DOCKER_CONFIG, ~/.docker/config.json, "
-        "$REGISTRY_AUTH_FILE. Re-read when a file changes.",
     ),
 ]
 MinSpeed = Annotated[
@@ -113,11 +101,21 @@ def _setup_logging(verbose: bool = True) -> None:
 
 
 def _pull_options(
-    jobs: int, max_rate: str | None, mirror: list[str] | None, plain_http: bool,
-    insecure: bool, ca_file: str | None, checkpoint: str, stall_timeout: float, min_speed: str,
-    docker_config: list[str] | None, sources: list[SourceSpec],
-) -> PullOptions:  # fmt: skip
-    rule = Progress(window=stall_timeout, min_speed=parse_size(min_speed))
+    *,
+    jobs: int,
+    max_rate: str | None,
+    mirror: list[str] | None,
+    plain_http: bool,
+    insecure: bool,
+    ca_file: str | None,
+    checkpoint: str,
+    stall_timeout: float,
+    min_speed: str,
+    docker_config: list[str] | None,
+    sources: list[SourceSpec],
+) -> PullOptions:
+    """The pull options ``run`` and ``pull`` share, from their flags."""
+    rule = StallRule(window=stall_timeout, min_speed=parse_size(min_speed))
     chain(sources, mirror or [])  # a bad chain is refused now, not at the first pull
     return PullOptions(
         jobs=jobs,
@@ -125,12 +123,12 @@ def _pull_options(
         max_rate=parse_size(max_rate) if max_rate else None,
         mirrors=mirror or [],
         sources=sources,
-        store=StoreOptions(
+        store=store_options(
             plain_http=plain_http,
             insecure=insecure,
             ca_file=ca_file,
-            progress=rule,
-            docker_config=os.pathsep.join(docker_config) if docker_config else None,
+            docker_config=docker_config,
+            stall=rule,
         ),
     )
 
@@ -235,7 +233,7 @@ def run(
     """Keep this node's assigned models ready: pull, verify, publish, evict, scrub, report."""
     from modelcar.cache_daemon.cri import RuntimeWarmer
     from modelcar.cache_daemon.daemon import Daemon, DaemonOptions
-    from modelcar.cache_daemon.desired import ApiSource, StaticSource
+    from modelcar.cache_daemon.desired import DesiredFromApi, DesiredFromFile
     from modelcar.cache_daemon.metrics import Metrics, StatusServer
     from modelcar.cache_daemon.nodelabels import NodeLabeller
 
@@ -244,30 +242,32 @@ def run(
     _setup_logging()
     specs = [parse_source(text) for text in source or []]
     if config and not specs:
-        specs = StaticSource(config).sources()
+        specs = DesiredFromFile(config).sources()
     options = DaemonOptions(
         node=node,
         labels=_labels(label),
         interval=interval,
         pull=_pull_options(
-            jobs,
-            max_rate,
-            mirror,
-            plain_http,
-            insecure,
-            ca_file,
-            checkpoint,
-            stall_timeout,
-            min_speed,
-            docker_config,
-            specs,
+            jobs=jobs,
+            max_rate=max_rate,
+            mirror=mirror,
+            plain_http=plain_http,
+            insecure=insecure,
+            ca_file=ca_file,
+            checkpoint=checkpoint,
+            stall_timeout=stall_timeout,
+            min_speed=min_speed,
+            docker_config=docker_config,
+            sources=specs,
         ),
         budget=_budget(max_bytes, max_percent, high_watermark, low_watermark),
         scrub_every=scrub_every,
         scrub_rate=parse_size(scrub_rate),
     )
     client = ApiClient(api, token, token_file=token_file) if api else None
-    desired = ApiSource(client, node, options.labels) if client else StaticSource(config or "")
+    desired = (
+        DesiredFromApi(client, node, options.labels) if client else DesiredFromFile(config or "")
+    )
     metrics = Metrics()
     with CacheDir(cache_dir) as cache:
         labeller = NodeLabeller.from_environment(node, kubeconfig)
@@ -331,17 +331,17 @@ def pull(
     with CacheDir(cache_dir) as cache:
         evictor = Evictor(cache, _budget(max_bytes, max_percent), set)
         options = _pull_options(
-            jobs,
-            max_rate,
-            mirror,
-            plain_http,
-            insecure,
-            ca_file,
-            checkpoint,
-            stall_timeout,
-            min_speed,
-            docker_config,
-            specs,
+            jobs=jobs,
+            max_rate=max_rate,
+            mirror=mirror,
+            plain_http=plain_http,
+            insecure=insecure,
+            ca_file=ca_file,
+            checkpoint=checkpoint,
+            stall_timeout=stall_timeout,
+            min_speed=min_speed,
+            docker_config=docker_config,
+            sources=specs,
         )
         result = Puller(cache, options, make_room=evictor.make_room).pull(ref)
     if json_out:

@@ -20,7 +20,7 @@ from modelcar.cache_daemon.blobstream import RateLimiter, SourcesMissed
 from modelcar.cache_daemon.cachedir import CacheDir
 from modelcar.cache_daemon.control import ControlError, Events
 from modelcar.cache_daemon.cri import RuntimeWarmer
-from modelcar.cache_daemon.desired import ApiSource, StaticSource, Wanted
+from modelcar.cache_daemon.desired import DesiredFromApi, DesiredFromFile, Wanted
 from modelcar.cache_daemon.evict import Budget, Evictor
 from modelcar.cache_daemon.metrics import Metrics
 from modelcar.cache_daemon.nodelabels import OURS, NodeLabeller
@@ -112,7 +112,7 @@ class Daemon:
         self,
         cache: CacheDir,
         options: DaemonOptions,
-        source: ApiSource | StaticSource,
+        desired: DesiredFromApi | DesiredFromFile,
         api: ApiClient | None = None,
         metrics: Metrics | None = None,
         labeller: NodeLabeller | None = None,
@@ -120,7 +120,7 @@ class Daemon:
     ):
         self.cache = cache
         self.options = options
-        self.source = source
+        self.desired = desired
         self.api = api
         self.metrics = metrics or Metrics()
         self.labeller = labeller
@@ -133,6 +133,7 @@ class Daemon:
         self.events = Events()
         self._pulling: dict[str, _Pulling] = {}
         self._evict_lock = threading.Lock()  # the loop's make_room and a control gc
+        self._pulling_lock = threading.Lock()  # one pull per digest: the loop's or a control
         self.puller = Puller(
             cache, options.pull, make_room=self._make_room, on_progress=self._progress,
             metrics=self.metrics, stop=self._stop,
@@ -197,13 +198,13 @@ class Daemon:
         return all(self.cache.is_published(w.digest) for w in self.wanted)
 
     def run_once(self) -> None:
-        if self.labeller and not self.options.labels and isinstance(self.source, ApiSource):
+        if self.labeller and not self.options.labels and isinstance(self.desired, DesiredFromApi):
             # in a cluster, policies select on the Node object's own labels
             labels = self.labeller.node_labels()
             if labels is not None:
-                self.source.labels = {k: v for k, v in labels.items() if not k.startswith(OURS)}
+                self.desired.labels = {k: v for k, v in labels.items() if not k.startswith(OURS)}
         try:
-            self.wanted = self.source.desired()
+            self.wanted = self.desired.desired()
         except ModelcarError as e:
             log.error("desired state unavailable: %s", e.one_line())
             self.report()
@@ -274,7 +275,7 @@ class Daemon:
     ) -> PullResult:
         ref = pinned(image)
         digest = ref.digest or ""
-        with self._evict_lock:
+        with self._pulling_lock:
             if digest in self._pulling:
                 raise ControlError("the daemon is pulling this model already", subject=image)
             self._pulling[digest] = _Pulling(image, label, time.monotonic())
@@ -460,7 +461,9 @@ class Daemon:
 
     # --- reporting ---------------------------------------------------------------
 
-    def status(self) -> wire.NodeStatusPut:
+    def node_report(self) -> wire.NodeStatusPut:
+        """The node's status as the API takes it (``live_status`` is the control
+        socket's view of what runs now)."""
         capacity, _free = self.cache.filesystem()
         used = self.evictor.used()
         models = []
@@ -485,8 +488,8 @@ class Daemon:
                 models.append(wire.NodeModelStatus(digest=w.digest, state="pending"))
         return wire.NodeStatusPut(
             models=models,
-            labels=self.source.labels
-            if isinstance(self.source, ApiSource)
+            labels=self.desired.labels
+            if isinstance(self.desired, DesiredFromApi)
             else self.options.labels,
             cache_root=str(self.cache.root),
             disk=wire.DiskUsage(
@@ -505,6 +508,6 @@ class Daemon:
             return
         with self._reporting:  # one report at a time
             try:
-                self.api.put_node_status(self.options.node, self.status())
+                self.api.put_node_status(self.options.node, self.node_report())
             except ModelcarError as e:
                 log.warning("status report failed: %s", e.one_line())

@@ -33,7 +33,7 @@ class Wanted:
     rollout: wire.RolloutRule | None = None
 
 
-class StaticSource:
+class DesiredFromFile:
     """``models: [REPO@sha256:…, …]`` in a YAML file, re-read when it changes."""
 
     def __init__(self, path: str | Path):
@@ -92,7 +92,7 @@ class StaticSource:
         return [Wanted(pinned(m).digest or "", m, m) for m in models]
 
 
-class ApiSource:
+class DesiredFromApi:
     """The node's assignments from ``modelcar-api`` (aliases resolved there, now)."""
 
     def __init__(self, client: ApiClient, node: str, labels: dict[str, str]):

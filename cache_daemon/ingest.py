@@ -30,7 +30,7 @@ from modelcar.cache_daemon.blobstream import BlobStream, RateLimiter, SourcesMis
 from modelcar.cache_daemon.cachedir import CacheDir
 from modelcar.cache_daemon.journal import LayerJournal, Replay
 from modelcar.cache_daemon.metrics import PullMetrics
-from modelcar.cache_daemon.sources import Source
+from modelcar.cache_daemon.sources import BlobSource
 from modelcar.errors import (
     DigestMismatch,
     ImageFormatError,
@@ -85,7 +85,7 @@ class Job:
 
     cache: CacheDir
     digest: str
-    sources: list[Source]
+    sources: list[BlobSource]
     progress: PullProgress
     metrics: PullMetrics
     limiter: RateLimiter
@@ -111,7 +111,7 @@ class Job:
         if self.cancel.is_set():
             raise LayerCancelled("another layer failed", subject=subject)
 
-    def blob(self, desc: Descriptor, sources: list[Source], start: int = 0) -> BlobStream:
+    def blob(self, desc: Descriptor, sources: list[BlobSource], start: int = 0) -> BlobStream:
         return BlobStream(sources, desc.digest, desc.size, start=start, attempts=self.attempts,
                           limiter=self.limiter)  # fmt: skip
 
@@ -130,14 +130,14 @@ class _BadBytes(Exception):
         self.sources, self.error = sources, error
 
 
-def suspects(blob: BlobStream, error: ModelcarError, sources: list[Source]) -> None:
+def suspects(blob: BlobStream, error: ModelcarError, sources: list[BlobSource]) -> None:
     """Raise :class:`_BadBytes` if sources other than the origin fed the failed layer."""
     origins = {s.name for s in sources if s.origin}
     if blame := blob.served - origins:
         raise _BadBytes(blame, error) from None
 
 
-def dropping_bad_sources(job: Job, attempt: Callable[[list[Source]], T]) -> T:
+def dropping_bad_sources(job: Job, attempt: Callable[[list[BlobSource]], T]) -> T:
     """Run ``attempt`` over the chain; when a layer fails its digest with bytes from
     sources other than the origin, drop those for this layer and do it again."""
     dropped: set[str] = set()
@@ -246,7 +246,7 @@ class LayerIngest:
         self.job.cache.db.layer_done(self.job.digest, self.desc.digest)
         self.journal.remove()
 
-    def _from(self, sources: list[Source]) -> None:
+    def _from(self, sources: list[BlobSource]) -> None:
         job, journal = self.job, self.journal
         start = journal.load()
         journal.open()
@@ -307,7 +307,7 @@ def unpack_part(
     """One layer of another tool's image, applied under staging (a raw layer goes on
     from its file's size); what it did."""
 
-    def attempt(sources: list[Source]) -> Unpacked:
+    def attempt(sources: list[BlobSource]) -> Unpacked:
         resume = 0
         if part.raw_path is not None:  # a raw layer is its file: go on from its size
             have = file_size(job.staging / part.raw_path)

@@ -24,7 +24,7 @@ from modelcar.cache_daemon.cachedir import CacheDir, CacheVanished
 from modelcar.cache_daemon.ingest import Job, PullProgress, file_size, is_space
 from modelcar.cache_daemon.kinds import strategy_for
 from modelcar.cache_daemon.metrics import NO_METRICS, PullMetrics
-from modelcar.cache_daemon.sources import Source, SourceSpec, chain, open_sources
+from modelcar.cache_daemon.sources import BlobSource, SourceSpec, chain, open_sources
 from modelcar.contract.control import PullResult
 from modelcar.errors import (
     DigestMismatch,
@@ -95,7 +95,7 @@ class Puller:
         make_room: Callable[[str, int], None] | None = None,
         on_progress: Callable[[str, int, int], None] | None = None,
         metrics: PullMetrics | None = None,
-        sources: Callable[[ImageRef | LayoutRef], list[Source]] | None = None,
+        sources: Callable[[ImageRef | LayoutRef], list[BlobSource]] | None = None,
         stop: threading.Event | None = None,
     ):
         """``stop``: once set, pulls end at their next read (PullStopped) and keep what

@@ -104,7 +104,7 @@ def chain(sources: Sequence[SourceSpec], mirrors: Sequence[str] = ()) -> list[So
 
 
 @dataclass(frozen=True)
-class Source:
+class BlobSource:
     """A link of the chain opened for one image: its label (for metrics), its store."""
 
     name: str
@@ -118,15 +118,15 @@ class Source:
 
 def open_sources(
     ref: ImageRef | LayoutRef, specs: list[SourceSpec], options: StoreOptions
-) -> list[Source]:
+) -> list[BlobSource]:
     """The stores of ``ref`` along the chain. An ``oci:`` layout has only itself."""
     if not isinstance(ref, ImageRef):
-        return [Source("origin", "origin", open_store(ref, options))]
+        return [BlobSource("origin", "origin", open_store(ref, options))]
     names = _names(specs)
-    out: list[Source] = []
+    out: list[BlobSource] = []
     for spec, name in zip(specs, names, strict=True):
         if spec.kind == "origin":
-            out.append(Source(name, "origin", open_store(ref, options)))
+            out.append(BlobSource(name, "origin", open_store(ref, options)))
             continue
         assert spec.url is not None
         plain = spec.url.startswith("http://")
@@ -146,7 +146,7 @@ def open_sources(
                 connect_timeout=PEER_CONNECT_TIMEOUT,
             )
             store = open_store(ref, replace(options, via=via, retries=1))
-        out.append(Source(name, spec.kind, store))
+        out.append(BlobSource(name, spec.kind, store))
     return out
 
 
@@ -173,6 +173,6 @@ def _expand(url: str, text: str) -> str:
     return _VAR.sub(var, url)
 
 
-def origin_only(store: ImageStore) -> Callable[[ImageRef | LayoutRef], list[Source]]:
+def origin_only(store: ImageStore) -> Callable[[ImageRef | LayoutRef], list[BlobSource]]:
     """A chain of one given store (an in-memory one, in tests and benchmarks)."""
-    return lambda ref: [Source("origin", "origin", store)]
+    return lambda ref: [BlobSource("origin", "origin", store)]

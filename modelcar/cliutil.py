@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import importlib
+import os
 import re
 import sys
+from typing import Annotated
 
 import typer
 
 from modelcar.errors import ModelcarError, UsageError
+from modelcar.oci.store import StoreOptions
 from modelcar.version import describe
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.I)
@@ -102,3 +105,50 @@ def launch(module: str, prog: str, extra: str, needs: frozenset[str]) -> None:
             file=sys.stderr,
         )
         sys.exit(2)
+
+
+# --- the registry options every CLI shares (one spelling, one help) -----------------
+
+PlainHttp = Annotated[
+    bool,
+    typer.Option(
+        "--plain-http",
+        envvar="MODELCAR_PLAIN_HTTP",
+        help="Talk HTTP, not HTTPS, to registries and mirrors.",
+    ),
+]
+Insecure = Annotated[
+    bool, typer.Option("--insecure", help="Do not verify registries' TLS certificates.")
+]
+CaFile = Annotated[
+    str | None,
+    typer.Option(
+        "--ca-file",
+        envvar="MODELCAR_CA_FILE",
+        help="PEM file of CAs to trust for registries and mirrors, besides the system's.",
+    ),
+]
+DockerConfigs = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--docker-config",
+        metavar="PATH",
+        help="Registry credentials: a docker config.json or a dir holding one (repeatable; "
+        "merged, later ones win). Default: $DOCKER_CONFIG, ~/.docker/config.json, "
+        "$REGISTRY_AUTH_FILE. Re-read when a file changes.",
+    ),
+]
+
+
+def store_options(
+    *,
+    plain_http: bool,
+    insecure: bool,
+    ca_file: str | None,
+    docker_config: list[str] | None,
+    **more: object,
+) -> StoreOptions:
+    """The registry options a command was given, as the stores take them."""
+    configs = os.pathsep.join(docker_config) if docker_config else None
+    return StoreOptions(plain_http=plain_http, insecure=insecure, ca_file=ca_file,
+                        docker_config=configs, **more)  # type: ignore[arg-type]  # fmt: skip

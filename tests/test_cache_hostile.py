@@ -9,8 +9,8 @@ import tarfile
 import pytest
 
 from harness.proxy import QuirkProxy
-from modelcar.format import keys as mt
-from modelcar.oci import mediatypes as oci_mt
+from modelcar.format import keys as mk
+from modelcar.oci import mediatypes as mt
 from modelcar.oci.reference import parse_ref
 from modelcar.oci.store import StoreOptions
 from modelcar.oci.stores import open_store
@@ -42,24 +42,22 @@ def push_image(registry, repo: str, layer: bytes, files: dict[str, bytes | int])
             "architecture": "amd64",
             "os": "linux",
             "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
-            mt.CONFIG_INDEX_KEY: index,
+            mk.CONFIG_INDEX_KEY: index,
         }
     ).encode()
     manifest = json.dumps(
         {
             "schemaVersion": 2,
-            "mediaType": oci_mt.OCI_MANIFEST,
-            "config": {"mediaType": oci_mt.OCI_CONFIG, "digest": _sha(config), "size": len(config)},
-            "layers": [
-                {"mediaType": oci_mt.OCI_LAYER_TAR, "digest": layer_digest, "size": len(layer)}
-            ],
+            "mediaType": mt.OCI_MANIFEST,
+            "config": {"mediaType": mt.OCI_CONFIG, "digest": _sha(config), "size": len(config)},
+            "layers": [{"mediaType": mt.OCI_LAYER_TAR, "digest": layer_digest, "size": len(layer)}],
         }
     ).encode()
     ref = parse_ref(f"{registry.host}/hostile/{repo}:t")
     store = open_store(ref, StoreOptions(plain_http=True))
     for blob in (layer, config):
         store.put_blob(_sha(blob), len(blob), lambda b=blob: [b])
-    digest = store.put_manifest(manifest, oci_mt.OCI_MANIFEST, "t")
+    digest = store.put_manifest(manifest, mt.OCI_MANIFEST, "t")
     return f"{registry.host}/hostile/{repo}@{digest}"
 
 

@@ -398,7 +398,7 @@ def test_an_endless_error_body_is_read_only_up_to_a_bound(registry, tmp_path):
 def test_a_stalled_source_download_in_the_builder_resumes_on_a_new_connection(registry, tmp_path):
     """The builder's remote-file reader (Hub, MLflow) obeys the same progress rule."""
     from modelcar.builder.sources.httpfile import HttpFile
-    from modelcar.http.body import Progress
+    from modelcar.http.body import StallRule
 
     src = _model(tmp_path / "m", 12, size=1 * MiB)
     ref = build(src, f"{registry.host}/hard/httpfile", "--plain-http")
@@ -425,7 +425,7 @@ def test_a_stalled_source_download_in_the_builder_resumes_on_a_new_connection(re
 
         waits: list[float] = []
         f = HttpFile(open_at, layer["size"], url, lambda s, n, w: waits.append(s),
-                     progress=Progress(window=1.5, min_speed=4096))  # fmt: skip
+                     stall=StallRule(window=1.5, min_speed=4096))  # fmt: skip
         data = b"".join(iter(lambda: f.read(1 << 16), b""))
         f.close()
     assert hashlib.sha256(data).hexdigest() == layer["digest"].split(":")[1]

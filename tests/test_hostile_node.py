@@ -187,7 +187,7 @@ def test_a_pull_does_not_wait_for_an_api_that_hangs(registry, tmp_path):
 
     from modelcar.cache_daemon.cachedir import CacheDir
     from modelcar.cache_daemon.daemon import Daemon, DaemonOptions
-    from modelcar.cache_daemon.desired import StaticSource
+    from modelcar.cache_daemon.desired import DesiredFromFile
     from modelcar.cache_daemon.pull import PullOptions
     from modelcar.contract.client import ApiClient
 
@@ -203,7 +203,7 @@ def test_a_pull_does_not_wait_for_an_api_that_hangs(registry, tmp_path):
     cache = CacheDir(tmp_path / "cache").open()
     api = ApiClient(f"http://127.0.0.1:{hang.getsockname()[1]}", "t", timeout=120, attempts=1)
     options = DaemonOptions(node="n1", pull=PullOptions(store=StoreOptions(plain_http=True)))
-    daemon = Daemon(cache, options, StaticSource(config), api=api)
+    daemon = Daemon(cache, options, DesiredFromFile(config), api=api)
     runner = threading.Thread(target=daemon.run, kwargs={"once": True}, daemon=True)
     runner.start()
     try:

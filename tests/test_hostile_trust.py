@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from harness.models import write_safetensors
 from modelcar.cache_daemon.cachedir import CacheDir
 from modelcar.cache_daemon.daemon import Daemon, DaemonOptions
-from modelcar.cache_daemon.desired import StaticSource
+from modelcar.cache_daemon.desired import DesiredFromFile
 from modelcar.cache_daemon.pull import Puller, PullOptions
 from modelcar.errors import SignatureError
 from modelcar.oci import mediatypes as mt
@@ -40,7 +40,7 @@ def model(tmp_path_factory) -> Path:
 def _daemon(tmp_path, config) -> Daemon:
     cache = CacheDir(tmp_path / "cache").open()
     options = DaemonOptions(node="n1", pull=PullOptions(store=StoreOptions(plain_http=True)))
-    return Daemon(cache, options, StaticSource(config))
+    return Daemon(cache, options, DesiredFromFile(config))
 
 
 def test_a_missing_sig_blob_does_not_hide_a_later_valid_signature(model, signing_key, tmp_path):

@@ -9,7 +9,7 @@ import pytest
 from harness.localregistry import free_port
 from harness.mlflowserver import MlflowServer
 from harness.models import write_safetensors
-from modelcar.format import keys as mt
+from modelcar.format import keys as mk
 from tests.helpers import assert_one_line_error, run_cli, tree, unpack_with_umoci
 
 
@@ -64,7 +64,7 @@ def test_an_alias_builds_the_version_it_points_at(mlflow_models, registry, tmp_p
     ref = parse_ref(r.last_line)
     manifest = json.loads(open_store(ref, StoreOptions(plain_http=True)).get_manifest(
         ref.reference).data)  # fmt: skip
-    assert manifest["annotations"][mt.SOURCE_RUN_ID] == runs[2]
+    assert manifest["annotations"][mk.SOURCE_RUN_ID] == runs[2]
 
     _, v1 = _build(env, "models:/bert/1", f"{registry.host}/mlflow/bert:v1")
     _, v1_again = _build(env, "mlflow://bert/1", f"{registry.host}/mlflow/bert:v1b")

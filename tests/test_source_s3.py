@@ -9,7 +9,7 @@ import os
 import pytest
 
 from harness.s3server import S3Server
-from modelcar.format import keys as mt
+from modelcar.format import keys as mk
 from modelcar.oci.reference import parse_ref
 from modelcar.oci.store import StoreOptions
 from modelcar.oci.stores import open_store
@@ -51,7 +51,7 @@ def test_a_prefix_builds_byte_exact_with_its_etags_recorded(s3, registry, tmp_pa
     store = open_store(ref, StoreOptions(plain_http=True))
     manifest = json.loads(store.get_manifest(ref.reference).data)
     config = json.loads(store.read_blob(manifest["config"]["digest"]))
-    objects = config[mt.SOURCE_OBJECTS]
+    objects = config[mk.SOURCE_OBJECTS]
     assert set(objects) == set(FILES)
     etag = hashlib.md5(FILES["config.json"]).hexdigest()  # a single-part upload's ETag
     assert objects["config.json"]["etag"] == etag

@@ -19,10 +19,10 @@ import httpx
 from modelcar.errors import ModelcarError, SourceFileError
 from modelcar.http import retry
 from modelcar.http.body import (
-    DEFAULT_PROGRESS,
+    DEFAULT_STALL_RULE,
     BodyReader,
-    Progress,
     SourceStalled,
+    StallRule,
     read_error_body,
 )
 from modelcar.http.rangereader import EarlyEnd, RangeReader, transient
@@ -70,9 +70,9 @@ class HttpFile(RangeReader):
         size: int,
         what: str,
         on_wait: Announce,
-        progress: Progress | None = DEFAULT_PROGRESS,
+        stall: StallRule | None = DEFAULT_STALL_RULE,
     ):
-        self._send, self.what, self.progress = open_at, what, progress
+        self._send, self.what, self.stall = open_at, what, stall
         super().__init__(
             self._open,
             size,
@@ -90,7 +90,7 @@ class HttpFile(RangeReader):
             raise retry.RetryLater(None, error) from None
         try:
             if response.status_code in (200, 206):
-                body = BodyReader(response, what=self.what, progress=self.progress)
+                body = BodyReader(response, what=self.what, stall=self.stall)
                 skip = offset if response.status_code == 200 else 0
                 while skip:  # the server ignored the range: read past what we have
                     block = body.read(min(skip, 1 << 20))

@@ -26,7 +26,7 @@ import httpx
 from modelcar.builder.sources.base import Selection, Source, SourceFile
 from modelcar.builder.sources.httpfile import HttpFile
 from modelcar.errors import SourceError, SourceNotFound, UsageError
-from modelcar.format import keys as mt
+from modelcar.format import keys as mk
 from modelcar.http.body import MAX_API_BYTES, ResponseTooLarge, read_body
 from modelcar.http.client import new_client
 
@@ -132,7 +132,7 @@ class MlflowSource(Source):
         return self.inner.provenance()
 
     def annotations(self) -> dict[str, str]:
-        return {mt.SOURCE_RUN_ID: self.run_id} if self.run_id else {}
+        return {mk.SOURCE_RUN_ID: self.run_id} if self.run_id else {}
 
 
 def _underlying(location: str) -> str:

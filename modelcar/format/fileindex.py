@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from modelcar.errors import ImageFormatError
-from modelcar.format import keys as mt
+from modelcar.format import keys as mk
 from modelcar.format.paths import path_problem, shown
 from modelcar.oci.digest import Digest, sha256_bytes
 from modelcar.oci.manifest import JsonModel, first_error
@@ -66,7 +66,7 @@ class FileIndex(JsonModel):
 
 def file_index_from_config(config: dict[str, Any]) -> FileIndex | None:
     """The modelcar file index carried in an image config, or None if absent."""
-    raw = config.get(mt.CONFIG_INDEX_KEY)
+    raw = config.get(mk.CONFIG_INDEX_KEY)
     if raw is None:
         return None
     try:

@@ -14,13 +14,13 @@ from collections.abc import Callable
 from typing import Protocol
 
 from modelcar.errors import DigestMismatch, ImageFormatError, UnsafeArchive
-from modelcar.format import keys as mt
+from modelcar.format import keys as mk
 from modelcar.format.fileindex import FileEntry
 from modelcar.format.paths import path_problem, shown
 from modelcar.oci.digest import CHUNK, HashingReader, Readable
 from modelcar.oci.tarstream import TarReader
 
-PREFIX = mt.MODELS_DIR + "/"
+PREFIX = mk.MODELS_DIR + "/"
 
 
 class FileSink(Protocol):
@@ -32,7 +32,7 @@ def member_path(name: str, layer: str) -> str | None:
     """The path under models/ for a tar member name, None for the models/ dir itself.
     The path must pass the same rule the builder applies (:mod:`modelcar.modelpath`)."""
     clean = name.removeprefix("./").rstrip("/")
-    if clean == mt.MODELS_DIR:
+    if clean == mk.MODELS_DIR:
         return None
     rel = clean.removeprefix(PREFIX)
     problem = path_problem(rel)

@@ -14,7 +14,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from modelcar.oci import mediatypes as oci_mt
+from modelcar.oci import mediatypes as mt
 from modelcar.oci.manifest import Descriptor, Manifest, canonical_json
 
 ARTIFACT_TYPE = "application/vnd.cncf.model.manifest.v1+json"
@@ -65,7 +65,7 @@ def layer(path: str, digest: str, size: int) -> Descriptor:
     metadata = json.dumps({"name": path, "mode": 0o644, "uid": 0, "gid": 0, "size": size,
                            "mtime": "1970-01-01T00:00:00Z", "typeflag": ord("0")},
                           separators=(",", ":"))  # fmt: skip
-    annotations = {FILEPATH: path, oci_mt.TITLE: path, FILE_METADATA: metadata}
+    annotations = {FILEPATH: path, mt.TITLE: path, FILE_METADATA: metadata}
     if guessed:
         annotations[UNTESTED] = "true"
     return Descriptor(mediaType=raw_media_type(kind), digest=digest, size=size,

@@ -47,7 +47,7 @@ class SourceStalled(TransientRegistryError):
 
 
 @dataclass(frozen=True)
-class Progress:
+class StallRule:
     """The minimum-progress rule: ``min_speed`` bytes/s over each ``window`` seconds."""
 
     window: float = 30.0
@@ -58,10 +58,10 @@ class Progress:
         return int(self.min_speed * self.window)
 
 
-DEFAULT_PROGRESS = Progress()
+DEFAULT_STALL_RULE = StallRule()
 
 
-def stall_timeout(base: float, rule: Progress | None) -> httpx.Timeout:
+def stall_timeout(base: float, rule: StallRule | None) -> httpx.Timeout:
     """The request timeout: reads give up after the stall window (a silent peer)."""
     read = min(base, rule.window) if rule else base
     return httpx.Timeout(base, read=read, connect=min(base, 10.0))
@@ -77,13 +77,13 @@ class BodyReader:
         *,
         what: str,
         limit: int | None = None,
-        progress: Progress | None = None,
+        stall: StallRule | None = None,
     ):
         self._it: Iterator[bytes] = response.iter_raw()
         self._buf = memoryview(b"")
         self.what = what
         self.limit = limit
-        self.progress = progress
+        self.stall = stall
         self.received = 0
         self._waited = 0.0
         self._window_bytes = 0
@@ -96,15 +96,15 @@ class BodyReader:
             raise ResponseTooLarge(
                 f"answer is larger than the {human_limit(self.limit)} limit", subject=self.what
             )
-        if self.progress is not None:
+        if self.stall is not None:
             self._waited += time.monotonic() - started
             self._window_bytes += len(block)
-            if self._waited >= self.progress.window:
-                if self._window_bytes < self.progress.min_bytes:
+            if self._waited >= self.stall.window:
+                if self._window_bytes < self.stall.min_bytes:
                     raise SourceStalled(
                         f"source stalled ({self._window_bytes} bytes in "
                         f"{self._waited:.0f}s of waiting, below "
-                        f"{human_limit(self.progress.min_speed)}/s)",
+                        f"{human_limit(self.stall.min_speed)}/s)",
                         subject=self.what,
                     )
                 self._waited, self._window_bytes = 0.0, 0
@@ -127,10 +127,10 @@ class BodyReader:
 
 
 def read_body(
-    response: httpx.Response, limit: int, what: str, progress: Progress | None = None
+    response: httpx.Response, limit: int, what: str, stall: StallRule | None = None
 ) -> bytes:
     """The whole body of a streamed response, refused past ``limit`` bytes."""
-    return BodyReader(response, what=what, limit=limit, progress=progress).read()
+    return BodyReader(response, what=what, limit=limit, stall=stall).read()
 
 
 def read_error_body(response: httpx.Response, limit: int = MAX_ERROR_BYTES) -> bytes:

@@ -13,7 +13,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
-from modelcar.http.body import DEFAULT_PROGRESS, Progress
+from modelcar.http.body import DEFAULT_STALL_RULE, StallRule
 from modelcar.oci.digest import Readable
 from modelcar.oci.reference import Ref
 
@@ -91,6 +91,6 @@ class StoreOptions:
     chunk_size: int = 64 << 20
     timeout: float = 60.0
     #: Minimum progress of every download (None: only ``timeout`` per read).
-    progress: Progress | None = DEFAULT_PROGRESS
+    stall: StallRule | None = DEFAULT_STALL_RULE
     #: Not the registry itself but a server in front of it (None: the registry).
     via: Via | None = None

@@ -145,7 +145,7 @@ class Repository:
         error answer is cut there) nor slower than the progress rule."""
         if isinstance(url, str) and url.startswith("/"):
             url = self.base_url + url
-        rule = self.options.progress if method == "GET" else None
+        rule = self.options.stall if method == "GET" else None
         try:
             request = self.client.build_request(
                 method, url, timeout=stall_timeout(self.options.timeout, rule), **kw
@@ -236,7 +236,7 @@ class Repository:
         headers = {"Range": f"bytes={offset}-"} if offset else {}
         url = f"{self.base_url}/v2/{self.ref.repository}/blobs/{digest}"
         what = f"{self.ref.name}@{digest}"
-        rule = self.options.progress
+        rule = self.options.stall
         try:
             timeout = stall_timeout(self.options.timeout, rule)
             with self.client.stream("GET", url, headers=headers, timeout=timeout) as r:
@@ -247,7 +247,7 @@ class Repository:
                     check(error, what)
                 if offset and r.status_code != 206:
                     raise RegistryError("registry ignored the range request", subject=digest)
-                yield BodyReader(r, what=what, limit=limit, progress=rule)
+                yield BodyReader(r, what=what, limit=limit, stall=rule)
         except httpx.HTTPError as e:
             raise translate_transport(e, self.server) from None
 
