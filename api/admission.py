@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from modelcar.api.mounts import VOLUME
 from modelcar.contract import wire
 from modelcar.contract.nodecache import MOUNT_PATH
-from modelcar.errors import ModelcarError
+from modelcar.errors import Malformed, ModelcarError
 
 SCHEME = "model://"
 MODE_ANNOTATION = "modelcar.dev/mode"
@@ -88,10 +88,6 @@ MAX_REFERENCES = 256
 #: The InferenceService components that hold storage fields (KServe's CRD: predictor,
 #: transformer, explainer, and each canary's predictor).
 COMPONENTS = ("predictor", "transformer", "explainer")
-
-
-class Malformed(ModelcarError):
-    """A part of the object is not of the type Kubernetes' schema gives it."""
 
 
 def _dict(value: Any) -> dict[str, Any]:

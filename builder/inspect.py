@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from modelcar.errors import DigestMismatch, ImageFormatError
+from modelcar.errors import DigestMismatch, ImageFormatError, NotAModelcar
 from modelcar.format import keys as mk
 from modelcar.format.fileindex import FileEntry, file_index_from_config
 from modelcar.format.foreign import FORMAT_NAMES, PATH_ANNOTATIONS, format_of, load_foreign
-from modelcar.format.image import ModelImage, NotAModelcar, load_model_image
+from modelcar.format.image import ModelImage, load_model_image
 from modelcar.format.layer import read_model_layer
 from modelcar.format.unpack import index_of, unpack_layer
 from modelcar.oci import mediatypes as mt

@@ -21,9 +21,10 @@ from modelcar.cache_daemon.sources import BlobSource
 from modelcar.errors import (
     ModelcarError,
     NotFound,
-    RegistryError,
     RegistryUnreachable,
+    TransientError,
     TransientRegistryError,
+    TransportError,
 )
 from modelcar.http.rangereader import EarlyEnd, RangeReader
 from modelcar.oci.digest import Readable
@@ -101,7 +102,7 @@ class BlobStream(RangeReader):
             try:
                 cm = source.store.open_blob(self.digest, offset)
                 f = cm.__enter__()
-            except (RegistryError, httpx.HTTPError, OSError) as e:
+            except (TransportError, httpx.HTTPError, OSError) as e:
                 errors.append(f"{source.name}: {e}")
                 self.fallbacks[source.name] = self.fallbacks.get(source.name, 0) + 1
                 if isinstance(e, NotFound):
@@ -151,4 +152,4 @@ class BlobStream(RangeReader):
 
 
 def _transient(e: BaseException) -> bool:
-    return isinstance(e, httpx.HTTPError | OSError | TransientRegistryError | RegistryUnreachable)
+    return isinstance(e, httpx.HTTPError | OSError | TransientError | RegistryUnreachable)

@@ -22,19 +22,11 @@ from pathlib import Path
 
 from modelcar.cache_daemon.state import StateDB
 from modelcar.contract.nodecache import digest_of_dir_name, model_dir_name
-from modelcar.errors import ModelcarError, UsageError
+from modelcar.errors import CacheBusy, ModelcarError, StorageError, UsageError
 from modelcar.format.fileindex import FileIndex
 
 #: Quarantined models kept for inspection; older ones are deleted.
 MAX_QUARANTINED = 2
-
-
-class CacheVanished(ModelcarError):
-    default_hint = "was it deleted or unmounted while in use? nothing was published"
-
-
-class CacheBusy(ModelcarError):
-    default_hint = "one modelcar-cache per cache dir; stop the other one or use another --cache-dir"
 
 
 def fsync_dir(path: Path) -> None:
@@ -202,7 +194,7 @@ class CacheDir:
             with contextlib.suppress(OSError):
                 probe.rmdir()
             where = e.filename2 if isinstance(e.filename2, str) else e.filename
-            raise ModelcarError(
+            raise StorageError(
                 f"cannot publish into the cache ({e.strerror})",
                 subject=str(Path(where).parent) if where else str(self.root / "models"),
                 hint="the daemon's user must be able to write staging/ and models/, "
@@ -232,7 +224,7 @@ class CacheDir:
             fsync_dir(dst.parent)
             fsync_dir(src.parent)
         except OSError as e:
-            raise ModelcarError(
+            raise StorageError(
                 f"cannot publish the model ({e.strerror})", subject=str(dst)
             ) from None
         self.drop_journals(digest)

@@ -26,7 +26,7 @@ from typing import Any
 from pydantic import TypeAdapter
 
 from modelcar.contract import control as ctl
-from modelcar.errors import ModelcarError, UsageError
+from modelcar.errors import ControlError, ModelcarError, UsageError
 
 log = logging.getLogger("modelcar.cache")
 
@@ -35,10 +35,6 @@ MAX_REQUEST = 64 << 10
 RECENT_EVENTS = 1000
 
 Handler = Callable[[str, dict[str, Any]], Any]
-
-
-class ControlError(ModelcarError):
-    """The daemon refused or failed a request (its own one-line reason)."""
 
 
 class Events:

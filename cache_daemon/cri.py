@@ -16,16 +16,12 @@ from __future__ import annotations
 
 import logging
 
-from modelcar.errors import ModelcarError
+from modelcar.errors import CriError
 
 log = logging.getLogger("modelcar.cache")
 
 PINNED_LABEL = "io.cri-containerd.pinned"
 CRI_NAMESPACE = "k8s.io"
-
-
-class CriError(ModelcarError):
-    default_hint = "check --cri-socket and that the runtime's CRI plugin runs"
 
 
 # --- protobuf wire format, the little that is needed ---------------------------

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from modelcar.cache_daemon.blobstream import RateLimiter, SourcesMissed
 from modelcar.cache_daemon.cachedir import CacheDir
-from modelcar.cache_daemon.control import ControlError, Events
+from modelcar.cache_daemon.control import Events
 from modelcar.cache_daemon.cri import RuntimeWarmer
 from modelcar.cache_daemon.desired import DesiredFromApi, DesiredFromFile, Wanted
 from modelcar.cache_daemon.evict import Budget, Evictor
@@ -38,7 +38,7 @@ from modelcar.contract import control as ctl
 from modelcar.contract import wire as wire
 from modelcar.contract.client import ApiClient
 from modelcar.contract.control import PullView
-from modelcar.errors import ModelcarError, SignatureError
+from modelcar.errors import ControlError, ModelcarError, SignatureError, WaitingForLease
 from modelcar.format.fileindex import FileIndex
 from modelcar.format.foreign import ForeignImage
 from modelcar.format.image import ModelImage
@@ -52,10 +52,6 @@ log = logging.getLogger("modelcar.cache")
 
 #: How often the node's status is reported while pulls run (besides each state change).
 REPORT_SECONDS = 5.0
-
-
-class WaitingForLease(ModelcarError):
-    """A rollout wave: no origin lease was free and no peer held the layers in time."""
 
 
 def event(what: str, **fields: object) -> str:

@@ -164,7 +164,8 @@ _REASONS: tuple[tuple[type[BaseException], str], ...] = (
     (errors.AccessDenied, "auth"),
     (errors.NotFound, "not_found"),
     (errors.RegistryUnreachable, "network"),
-    (errors.TransientRegistryError, "network"),
+    (errors.TransientError, "network"),
+    (errors.TransportError, "network"),
 )
 
 

@@ -20,25 +20,28 @@ from collections.abc import Callable
 from pydantic import BaseModel
 
 from modelcar.cache_daemon.blobstream import RateLimiter, SourcesMissed
-from modelcar.cache_daemon.cachedir import CacheDir, CacheVanished
+from modelcar.cache_daemon.cachedir import CacheDir
 from modelcar.cache_daemon.ingest import Job, PullProgress, file_size, is_space
 from modelcar.cache_daemon.kinds import strategy_for
 from modelcar.cache_daemon.metrics import NO_METRICS, PullMetrics
 from modelcar.cache_daemon.sources import BlobSource, SourceSpec, chain, open_sources
 from modelcar.contract.control import PullResult
 from modelcar.errors import (
+    CacheVanished,
     DigestMismatch,
     DiskFull,
     ImageFormatError,
     ModelcarError,
+    NotAModelcar,
     PullCrashed,
     PullStopped,
     SignatureError,
+    StorageError,
     UsageError,
 )
 from modelcar.format.fileindex import FileIndex
 from modelcar.format.foreign import FORMAT_NAMES, ForeignImage, load_foreign
-from modelcar.format.image import ModelImage, NotAModelcar, load_model_image
+from modelcar.format.image import ModelImage, load_model_image
 from modelcar.oci.reference import ImageRef, LayoutRef, parse_ref
 from modelcar.oci.store import ImageStore, StoreOptions
 
@@ -277,7 +280,7 @@ class Puller:
         if is_space(e):
             return DiskFull("no space left on the cache filesystem", subject=str(self.cache.root))
         where = f": {e.filename}" if e.filename else ""
-        return ModelcarError(f"cannot write the model ({e.strerror or e}){where}", subject=digest)
+        return StorageError(f"cannot write the model ({e.strerror or e}){where}", subject=digest)
 
 
 class _Watch:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modelcar.contract.wire import ModelState
-from modelcar.errors import DiskFull, ModelcarError
+from modelcar.errors import DiskFull, StorageError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (
@@ -60,7 +60,7 @@ class StateDB:
                 self._conn.execute("PRAGMA query_only=ON")
                 self._conn.execute("SELECT 1 FROM models LIMIT 1")
             except sqlite3.Error as e:
-                raise ModelcarError("cannot read the cache state", subject=f"{path}: {e}") from None
+                raise StorageError("cannot read the cache state", subject=f"{path}: {e}") from None
             return
         self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._conn.execute("PRAGMA journal_mode=WAL")
@@ -83,7 +83,7 @@ class StateDB:
                     self._conn.execute("ROLLBACK")
                 if "full" in str(e):
                     raise DiskFull("cannot record the cache state", subject=str(e)) from None
-                raise ModelcarError("cannot record the cache state", subject=str(e)) from None
+                raise StorageError("cannot record the cache state", subject=str(e)) from None
 
     def get(self, digest: str) -> ModelRecord | None:
         with self._lock:

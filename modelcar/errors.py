@@ -91,6 +91,10 @@ class ImageFormatError(ModelcarError):
     """A manifest, config, index or layer does not follow the contract."""
 
 
+class NotAModelcar(ImageFormatError):
+    """An image without modelcar's file index: another format, or no model at all."""
+
+
 class UnsafeArchive(ImageFormatError):
     default_hint = "the layer is corrupt or hostile; it was not extracted"
 
@@ -110,11 +114,42 @@ class UnknownSigner(SignatureError):
 # --- storage / transport ---------------------------------------------------
 
 
-class LayoutError(ModelcarError):
+class StorageError(ModelcarError):
+    """A local file or directory could not be read or written (a cache, a layout)."""
+
+
+class LayoutError(StorageError):
     pass
 
 
-class RegistryError(ModelcarError):
+class TransportError(ModelcarError):
+    """Talking to a server failed: a registry, a source (Hugging Face, S3, MLflow), the API."""
+
+
+class TransientError(TransportError):
+    """A failure worth retrying (429, 5xx, a dropped or stalled connection)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        subject: str | None = None,
+        hint: str | None = None,
+        retry_after: float | None = None,
+    ):
+        super().__init__(message, subject=subject, hint=hint)
+        self.retry_after = retry_after
+
+
+class ResponseTooLarge(TransportError):
+    default_hint = "the server (or a proxy or mirror in between) sent more than any valid answer"
+
+
+class SourceStalled(TransientError):
+    default_hint = "the source is too slow or stalled; the next source is tried at the same offset"
+
+
+class RegistryError(TransportError):
     pass
 
 
@@ -138,22 +173,22 @@ class BlobTooLarge(RegistryError):
     default_hint = "lower --large-file-threshold or raise --max-layer-size if the registry allows"
 
 
-class TransientRegistryError(RegistryError):
-    """A failure worth retrying (429, 5xx, dropped connection)."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        subject: str | None = None,
-        hint: str | None = None,
-        retry_after: float | None = None,
-    ):
-        super().__init__(message, subject=subject, hint=hint)
-        self.retry_after = retry_after
+class TransientRegistryError(TransientError, RegistryError):
+    """A registry's failure worth retrying (429, 5xx, dropped connection)."""
 
 
-class DiskFull(ModelcarError):
+class TokenExpired(TransientRegistryError):
+    """A streamed request met a 401 after its token expired: send it again from the
+    start (the token is already renewed)."""
+
+    default_hint = "the registry's access token expired mid-request; it was renewed"
+
+
+class ChunkedUnsupported(RegistryError):
+    """The registry refuses chunked uploads: the blob goes up in one request."""
+
+
+class DiskFull(StorageError):
     default_hint = "free disk space or lower the cache budget"
 
 
@@ -167,6 +202,26 @@ class PullStopped(ModelcarError):
 class LayerCancelled(PullStopped):
     """Another layer of the same pull failed: this one ends where it is (its work kept),
     and the pull fails with the other layer's error."""
+
+
+class CacheVanished(StorageError):
+    default_hint = "was it deleted or unmounted while in use? nothing was published"
+
+
+class CacheBusy(ModelcarError):
+    default_hint = "one modelcar-cache per cache dir; stop the other one or use another --cache-dir"
+
+
+class ControlError(ModelcarError):
+    """The daemon refused or failed a control request (its own one-line reason)."""
+
+
+class CriError(ModelcarError):
+    default_hint = "check --cri-socket and that the runtime's CRI plugin runs"
+
+
+class WaitingForLease(ModelcarError):
+    """A rollout wave: no origin lease was free and no peer held the layers in time."""
 
 
 class PullCrashed(ModelcarError):
@@ -213,6 +268,10 @@ class Conflict(ApiError):
 
 class InvalidRequest(UsageError):
     code = "invalid"
+
+
+class Malformed(InvalidRequest):
+    """A part of a Kubernetes object is not of the type its schema gives it."""
 
 
 class ApiUnavailable(ApiError):

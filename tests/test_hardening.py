@@ -22,10 +22,9 @@ import pytest
 
 from harness.models import write_safetensors
 from harness.proxy import QuirkProxy
-from modelcar.errors import UnsafeArchive
+from modelcar.errors import ResponseTooLarge, UnsafeArchive
 from modelcar.format.layer import member_path
 from modelcar.format.paths import MAX_PATH_BYTES, path_problem
-from modelcar.http.body import ResponseTooLarge
 from modelcar.oci.digest import hex_of
 from modelcar.oci.reference import parse_ref
 from modelcar.oci.store import StoreOptions

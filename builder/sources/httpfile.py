@@ -16,15 +16,9 @@ from typing import Any, TypeVar
 
 import httpx
 
-from modelcar.errors import ModelcarError, SourceFileError
+from modelcar.errors import ModelcarError, SourceFileError, SourceStalled
 from modelcar.http import retry
-from modelcar.http.body import (
-    DEFAULT_STALL_RULE,
-    BodyReader,
-    SourceStalled,
-    StallRule,
-    read_error_body,
-)
+from modelcar.http.body import DEFAULT_STALL_RULE, BodyReader, StallRule, read_error_body
 from modelcar.http.rangereader import EarlyEnd, RangeReader, transient
 
 try:  # huggingface_hub 2.x talks through httpx2

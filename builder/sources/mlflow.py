@@ -25,9 +25,9 @@ import httpx
 
 from modelcar.builder.sources.base import Selection, Source, SourceFile
 from modelcar.builder.sources.httpfile import HttpFile
-from modelcar.errors import SourceError, SourceNotFound, UsageError
+from modelcar.errors import ResponseTooLarge, SourceError, SourceNotFound, UsageError
 from modelcar.format import keys as mk
-from modelcar.http.body import MAX_API_BYTES, ResponseTooLarge, read_body
+from modelcar.http.body import MAX_API_BYTES, read_body
 from modelcar.http.client import new_client
 
 HINT = "use models:/NAME/VERSION, models:/NAME@ALIAS or mlflow://NAME@ALIAS"

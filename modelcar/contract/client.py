@@ -19,12 +19,13 @@ from modelcar.errors import (
     ApiError,
     ApiUnavailable,
     InvalidRequest,
+    ResponseTooLarge,
     Unauthorized,
     UsageError,
 )
 from modelcar.filestamp import Stamp, stamp
 from modelcar.http import retry
-from modelcar.http.body import MAX_API_BYTES, ResponseTooLarge, read_body
+from modelcar.http.body import MAX_API_BYTES, read_body
 from modelcar.http.client import new_client
 
 API_ENV = "MODELCAR_API"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from modelcar.errors import DigestMismatch, ImageFormatError
+from modelcar.errors import DigestMismatch, ImageFormatError, NotAModelcar
 from modelcar.format.fileindex import (
     FileEntry,
     FileIndex,
@@ -26,10 +26,6 @@ from modelcar.oci.manifest import (
 from modelcar.oci.platform import host_platform, platform_images, platform_str, same_platform
 from modelcar.oci.reference import Ref
 from modelcar.oci.store import ImageStore
-
-
-class NotAModelcar(ImageFormatError):
-    """An image without modelcar's file index: another format, or no model at all."""
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from modelcar.errors import RegistryError, TransientRegistryError
+from modelcar.errors import ResponseTooLarge, SourceStalled
 
 #: The common registry limit for manifests (Distribution, containers/image, containerd).
 MAX_MANIFEST_BYTES = 4 << 20
@@ -36,14 +36,6 @@ MAX_TOKEN_BYTES = 1 << 20
 MAX_API_BYTES = 32 << 20
 #: Error bodies are read for their message only; the rest is dropped.
 MAX_ERROR_BYTES = 64 << 10
-
-
-class ResponseTooLarge(RegistryError):
-    default_hint = "the server (or a proxy or mirror in between) sent more than any valid answer"
-
-
-class SourceStalled(TransientRegistryError):
-    default_hint = "the source is too slow or stalled; the next source is tried at the same offset"
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ from typing import Protocol
 
 import httpx
 
+from modelcar.errors import SourceStalled
 from modelcar.http import retry
-from modelcar.http.body import SourceStalled
 
 
 class Readable(Protocol):

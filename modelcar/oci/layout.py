@@ -17,8 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from modelcar.errors import DigestMismatch, DiskFull, LayoutError, NotFound
-from modelcar.http.body import MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, ResponseTooLarge, human_limit
+from modelcar.errors import DigestMismatch, DiskFull, LayoutError, NotFound, ResponseTooLarge
+from modelcar.http.body import MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, human_limit
 from modelcar.oci import mediatypes as mt
 from modelcar.oci.digest import hex_of, sha256_bytes
 from modelcar.oci.manifest import Descriptor, Index, media_type_of, parse_index

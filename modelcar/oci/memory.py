@@ -13,8 +13,8 @@ import io
 from collections.abc import Iterator
 from typing import BinaryIO
 
-from modelcar.errors import DigestMismatch, NotFound
-from modelcar.http.body import MAX_CONFIG_BYTES, ResponseTooLarge, human_limit
+from modelcar.errors import DigestMismatch, NotFound, ResponseTooLarge
+from modelcar.http.body import MAX_CONFIG_BYTES, human_limit
 from modelcar.oci.digest import sha256_bytes
 from modelcar.oci.manifest import media_type_of
 from modelcar.oci.reference import ImageRef

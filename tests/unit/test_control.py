@@ -8,8 +8,8 @@ import socket
 
 import pytest
 
-from modelcar.cache_daemon.control import ControlError, ControlServer, Events, events, request
-from modelcar.errors import ModelcarError
+from modelcar.cache_daemon.control import ControlServer, Events, events, request
+from modelcar.errors import ControlError, ModelcarError
 
 
 def handler(op: str, args: dict) -> object:

@@ -43,7 +43,11 @@ from typing import Any
 import httpx
 
 from modelcar import decode
-from modelcar.errors import AuthenticationFailed, RegistryUnreachable, TransientRegistryError
+from modelcar.errors import (
+    AuthenticationFailed,
+    RegistryUnreachable,
+    TokenExpired,
+)
 from modelcar.filestamp import Stamp, stamp
 from modelcar.http.body import MAX_TOKEN_BYTES, read_body
 from modelcar.http.client import new_client
@@ -274,13 +278,6 @@ class CredentialStore:
             return
         self._stamp, self._loaded_at = stamp, time.monotonic()
         self.loads += 1
-
-
-class TokenExpired(TransientRegistryError):
-    """A streamed request met a 401 after its token expired: send it again from the
-    start (the token is already renewed)."""
-
-    default_hint = "the registry's access token expired mid-request; it was renewed"
 
 
 @dataclass

@@ -16,15 +16,16 @@ from typing import Any, TypeVar
 import httpx
 
 from modelcar.errors import (
+    ChunkedUnsupported,
     DigestMismatch,
     RegistryError,
+    ResponseTooLarge,
 )
 from modelcar.http.body import (
     MAX_CONFIG_BYTES,
     MAX_ERROR_BYTES,
     MAX_MANIFEST_BYTES,
     BodyReader,
-    ResponseTooLarge,
     human_limit,
     read_body,
     read_error_body,
@@ -182,7 +183,7 @@ class Repository:
             if not self.monolithic and size > self.options.chunk_size:
                 try:
                     return upload.chunked(self, digest, size, chunks(), self.options.chunk_size)[1]
-                except upload.ChunkedUnsupported:
+                except ChunkedUnsupported:
                     self.monolithic = True
             return upload.monolithic(self, digest, size, chunks())
 
@@ -199,7 +200,7 @@ class Repository:
         def attempt() -> tuple[str, int] | None:
             try:
                 return upload.chunked(self, None, size, chunks(), self.options.chunk_size)
-            except upload.ChunkedUnsupported:
+            except ChunkedUnsupported:
                 self.monolithic = True
                 return None
 

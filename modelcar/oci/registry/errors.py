@@ -21,6 +21,7 @@ from modelcar.errors import (
     NotFound,
     RegistryError,
     RegistryUnreachable,
+    TransientError,
     TransientRegistryError,
 )
 from modelcar.http import retry
@@ -91,7 +92,7 @@ def translate_transport(exc: httpx.HTTPError, host: str) -> RegistryError:
 
 
 def _retryable(exc: BaseException) -> bool:
-    return isinstance(exc, TransientRegistryError | RegistryUnreachable)
+    return isinstance(exc, TransientError | RegistryUnreachable)
 
 
 def _attempts_for(attempts: int) -> Callable[[BaseException], int]:

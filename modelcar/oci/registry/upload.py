@@ -18,7 +18,7 @@ from urllib.parse import urljoin
 
 import httpx
 
-from modelcar.errors import DigestMismatch, RegistryError
+from modelcar.errors import ChunkedUnsupported, DigestMismatch, RegistryError
 from modelcar.oci.registry.errors import check
 
 
@@ -39,10 +39,6 @@ class Target(Protocol):
 
 
 CHUNKED_REFUSED = (400, 404, 405, 416, 501)
-
-
-class ChunkedUnsupported(RegistryError):
-    pass
 
 
 class _HashingSource:
