@@ -6,7 +6,6 @@ exit; the last line on stdout of ``build`` is always the pinned reference.
 
 from __future__ import annotations
 
-import functools
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -23,7 +22,6 @@ from modelcar.cliutil import (
 )
 from modelcar.contract.client import API_ENV, TOKEN_ENV, ApiClient
 from modelcar.errors import ModelcarError, UsageError
-from modelcar.oci.digest import sha256_bytes
 from modelcar.oci.platform import parse_platform
 from modelcar.oci.reference import parse_ref
 
@@ -187,7 +185,8 @@ def build(
     options give the same digest, in a registry or an oci: layout. Tags move only
     after every blob and the manifest are in place.
     """
-    from modelcar.builder.build import Builder, BuildOptions
+    from modelcar.builder import service
+    from modelcar.builder.build import BuildOptions
     from modelcar.builder.progress import Progress
     from modelcar.builder.register import check_names, default_model_name
     from modelcar.builder.sources import open_source
@@ -207,29 +206,23 @@ def build(
     model_name = model or (default_model_name(target_ref) if api else "")
     if api:
         check_names(model_name, alias)
-    layer_limit = parse_size(max_layer_size) if max_layer_size else None
-    if layer_limit is None and ".dkr.ecr." in str(target_ref):
-        layer_limit = 52000 << 20  # ECR private caps a layer at 52,000 MiB
+    service.check_format(image_format, signing=bool(sign_key), platforms=bool(platform),
+                         base=bool(base))  # fmt: skip
     options = BuildOptions(
         base=base,
         tags=tag or [],
         jobs=jobs,
         max_layers=max_layers,
         large_file_threshold=parse_size(large_file_threshold),
-        max_layer_size=layer_limit,
+        max_layer_size=service.layer_limit(
+            target_ref, parse_size(max_layer_size) if max_layer_size else None
+        ),
         stat_cache=stat_cache,
         store=store_options(
             plain_http=plain_http, insecure=insecure, ca_file=ca_file, docker_config=docker_config
         ),
         platforms=[parse_platform(p) for p in platform] if platform else None,
     )
-    if image_format not in ("modelcar", "modelpack", "both"):
-        raise UsageError(f"unknown --format {image_format}", hint="modelcar, modelpack or both")
-    if image_format == "modelpack" and (sign_key or platform or base):
-        raise UsageError(
-            "--sign-key, --platform and --base apply to modelcars",
-            hint="use --format both to sign a modelcar that carries the ModelPack as a referrer",
-        )
     private = None
     if sign_key:  # a bad key fails before anything is built
         from modelcar.trust import keys
@@ -243,37 +236,8 @@ def build(
     if list_only:
         _list_files(src)
         return
-    try:
-        if image_format == "modelcar":
-            record = Builder(src, target_ref, options, progress).run()
-        else:
-            from modelcar.builder import modelpack
-
-            record = modelpack.build(image_format, src, target_ref, options, progress)
-    finally:
-        progress.close()
-    if not quiet:
-        mib = 1 << 20
-        progress.log(
-            f"built {record.digest} in {record.seconds:.1f}s: "
-            f"{record.bytes_uploaded / mib:.1f} MiB sent, "
-            f"{record.bytes_skipped / mib:.1f} MiB already there"
-        )
-        if image_format == "both":
-            progress.log(f"ModelPack {record.modelpack_digest}, a referrer of the modelcar")
-    signature = None
-    if private is not None:
-        import time
-
-        from modelcar.builder.signing import sign_build
-        from modelcar.contract.build import SigningRecord
-
-        started = time.monotonic()
-        signature, attested = sign_build(target_ref, record, private, src, selection, options)
-        record.signed = SigningRecord(key_id=keys.key_id(private), attestations=attested,
-                                      seconds=round(time.monotonic() - started, 3))  # fmt: skip
-        progress.log(f"signed {record.digest} with {record.signed.key_id} and attested "
-                     f"{', '.join(attested)} in {record.signed.seconds:.2f}s")  # fmt: skip
+    record, signature = service.build(image_format, src, target_ref, options, progress,
+                                      key=private, selection=selection)  # fmt: skip
     if json_out:
         typer.echo(record.model_dump_json())
     if api:
@@ -352,56 +316,13 @@ def base_create(
     layers. Each binary's ELF machine must match its platform. Reproducible: the same
     binaries give the same digests.
     """
-    from modelcar.builder.base import busybox_base, busybox_index
-    from modelcar.oci import mediatypes as mt
-    from modelcar.oci.platform import host_platform, platform_str, same_platform
-    from modelcar.oci.reference import DEFAULT_TAG
-    from modelcar.oci.stores import open_store
+    from modelcar.builder import service
 
-    ref = parse_ref(target)
-    given: dict[str, str] = {}
-    for item in busybox or []:
-        spec, sep, path = item.partition("=")
-        key = platform_str(parse_platform(spec)) if sep else platform_str(host_platform())
-        given[key] = path if sep else item
-    platforms = [parse_platform(p) for p in platform or []]
-    unused = set(given) - {platform_str(p) for p in platforms} - {platform_str(host_platform())}
-    if unused:
-        raise UsageError(
-            "--busybox for a platform not asked for",
-            subject=", ".join(sorted(unused)),
-            hint="add --platform for it",
-        )
-    for p in platforms:
-        if platform_str(p) not in given and not same_platform(p, host_platform()):
-            raise UsageError(
-                f"no busybox for {platform_str(p)}",
-                hint=f"give one: --busybox {platform_str(p)}=PATH (Debian: apt-get download "
-                f"busybox-static:{p.architecture}, then dpkg-deb -x)",
-            )
-    store = open_store(
-        ref,
-        store_options(
-            plain_http=plain_http, insecure=insecure, ca_file=ca_file, docker_config=docker_config
-        ),
-        create=True,
+    options = store_options(
+        plain_http=plain_http, insecure=insecure, ca_file=ca_file, docker_config=docker_config
     )
-    if not platforms:
-        img = busybox_base(given.get(platform_str(host_platform())))
-        images, top, media_type = [img], img.manifest_bytes, mt.OCI_MANIFEST
-    else:
-        bases = busybox_index([(p, given.get(platform_str(p))) for p in platforms])
-        images, top, media_type = bases.images, bases.index_bytes, mt.OCI_INDEX
-    for img in images:
-        for digest, data in img.blobs.items():
-            if not store.has_blob(digest):
-                store.put_blob(digest, len(data), functools.partial(list, [data]))
-        assert img.manifest_bytes is not None and img.digest is not None
-        store.put_manifest(img.manifest_bytes, mt.OCI_MANIFEST, img.digest)
-    assert top is not None
-    digest = store.put_manifest(top, media_type, sha256_bytes(top))
-    store.put_manifest(top, media_type, ref.tag or DEFAULT_TAG)
-    typer.echo(str(ref.pinned(digest)))
+    platforms = [parse_platform(p) for p in platform or []]
+    typer.echo(service.create_base(parse_ref(target), options, platforms, busybox or []))
 
 
 @app.command()
@@ -463,39 +384,16 @@ def verify(
     (SLSA provenance, the model-signing bundle)."""
     import json
 
-    from modelcar.builder.inspect import verify_image
-    from modelcar.format.image import load_model_image
-    from modelcar.oci.stores import open_store
-    from modelcar.trust import attest, cosign, keys
+    from modelcar.builder import service
+    from modelcar.trust import keys
 
-    if require_source is not None and not key:
-        raise UsageError("--require-provenance-source needs --key PUB")
-    image_ref = parse_ref(ref)
     options = store_options(
         plain_http=plain_http, insecure=insecure, ca_file=ca_file, docker_config=docker_config
     )
-    store = open_store(image_ref, options)
-    signed = attested = image = None
-    if key:
-        public = [keys.load_public_key(k) for k in key]
-        digest = image_ref.digest or store.get_manifest(image_ref.reference).digest
-        image_ref = image_ref.pinned(digest)  # the bytes checked are the ones signed
-        signed = cosign.verify_image(store, image_ref, digest, public)
-        image = load_model_image(store, image_ref)
-        attested = attest.verify(store, image_ref, digest, public, image.index, require_source)
-    n_layers, n_files, platforms = verify_image(store, image_ref, image)
-    if json_out:
-        typer.echo(json.dumps({
-            "reference": ref, "layers": n_layers, "files": n_files, "platforms": platforms,
-            "signature": signed.__dict__ if signed else None,
-            "attestations": attested.as_dict() if attested else None,
-        }))  # fmt: skip
-        return
-    on = f" for {', '.join(platforms)}" if platforms else ""
-    by = f"; signed by {signed.key_id}" if signed else ""
-    if attested and attested.provenance_source:
-        by += f"; provenance: {attested.provenance_source}"
-    typer.echo(f"ok: {n_layers} layers and {n_files} files verified{on}{by}")
+    public = [keys.load_public_key(k) for k in key or []]
+    checked = service.verify(parse_ref(ref), options, public, require_source)
+    checked.reference = ref
+    typer.echo(json.dumps(checked.as_dict()) if json_out else checked.line())
 
 
 @app.command()
@@ -522,22 +420,15 @@ def sign(
     model-signing bundle of its files; print it pinned. (Provenance is attached by
     `build --sign-key`, which knows how the image was made.) With --api, the API
     records the signature too, for the versions with this digest."""
-    from modelcar.format.image import load_model_image
-    from modelcar.oci.stores import open_store
-    from modelcar.trust import attest, cosign, keys
+    from modelcar.builder import service
+    from modelcar.trust import keys
 
     private = keys.load_private_key(key)
     image_ref = parse_ref(ref)
-    store = open_store(
-        image_ref,
-        store_options(
-            plain_http=plain_http, insecure=insecure, ca_file=ca_file, docker_config=docker_config
-        ),
+    options = store_options(
+        plain_http=plain_http, insecure=insecure, ca_file=ca_file, docker_config=docker_config
     )
-    digest = image_ref.digest or store.get_manifest(image_ref.reference).digest
-    image = load_model_image(store, image_ref.pinned(digest))
-    signature = cosign.sign_image(store, image_ref, digest, private)
-    attest.attach(store, image_ref, attest.subject_of(store, digest), private, image.index, None)
+    digest, signature = service.sign(image_ref, options, private)
     typer.echo(f"signed with {keys.key_id(private)}", err=True)
     if api:
         from modelcar.builder.register import record_signature
