@@ -61,8 +61,14 @@ class AdmissionReview(BaseModel):
     request: AdmissionRequest
 
 
-def answer(uid: str, *, allowed: bool = True, patch: list[dict[str, Any]] | None = None,
-           message: str | None = None, code: int = 403) -> dict[str, Any]:  # fmt: skip
+def answer(
+    uid: str,
+    *,
+    allowed: bool = True,
+    patch: list[dict[str, Any]] | None = None,
+    message: str | None = None,
+    code: int = 403,
+) -> dict[str, Any]:
     response: dict[str, Any] = {"uid": uid, "allowed": allowed}
     if not allowed:
         response["status"] = {"code": code, "message": message or "denied"}
@@ -72,8 +78,7 @@ def answer(uid: str, *, allowed: bool = True, patch: list[dict[str, Any]] | None
 
         response["patchType"] = "JSONPatch"
         response["patch"] = base64.b64encode(json.dumps(patch).encode()).decode()
-    return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-            "response": response}  # fmt: skip
+    return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response}
 
 
 @dataclass
@@ -195,12 +200,13 @@ def _annotations_patch(
         return [{"op": "add", "path": f"{base}/metadata", "value": {"annotations": ours}}]
     if not isinstance(metadata.get("annotations"), dict):
         return [{"op": "add", "path": f"{base}/metadata/annotations", "value": ours}]
-    return [{"op": "add", "path": f"{base}/metadata/annotations/{k.replace('/', '~1')}",
-             "value": v} for k, v in ours.items()]  # fmt: skip
+    return [
+        {"op": "add", "path": f"{base}/metadata/annotations/{k.replace('/', '~1')}", "value": v}
+        for k, v in ours.items()
+    ]
 
 
-def mutate(obj: dict[str, Any], kind: str, resolve: Resolve) -> tuple[list[dict[str, Any]],
-                                                                      Pinned]:  # fmt: skip
+def mutate(obj: dict[str, Any], kind: str, resolve: Resolve) -> tuple[list[dict[str, Any]], Pinned]:
     """The JSONPatch that pins every ``model://`` reference in ``obj``, and what it pins.
     Raises ModelcarError (the caller denies) for a reference that does not resolve, an
     object over MAX_REFERENCES references, or a part of the wrong type. Linear in the
@@ -215,8 +221,10 @@ def mutate(obj: dict[str, Any], kind: str, resolve: Resolve) -> tuple[list[dict[
     new = copy.deepcopy(spec)
     todo = [(c, h, k) for c, h, k in _refs(new, kind) if h[k].startswith(SCHEME)]
     if len(todo) > MAX_REFERENCES:
-        raise ModelcarError(f"{len(todo)} model:// references in one object, over the limit "
-                            f"of {MAX_REFERENCES}", hint="split the workload")  # fmt: skip
+        raise ModelcarError(
+            f"{len(todo)} model:// references in one object, over the limit of {MAX_REFERENCES}",
+            hint="split the workload",
+        )
     answers: dict[str, wire.ResolveAnswer] = {}
     rules: dict[int, tuple[dict[str, Any], dict[str, dict[str, Any]]]] = {}
     dropped: dict[int, set[int]] = {}  # component -> storageUris entries mounted instead
@@ -227,9 +235,11 @@ def mutate(obj: dict[str, Any], kind: str, resolve: Resolve) -> tuple[list[dict[
         got = answers[text]
         pinned.answers.append(got)
         if got.storage_uri is None and (kind != "InferenceService" or mode == "oci"):
-            raise ModelcarError("the version's image is in an oci: layout, which pods cannot "
-                                "pull", subject=text, hint=f"annotate {MODE_ANNOTATION}: "
-                                "hostpath to mount the node cache's copy")  # fmt: skip
+            raise ModelcarError(
+                "the version's image is in an oci: layout, which pods cannot pull",
+                subject=text,
+                hint=f"annotate {MODE_ANNOTATION}: hostpath to mount the node cache's copy",
+            )
         if kind != "InferenceService":  # an image volume: the pinned image
             holder[key] = got.image
         elif mode == "oci":
@@ -252,21 +262,32 @@ def mutate(obj: dict[str, Any], kind: str, resolve: Resolve) -> tuple[list[dict[
             else:
                 del component["storageUris"]
     first = pinned.answers[0]
-    values = {"model": first.name, "version": str(first.version), "alias": first.alias or "",
-              "digest": first.digest}  # fmt: skip
+    values = {
+        "model": first.name,
+        "version": str(first.version),
+        "alias": first.alias or "",
+        "digest": first.digest,
+    }
     patch = [{"op": "replace", "path": pointer, "value": new}, *_annotations_patch(obj, "", values)]
     if kind in POD_TEMPLATES:  # its pods carry them too: their deletion is then seen
         patch += _annotations_patch(obj["spec"]["template"], "/spec/template", values)
     return patch, pinned
 
 
-def _mount(component: dict[str, Any], holder: dict[str, Any], key: str,
-           got: wire.ResolveAnswer, n: int, dropped: dict[int, set[int]]) -> None:  # fmt: skip
+def _mount(
+    component: dict[str, Any],
+    holder: dict[str, Any],
+    key: str,
+    got: wire.ResolveAnswer,
+    n: int,
+    dropped: dict[int, set[int]],
+) -> None:
     """hostpath mode: the node cache's copy mounted in place of a storage field."""
     mounts = got.pod_spec["volumeMounts"]
     if key == "uri":  # a storageUris entry: mounted where it said, in the model container
-        mounts = [dict(mounts[0], mountPath=holder.get("mountPath") or MOUNT_PATH,
-                       name=f"{VOLUME}-{n}")]  # fmt: skip
+        mounts = [
+            dict(mounts[0], mountPath=holder.get("mountPath") or MOUNT_PATH, name=f"{VOLUME}-{n}")
+        ]
         dropped.setdefault(id(component), set()).add(id(holder))
         volumes = [dict(got.pod_spec["volumes"][0], name=mounts[0]["name"])]
         container = component.setdefault("model", {})
@@ -297,5 +318,8 @@ def unpinned(obj: dict[str, Any], kind: str) -> list[str]:
 
 def digests(obj: dict[str, Any], kind: str) -> list[str]:
     """The digests the object's image references are pinned to."""
-    return [r.rsplit("@", 1)[1] for r in _images(obj, kind)
-            if not r.startswith(SCHEME) and "@sha256:" in r]  # fmt: skip
+    return [
+        r.rsplit("@", 1)[1]
+        for r in _images(obj, kind)
+        if not r.startswith(SCHEME) and "@sha256:" in r
+    ]

@@ -277,8 +277,14 @@ _READY_NODES = (
 
 
 def _target_query(kind: str, with_nodes: bool) -> Select[*tuple[Any, ...]]:
-    columns = [Model.name, Version.number, Version.digest, Version.repository, Version.size,
-               Version.file_count]  # fmt: skip
+    columns = [
+        Model.name,
+        Version.number,
+        Version.digest,
+        Version.repository,
+        Version.size,
+        Version.file_count,
+    ]
     query = select(*columns, *([_READY_NODES] if with_nodes else []))
     query = query.join(Model, Version.model_id == Model.id).where(Model.name == bindparam("name"))
     if kind == "alias":

@@ -138,8 +138,10 @@ def serve(
         webhook_client_ca=webhook_client_ca,
     )
     if settings.webhook_port and not (settings.webhook_cert and settings.webhook_key):
-        raise UsageError("--webhook-port needs --webhook-cert and --webhook-key",
-                         hint="the apiserver calls webhooks over TLS only")  # fmt: skip
+        raise UsageError(
+            "--webhook-port needs --webhook-cert and --webhook-key",
+            hint="the apiserver calls webhooks over TLS only",
+        )
     for path in (settings.webhook_cert, settings.webhook_key, settings.webhook_client_ca):
         if path and not os.path.isfile(path):
             raise UsageError("cannot read the webhook's TLS file", subject=path)
@@ -160,10 +162,17 @@ def serve(
     if settings.webhook_port:
         from modelcar.api.webhook import serve_webhooks
 
-        serve_webhooks(settings, database, log_level=settings.log_level, access_log=access_log,
-                       server_header=False)  # fmt: skip
-        typer.echo(f"modelcar-api: admission webhooks on https://{settings.host}:"
-                   f"{settings.webhook_port}", err=True)  # fmt: skip
+        serve_webhooks(
+            settings,
+            database,
+            log_level=settings.log_level,
+            access_log=access_log,
+            server_header=False,
+        )
+        typer.echo(
+            f"modelcar-api: admission webhooks on https://{settings.host}:{settings.webhook_port}",
+            err=True,
+        )
     if settings.workers > 1:
         database.dispose()
         os.environ[SETTINGS_ENV] = settings.model_dump_json()
@@ -224,8 +233,7 @@ def token_create(
         body = TypeAdapter(TokenCreate).validate_python(fields)
     except ValidationError as e:
         loc, msg = error_at(e)
-        where = next((p for p in reversed(loc.split(".")) if p in ("name", "role", "node")),
-                     "role")  # fmt: skip
+        where = next((p for p in reversed(loc.split(".")) if p in ("name", "role", "node")), "role")
         raise UsageError(
             f"invalid --{where}: {msg}",
             hint=f"roles: {', '.join(ROLES)}; a node token's --node (default --name) is the "

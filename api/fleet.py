@@ -213,9 +213,11 @@ def assignments(s: Session, node: str, labels: dict[str, str] | None) -> wire.As
             pems = trust.trusted(s) if pems is None else pems
             v = wire.Verification.model_validate(policy.verification)
             rule = wire.VerificationRule(
-                policy=policy.name, keys=[pems[k] for k in v.keys if k in pems],
-                require=v.require, source_prefix=v.source_prefix,
-            )  # fmt: skip
+                policy=policy.name,
+                keys=[pems[k] for k in v.keys if k in pems],
+                require=v.require,
+                source_prefix=v.source_prefix,
+            )
         for text in policy.models:
             try:
                 version = catalog.find(s, parse_model_ref(text))

@@ -72,8 +72,14 @@ def take(s: Session, node: str, digest: str, stale_after: float) -> wire.LeaseOu
     else:
         free = sorted(set(range(rule.origin_concurrency)) - {r.slot for r in rows})
         if free:
-            lease = OriginLease(digest=digest, slot=free[0], node_name=node, granted=now,
-                                expires=expires, ttl=rule.wave_timeout)  # fmt: skip
+            lease = OriginLease(
+                digest=digest,
+                slot=free[0],
+                node_name=node,
+                granted=now,
+                expires=expires,
+                ttl=rule.wave_timeout,
+            )
             try:
                 with s.begin_nested():
                     s.add(lease)
@@ -83,10 +89,14 @@ def take(s: Session, node: str, digest: str, stale_after: float) -> wire.LeaseOu
                 mine = lease
     names = [r.node_name for r in holders(s, digest, stale_after)]  # with any concurrent grant
     return wire.LeaseOut(
-        digest=digest, node=node, granted=mine is not None, limit=rule.origin_concurrency,
-        holders=names, expires=mine.expires if mine else None,
+        digest=digest,
+        node=node,
+        granted=mine is not None,
+        limit=rule.origin_concurrency,
+        holders=names,
+        expires=mine.expires if mine else None,
         retry_after=0.0 if mine else RETRY_AFTER,
-    )  # fmt: skip
+    )
 
 
 def give_back(s: Session, node: str, digest: str) -> None:
@@ -137,12 +147,20 @@ def view(
     rule = fleet.strictest(rules)
     origin = sum(n for name, n in by_source.items() if name == "origin")
     return wire.RolloutOut(
-        model=version.model.name, version=version.number, digest=digest,
+        model=version.model.name,
+        version=version.number,
+        digest=digest,
         origin_concurrency=rule.origin_concurrency if rule else None,
         wave_timeout=rule.wave_timeout if rule else None,
-        leases=[wire.LeaseHolder(node=r.node_name, granted=r.granted, expires=r.expires)
-                for r in holders(s, digest, stale_after)],
-        nodes=nodes, ready=states.get("ready", 0), pulling=states.get("pulling", 0),
-        failed=states.get("failed", 0), bytes_from_origin=origin,
-        bytes_from_peers=sum(by_source.values()) - origin, bytes_by_source=by_source,
-    )  # fmt: skip
+        leases=[
+            wire.LeaseHolder(node=r.node_name, granted=r.granted, expires=r.expires)
+            for r in holders(s, digest, stale_after)
+        ],
+        nodes=nodes,
+        ready=states.get("ready", 0),
+        pulling=states.get("pulling", 0),
+        failed=states.get("failed", 0),
+        bytes_from_origin=origin,
+        bytes_from_peers=sum(by_source.values()) - origin,
+        bytes_by_source=by_source,
+    )

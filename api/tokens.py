@@ -56,9 +56,10 @@ def authenticate(s: Session, secret: str) -> Principal:
     """Who a bearer token, or a web UI session id, stands for."""
     if secret.startswith(SESSION_PREFIX):
         token = s.scalar(
-            select(Token).join(UiSession, UiSession.token_id == Token.id)
+            select(Token)
+            .join(UiSession, UiSession.token_id == Token.id)
             .where(UiSession.secret_hash == hash_secret(secret), UiSession.expires > utcnow())
-        )  # fmt: skip
+        )
         if token is None:
             raise Unauthorized("the web UI session has ended", hint="sign in again")
         return _principal(token)
@@ -77,8 +78,14 @@ def open_session(s: Session, token_secret: str, hours: float) -> str:
     now = utcnow()
     s.execute(delete(UiSession).where(UiSession.expires <= now))  # the ended ones
     secret = SESSION_PREFIX + secrets.token_urlsafe(32)
-    s.add(UiSession(secret_hash=hash_secret(secret), token_id=token.id, created=now,
-                    expires=now + timedelta(hours=hours)))  # fmt: skip
+    s.add(
+        UiSession(
+            secret_hash=hash_secret(secret),
+            token_id=token.id,
+            created=now,
+            expires=now + timedelta(hours=hours),
+        )
+    )
     s.flush()
     return secret
 

@@ -35,8 +35,9 @@ def _public(pem: str) -> ec.EllipticCurvePublicKey:
 
 
 def key_out(k: TrustedKey) -> wire.KeyOut:
-    return wire.KeyOut(key_id=k.key_id, name=k.name, pem=k.pem, created=k.created,
-                       created_by=k.created_by)  # fmt: skip
+    return wire.KeyOut(
+        key_id=k.key_id, name=k.name, pem=k.pem, created=k.created, created_by=k.created_by
+    )
 
 
 def add_key(s: Session, body: wire.KeyCreate, actor: str) -> tuple[TrustedKey, bool]:
@@ -65,20 +66,27 @@ def get_key(s: Session, key_id: str) -> TrustedKey:
 
 def delete_key(s: Session, key_id: str) -> None:
     key = get_key(s, key_id)
-    users = [p.name for p in s.scalars(select(Policy).order_by(Policy.name))
-             if key_id in ((p.verification or {}).get("keys") or [])]  # fmt: skip
+    users = [
+        p.name
+        for p in s.scalars(select(Policy).order_by(Policy.name))
+        if key_id in ((p.verification or {}).get("keys") or [])
+    ]
     if users:
-        raise Conflict(f"the key is in use by polic{'ies' if len(users) > 1 else 'y'} "
-                       f"{', '.join(users)}", subject=key_id,
-                       hint="change those policies' verification first")  # fmt: skip
+        raise Conflict(
+            f"the key is in use by polic{'ies' if len(users) > 1 else 'y'} {', '.join(users)}",
+            subject=key_id,
+            hint="change those policies' verification first",
+        )
     s.delete(key)
 
 
 def check_keys(s: Session, key_ids: list[str]) -> None:
     known = set(s.scalars(select(TrustedKey.key_id).where(TrustedKey.key_id.in_(key_ids))))
     if unknown := [k for k in key_ids if k not in known]:
-        raise Conflict(f"untrusted key in verification: {', '.join(unknown)}",
-                       hint="add it first with POST /v1/keys")  # fmt: skip
+        raise Conflict(
+            f"untrusted key in verification: {', '.join(unknown)}",
+            hint="add it first with POST /v1/keys",
+        )
 
 
 def trusted(s: Session | Connection, key_ids: list[str] | None = None) -> dict[str, str]:
@@ -117,11 +125,20 @@ def add_signature(s: Session, body: wire.SignatureCreate, actor: str) -> None:
         return  # one signature per key and digest is all that counts
     count = s.scalar(select(func.count()).where(ImageSignature.digest == body.digest)) or 0
     if count >= MAX_SIGNATURES_PER_DIGEST:
-        raise Conflict(f"the digest has {count} signatures already, the most kept",
-                       subject=body.digest)  # fmt: skip
+        raise Conflict(
+            f"the digest has {count} signatures already, the most kept", subject=body.digest
+        )
     fingerprint = hashlib.sha256(payload + b"\0" + body.signature.encode()).hexdigest()
-    s.add(ImageSignature(digest=body.digest, fingerprint=fingerprint, payload=body.payload,
-                         signature=body.signature, created=utcnow(), created_by=actor))  # fmt: skip
+    s.add(
+        ImageSignature(
+            digest=body.digest,
+            fingerprint=fingerprint,
+            payload=body.payload,
+            signature=body.signature,
+            created=utcnow(),
+            created_by=actor,
+        )
+    )
     s.flush()
 
 

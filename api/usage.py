@@ -34,22 +34,34 @@ def current() -> ColumnElement[bool]:
     return or_(Workload.uid != "", Workload.updated > utcnow() - PROVISIONAL_TTL)
 
 
-def record(s: Session, kind: str, namespace: str, name: str, uid: str, operation: str,
-           digests: list[str]) -> int:  # fmt: skip
+def record(
+    s: Session, kind: str, namespace: str, name: str, uid: str, operation: str, digests: list[str]
+) -> int:
     """Record the object against the versions of ``digests``; how many it pins."""
-    s.execute(delete(Workload).where(Workload.uid == "",
-                                     Workload.updated <= utcnow() - PROVISIONAL_TTL))  # fmt: skip
+    s.execute(
+        delete(Workload).where(Workload.uid == "", Workload.updated <= utcnow() - PROVISIONAL_TTL)
+    )
     forget(s, kind, namespace, name, uid)
     versions = s.scalars(select(Version).where(Version.digest.in_(set(digests)))).all()
     for v in versions:
-        s.add(Workload(version_id=v.id, kind=kind, namespace=namespace, name=name, uid=uid,
-                       operation=operation, updated=utcnow()))  # fmt: skip
+        s.add(
+            Workload(
+                version_id=v.id,
+                kind=kind,
+                namespace=namespace,
+                name=name,
+                uid=uid,
+                operation=operation,
+                updated=utcnow(),
+            )
+        )
     s.flush()
     return len(versions)
 
 
-def unchanged(conn: Connection, kind: str, namespace: str, name: str, uid: str,
-              digests: list[str]) -> bool:  # fmt: skip
+def unchanged(
+    conn: Connection, kind: str, namespace: str, name: str, uid: str, digests: list[str]
+) -> bool:
     """Whether the object is recorded already, with this uid, against exactly these
     digests (a re-admission, e.g. the same `kubectl apply`): then nothing is written.
     One indexed Core query: this is on every admission's path."""
@@ -77,17 +89,33 @@ def forget(s: Session, kind: str, namespace: str, name: str, uid: str = "") -> N
 
 def forget_provisional(s: Session, kind: str, namespace: str, name: str) -> None:
     """A denied CREATE: the record /mutate made for it goes."""
-    s.execute(delete(Workload).where(Workload.kind == kind, Workload.namespace == namespace,
-                                     Workload.name == name, Workload.uid == ""))  # fmt: skip
+    s.execute(
+        delete(Workload).where(
+            Workload.kind == kind,
+            Workload.namespace == namespace,
+            Workload.name == name,
+            Workload.uid == "",
+        )
+    )
 
 
 def users(s: Session, version_id: int) -> list[wire.WorkloadOut]:
     rows = s.scalars(
-        select(Workload).where(Workload.version_id == version_id, current())
+        select(Workload)
+        .where(Workload.version_id == version_id, current())
         .order_by(Workload.namespace, Workload.kind, Workload.name)
-    ).all()  # fmt: skip
-    return [wire.WorkloadOut(kind=w.kind, namespace=w.namespace, name=w.name, uid=w.uid,
-                             operation=w.operation, updated=w.updated) for w in rows]  # fmt: skip
+    ).all()
+    return [
+        wire.WorkloadOut(
+            kind=w.kind,
+            namespace=w.namespace,
+            name=w.name,
+            uid=w.uid,
+            operation=w.operation,
+            updated=w.updated,
+        )
+        for w in rows
+    ]
 
 
 def counts(s: Session, version_ids: list[int]) -> dict[int, int]:
@@ -97,7 +125,7 @@ def counts(s: Session, version_ids: list[int]) -> dict[int, int]:
         select(Workload.version_id, func.count())
         .where(Workload.version_id.in_(version_ids), current())
         .group_by(Workload.version_id)
-    ).all()  # fmt: skip
+    ).all()
     return {vid: n for vid, n in rows}
 
 

@@ -69,8 +69,10 @@ def _inline(schema: Any, defs: dict[str, Any]) -> Any:
 
 
 _SCHEMA = admission.AdmissionReview.model_json_schema()
-_BODY = {"required": True, "content": {"application/json": {
-    "schema": _inline(_SCHEMA, _SCHEMA.get("$defs", {}))}}}  # fmt: skip
+_BODY = {
+    "required": True,
+    "content": {"application/json": {"schema": _inline(_SCHEMA, _SCHEMA.get("$defs", {}))}},
+}
 
 
 def _meta(req: admission.AdmissionRequest) -> dict[str, Any]:
@@ -99,8 +101,9 @@ class Webhooks:
         ref = parse_model_ref(text)
         with self.db.connection() as conn:
             target = catalog.find(conn, ref)
-        return resolve_answer(target, alias=ref.alias, nodes=[],
-                              cache_root=self.settings.cache_root, mode=mode)  # fmt: skip
+        return resolve_answer(
+            target, alias=ref.alias, nodes=[], cache_root=self.settings.cache_root, mode=mode
+        )
 
     def _record(self, req: admission.AdmissionRequest, digests: list[str]) -> None:
         if req.dryRun:
@@ -130,9 +133,12 @@ class Webhooks:
             return admission.answer(req.uid, allowed=False, message=e.one_line())
         except (TypeError, AttributeError, KeyError, ValueError, RecursionError) as e:
             log.warning("admission review %s: %s: %s", req.uid, type(e).__name__, e)
-            return admission.answer(req.uid, allowed=path == "record",
-                                    message=f"the object cannot be read ({type(e).__name__}); "
-                                    "check its spec against the kind's schema")  # fmt: skip
+            return admission.answer(
+                req.uid,
+                allowed=path == "record",
+                message=f"the object cannot be read ({type(e).__name__}); "
+                "check its spec against the kind's schema",
+            )
 
     def _review(self, req: admission.AdmissionRequest, path: str) -> dict[str, Any]:
         kind = req.kind.kind
@@ -200,10 +206,15 @@ def serve_webhooks(settings: Settings, db: Database, **common: Any) -> Any:
     if settings.webhook_client_ca:
         extra = {"ssl_ca_certs": settings.webhook_client_ca, "ssl_cert_reqs": ssl.CERT_REQUIRED}
     config = uvicorn.Config(
-        create_webhook_app(settings, db), host=settings.host, port=settings.webhook_port or 0,
-        ssl_certfile=settings.webhook_cert, ssl_keyfile=settings.webhook_key, **extra, **common,
+        create_webhook_app(settings, db),
+        host=settings.host,
+        port=settings.webhook_port or 0,
+        ssl_certfile=settings.webhook_cert,
+        ssl_keyfile=settings.webhook_key,
+        **extra,
+        **common,
         http=HeaderTimeoutH11,
-    )  # fmt: skip
+    )
     server = uvicorn.Server(config)
     threading.Thread(target=server.run, name="webhooks", daemon=True).start()
     return server
@@ -230,8 +241,13 @@ async def read_capped(request: Request, cap: int) -> bytes | None:
 
 
 def create_webhook_app(settings: Settings, db: Database) -> FastAPI:
-    app = FastAPI(title="modelcar admission webhooks", version="1", docs_url=None,
-                  redoc_url=None, openapi_url=None)  # fmt: skip
+    app = FastAPI(
+        title="modelcar admission webhooks",
+        version="1",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
     install_error_handlers(app)
     hooks = Webhooks(settings, db)
     reviewers = ThreadPoolExecutor(max_workers=REVIEW_THREADS, thread_name_prefix="review")
@@ -241,8 +257,11 @@ def create_webhook_app(settings: Settings, db: Database) -> FastAPI:
             parsed = admission.AdmissionReview.model_validate_json(body)
         except ValidationError as e:
             where, msg = error_at(e)
-            return error_response(400, "invalid", "not an admission.k8s.io/v1 AdmissionReview "
-                                  f"({where or 'body'}: {msg})")  # fmt: skip
+            return error_response(
+                400,
+                "invalid",
+                f"not an admission.k8s.io/v1 AdmissionReview ({where or 'body'}: {msg})",
+            )
         return JSONResponse(hooks.review(parsed, path))
 
     async def answer(request: Request, path: str) -> Any:
@@ -276,6 +295,11 @@ def create_webhook_app(settings: Settings, db: Database) -> FastAPI:
         413: {"description": "Too large"},
     }
     for path, handler in (("/mutate", mutate), ("/validate", validate), ("/record", record)):
-        app.add_api_route(path, handler, methods=["POST"], responses=responses,
-                          openapi_extra={"requestBody": _BODY})  # fmt: skip
+        app.add_api_route(
+            path,
+            handler,
+            methods=["POST"],
+            responses=responses,
+            openapi_extra={"requestBody": _BODY},
+        )
     return app

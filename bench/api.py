@@ -96,13 +96,17 @@ def start_modelcar(db: str, nodes: int = NODES) -> LocalApi:
             if n % 10 == 9:  # some pulling, some failed: every kind of cell in the UI's grid
                 models[0] = {**models[0], "state": "pulling", "bytes_done": 5, "bytes_total": 9}
                 models[1] = {**models[1], "state": "failed", "error": "no space left on device"}
-            c.put(f"/v1/nodes/gpu-{n}/status", json={
-                "models": models, "disk": {"used_bytes": n << 30, "capacity_bytes": 1 << 40}
-            }).raise_for_status()  # fmt: skip
-        c.put("/v1/policies/waves", json={
-            "models": [f"model-{m}@prod" for m in range(10)],
-            "rollout": {"origin_concurrency": 2, "wave_timeout": "10m"},
-        }).raise_for_status()  # fmt: skip
+            c.put(
+                f"/v1/nodes/gpu-{n}/status",
+                json={"models": models, "disk": {"used_bytes": n << 30, "capacity_bytes": 1 << 40}},
+            ).raise_for_status()
+        c.put(
+            "/v1/policies/waves",
+            json={
+                "models": [f"model-{m}@prod" for m in range(10)],
+                "rollout": {"origin_concurrency": 2, "wave_timeout": "10m"},
+            },
+        ).raise_for_status()
     return api
 
 
@@ -110,11 +114,25 @@ def start_mlflow(work: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
     mlflow = Path(sys.executable).with_name("mlflow")
     proc = subprocess.Popen(
-        [str(mlflow), "server", "--backend-store-uri", f"sqlite:///{work}/mlflow.db",
-         "--default-artifact-root", str(work / "artifacts"), "--host", "127.0.0.1",
-         "--port", str(port), "--workers", "1"],
-        cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
+        [
+            str(mlflow),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{work}/mlflow.db",
+            "--default-artifact-root",
+            str(work / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        cwd=work,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     wait_http(f"{url}/health", proc)
     from mlflow import MlflowClient
@@ -164,11 +182,28 @@ def start_webhook(db: str, work: Path) -> tuple[subprocess.Popen, str]:
     cert, key = make_cert(work)
     port, hook = free_port(), free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "modelcar.api.cli", "serve", "--db", db, "--port", str(port),
-         "--webhook-port", str(hook), "--webhook-cert", str(cert), "--webhook-key", str(key),
-         "--no-access-log"],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "modelcar.api.cli",
+            "serve",
+            "--db",
+            db,
+            "--port",
+            str(port),
+            "--webhook-port",
+            str(hook),
+            "--webhook-cert",
+            str(cert),
+            "--webhook-key",
+            str(key),
+            "--no-access-log",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     wait_http(f"http://127.0.0.1:{port}/readyz", proc)
     return proc, f"https://127.0.0.1:{hook}"
 
@@ -178,8 +213,9 @@ def measure_admission(url: str, clients: int, seconds: float, work: Path):
     script.write_text(ADMISSION_SCRIPT % MODELS)
     cmd = ["wrk", "-t1", f"-c{clients}", "--latency", "-s", str(script)]
     subprocess.run([*cmd, "-d1s", url], capture_output=True, check=True)  # warm-up
-    out = subprocess.run([*cmd, f"-d{seconds:g}s", url], capture_output=True, text=True,
-                         check=True).stdout  # fmt: skip
+    out = subprocess.run(
+        [*cmd, f"-d{seconds:g}s", url], capture_output=True, text=True, check=True
+    ).stdout
     if "Non-2xx" in out:
         raise SystemExit(f"errors from {url}/mutate:\n{out}")
     return _parse_wrk(out)
@@ -188,15 +224,27 @@ def measure_admission(url: str, clients: int, seconds: float, work: Path):
 def _large_review(refs: int) -> bytes:
     import json
 
-    volumes = [{"name": f"m{i}", "image": {"reference": f"model://model-{i % 2}@prod"}}
-               for i in range(refs)]  # fmt: skip
-    return json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-                       "request": {"uid": "big", "kind": {"group": "", "version": "v1",
-                                                          "kind": "Pod"},
-                                   "namespace": "team", "name": "big", "operation": "CREATE",
-                                   "object": {"metadata": {"name": "big"},
-                                              "spec": {"containers": [], "volumes": volumes}}}},
-                      ).encode()  # fmt: skip
+    volumes = [
+        {"name": f"m{i}", "image": {"reference": f"model://model-{i % 2}@prod"}}
+        for i in range(refs)
+    ]
+    return json.dumps(
+        {
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": "big",
+                "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "namespace": "team",
+                "name": "big",
+                "operation": "CREATE",
+                "object": {
+                    "metadata": {"name": "big"},
+                    "spec": {"containers": [], "volumes": volumes},
+                },
+            },
+        },
+    ).encode()
 
 
 def measure_admission_beside_large(url: str, seconds: float, work: Path):
@@ -211,8 +259,9 @@ def measure_admission_beside_large(url: str, seconds: float, work: Path):
     def large() -> None:
         with httpx.Client(verify=False, timeout=60) as c:
             while not stop.is_set():
-                r = c.post(f"{url}/mutate", content=body,
-                           headers={"Content-Type": "application/json"})  # fmt: skip
+                r = c.post(
+                    f"{url}/mutate", content=body, headers={"Content-Type": "application/json"}
+                )
                 assert r.status_code == 200 and r.json()["response"]["allowed"], r.text[:300]
                 sent[0] += 1
 
@@ -235,16 +284,45 @@ def measure_mutate_scaling() -> list[tuple[int, float]]:
 
     def resolve(text: str, mode: str) -> wire.ResolveAnswer:
         n = text.split("@")[0].rsplit("-", 1)[1]
-        return wire.ResolveAnswer.model_validate({
-            "name": "m", "version": 1, "alias": "prod", "digest": digest(n),
-            "repository": "r.example/m", "image": f"r.example/m@{digest(n)}",
-            "storage_uri": f"oci://r.example/m@{digest(n)}", "host_path": "/var/lib/x",
-            "node_label": f"modelcar.dev/m{n}", "nodes_ready": [], "size": 1, "file_count": 1,
-            "mode": mode, "pod_spec": {"volumes": [], "volumeMounts": [], "affinity": {
-                "nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
-                    {"weight": 100, "preference": {"matchExpressions": [
-                        {"key": f"modelcar.dev/m{n}", "operator": "In", "values": ["ready"]}]}}]}}},
-        })  # fmt: skip
+        return wire.ResolveAnswer.model_validate(
+            {
+                "name": "m",
+                "version": 1,
+                "alias": "prod",
+                "digest": digest(n),
+                "repository": "r.example/m",
+                "image": f"r.example/m@{digest(n)}",
+                "storage_uri": f"oci://r.example/m@{digest(n)}",
+                "host_path": "/var/lib/x",
+                "node_label": f"modelcar.dev/m{n}",
+                "nodes_ready": [],
+                "size": 1,
+                "file_count": 1,
+                "mode": mode,
+                "pod_spec": {
+                    "volumes": [],
+                    "volumeMounts": [],
+                    "affinity": {
+                        "nodeAffinity": {
+                            "preferredDuringSchedulingIgnoredDuringExecution": [
+                                {
+                                    "weight": 100,
+                                    "preference": {
+                                        "matchExpressions": [
+                                            {
+                                                "key": f"modelcar.dev/m{n}",
+                                                "operator": "In",
+                                                "values": ["ready"],
+                                            }
+                                        ]
+                                    },
+                                }
+                            ]
+                        }
+                    },
+                },
+            }
+        )
 
     out = []
     limit, admission.MAX_REFERENCES = admission.MAX_REFERENCES, 10**6
@@ -342,8 +420,9 @@ def main() -> None:
         ui_api = start_modelcar(f"sqlite:///{work}/ui.db", nodes=UI_NODES)
         apis.append(ui_api)
         for page, prefix in () if args.admission_only else UI_PAGES:
-            rps, p50, p99 = measure(ui_api.url, f"Bearer {ui_api.token}", prefix, "", 1,
-                                    args.seconds, work)  # fmt: skip
+            rps, p50, p99 = measure(
+                ui_api.url, f"Bearer {ui_api.token}", prefix, "", 1, args.seconds, work
+            )
             ui.append((page, rps, p50, p99))
             print(f"  ui {page:22} {rps:8.0f} req/s  p99 {p99:.1f} ms", file=sys.stderr)
         proc, hook = start_webhook(f"sqlite:///{work}/catalog.db", work)
@@ -363,8 +442,10 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
     base = {c: rps for label, c, rps, _, _ in rows if label.startswith("MLflow")}
-    print(f"\nresolve: {MODELS} models x {VERSIONS} versions, {NODES} nodes; one worker each; "
-          f"{os.cpu_count()} CPUs shared with the load generator\n")  # fmt: skip
+    print(
+        f"\nresolve: {MODELS} models x {VERSIONS} versions, {NODES} nodes; one worker each; "
+        f"{os.cpu_count()} CPUs shared with the load generator\n"
+    )
     print(f"| {'server':22} | clients | req/s  | p50 ms | p99 ms | x MLflow |")
     print(f"|{'-' * 24}|---------|--------|--------|--------|----------|")
     for label, clients, rps, p50, p99 in rows:
@@ -380,16 +461,20 @@ def main() -> None:
     if beside is not None:
         alone = next((p99 for c, _, _, p99 in admission if c == 1), 0.0)
         rps, p50, p99, large = beside
-        print(f"\nsmall reviews at 1 client beside {large:.1f} reviews/s of 256 references: "
-              f"p50 {p50:.2f} ms, p99 {p99:.2f} ms (alone: p99 {alone:.2f} ms, "
-              f"{p99 / alone if alone else 0:.1f}x)")  # fmt: skip
+        print(
+            f"\nsmall reviews at 1 client beside {large:.1f} reviews/s of 256 references: "
+            f"p50 {p50:.2f} ms, p99 {p99:.2f} ms (alone: p99 {alone:.2f} ms, "
+            f"{p99 / alone if alone else 0:.1f}x)"
+        )
     print("\nmutate() in process, a Pod of N model:// references (two digests)\n")
     print("| references | ms | µs per reference |")
     print("|---|---|---|")
     for refs, ms in measure_mutate_scaling():
         print(f"| {refs} | {ms:.1f} | {ms * 1000 / refs:.0f} |")
-    print(f"\nweb UI (/ui, server-rendered, SQLite): {MODELS} models x {VERSIONS} versions, "
-          f"{UI_NODES} nodes; one client\n")  # fmt: skip
+    print(
+        f"\nweb UI (/ui, server-rendered, SQLite): {MODELS} models x {VERSIONS} versions, "
+        f"{UI_NODES} nodes; one client\n"
+    )
     print("| page | req/s | p50 ms | p99 ms |")
     print("|---|---|---|---|")
     for page, rps, p50, p99 in ui:

@@ -220,8 +220,11 @@ def main() -> None:
                 f.write(os.urandom(4096))
             one_s, one = modelcar(str(model), f"{reg.host}/bench/full:v2", "--plain-http")
             noop_s, noop = modelcar(str(model), f"{reg.host}/bench/full:v2", "--plain-http")
-            subprocess.run([sys.executable, "-m", "modelcar.builder.cli", "keygen",
-                            str(work / "bench")], check=True, capture_output=True)  # fmt: skip
+            subprocess.run(
+                [sys.executable, "-m", "modelcar.builder.cli", "keygen", str(work / "bench")],
+                check=True,
+                capture_output=True,
+            )
             sign = ("--plain-http", "--sign-key", str(work / "bench.key"))
             shutil.rmtree(work / "statcache", ignore_errors=True)
             signed_s, signed_full = modelcar(str(model), f"{reg.host}/bench/signed:v1", *sign)

@@ -226,8 +226,12 @@ def single_node(fleet: Fleet, size_bytes: float) -> float:
 
 def summary(fleet: Fleet, results: list[Result]) -> dict:
     one = single_node(fleet, fleet.size)
-    out: dict = {"single_node_s": round(one, 1), "nodes": fleet.nodes,
-                 "model_gb": fleet.model_gb, "strategies": {}}  # fmt: skip
+    out: dict = {
+        "single_node_s": round(one, 1),
+        "nodes": fleet.nodes,
+        "model_gb": fleet.model_gb,
+        "strategies": {},
+    }
     for r in results:
         out["strategies"][r.strategy] = {
             "origin_egress_x": round(r.origin_bytes / fleet.size, 2),
@@ -247,15 +251,21 @@ def plot(results: list[Result], path: Path, fleet: Fleet, one: float) -> None:
     fig, ax = plt.subplots(figsize=(9, 5), dpi=110)
     for r in results:
         times = np.sort(r.ready)
-        ax.step(np.concatenate([[0], times]), np.arange(len(times) + 1), where="post",
-                label=f"{r.strategy} (origin {r.origin_bytes / fleet.size:.1f}x)")  # fmt: skip
+        ax.step(
+            np.concatenate([[0], times]),
+            np.arange(len(times) + 1),
+            where="post",
+            label=f"{r.strategy} (origin {r.origin_bytes / fleet.size:.1f}x)",
+        )
     ax.axvline(one, color="grey", linestyle=":", label=f"one node alone ({one:.0f} s)")
     ax.axvline(1.5 * one, color="grey", linestyle="--", label="1.5 x one node")
     ax.set_xscale("log")
     ax.set_xlabel("seconds since the rollout started (log)")
     ax.set_ylabel("nodes ready")
-    ax.set_title(f"{fleet.model_gb:.0f} GB model to {fleet.nodes} nodes (origin "
-                 f"{fleet.origin_gbps:g} Gbit/s, node {fleet.rate_mbps:.0f} MB/s)")  # fmt: skip
+    ax.set_title(
+        f"{fleet.model_gb:.0f} GB model to {fleet.nodes} nodes (origin "
+        f"{fleet.origin_gbps:g} Gbit/s, node {fleet.rate_mbps:.0f} MB/s)"
+    )
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
@@ -296,21 +306,28 @@ def calibrate(repeat: int = 3) -> dict:
                         times.append(seconds)
                     key = name if n == 0 else "check"
                     runs[key] = (size, statistics.median(times), shards)
-                    print(f"calibration: {key} {size / MiB:.0f} MiB pulled in "
-                          f"{', '.join(f'{t:.2f}' for t in times)} s", file=sys.stderr)  # fmt: skip
+                    print(
+                        f"calibration: {key} {size / MiB:.0f} MiB pulled in "
+                        f"{', '.join(f'{t:.2f}' for t in times)} s",
+                        file=sys.stderr,
+                    )
                 shutil.rmtree(model, ignore_errors=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     overhead = runs["tiny"][1]  # 16 MiB: nearly all of it is start, verify and publish
     size, seconds, _ = runs["calib"]
     rate = size / max(seconds - overhead, 1e-3)
-    return {"rate_mbps": rate / MB, "overhead_s": overhead,
-            "checks": {k: runs[k] for k in ("check", "shape")}}  # fmt: skip
+    return {
+        "rate_mbps": rate / MB,
+        "overhead_s": overhead,
+        "checks": {k: runs[k] for k in ("check", "shape")},
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--nodes", type=int, default=1000)
     ap.add_argument("--model-gb", type=float, default=140.0)
     ap.add_argument("--shards", type=int, default=28)
@@ -331,23 +348,34 @@ def main(argv: list[str] | None = None) -> int:
         args.rate, args.overhead = cal["rate_mbps"], cal["overhead_s"]
         check = cal
     fleet = Fleet(
-        nodes=args.nodes, model_gb=args.model_gb, shards=args.shards, rate_mbps=args.rate,
-        overhead_s=args.overhead, nic_gbps=args.nic_gbps, disk_mbps=args.disk_mbps,
-        origin_gbps=args.origin_gbps, df_children=args.df_children, poll_s=args.poll,
-    )  # fmt: skip
+        nodes=args.nodes,
+        model_gb=args.model_gb,
+        shards=args.shards,
+        rate_mbps=args.rate,
+        overhead_s=args.overhead,
+        nic_gbps=args.nic_gbps,
+        disk_mbps=args.disk_mbps,
+        origin_gbps=args.origin_gbps,
+        df_children=args.df_children,
+        poll_s=args.poll,
+    )
     ks = tuple(int(k) for k in args.waves.split(",") if k)
     results = [simulate(fleet, s) for s in strategies(ks)]
     out = summary(fleet, results)
-    out["calibration"] = {"rate_mbps": round(fleet.rate_mbps, 1),
-                          "overhead_s": round(fleet.overhead_s, 2)}  # fmt: skip
+    out["calibration"] = {
+        "rate_mbps": round(fleet.rate_mbps, 1),
+        "overhead_s": round(fleet.overhead_s, 2),
+    }
     if check is not None:
         for key, (size, measured, shards) in check["checks"].items():
             simulated = single_node(Fleet(**{**fleet.__dict__, "shards": shards}), size)
             out["calibration"][key] = {
-                "model_mib": round(size / MiB), "shards": shards,
-                "measured_s": round(measured, 2), "simulated_s": round(simulated, 2),
+                "model_mib": round(size / MiB),
+                "shards": shards,
+                "measured_s": round(measured, 2),
+                "simulated_s": round(simulated, 2),
                 "error": round(simulated / measured - 1, 3),
-            }  # fmt: skip
+            }
     plot(results, args.plot, fleet, out["single_node_s"])
     out["plot"] = str(args.plot)
     best = min(
@@ -360,26 +388,37 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(out))
         return 0
-    print(f"\n{fleet.model_gb:g} GB in {fleet.shards} shards to {fleet.nodes} nodes; "
-          f"node pull rate {fleet.rate_mbps:.0f} MB/s (+{fleet.overhead_s:.1f} s), "
-          f"NIC {fleet.nic_gbps:g} Gbit/s, origin egress {fleet.origin_gbps:g} Gbit/s; "
-          f"one node alone: {out['single_node_s']:.0f} s\n")  # fmt: skip
+    print(
+        f"\n{fleet.model_gb:g} GB in {fleet.shards} shards to {fleet.nodes} nodes; "
+        f"node pull rate {fleet.rate_mbps:.0f} MB/s (+{fleet.overhead_s:.1f} s), "
+        f"NIC {fleet.nic_gbps:g} Gbit/s, origin egress {fleet.origin_gbps:g} Gbit/s; "
+        f"one node alone: {out['single_node_s']:.0f} s\n"
+    )
     print("| strategy | origin egress (x model) | ready p50 | p99 | max | max vs one node |")
     print("|---|---|---|---|---|---|")
     for name, r in out["strategies"].items():
-        print(f"| {name} | {r['origin_egress_x']:.2f} | {_t(r['ready_p50_s'])} | "
-              f"{_t(r['ready_p99_s'])} | {_t(r['ready_max_s'])} | "
-              f"{r['ready_max_s'] / out['single_node_s']:.2f} |")  # fmt: skip
+        print(
+            f"| {name} | {r['origin_egress_x']:.2f} | {_t(r['ready_p50_s'])} | "
+            f"{_t(r['ready_p99_s'])} | {_t(r['ready_max_s'])} | "
+            f"{r['ready_max_s'] / out['single_node_s']:.2f} |"
+        )
     if check is not None:
-        for key, label in (("check", "bench/pull.py's model, runs of its own (goal: within "
-                                     "10 %)"), ("shape", "another shape")):  # fmt: skip
+        for key, label in (
+            ("check", "bench/pull.py's model, runs of its own (goal: within 10 %)"),
+            ("shape", "another shape"),
+        ):
             c = out["calibration"][key]
-            print(f"\nsingle node, {c['model_mib']} MiB in {c['shards']} layers, {label}: "
-                  f"measured {c['measured_s']:.2f} s, simulated {c['simulated_s']:.2f} s "
-                  f"({c['error']:+.1%})", end="")  # fmt: skip
+            print(
+                f"\nsingle node, {c['model_mib']} MiB in {c['shards']} layers, {label}: "
+                f"measured {c['measured_s']:.2f} s, simulated {c['simulated_s']:.2f} s "
+                f"({c['error']:+.1%})",
+                end="",
+            )
         print()
-    print(f"\ngoal (origin <= 3 x, all ready <= 1.5 x one node): "
-          f"{'met' if out['goal_met'] else 'NOT met'}; plot: {args.plot}")  # fmt: skip
+    print(
+        f"\ngoal (origin <= 3 x, all ready <= 1.5 x one node): "
+        f"{'met' if out['goal_met'] else 'NOT met'}; plot: {args.plot}"
+    )
     return 0
 
 

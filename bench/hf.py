@@ -77,8 +77,9 @@ def main() -> None:
     ap.add_argument("--shards", type=int, default=4)
     ap.add_argument("--shard-mib", type=int, default=256)
     args = ap.parse_args()
-    files = {f"model-{i:05d}.safetensors": os.urandom(args.shard_mib * MiB)
-             for i in range(args.shards)}  # fmt: skip
+    files = {
+        f"model-{i:05d}.safetensors": os.urandom(args.shard_mib * MiB) for i in range(args.shards)
+    }
     files |= {"config.json": b'{"model_type": "llama"}', "tokenizer.json": b"{}" * 1000}
     total = sum(len(v) for v in files.values())
     work = Path(tempfile.mkdtemp(prefix="modelcar-bench-hf-"))
@@ -103,20 +104,45 @@ def main() -> None:
                 t = time.perf_counter()
                 with PeakDisk(scratch) as disk:
                     if label == "modelcar build":
-                        run([sys.executable, "-m", "modelcar.builder.cli", "build", "hf://org/model",
-                             target, "--plain-http", "-q"], env)  # fmt: skip
+                        run(
+                            [
+                                sys.executable,
+                                "-m",
+                                "modelcar.builder.cli",
+                                "build",
+                                "hf://org/model",
+                                target,
+                                "--plain-http",
+                                "-q",
+                            ],
+                            env,
+                        )
                     else:
                         code = (
                             "import sys; from huggingface_hub import snapshot_download; "
                             "print(snapshot_download('org/model'))"
                         )
                         snap = subprocess.run(
-                            [sys.executable, "-c", code], env=env, cwd=ROOT,
-                            capture_output=True, text=True, check=True,
-                        )  # fmt: skip
-                        run([sys.executable, "-m", "modelcar.builder.cli", "build",
-                             snap.stdout.strip().splitlines()[-1], target, "--plain-http",
-                             "-q"], env)  # fmt: skip
+                            [sys.executable, "-c", code],
+                            env=env,
+                            cwd=ROOT,
+                            capture_output=True,
+                            text=True,
+                            check=True,
+                        )
+                        run(
+                            [
+                                sys.executable,
+                                "-m",
+                                "modelcar.builder.cli",
+                                "build",
+                                snap.stdout.strip().splitlines()[-1],
+                                target,
+                                "--plain-http",
+                                "-q",
+                            ],
+                            env,
+                        )
                 rows.append((label, time.perf_counter() - t, disk.peak))
                 shutil.rmtree(scratch, ignore_errors=True)
     finally:

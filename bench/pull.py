@@ -87,10 +87,21 @@ def modelcar_pull(ref: str, cache: Path) -> tuple[float, int]:
     shutil.rmtree(cache, ignore_errors=True)
     drop_caches()
     return timed(
-        [sys.executable, "-m", "modelcar.cache_daemon.cli", "pull", ref, "--cache-dir", str(cache),
-         "--plain-http", "-q", "--jobs", "4"],
+        [
+            sys.executable,
+            "-m",
+            "modelcar.cache_daemon.cli",
+            "pull",
+            ref,
+            "--cache-dir",
+            str(cache),
+            "--plain-http",
+            "-q",
+            "--jobs",
+            "4",
+        ],
         cwd=ROOT,
-    )  # fmt: skip
+    )
 
 
 def skopeo_umoci(ref: str, work: Path) -> tuple[float, float]:
@@ -100,9 +111,15 @@ def skopeo_umoci(ref: str, work: Path) -> tuple[float, float]:
     clear_skopeo_cache()
     drop_caches()
     copy, _ = timed(
-        ["skopeo", "copy", "--preserve-digests", "--src-tls-verify=false",
-         f"docker://{ref}", f"oci:{layout}:v1"],
-    )  # fmt: skip
+        [
+            "skopeo",
+            "copy",
+            "--preserve-digests",
+            "--src-tls-verify=false",
+            f"docker://{ref}",
+            f"oci:{layout}:v1",
+        ],
+    )
     drop_caches()
     unpack, _ = timed(["umoci", "unpack", "--image", f"{layout}:v1", str(bundle)])
     return copy, unpack
@@ -147,26 +164,64 @@ def hand_built_gzip(model: Path, work: Path, dest: str) -> str:
 
     layers, diff_ids = [], []
     for f in sorted(model.iterdir()):
-        tar = subprocess.run(["tar", "-C", str(model), "--transform", "s,^,models/,",
-                              "--owner=0", "--group=0", "-cf", "-", f.name],
-                             capture_output=True, check=True).stdout  # fmt: skip
+        tar = subprocess.run(
+            [
+                "tar",
+                "-C",
+                str(model),
+                "--transform",
+                "s,^,models/,",
+                "--owner=0",
+                "--group=0",
+                "-cf",
+                "-",
+                f.name,
+            ],
+            capture_output=True,
+            check=True,
+        ).stdout
         diff_ids.append("sha256:" + hashlib.sha256(tar).hexdigest())
-        gz = subprocess.run(["gzip", "-1", "-c"], input=tar, capture_output=True,
-                            check=True).stdout  # fmt: skip
+        gz = subprocess.run(["gzip", "-1", "-c"], input=tar, capture_output=True, check=True).stdout
         layers.append({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", **put(gz)})
-    config = json.dumps({"architecture": "amd64", "os": "linux",
-                         "rootfs": {"type": "layers", "diff_ids": diff_ids}}).encode()  # fmt: skip
-    manifest = json.dumps({"schemaVersion": 2,
-                           "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                           "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                                      **put(config)}, "layers": layers}).encode()  # fmt: skip
+    config = json.dumps(
+        {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": diff_ids}}
+    ).encode()
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **put(config)},
+            "layers": layers,
+        }
+    ).encode()
     (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
     described = put(manifest)
-    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [{
-        "mediaType": "application/vnd.oci.image.manifest.v1+json", **described,
-        "annotations": {"org.opencontainers.image.ref.name": "v1"}}]}))  # fmt: skip
-    subprocess.run(["skopeo", "copy", "-q", "--preserve-digests", "--dest-tls-verify=false",
-                    f"oci:{layout}:v1", f"docker://{dest}:v1"], check=True)  # fmt: skip
+    (layout / "index.json").write_text(
+        json.dumps(
+            {
+                "schemaVersion": 2,
+                "manifests": [
+                    {
+                        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                        **described,
+                        "annotations": {"org.opencontainers.image.ref.name": "v1"},
+                    }
+                ],
+            }
+        )
+    )
+    subprocess.run(
+        [
+            "skopeo",
+            "copy",
+            "-q",
+            "--preserve-digests",
+            "--dest-tls-verify=false",
+            f"oci:{layout}:v1",
+            f"docker://{dest}:v1",
+        ],
+        check=True,
+    )
     shutil.rmtree(layout)
     return f"{dest}@{described['digest']}"
 
@@ -216,13 +271,19 @@ def main() -> None:
         f"| `modelcar-cache pull` | {pull_s:.2f} | {pull_s / floor:.2f} | "
         f"{pull_s / two_pass:.2f} ({two_pass / pull_s:.1f}x faster) |"
     )
-    print(f"| `modelcar-cache pull` of the ModelPack (raw layers) | {pack_s:.2f} | "
-          f"{pack_s / floor:.2f} (goal <= 1.6) | {pack_s / two_pass:.2f} |")  # fmt: skip
+    print(
+        f"| `modelcar-cache pull` of the ModelPack (raw layers) | {pack_s:.2f} | "
+        f"{pack_s / floor:.2f} (goal <= 1.6) | {pack_s / two_pass:.2f} |"
+    )
     hand_two = hand_copy + hand_unpack
-    print(f"| hand-built gzip: skopeo + umoci | {hand_two:.2f} | {hand_two / floor:.2f} | "
-          f"{hand_two / two_pass:.2f} |")  # fmt: skip
-    print(f"| hand-built gzip: `modelcar-cache pull` | {hand_s:.2f} | {hand_s / floor:.2f} | "
-          f"{hand_s / two_pass:.2f} ({hand_two / hand_s:.1f}x faster than 2 passes) |")  # fmt: skip
+    print(
+        f"| hand-built gzip: skopeo + umoci | {hand_two:.2f} | {hand_two / floor:.2f} | "
+        f"{hand_two / two_pass:.2f} |"
+    )
+    print(
+        f"| hand-built gzip: `modelcar-cache pull` | {hand_s:.2f} | {hand_s / floor:.2f} | "
+        f"{hand_s / two_pass:.2f} ({hand_two / hand_s:.1f}x faster than 2 passes) |"
+    )
     print(
         f"\npeak RSS of modelcar-cache pull: {pull_rss / 1024:.0f} MB for {total / MiB:.0f} MiB",
         end="",

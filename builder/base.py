@@ -212,21 +212,28 @@ def busybox_index(binaries: list[tuple[Platform, str | None]]) -> Bases:
     """A multi-platform busybox base: one image per (platform, binary), in an index.
     A binary of None is the default one (``$MODELCAR_BUSYBOX`` or /bin/busybox)."""
     images = [busybox_base(path, p) for p, path in binaries]
-    index = Index(manifests=[_platform_descriptor(b) for b in images],
-                  annotations={mt.CREATED: EPOCH, mk.PREFIX + "base": "busybox"})  # fmt: skip
+    index = Index(
+        manifests=[_platform_descriptor(b) for b in images],
+        annotations={mt.CREATED: EPOCH, mk.PREFIX + "base": "busybox"},
+    )
     index_bytes = index.canonical()
     return Bases(
-        name="modelcar-busybox", digest=sha256_bytes(index_bytes), images=images,
-        is_index=True, index_bytes=index_bytes,
-    )  # fmt: skip
+        name="modelcar-busybox",
+        digest=sha256_bytes(index_bytes),
+        images=images,
+        is_index=True,
+        index_bytes=index_bytes,
+    )
 
 
 def _platform_descriptor(b: BaseImage) -> Descriptor:
     assert b.manifest_bytes is not None and b.digest is not None
     return Descriptor(
-        mediaType=mt.OCI_MANIFEST, digest=b.digest, size=len(b.manifest_bytes),
+        mediaType=mt.OCI_MANIFEST,
+        digest=b.digest,
+        size=len(b.manifest_bytes),
         platform=b.platform,
-    )  # fmt: skip
+    )
 
 
 def scratch_base(platform: Platform | None = None) -> BaseImage:
@@ -287,8 +294,9 @@ def load_bases(
     index = parse_index(fetched.data)
     children = [d for d in index.manifests if is_runnable(d.platform)]
     if len(children) > MAX_PLATFORMS:
-        raise ImageFormatError(f"base image index lists over {MAX_PLATFORMS} platforms",
-                               subject=spec)  # fmt: skip
+        raise ImageFormatError(
+            f"base image index lists over {MAX_PLATFORMS} platforms", subject=spec
+        )
     if platforms:
         chosen = []
         for p in platforms:
@@ -307,8 +315,9 @@ def load_bases(
     for d in children:
         child = store.get_manifest(d.digest)
         if sha256_bytes(child.data) != d.digest:
-            raise ImageFormatError("base image manifest does not match its digest",
-                                   subject=f"{spec}: {d.digest}")  # fmt: skip
+            raise ImageFormatError(
+                "base image manifest does not match its digest", subject=f"{spec}: {d.digest}"
+            )
         images.append(_load_image(store, spec, name, child.data, d.digest))
     return Bases(name=name, digest=fetched.digest, images=images, is_index=True)
 

@@ -185,8 +185,10 @@ class Builder:
         if prev is None or not all(f.sha256 for f in layer.files):
             return None
         entries = [prev.files.get(f.path) for f in layer.files]
-        if not all(e and e.size == f.size and e.sha256 == f.sha256 for e, f in
-                   zip(entries, layer.files, strict=True)):  # fmt: skip
+        if not all(
+            e and e.size == f.size and e.sha256 == f.sha256
+            for e, f in zip(entries, layer.files, strict=True)
+        ):
             return None
         digest = entries[0].layer  # type: ignore[union-attr]  # entries: all checked non-None above
         same_layer = {p for p, e in prev.files.items() if e.layer == digest}
@@ -310,8 +312,9 @@ class Builder:
                 )
         bases = load_bases(self.options.base, self.options.store, self.options.platforms)
         base_layers = max(len(b.layers) for b in bases.images)
-        plan = plan_layers(files, self.options.large_file_threshold,
-                           self.options.max_layers - base_layers)  # fmt: skip
+        plan = plan_layers(
+            files, self.options.large_file_threshold, self.options.max_layers - base_layers
+        )
         for base in bases.images:
             self._check_sizes(files, base, plan)
         target = self.target or open_store(self.target_ref, self.options.store, create=True)
@@ -328,8 +331,9 @@ class Builder:
         base_blobs = {d.digest: (b, d) for b in bases.images for d in b.layers}
 
         with ThreadPoolExecutor(max_workers=max(1, self.options.jobs)) as pool:
-            base_futs = [pool.submit(self._copy_base_blob, target, b, d)
-                         for b, d in base_blobs.values()]  # fmt: skip
+            base_futs = [
+                pool.submit(self._copy_base_blob, target, b, d) for b, d in base_blobs.values()
+            ]
             layer_futs = [pool.submit(self._layer, target, layer) for layer in plan]
             futures: list[Future[Any]] = [*base_futs, *layer_futs]
             _, pending = wait(futures, return_when=FIRST_EXCEPTION)
@@ -373,8 +377,11 @@ class Builder:
             )
             sent += len(manifest_bytes)
             size = len(manifest_bytes)
-            children.append(Descriptor(mediaType=mt.OCI_MANIFEST, digest=child, size=size,
-                                       platform=base.platform))  # fmt: skip
+            children.append(
+                Descriptor(
+                    mediaType=mt.OCI_MANIFEST, digest=child, size=size, platform=base.platform
+                )
+            )
         top, media_type = manifest_bytes, mt.OCI_MANIFEST
         if bases.is_index:
             annotations = self._annotations(bases.name, bases.digest, index)

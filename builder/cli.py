@@ -206,8 +206,9 @@ def build(
     model_name = model or (default_model_name(target_ref) if api else "")
     if api:
         check_names(model_name, alias)
-    service.check_format(image_format, signing=bool(sign_key), platforms=bool(platform),
-                         base=bool(base))  # fmt: skip
+    service.check_format(
+        image_format, signing=bool(sign_key), platforms=bool(platform), base=bool(base)
+    )
     options = BuildOptions(
         base=base,
         tags=tag or [],
@@ -236,8 +237,9 @@ def build(
     if list_only:
         _list_files(src)
         return
-    record, signature = service.build(image_format, src, target_ref, options, progress,
-                                      key=private, selection=selection)  # fmt: skip
+    record, signature = service.build(
+        image_format, src, target_ref, options, progress, key=private, selection=selection
+    )
     if json_out:
         typer.echo(record.model_dump_json())
     if api:

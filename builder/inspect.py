@@ -70,8 +70,12 @@ def describe(ref: Ref, options: StoreOptions) -> ImageInfo:
                 raise  # a modelcar whose platforms differ, …
             image_index = parse_index(fetched.data)  # another image: its platforms only
             plats = [platform_str(d.platform) for d in image_index.manifests if d.platform]
-            return ImageInfo(reference=pinned, digest=fetched.digest,
-                             media_type=fetched.media_type, platforms=plats)  # fmt: skip
+            return ImageInfo(
+                reference=pinned,
+                digest=fetched.digest,
+                media_type=fetched.media_type,
+                platforms=plats,
+            )
         platforms = image.platforms
         manifest = image.manifest
     else:

@@ -57,8 +57,9 @@ def upload_raw(
 ) -> RawBlobs:
     for f in files:
         if (problem := path_problem(f.path)) is not None:
-            raise SourceFileError(f"cannot package this file: {problem}",
-                                  subject=shown(f.origin or f.path))  # fmt: skip
+            raise SourceFileError(
+                f"cannot package this file: {problem}", subject=shown(f.origin or f.path)
+            )
     cache = StatCache(default_path() if options.stat_cache else None)
     out = RawBlobs()
     progress.add_total("upload", sum(f.size for f in files))
@@ -83,8 +84,9 @@ def upload_raw(
         else:
             digest, sent = pushed
         if f.sha256 and digest != f.sha256:
-            raise DigestMismatch("file does not match the sha256 its source reported",
-                                 subject=f.origin or f.path)  # fmt: skip
+            raise DigestMismatch(
+                "file does not match the sha256 its source reported", subject=f.origin or f.path
+            )
         if key:
             cache.put(key, digest, f.size, {})
         return digest, sent, True
@@ -171,8 +173,9 @@ def push(
     subject: Descriptor | None = None,
 ) -> tuple[str, Descriptor]:
     """The ModelPack manifest over ``raw``; its digest and descriptor."""
-    layers = [modelpack.layer(path, digest, size)
-              for path, (digest, size) in sorted(raw.files.items())]  # fmt: skip
+    layers = [
+        modelpack.layer(path, digest, size) for path, (digest, size) in sorted(raw.files.items())
+    ]
     run_id = source_annotations(source).get(mk.SOURCE_RUN_ID)
     pinned = mk.hf_commit(source.uri)
     revision = pinned[1] if pinned else run_id
@@ -183,8 +186,12 @@ def push(
     annotations = {mk.SOURCE: source.uri}
     manifest = modelpack.manifest(config, config_digest, layers, subject, annotations)
     digest = target.put_manifest(manifest, mt.OCI_MANIFEST, sha256_bytes(manifest))
-    described = Descriptor(mediaType=mt.OCI_MANIFEST, digest=digest, size=len(manifest),
-                           artifactType=modelpack.ARTIFACT_TYPE)  # fmt: skip
+    described = Descriptor(
+        mediaType=mt.OCI_MANIFEST,
+        digest=digest,
+        size=len(manifest),
+        artifactType=modelpack.ARTIFACT_TYPE,
+    )
     if subject is not None:
         referrers.link(target, subject.digest, described)
     for tag in tags:  # last, as for a modelcar
@@ -192,22 +199,47 @@ def push(
     return digest, described
 
 
-def record(target_ref: Ref, digest: str, raw: RawBlobs, source: Source, tags: list[str],
-           seconds: float, started: str, finished: str) -> BuildRecord:  # fmt: skip
+def record(
+    target_ref: Ref,
+    digest: str,
+    raw: RawBlobs,
+    source: Source,
+    tags: list[str],
+    seconds: float,
+    started: str,
+    finished: str,
+) -> BuildRecord:
     """A build record for a ModelPack-only build."""
-    index = FileIndex(files=[FileEntry(path=p, size=s, sha256=d, layer=d)
-                             for p, (d, s) in sorted(raw.files.items())])  # fmt: skip
+    index = FileIndex(
+        files=[
+            FileEntry(path=p, size=s, sha256=d, layer=d) for p, (d, s) in sorted(raw.files.items())
+        ]
+    )
     return BuildRecord(
-        reference=str(target_ref.pinned(digest)), digest=digest, tags=tags, source=source.uri,
-        source_annotations=source_annotations(source), created="", size=index.total_size,
+        reference=str(target_ref.pinned(digest)),
+        digest=digest,
+        tags=tags,
+        source=source.uri,
+        source_annotations=source_annotations(source),
+        created="",
+        size=index.total_size,
         files=len(index.files),
-        layers=[LayerRecord(digest=d, size=s, files=[p], uploaded=raw.uploaded[p])
-                for p, (d, s) in sorted(raw.files.items())],
-        base="", base_digest=None, platforms=[], index_digest=index.digest(),
-        started=started, finished=finished, seconds=seconds, bytes_uploaded=raw.bytes_sent,
+        layers=[
+            LayerRecord(digest=d, size=s, files=[p], uploaded=raw.uploaded[p])
+            for p, (d, s) in sorted(raw.files.items())
+        ],
+        base="",
+        base_digest=None,
+        platforms=[],
+        index_digest=index.digest(),
+        started=started,
+        finished=finished,
+        seconds=seconds,
+        bytes_uploaded=raw.bytes_sent,
         bytes_skipped=sum(s for p, (_, s) in raw.files.items() if not raw.uploaded[p]),
-        format="modelpack", modelpack_digest=digest,
-    )  # fmt: skip
+        format="modelpack",
+        modelpack_digest=digest,
+    )
 
 
 def build(
@@ -228,16 +260,29 @@ def build(
     tags = tags_for(target_ref, options.tags)
     if fmt == "modelpack":
         digest, _ = push(target, target_ref, raw, source, name, tags)
-        return record(target_ref, digest, raw, source, tags,
-                      round(time.monotonic() - started, 3), started_on, utc_now())  # fmt: skip
+        return record(
+            target_ref,
+            digest,
+            raw,
+            source,
+            tags,
+            round(time.monotonic() - started, 3),
+            started_on,
+            utc_now(),
+        )
     stored = StoredSource(source, target, raw, files)
     built = Builder(stored, target_ref, options, progress, target=target).run()
     top = target.get_manifest(built.digest)
     subject = Descriptor(mediaType=top.media_type, digest=built.digest, size=len(top.data))
-    mp_digest, _ = push(target, target_ref, raw, source, name,
-                        [f"{t}-modelpack" for t in built.tags], subject)  # fmt: skip
-    return built.model_copy(update={
-        "format": "modelcar", "modelpack_digest": mp_digest, "started": started_on,
-        "seconds": round(time.monotonic() - started, 3),
-        "bytes_uploaded": built.bytes_uploaded + raw.bytes_sent,
-    })  # fmt: skip
+    mp_digest, _ = push(
+        target, target_ref, raw, source, name, [f"{t}-modelpack" for t in built.tags], subject
+    )
+    return built.model_copy(
+        update={
+            "format": "modelcar",
+            "modelpack_digest": mp_digest,
+            "started": started_on,
+            "seconds": round(time.monotonic() - started, 3),
+            "bytes_uploaded": built.bytes_uploaded + raw.bytes_sent,
+        }
+    )

@@ -18,9 +18,13 @@ def record_signature(client: ApiClient, digest: str, signature: Signature) -> li
     the API will not keep (no trusted key made it) is said on stderr, not an error: the
     image is signed in the registry all the same."""
     try:
-        signed = client.add_signature(SignatureCreate(
-            digest=digest, payload=signature.payload.decode(), signature=signature.signature,
-        ))  # fmt: skip
+        signed = client.add_signature(
+            SignatureCreate(
+                digest=digest,
+                payload=signature.payload.decode(),
+                signature=signature.signature,
+            )
+        )
     except Conflict as e:
         print(f"warning: the API did not record the signature: {e.one_line()}", file=sys.stderr)
         return []

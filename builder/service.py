@@ -87,12 +87,14 @@ def build(
     from modelcar.builder.signing import sign_build
 
     started = time.monotonic()
-    signature, attested = sign_build(target, record, key, source, selection or Selection(),
-                                     options)  # fmt: skip
-    record.signed = SigningRecord(key_id=keys.key_id(key), attestations=attested,
-                                  seconds=round(time.monotonic() - started, 3))  # fmt: skip
-    progress.log(f"signed {record.digest} with {record.signed.key_id} and attested "
-                 f"{', '.join(attested)} in {record.signed.seconds:.2f}s")  # fmt: skip
+    signature, attested = sign_build(target, record, key, source, selection or Selection(), options)
+    record.signed = SigningRecord(
+        key_id=keys.key_id(key), attestations=attested, seconds=round(time.monotonic() - started, 3)
+    )
+    progress.log(
+        f"signed {record.digest} with {record.signed.key_id} and attested "
+        f"{', '.join(attested)} in {record.signed.seconds:.2f}s"
+    )
     return record, signature
 
 
@@ -172,9 +174,11 @@ class Verified:
 
 
 def verify(
-    ref: Ref, options: StoreOptions, public_keys: list[ec.EllipticCurvePublicKey],
+    ref: Ref,
+    options: StoreOptions,
+    public_keys: list[ec.EllipticCurvePublicKey],
     require_source: str | None = None,
-) -> Verified:  # fmt: skip
+) -> Verified:
     """Every blob again, each layer digest and file sha256; with keys, first the cosign
     signature and the attestations they signed (the bytes checked are the signed ones)."""
     from modelcar.builder.inspect import verify_image

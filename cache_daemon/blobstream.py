@@ -132,9 +132,12 @@ class BlobStream(RangeReader):
 
     def _waiting(self, seconds: float, attempt: int, error: BaseException) -> None:
         log.info(
-            "layer %s: %s; resuming at byte %d in %.1fs", self.digest[:19], error, self.offset,
+            "layer %s: %s; resuming at byte %d in %.1fs",
+            self.digest[:19],
+            error,
+            self.offset,
             seconds,
-        )  # fmt: skip
+        )
 
     def read(self, n: int = -1) -> bytes:
         try:

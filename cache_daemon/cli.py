@@ -387,8 +387,10 @@ def list_models(cache_dir: CacheRoot = DEFAULT_CACHE_ROOT, json_out: JsonOut = F
         else:
             mark = {None: "?", True: "assigned", False: "-"}[flag]
             err = f"  {r.error}" if r.error else ""
-            typer.echo(f"{r.digest}  {r.state:8} {r.size:>14}  {_ago(r.last_used):>9}  "
-                       f"{mark:8}  {r.image}{err}")  # fmt: skip
+            typer.echo(
+                f"{r.digest}  {r.state:8} {r.size:>14}  {_ago(r.last_used):>9}  "
+                f"{mark:8}  {r.image}{err}"
+            )
 
 
 @app.command()
@@ -397,22 +399,31 @@ def status(cache_dir: CacheRoot = DEFAULT_CACHE_ROOT, json_out: JsonOut = False)
     last error per model, the disk budget."""
     answer = control.status(Path(cache_dir))
     if answer is None:
-        raise UsageError("no daemon is running on this cache dir", subject=str(cache_dir),
-                         hint="`modelcar-cache ls` reads the cache without one")  # fmt: skip
+        raise UsageError(
+            "no daemon is running on this cache dir",
+            subject=str(cache_dir),
+            hint="`modelcar-cache ls` reads the cache without one",
+        )
     if json_out:
         typer.echo(json.dumps(answer.model_dump(), sort_keys=True))
         return
     disk = answer.disk
-    disk_use = (f"{human(disk.used_bytes)} used of a {human(disk.budget_bytes)} budget "
-                f"({human(disk.capacity_bytes)} disk)")  # fmt: skip
-    typer.echo(f"node {answer.node} (daemon pid {answer.pid}), cache "
-               f"{answer.cache_dir}: {disk_use}, {len(answer.assigned)} assigned")  # fmt: skip
+    disk_use = (
+        f"{human(disk.used_bytes)} used of a {human(disk.budget_bytes)} budget "
+        f"({human(disk.capacity_bytes)} disk)"
+    )
+    typer.echo(
+        f"node {answer.node} (daemon pid {answer.pid}), cache "
+        f"{answer.cache_dir}: {disk_use}, {len(answer.assigned)} assigned"
+    )
     for p in answer.pulls:
         pct = 100 * p.bytes_done / p.bytes_total if p.bytes_total else 0.0
         eta = f"ETA {p.eta_seconds}s" if p.eta_seconds is not None else "ETA ?"
-        typer.echo(f"pulling {p.digest[:19]}  {p.model}  {human(p.bytes_done)} of "
-                   f"{human(p.bytes_total)} ({pct:.0f}%)  {human(p.rate)}/s  {eta}  "
-                   f"from {p.source}")  # fmt: skip
+        typer.echo(
+            f"pulling {p.digest[:19]}  {p.model}  {human(p.bytes_done)} of "
+            f"{human(p.bytes_total)} ({pct:.0f}%)  {human(p.rate)}/s  {eta}  "
+            f"from {p.source}"
+        )
     if not answer.pulls:
         typer.echo("no pull in progress")
     for digest, error in sorted(answer.errors.items()):
@@ -453,10 +464,14 @@ def gc(
     down to --max-bytes/--max-percent once; its assigned models and pulls are kept."""
     _setup_logging()
     keep_digests = {pinned(k).digest or "" for k in keep or []}
-    answer = control.gc(Path(cache_dir), GcArgs(
-        keep=sorted(keep_digests), max_bytes=parse_size(max_bytes) if max_bytes else None,
-        max_percent=max_percent,
-    ))  # fmt: skip
+    answer = control.gc(
+        Path(cache_dir),
+        GcArgs(
+            keep=sorted(keep_digests),
+            max_bytes=parse_size(max_bytes) if max_bytes else None,
+            max_percent=max_percent,
+        ),
+    )
     if answer is not None:
         for digest in answer.evicted:
             typer.echo(digest)

@@ -107,8 +107,9 @@ class ControlServer:
             with _address(self.path) as address:
                 self._sock.bind(address)
         except OSError as e:
-            raise UsageError(f"cannot create the control socket ({e.strerror})",
-                             subject=str(self.path)) from None  # fmt: skip
+            raise UsageError(
+                f"cannot create the control socket ({e.strerror})", subject=str(self.path)
+            ) from None
         finally:
             os.umask(old)
         self.path.chmod(0o600)

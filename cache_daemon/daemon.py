@@ -84,12 +84,17 @@ class _Pulling:
             rate = (d1 - d0) / (t1 - t0) if t1 > t0 else 0.0
         left = max(0, self.total - self.done)
         return PullView(
-            digest=digest, image=self.image, model=self.model,
-            bytes_done=self.done, bytes_total=self.total, rate=round(rate),
+            digest=digest,
+            image=self.image,
+            model=self.model,
+            bytes_done=self.done,
+            bytes_total=self.total,
+            rate=round(rate),
             eta_seconds=round(left / rate) if rate > 0 else None,
             source=self.image.split("/", 1)[0],
-            seconds=round(time.monotonic() - self.started, 1), by_source=by_source,
-        )  # fmt: skip
+            seconds=round(time.monotonic() - self.started, 1),
+            by_source=by_source,
+        )
 
 
 @dataclass
@@ -131,9 +136,13 @@ class Daemon:
         self._evict_lock = threading.Lock()  # the loop's make_room and a control gc
         self._pulling_lock = threading.Lock()  # one pull per digest: the loop's or a control
         self.puller = Puller(
-            cache, options.pull, make_room=self._make_room, on_progress=self._progress,
-            metrics=self.metrics, stop=self._stop,
-        )  # fmt: skip
+            cache,
+            options.pull,
+            make_room=self._make_room,
+            on_progress=self._progress,
+            metrics=self.metrics,
+            stop=self._stop,
+        )
         self._scrub_limiter = RateLimiter(options.scrub_rate)
         self._scrubbed: dict[str, float] = {}
         self._reporting = threading.Lock()
@@ -247,9 +256,12 @@ class Daemon:
             self._event("failed", digest=w.digest, model=w.label, error=e.one_line())
             return
         self._event(
-            "ready", digest=w.digest, model=w.label, seconds=round(result.seconds, 2),
+            "ready",
+            digest=w.digest,
+            model=w.label,
+            seconds=round(result.seconds, 2),
             fetched=result.bytes_fetched,
-        )  # fmt: skip
+        )
         self._warm(w)
         self.report()
 
@@ -335,14 +347,18 @@ class Daemon:
         as JSON-ready data (the models of ``modelcar.contract.control``)."""
         kind = ctl.ARGS.get(op)
         if kind is None:
-            raise ControlError(f"unknown control request {op!r}",
-                               hint="status, gc, pull, verify or events")  # fmt: skip
+            raise ControlError(
+                f"unknown control request {op!r}", hint="status, gc, pull, verify or events"
+            )
         try:
             args = kind.model_validate(raw)
         except ValidationError as e:
             raise ControlError(f"a bad {op} request ({first_error(e)})") from None
-        return self._control(args).model_dump() if not isinstance(args, ctl.VerifyArgs) else [
-            r.model_dump() for r in self._verify(args.digests, args.quarantine)]  # fmt: skip
+        return (
+            self._control(args).model_dump()
+            if not isinstance(args, ctl.VerifyArgs)
+            else [r.model_dump() for r in self._verify(args.digests, args.quarantine)]
+        )
 
     def _control(self, args: BaseModel) -> BaseModel:
         if isinstance(args, ctl.StatusArgs):
@@ -351,8 +367,9 @@ class Daemon:
             budget = self.options.budget
             if args.max_bytes is not None or args.max_percent is not None:
                 # a one-off budget: down to it, not between watermarks
-                budget = Budget(max_bytes=args.max_bytes, max_percent=args.max_percent,
-                                high=1.0, low=1.0)  # fmt: skip
+                budget = Budget(
+                    max_bytes=args.max_bytes, max_percent=args.max_percent, high=1.0, low=1.0
+                )
             keep = set(args.keep)
             evictor = Evictor(self.cache, budget, lambda: self._assigned | keep, self._evicted)
             with self._evict_lock:
@@ -368,8 +385,13 @@ class Daemon:
             # an assigned model keeps its policies' checks when pulled by hand
             rules = next((w.rules for w in self.wanted if w.digest == digest), ())
             result = self._pull(ref, "(requested)", rules)
-            self._event("ready", digest=result.digest, model="(requested)",
-                        seconds=round(result.seconds, 2), fetched=result.bytes_fetched)  # fmt: skip
+            self._event(
+                "ready",
+                digest=result.digest,
+                model="(requested)",
+                seconds=round(result.seconds, 2),
+                fetched=result.bytes_fetched,
+            )
             self.report()
             return result
         raise ControlError("events are streamed, not answered")

@@ -44,8 +44,7 @@ class DesiredFromFile:
     def desired(self) -> list[Wanted]:
         now = stamp([self.path])
         if now[0][1] is None:
-            raise UsageError("cannot read --config", subject=str(self.path),
-                             hint="no such file")  # fmt: skip
+            raise UsageError("cannot read --config", subject=str(self.path), hint="no such file")
         if now != self._stamp:
             self._wanted = self._read()
             self._stamp = now
@@ -56,8 +55,9 @@ class DesiredFromFile:
         try:
             data = yaml.safe_load(self.path.read_text()) or {}
         except yaml.YAMLError as e:
-            raise UsageError("--config is not valid YAML", subject=str(self.path),
-                             hint=" ".join(str(e).split())) from None  # fmt: skip
+            raise UsageError(
+                "--config is not valid YAML", subject=str(self.path), hint=" ".join(str(e).split())
+            ) from None
         except OSError as e:
             raise UsageError(
                 "cannot read --config", subject=str(self.path), hint=e.strerror
@@ -77,8 +77,9 @@ class DesiredFromFile:
             try:
                 specs.append(SourceSpec.model_validate(item))
             except ValidationError as e:
-                raise UsageError("invalid source in --config", subject=str(self.path),
-                                 hint=first_error(e)) from None  # fmt: skip
+                raise UsageError(
+                    "invalid source in --config", subject=str(self.path), hint=first_error(e)
+                ) from None
         return check_chain(specs)
 
     def _read(self) -> list[Wanted]:

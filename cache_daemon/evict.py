@@ -54,16 +54,19 @@ class Evictor:
     def used(self) -> int:
         """Bytes held by published models, pulls in progress and quarantine."""
         return self.cache.quarantined_bytes() + sum(
-            r.size for r in self.cache.db.all() if r.state in ("ready", "pulling", "pending")
+            r.size
+            for r in self.cache.db.all()
+            if r.state in ("ready", "pulling", "pending")
             and (r.state != "ready" or self.cache.is_published(r.digest))
-        )  # fmt: skip
+        )
 
     def candidates(self, keep: set[str]) -> list[tuple[str, int]]:
         """Ready, unassigned models, least recently used first."""
         records = [
-            r for r in self.cache.db.all()
+            r
+            for r in self.cache.db.all()
             if r.state == "ready" and r.digest not in keep and self.cache.is_published(r.digest)
-        ]  # fmt: skip
+        ]
         return [(r.digest, r.size) for r in sorted(records, key=lambda r: r.last_used)]
 
     def evict(self, digest: str, size: int, why: str) -> None:

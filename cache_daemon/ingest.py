@@ -112,8 +112,14 @@ class Job:
             raise LayerCancelled("another layer failed", subject=subject)
 
     def blob(self, desc: Descriptor, sources: list[BlobSource], start: int = 0) -> BlobStream:
-        return BlobStream(sources, desc.digest, desc.size, start=start, attempts=self.attempts,
-                          limiter=self.limiter)  # fmt: skip
+        return BlobStream(
+            sources,
+            desc.digest,
+            desc.size,
+            start=start,
+            attempts=self.attempts,
+            limiter=self.limiter,
+        )
 
     def finish(self, blob: BlobStream) -> None:
         """A layer's stream is closed: count its bytes."""
@@ -147,8 +153,9 @@ def dropping_bad_sources(job: Job, attempt: Callable[[list[BlobSource]], T]) -> 
             return attempt(usable)
         except _BadBytes as bad:
             for name in sorted(bad.sources):
-                log.warning("%s served bad bytes (%s); dropped for this layer",
-                            name, bad.error.one_line())  # fmt: skip
+                log.warning(
+                    "%s served bad bytes (%s); dropped for this layer", name, bad.error.one_line()
+                )
                 job.metrics.bad_bytes(name)
             dropped |= bad.sources
             if not any(s.name not in dropped for s in job.sources):
@@ -263,9 +270,12 @@ class LayerIngest:
 
         try:
             read_model_layer(
-                self.tap, self.desc.digest, self.files,
-                sink=lambda rel, entry: _FileWriter(self, rel, entry), on_bytes=on_bytes,
-            )  # fmt: skip
+                self.tap,
+                self.desc.digest,
+                self.files,
+                sink=lambda rel, entry: _FileWriter(self, rel, entry),
+                on_bytes=on_bytes,
+            )
         except (DigestMismatch, ImageFormatError) as e:
             journal.remove()  # what was staged for this layer cannot be trusted
             job.metrics.verify_failed()
@@ -316,8 +326,9 @@ def unpack_part(
         job.progress.add(resumed=resume)
         counted = _Counted(job, blob)
         try:
-            return unpack_layer(counted, part, job.staging, claim=claim, resume=resume,
-                                on_bytes=on_bytes)  # fmt: skip
+            return unpack_layer(
+                counted, part, job.staging, claim=claim, resume=resume, on_bytes=on_bytes
+            )
         except (DigestMismatch, ImageFormatError) as e:
             job.metrics.verify_failed()
             job.progress.add(-counted.n)
@@ -354,8 +365,11 @@ def run_all(jobs: int, tasks: list[Callable[[], T]], cancel: threading.Event) ->
         pending = set(futures)
         while pending:
             done, pending = wait(pending, return_when=FIRST_EXCEPTION)
-            fatal = [f for f in done if f.exception() is not None
-                     and not isinstance(f.exception(), SourcesMissed)]  # fmt: skip
+            fatal = [
+                f
+                for f in done
+                if f.exception() is not None and not isinstance(f.exception(), SourcesMissed)
+            ]
             if fatal:
                 cancel.set()
                 for f in pending:

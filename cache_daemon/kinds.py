@@ -66,8 +66,10 @@ class ModelcarLayers:
         layers = self.model.model_layers
         done = job.cache.db.layers_done(job.digest) & {d.digest for d in layers}
         for layer in list(done):  # trust a finished layer only if its files are all there
-            if any(f.layer == layer and file_size(job.staging / f.path) != f.size
-                   for f in files.values()):  # fmt: skip
+            if any(
+                f.layer == layer and file_size(job.staging / f.path) != f.size
+                for f in files.values()
+            ):
                 done.discard(layer)
         job.progress.add(sum(f.size for f in files.values() if f.layer in done))
         todo = [LayerIngest(job, d, files) for d in layers if d.digest not in done]
@@ -88,8 +90,9 @@ class _Foreign:
         parts = self.model.parts
         keys = [f"{i:04d}-{p.layer.digest.split(':', 1)[1]}" for i, p in enumerate(parts)]
         results = self._finished(job, keys)
-        job.progress.add(sum(p.layer.size for p, k in zip(parts, keys, strict=True)
-                             if k in results))  # fmt: skip
+        job.progress.add(
+            sum(p.layer.size for p, k in zip(parts, keys, strict=True) if k in results)
+        )
         written = sum(size for done in results.values() for size, _ in done.files.values())
         reservation = _Reservation(job, self.model.size, written)
         claim = self._claims(results)

@@ -25,39 +25,48 @@ class Metrics:
         r = self.registry
         self.bytes_pulled = Counter("modelcar_cache_pulled_bytes", "Bytes fetched", registry=r)
         self.pull_seconds = Histogram(
-            "modelcar_cache_pull_seconds", "Seconds per completed pull", registry=r,
-            buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200),
-        )  # fmt: skip
-        self.verify_failures = Counter(
-            "modelcar_cache_verify_failures", "Layers or models that failed verification",
+            "modelcar_cache_pull_seconds",
+            "Seconds per completed pull",
             registry=r,
-        )  # fmt: skip
+            buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200),
+        )
+        self.verify_failures = Counter(
+            "modelcar_cache_verify_failures",
+            "Layers or models that failed verification",
+            registry=r,
+        )
         self.signature_refusals = Counter(
             "modelcar_cache_signature_refusals",
             "Models not published: their signature or provenance failed a policy's check",
             registry=r,
         )
         self.source_bytes = Counter(
-            "modelcar_cache_source_bytes", "Layer bytes fetched, by source of the chain",
-            ["source"], registry=r,
-        )  # fmt: skip
+            "modelcar_cache_source_bytes",
+            "Layer bytes fetched, by source of the chain",
+            ["source"],
+            registry=r,
+        )
         self.source_fallbacks = Counter(
             "modelcar_cache_source_fallbacks",
             "Times a source missed or failed and the next one of the chain was asked",
-            ["source"], registry=r,
-        )  # fmt: skip
+            ["source"],
+            registry=r,
+        )
         self.source_bad_bytes = Counter(
             "modelcar_cache_source_bad_bytes",
             "Layers whose bytes from this source failed their digest (source dropped)",
-            ["source"], registry=r,
-        )  # fmt: skip
+            ["source"],
+            registry=r,
+        )
         self.pull_failures = Counter(
             "modelcar_cache_pull_failures", "Pulls that failed, by reason", ["reason"], registry=r
         )
         self.scrubs = Counter(
-            "modelcar_cache_scrubs", "Ready models re-hashed, by result (ok, quarantined)",
-            ["result"], registry=r,
-        )  # fmt: skip
+            "modelcar_cache_scrubs",
+            "Ready models re-hashed, by result (ok, quarantined)",
+            ["result"],
+            registry=r,
+        )
         self.evictions = Counter("modelcar_cache_evictions", "Models evicted", registry=r)
         self.cache_bytes = Gauge("modelcar_cache_bytes", "Bytes held by the cache", registry=r)
         self.budget_bytes = Gauge(

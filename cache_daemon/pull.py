@@ -135,9 +135,16 @@ class Puller:
             db.set(digest, image=image, state="ready", error=None, used=True)
             size = db.get(digest).size  # type: ignore[union-attr]  # published: its record exists
             return PullResult(
-                digest=digest, image=image, path=str(self.cache.model_dir(digest)), size=size,
-                files=0, layers=0, bytes_fetched=0, bytes_resumed=0, seconds=0.0,
-            )  # fmt: skip
+                digest=digest,
+                image=image,
+                path=str(self.cache.model_dir(digest)),
+                size=size,
+                files=0,
+                layers=0,
+                bytes_fetched=0,
+                bytes_resumed=0,
+                seconds=0.0,
+            )
         every = self.sources(ref)
         origin_store = next(s.store for s in every if s.origin)
         try:
@@ -154,14 +161,20 @@ class Puller:
             raise err from None
         db.set(digest, image=image, state="pulling", size=model.size, bytes_done=0, error=None)
         job = Job(
-            cache=self.cache, digest=digest,
+            cache=self.cache,
+            digest=digest,
             sources=every if origin else [s for s in every if not s.origin],
-            progress=PullProgress(total=model.size,
-                                  by_source=self.by_source.setdefault(digest, {})),
-            metrics=self.metrics, limiter=self.limiter, attempts=self.options.attempts,
-            checkpoint_bytes=self.options.checkpoint_bytes, threads=self.options.jobs,
-            stop=self.stop, make_room=self.make_room,
-        )  # fmt: skip
+            progress=PullProgress(
+                total=model.size, by_source=self.by_source.setdefault(digest, {})
+            ),
+            metrics=self.metrics,
+            limiter=self.limiter,
+            attempts=self.options.attempts,
+            checkpoint_bytes=self.options.checkpoint_bytes,
+            threads=self.options.jobs,
+            stop=self.stop,
+            make_room=self.make_room,
+        )
         try:
             with self._watching(job):
                 index = self._fetch(job, model, image)
@@ -191,10 +204,17 @@ class Puller:
         log.info("ready %s in %.1fs (%d bytes fetched)", image, seconds, job.progress.fetched)
         layers = model.parts if isinstance(model, ForeignImage) else model.model_layers
         return PullResult(
-            digest=digest, image=image, path=str(self.cache.model_dir(digest)), size=size,
-            files=len(index.files), layers=len(layers), bytes_fetched=job.progress.fetched,
-            bytes_resumed=job.progress.resumed, seconds=seconds, by_source=job.progress.by_source,
-        )  # fmt: skip
+            digest=digest,
+            image=image,
+            path=str(self.cache.model_dir(digest)),
+            size=size,
+            files=len(index.files),
+            layers=len(layers),
+            bytes_fetched=job.progress.fetched,
+            bytes_resumed=job.progress.resumed,
+            seconds=seconds,
+            by_source=job.progress.by_source,
+        )
 
     # --- steps -----------------------------------------------------------------
 
@@ -217,8 +237,13 @@ class Puller:
 
     def _fetch(self, job: Job, model: ModelImage | ForeignImage, image: str) -> FileIndex:
         if isinstance(model, ForeignImage):
-            log.info("pull %s: %s, %d layers, %d bytes", image,
-                     FORMAT_NAMES[model.format], len(model.parts), model.size)  # fmt: skip
+            log.info(
+                "pull %s: %s, %d layers, %d bytes",
+                image,
+                FORMAT_NAMES[model.format],
+                len(model.parts),
+                model.size,
+            )
         else:
             log.info("pull %s: %d files, %d bytes", image, len(model.files), model.size)
         return strategy_for(model).fetch(job)
@@ -290,8 +315,9 @@ class _Watch:
     def __init__(self, puller: Puller, job: Job):
         self.puller, self.job = puller, job
         self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"progress-{job.digest[7:19]}",
-                                        daemon=True)  # fmt: skip
+        self._thread = threading.Thread(
+            target=self._run, name=f"progress-{job.digest[7:19]}", daemon=True
+        )
 
     def __enter__(self) -> _Watch:
         self._thread.start()

@@ -64,16 +64,18 @@ def parse_source(text: str) -> SourceSpec:
     flags = {p.strip() for p in parts[1:]}
     if flags - {"credentials"}:
         raise UsageError(
-            "unknown source option", subject=text,
+            "unknown source option",
+            subject=text,
             hint="KIND=URL, optionally followed by ,credentials",
-        )  # fmt: skip
+        )
     try:
         spec = SourceSpec(kind=kind.strip(), url=url, credentials="credentials" in flags)
     except ValidationError as e:
         raise UsageError(
-            "invalid --source", subject=text,
+            "invalid --source",
+            subject=text,
             hint=f"{first_error(e)}; KIND is spegel, dragonfly, mirror or origin",
-        ) from None  # fmt: skip
+        ) from None
     return check_chain([spec])[0]
 
 
@@ -81,18 +83,29 @@ def check_chain(specs: list[SourceSpec]) -> list[SourceSpec]:
     """Each kind but ``origin`` needs a URL; ``origin`` needs none, comes once and last."""
     for s in specs:
         if s.kind != "origin" and not s.url:
-            raise UsageError(f"a {s.kind} source needs a URL", subject=s.kind,
-                             hint=f"--source {s.kind}=http://HOST:PORT")  # fmt: skip
+            raise UsageError(
+                f"a {s.kind} source needs a URL",
+                subject=s.kind,
+                hint=f"--source {s.kind}=http://HOST:PORT",
+            )
         if s.kind == "origin" and (s.url or s.credentials):
-            raise UsageError("the origin source takes no URL or options", subject="origin",
-                             hint="the origin is each image's own registry")  # fmt: skip
+            raise UsageError(
+                "the origin source takes no URL or options",
+                subject="origin",
+                hint="the origin is each image's own registry",
+            )
         if s.kind == "mirror" and s.credentials:
-            raise UsageError("a mirror uses its own credentials", subject=s.url,
-                             hint="log in to the mirror's host in the docker config")  # fmt: skip
+            raise UsageError(
+                "a mirror uses its own credentials",
+                subject=s.url,
+                hint="log in to the mirror's host in the docker config",
+            )
     origins = [i for i, s in enumerate(specs) if s.kind == "origin"]
     if len(origins) > 1 or (origins and origins[0] != len(specs) - 1):
-        raise UsageError("the origin source comes once, last in the chain",
-                         subject=", ".join(s.kind for s in specs))  # fmt: skip
+        raise UsageError(
+            "the origin source comes once, last in the chain",
+            subject=", ".join(s.kind for s in specs),
+        )
     return specs
 
 
@@ -165,9 +178,10 @@ def _expand(url: str, text: str) -> str:
         name = m.group(1) or m.group(2)
         if name not in os.environ:
             raise UsageError(
-                f"the source URL names ${name}, which is not set", subject=text,
+                f"the source URL names ${name}, which is not set",
+                subject=text,
                 hint=f"set {name} (in the chart: from the Downward API)",
-            )  # fmt: skip
+            )
         return os.environ[name]
 
     return _VAR.sub(var, url)

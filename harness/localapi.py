@@ -30,8 +30,10 @@ class LocalApi:
     def _cli(self, *args: str) -> str:
         done = subprocess.run(
             [sys.executable, "-m", "modelcar.api.cli", *args, "--db", self.db],
-            capture_output=True, text=True, stdin=subprocess.DEVNULL,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        )
         if done.returncode:
             raise RuntimeError(f"modelcar-api {args[0]} failed: {done.stderr.strip()}")
         return done.stdout.strip()
@@ -41,10 +43,23 @@ class LocalApi:
         self.token = self._cli("token", "create", "--role", "admin", "--name", "local-admin")
         out = open(self.log, "ab") if self.log else subprocess.DEVNULL
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "modelcar.api.cli", "serve", "--db", self.db,
-             "--port", str(self.port), "--no-access-log", *self.extra_args],
-            stdout=out, stderr=out, stdin=subprocess.DEVNULL, start_new_session=True,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "modelcar.api.cli",
+                "serve",
+                "--db",
+                self.db,
+                "--port",
+                str(self.port),
+                "--no-access-log",
+                *self.extra_args,
+            ],
+            stdout=out,
+            stderr=out,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + timeout
         while True:
             if self._proc.poll() is not None:

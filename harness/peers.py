@@ -73,8 +73,15 @@ class PeerStub:
                 if data is not None and rng:
                     start = int(rng.group(1))
                     status = 206 if start < len(data) else 416
-                stub.seen.append(Seen(self.command, url.path, parse_qs(url.query),
-                                      dict(self.headers.items()), status))  # fmt: skip
+                stub.seen.append(
+                    Seen(
+                        self.command,
+                        url.path,
+                        parse_qs(url.query),
+                        dict(self.headers.items()),
+                        status,
+                    )
+                )
                 if status not in (200, 206) or data is None:
                     payload = b'{"errors":[{"code":"NOT_FOUND"}]}'
                     self.send_response(404 if status != 416 else 416)

@@ -73,15 +73,21 @@ class Podman:
     def __init__(self) -> None:
         self.env = image_script.podman_env()
         self.base = [
-            "podman", "--storage-driver", "vfs", "--root", str(image_script.WORK / "storage"),
-            "--runroot", str(image_script.WORK / "run"),
-        ]  # fmt: skip
+            "podman",
+            "--storage-driver",
+            "vfs",
+            "--root",
+            str(image_script.WORK / "storage"),
+            "--runroot",
+            str(image_script.WORK / "run"),
+        ]
 
     def __call__(
         self, *args: str, check: bool = True, timeout: float = 300
     ) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run([*self.base, *args], env=self.env, capture_output=True,
-                              text=True, timeout=timeout)  # fmt: skip
+        proc = subprocess.run(
+            [*self.base, *args], env=self.env, capture_output=True, text=True, timeout=timeout
+        )
         if check and proc.returncode:
             raise AssertionError(f"podman {' '.join(args)} failed: {proc.stderr[-2000:]}")
         return proc
@@ -104,8 +110,9 @@ class Podman:
         """The container's exit code once it has exited."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:  # bounded
-            state = self("inspect", "--format", "{{.State.Status}} {{.State.ExitCode}}",
-                         container).stdout.split()  # fmt: skip
+            state = self(
+                "inspect", "--format", "{{.State.Status}} {{.State.ExitCode}}", container
+            ).stdout.split()
             if state[0] in ("exited", "stopped"):
                 return int(state[1])
             time.sleep(0.3)

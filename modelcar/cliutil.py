@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from modelcar.errors import ModelcarError, UsageError
+from modelcar.http.body import DEFAULT_STALL_RULE, StallRule
 from modelcar.oci.store import StoreOptions
 from modelcar.version import describe
 
@@ -146,9 +147,14 @@ def store_options(
     insecure: bool,
     ca_file: str | None,
     docker_config: list[str] | None,
-    **more: object,
+    stall: StallRule | None = DEFAULT_STALL_RULE,
 ) -> StoreOptions:
     """The registry options a command was given, as the stores take them."""
     configs = os.pathsep.join(docker_config) if docker_config else None
-    return StoreOptions(plain_http=plain_http, insecure=insecure, ca_file=ca_file,
-                        docker_config=configs, **more)  # type: ignore[arg-type]  # fmt: skip
+    return StoreOptions(
+        plain_http=plain_http,
+        insecure=insecure,
+        ca_file=ca_file,
+        docker_config=configs,
+        stall=stall,
+    )

@@ -77,9 +77,19 @@ def main() -> None:
             env = {"MODELCAR_API": api.url, "MODELCAR_API_TOKEN": api.token}
             print(f"api:       {api.url} (SQLite {work / 'catalog.db'})")
             ref = modelcar(
-                "build", str(model), f"{reg.host}/models/minilm:v1", "--plain-http", "-q",
-                "--model", "minilm", "--alias", "prod", "--reason", "demo", env=env,
-            )[-1]  # fmt: skip
+                "build",
+                str(model),
+                f"{reg.host}/models/minilm:v1",
+                "--plain-http",
+                "-q",
+                "--model",
+                "minilm",
+                "--alias",
+                "prod",
+                "--reason",
+                "demo",
+                env=env,
+            )[-1]
             print(f"registry:  {ref}")
             same = ref.split("@")[1] == layout_ref.split("@")[1]
             print(f"same digest in both targets: {'yes' if same else 'NO'}")
@@ -87,20 +97,39 @@ def main() -> None:
             print()
             # a policy puts minilm@prod on nodes labelled gpu=demo; one daemon pass pulls it
             with ApiClient(api.url, api.token) as client:
-                client.put_policy("demo", PolicyPut(models=["minilm@prod"],
-                                                    node_selector={"gpu": "demo"}))  # fmt: skip
+                client.put_policy(
+                    "demo", PolicyPut(models=["minilm@prod"], node_selector={"gpu": "demo"})
+                )
                 node_token = client.request(
-                    "POST", "/v1/tokens", json={"name": "demo-node", "role": "node",
-                                                "node": "demo-node"},
-                ).json()["token"]  # fmt: skip
+                    "POST",
+                    "/v1/tokens",
+                    json={"name": "demo-node", "role": "node", "node": "demo-node"},
+                ).json()["token"]
             cache = work / "node-cache"
             daemon = subprocess.run(
-                [sys.executable, "-m", "modelcar.cache_daemon.cli", "run", "--node", "demo-node",
-                 "--label", "gpu=demo", "--api", api.url, "--cache-dir", str(cache),
-                 "--once", "--listen", "", "--plain-http"],
-                capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                [
+                    sys.executable,
+                    "-m",
+                    "modelcar.cache_daemon.cli",
+                    "run",
+                    "--node",
+                    "demo-node",
+                    "--label",
+                    "gpu=demo",
+                    "--api",
+                    api.url,
+                    "--cache-dir",
+                    str(cache),
+                    "--once",
+                    "--listen",
+                    "",
+                    "--plain-http",
+                ],
+                capture_output=True,
+                text=True,
+                stdin=subprocess.DEVNULL,
                 env={**os.environ, "MODELCAR_API_TOKEN": node_token},
-            )  # fmt: skip
+            )
             if daemon.returncode != 0:
                 sys.stderr.write(daemon.stderr)
                 raise SystemExit(daemon.returncode)
@@ -131,7 +160,7 @@ def main() -> None:
             with ApiClient(api.url, api.token) as client:
                 reader = client.request(
                     "POST", "/v1/tokens", json={"name": "demo-ui", "role": "read"}
-                ).json()["token"]  # fmt: skip
+                ).json()["token"]
             print()
             print(f"web UI:    {api.url}/ui  (sign in with the read token {reader})")
             if keep:
@@ -142,8 +171,10 @@ def main() -> None:
                 except KeyboardInterrupt:
                     print()
             else:
-                print("           the API stops when the demo ends; to keep it running: "
-                      "make demo DEMO_ARGS=--keep")  # fmt: skip
+                print(
+                    "           the API stops when the demo ends; to keep it running: "
+                    "make demo DEMO_ARGS=--keep"
+                )
     if keep:
         print(f"\nkept {work}")
     else:

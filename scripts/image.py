@@ -30,8 +30,17 @@ BASE = "localhost/modelcar-base:bookworm-2"  # bump when the included packages c
 BASE_PACKAGES = ["python3", "python3-venv", "ca-certificates", "amazon-ecr-credential-helper"]
 ROLES = {"modelcar": "all", "modelcar-cache": "cache", "modelcar-api": "api"}
 # what goes into the images: a build whose inputs are unchanged is not done again
-INPUTS = ["Dockerfile", ".dockerignore", "pyproject.toml", "README.md", "LICENSE", "modelcar",
-          "builder", "cache_daemon", "api"]  # fmt: skip
+INPUTS = [
+    "Dockerfile",
+    ".dockerignore",
+    "pyproject.toml",
+    "README.md",
+    "LICENSE",
+    "modelcar",
+    "builder",
+    "cache_daemon",
+    "api",
+]
 STAMP = "dev.modelcar.build-inputs"
 NEEDS = {"podman": "podman", "mmdebstrap": "mmdebstrap"}
 CONTAINERS_CONF = """[containers]
@@ -51,14 +60,16 @@ def version() -> str:
 
 
 def revision() -> str:
-    proc = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT,
-                          capture_output=True, text=True)  # fmt: skip
+    proc = subprocess.run(
+        ["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    )
     return proc.stdout.strip() or "unknown"
 
 
 def source() -> str:
-    proc = subprocess.run(["git", "remote", "get-url", "origin"], cwd=ROOT,
-                          capture_output=True, text=True)  # fmt: skip
+    proc = subprocess.run(
+        ["git", "remote", "get-url", "origin"], cwd=ROOT, capture_output=True, text=True
+    )
     url = proc.stdout.strip()
     return url if url.startswith("https://") else "unknown"
 
@@ -72,8 +83,16 @@ def podman_env() -> dict[str, str]:
 
 
 def podman(*args: str, quiet: bool = False) -> str:
-    cmd = ["podman", "--storage-driver", "vfs", "--root", str(WORK / "storage"),
-           "--runroot", str(WORK / "run"), *args]  # fmt: skip
+    cmd = [
+        "podman",
+        "--storage-driver",
+        "vfs",
+        "--root",
+        str(WORK / "storage"),
+        "--runroot",
+        str(WORK / "run"),
+        *args,
+    ]
     proc = subprocess.run(cmd, env=podman_env(), capture_output=True, text=True)
     if proc.returncode:
         tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
@@ -92,10 +111,16 @@ def base_image() -> None:
     tar = WORK / "bookworm.tar"
     step(f"a Debian bookworm base with mmdebstrap ({', '.join(BASE_PACKAGES)})")
     proc = subprocess.run(
-        ["mmdebstrap", "--variant=apt", f"--include={','.join(BASE_PACKAGES)}", "bookworm",
-         str(tar)],
-        capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            "mmdebstrap",
+            "--variant=apt",
+            f"--include={','.join(BASE_PACKAGES)}",
+            "bookworm",
+            str(tar),
+        ],
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode:
         raise Failed(f"mmdebstrap failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
     podman("import", "-q", str(tar), BASE)
@@ -106,10 +131,21 @@ def wheelhouse() -> None:
     step("wheels for modelcar[all] and dumb-init into dist/wheels")
     shutil.rmtree(DIST / "wheels", ignore_errors=True)
     proc = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "-w", str(DIST / "wheels"),
-         f"{ROOT}[all]", "dumb-init"],
-        capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"},
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "-w",
+            str(DIST / "wheels"),
+            f"{ROOT}[all]",
+            "dumb-init",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
     if proc.returncode:
         raise Failed(f"pip wheel failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
 
@@ -133,8 +169,9 @@ def up_to_date(stamp: str) -> bool:
     """Every image in podman's storage built from these inputs, and its archive there."""
     for name in ROLES:
         tag = f"localhost/{name}:{version()}"
-        found = podman("images", "--filter", f"label={STAMP}={stamp}",
-                       "--filter", f"reference={tag}", "-q").strip()  # fmt: skip
+        found = podman(
+            "images", "--filter", f"label={STAMP}={stamp}", "--filter", f"reference={tag}", "-q"
+        ).strip()
         if not found or not (DIST / f"{name}-{version()}.oci.tar").exists():
             return False
     return True
@@ -148,11 +185,30 @@ def build(stamp: str) -> list[Path]:
         started = time.monotonic()
         step(f"building {tag} (target {target})")
         # --layers=false: one commit per image (with vfs, every layer is a full copy)
-        podman("build", "-q", "--layers=false", "--isolation", "chroot", "--target", target,
-               "--build-arg", f"BASE={BASE}", "--build-arg", f"VERSION={v}",
-               "--build-arg", f"REVISION={rev}", "--build-arg", f"SOURCE={source()}",
-               "--label", f"{STAMP}={stamp}", "-t", tag, "-f", str(ROOT / "Dockerfile"),
-               str(ROOT))  # fmt: skip
+        podman(
+            "build",
+            "-q",
+            "--layers=false",
+            "--isolation",
+            "chroot",
+            "--target",
+            target,
+            "--build-arg",
+            f"BASE={BASE}",
+            "--build-arg",
+            f"VERSION={v}",
+            "--build-arg",
+            f"REVISION={rev}",
+            "--build-arg",
+            f"SOURCE={source()}",
+            "--label",
+            f"{STAMP}={stamp}",
+            "-t",
+            tag,
+            "-f",
+            str(ROOT / "Dockerfile"),
+            str(ROOT),
+        )
         archive = DIST / f"{name}-{v}.oci.tar"
         archive.unlink(missing_ok=True)
         podman("save", "--format", "oci-archive", "-o", str(archive), tag)
@@ -174,8 +230,10 @@ def main() -> int:
     args = ap.parse_args()
     missing = [pkg for tool, pkg in NEEDS.items() if shutil.which(tool) is None]
     if missing:
-        print(f"make image: error: needs {', '.join(missing)} "
-              f"(apt-get install {' '.join(missing)})", file=sys.stderr)  # fmt: skip
+        print(
+            f"make image: error: needs {', '.join(missing)} (apt-get install {' '.join(missing)})",
+            file=sys.stderr,
+        )
         return 2
     try:
         base_image()

@@ -134,11 +134,16 @@ def images() -> dict[str, str]:
     """The runtime images, built once per session by make image's script (podman)."""
     proc = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "image.py")],
-        capture_output=True, text=True, cwd=ROOT, timeout=1500,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=1500,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return {name: f"localhost/{name}:{VERSION}" for name in ("modelcar", "modelcar-cache",
-                                                           "modelcar-api")}  # fmt: skip
+    return {
+        name: f"localhost/{name}:{VERSION}"
+        for name in ("modelcar", "modelcar-cache", "modelcar-api")
+    }
 
 
 @pytest.fixture(scope="session")
@@ -176,7 +181,14 @@ def multiarch_base(registry, arm64_busybox) -> str:
     from tests.helpers import run_cli
 
     return run_cli(
-        "base", "create", f"{registry.host}/base/busybox:multi", "--plain-http",
-        "--platform", "linux/amd64", "--platform", "linux/arm64",
-        "--busybox", f"linux/arm64={arm64_busybox}",
-    ).last_line  # fmt: skip
+        "base",
+        "create",
+        f"{registry.host}/base/busybox:multi",
+        "--plain-http",
+        "--platform",
+        "linux/amd64",
+        "--platform",
+        "linux/arm64",
+        "--busybox",
+        f"linux/arm64={arm64_busybox}",
+    ).last_line

@@ -55,21 +55,40 @@ class Webhook:
         self.client_ca, self.client_cert, self.client_key = make_client_ca(work)
         self.db = f"sqlite:///{work}/catalog.db"
         run_api_cli("db", "upgrade", "--db", self.db)
-        self.admin = run_api_cli("token", "create", "--role", "admin", "--name", "root",
-                                 "--db", self.db).stdout.strip()  # fmt: skip
+        self.admin = run_api_cli(
+            "token", "create", "--role", "admin", "--name", "root", "--db", self.db
+        ).stdout.strip()
         self.port, self.hook_port = free_port(), free_port()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "modelcar.api.cli", "serve", "--db", self.db, "--port",
-             str(self.port), "--webhook-port", str(self.hook_port), "--webhook-cert", str(cert),
-             "--webhook-key", str(key), "--webhook-client-ca", str(self.client_ca),
-             "--no-access-log"],
-            cwd=ROOT, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "modelcar.api.cli",
+                "serve",
+                "--db",
+                self.db,
+                "--port",
+                str(self.port),
+                "--webhook-port",
+                str(self.hook_port),
+                "--webhook-cert",
+                str(cert),
+                "--webhook-key",
+                str(key),
+                "--webhook-client-ca",
+                str(self.client_ca),
+                "--no-access-log",
+            ],
+            cwd=ROOT,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self.url = f"http://127.0.0.1:{self.port}"
         self.hook = f"https://127.0.0.1:{self.hook_port}"
         self.client = httpx.Client(verify=_tls(cert, self.client_cert, self.client_key))
-        self.api = httpx.Client(base_url=self.url,
-                                headers={"Authorization": f"Bearer {self.admin}"})  # fmt: skip
+        self.api = httpx.Client(
+            base_url=self.url, headers={"Authorization": f"Bearer {self.admin}"}
+        )
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -82,14 +101,26 @@ class Webhook:
             assert time.monotonic() < deadline
             time.sleep(0.1)
 
-    def review(self, path: str, kind: dict, obj: dict | None, *, operation: str = "CREATE",
-               dry_run: bool = False, namespace: str = "team") -> dict:  # fmt: skip
-        request = {"uid": str(uuid.uuid4()), "kind": kind, "namespace": namespace,
-                   "operation": operation, "dryRun": dry_run,
-                   "name": (obj or {}).get("metadata", {}).get("name")}  # fmt: skip
+    def review(
+        self,
+        path: str,
+        kind: dict,
+        obj: dict | None,
+        *,
+        operation: str = "CREATE",
+        dry_run: bool = False,
+        namespace: str = "team",
+    ) -> dict:
+        request = {
+            "uid": str(uuid.uuid4()),
+            "kind": kind,
+            "namespace": namespace,
+            "operation": operation,
+            "dryRun": dry_run,
+            "name": (obj or {}).get("metadata", {}).get("name"),
+        }
         request["oldObject" if operation == "DELETE" else "object"] = obj
-        body = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-                "request": request}  # fmt: skip
+        body = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request}
         r = self.client.post(f"{self.hook}{path}", json=body)
         assert r.status_code == 200, r.text
         answer = r.json()
@@ -106,9 +137,14 @@ class Webhook:
 def hook(tmp_path_factory):
     server = Webhook(tmp_path_factory.mktemp("webhook"))
     for n in (1, 2):
-        server.api.post("/v1/models/bert/versions", json={
-            "digest": _digest(n), "repository": REPO, "size": 10,
-        }).raise_for_status()  # fmt: skip
+        server.api.post(
+            "/v1/models/bert/versions",
+            json={
+                "digest": _digest(n),
+                "repository": REPO,
+                "size": 10,
+            },
+        ).raise_for_status()
     server.api.put("/v1/models/bert/aliases/prod", json={"version": 1}).raise_for_status()
     yield server
     err = server.stop()
@@ -138,10 +174,17 @@ def _isvc(uri: str, name: str = "bert", annotations: dict | None = None, **predi
     meta: dict = {"name": name, "namespace": "team"}
     if annotations:
         meta["annotations"] = annotations
-    return {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
-            "metadata": meta,
-            "spec": {"predictor": {"model": {"modelFormat": {"name": "huggingface"},
-                                             "storageUri": uri}, **predictor}}}  # fmt: skip
+    return {
+        "apiVersion": "serving.kserve.io/v1beta1",
+        "kind": "InferenceService",
+        "metadata": meta,
+        "spec": {
+            "predictor": {
+                "model": {"modelFormat": {"name": "huggingface"}, "storageUri": uri},
+                **predictor,
+            }
+        },
+    }
 
 
 def test_an_inference_service_is_pinned_and_stays_valid(hook):
@@ -151,10 +194,15 @@ def test_an_inference_service_is_pinned_and_stays_valid(hook):
     model = out["spec"]["predictor"]["model"]
     assert model["storageUri"] == f"oci://{REPO}@{_digest(1)}"
     notes = out["metadata"]["annotations"]
-    assert notes == {"modelcar.dev/model": "bert", "modelcar.dev/version": "1",
-                     "modelcar.dev/alias": "prod", "modelcar.dev/digest": _digest(1)}  # fmt: skip
+    assert notes == {
+        "modelcar.dev/model": "bert",
+        "modelcar.dev/version": "1",
+        "modelcar.dev/alias": "prod",
+        "modelcar.dev/digest": _digest(1),
+    }
     preferred = out["spec"]["predictor"]["affinity"]["nodeAffinity"][
-        "preferredDuringSchedulingIgnoredDuringExecution"]  # fmt: skip
+        "preferredDuringSchedulingIgnoredDuringExecution"
+    ]
     assert preferred[0]["preference"]["matchExpressions"][0]["values"] == ["ready"]
     # a second pass changes nothing
     again = hook.review("/mutate", ISVC, out)
@@ -176,30 +224,45 @@ def test_hostpath_mode_framework_fields_and_storage_uris(hook):
     assert out["metadata"]["annotations"]["x"] == "y"
     assert out["metadata"]["annotations"]["modelcar.dev/version"] == "2"
 
-    sklearn = {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
-               "metadata": {"name": "sk"},
-               "spec": {"predictor": {"sklearn": {"storageUri": "model://bert@prod"},
-                                      "storageUris": [{"uri": "model://bert:2",
-                                                       "mountPath": "/mnt/extra"}]}}}  # fmt: skip
+    sklearn = {
+        "apiVersion": "serving.kserve.io/v1beta1",
+        "kind": "InferenceService",
+        "metadata": {"name": "sk"},
+        "spec": {
+            "predictor": {
+                "sklearn": {"storageUri": "model://bert@prod"},
+                "storageUris": [{"uri": "model://bert:2", "mountPath": "/mnt/extra"}],
+            }
+        },
+    }
     out = _patched(sklearn, hook.review("/mutate", ISVC, sklearn))
     _valid_isvc(out)
     assert out["spec"]["predictor"]["sklearn"]["storageUri"] == f"oci://{REPO}@{_digest(1)}"
     assert out["spec"]["predictor"]["storageUris"] == [
-        {"uri": f"oci://{REPO}@{_digest(2)}", "mountPath": "/mnt/extra"}]  # fmt: skip
+        {"uri": f"oci://{REPO}@{_digest(2)}", "mountPath": "/mnt/extra"}
+    ]
 
 
 def test_pods_and_pod_templates_get_pinned_image_volumes(hook):
     volume = {"name": "model", "image": {"reference": "model://bert@prod"}}
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
-           "spec": {"containers": [{"name": "c", "image": "busybox"}],
-                    "volumes": [volume]}}  # fmt: skip
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "p"},
+        "spec": {"containers": [{"name": "c", "image": "busybox"}], "volumes": [volume]},
+    }
     out = _patched(pod, hook.review("/mutate", POD, pod))
     assert out["spec"]["volumes"][0]["image"]["reference"] == f"{REPO}@{_digest(1)}"
-    deploy = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"},
-              "spec": {"template": {"spec": {"containers": [], "volumes": [volume]}}}}  # fmt: skip
+    deploy = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "d"},
+        "spec": {"template": {"spec": {"containers": [], "volumes": [volume]}}},
+    }
     out = _patched(deploy, hook.review("/mutate", DEPLOY, deploy))
     assert out["spec"]["template"]["spec"]["volumes"][0]["image"]["reference"] == (
-        f"{REPO}@{_digest(1)}")  # fmt: skip
+        f"{REPO}@{_digest(1)}"
+    )
     nameless = {"spec": {"volumes": [volume]}}  # a patch target that does not exist yet
     out = _patched(nameless, hook.review("/mutate", POD, nameless))
     assert out["metadata"]["annotations"]["modelcar.dev/digest"] == _digest(1)
@@ -231,9 +294,13 @@ def test_unknown_names_are_denied_and_bad_reviews_answered(hook):
     big = _isvc("oci://r.example/x@" + _digest(9))
     big["metadata"]["annotations"] = {"blob": "x" * (1 << 20)}
     assert hook.review("/mutate", ISVC, big)["allowed"]
-    for bad in (b"not json", b"{}", json.dumps({"apiVersion": "admission.k8s.io/v1beta1",
-                                               "kind": "AdmissionReview",
-                                               "request": {}}).encode()):  # fmt: skip
+    for bad in (
+        b"not json",
+        b"{}",
+        json.dumps(
+            {"apiVersion": "admission.k8s.io/v1beta1", "kind": "AdmissionReview", "request": {}}
+        ).encode(),
+    ):
         r = hook.client.post(f"{hook.hook}/mutate", content=bad)
         assert r.status_code == 400 and r.json()["error"]["message"].startswith("not an admission")
 
@@ -275,13 +342,15 @@ def test_the_webhook_port_is_tls_only_and_wants_the_client_ca(hook, tmp_path):
     with pytest.raises(httpx.HTTPError):
         httpx.post(f"http://127.0.0.1:{hook.hook_port}/mutate", json={}, timeout=5)
     no_cert = httpx.Client(verify=_tls(hook.server_ca), timeout=5)
-    with pytest.raises((httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError,
-                        ssl.SSLError)):  # fmt: skip
+    with pytest.raises(
+        (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError, ssl.SSLError)
+    ):
         no_cert.post(f"{hook.hook}/mutate", json={})
     _, other_cert, other_key = make_client_ca(tmp_path, "stranger")
     stranger = httpx.Client(verify=_tls(hook.server_ca, other_cert, other_key), timeout=5)
-    with pytest.raises((httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError,
-                        ssl.SSLError)):  # fmt: skip
+    with pytest.raises(
+        (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError, ssl.SSLError)
+    ):
         stranger.post(f"{hook.hook}/mutate", json={})
     # the webhooks are not on the main port, the API is not on the webhook port
     assert hook.api.post("/mutate", json={}).status_code in (404, 405)
@@ -295,11 +364,13 @@ _SCHEMA = schemathesis.openapi.from_dict(
 
 
 @_SCHEMA.parametrize()
-@settings(max_examples=25, deadline=None, derandomize=True,
-          suppress_health_check=list(HealthCheck))  # fmt: skip
+@settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 def test_the_webhooks_are_fuzzed_like_the_rest(case, hook):
-    r = case.call(base_url=hook.hook, verify=str(hook.server_ca),
-                  cert=(str(hook.client_cert), str(hook.client_key)))  # fmt: skip
+    r = case.call(
+        base_url=hook.hook,
+        verify=str(hook.server_ca),
+        cert=(str(hook.client_cert), str(hook.client_key)),
+    )
     assert r.status_code < 500, r.text
     assert r.status_code in (200, 400, 405, 413), r.text  # 405: the methods other than POST
     if r.status_code == 200:
@@ -327,8 +398,11 @@ def _storage_paths() -> list[tuple[str, ...]]:
 
 
 def _with_uri_at(path: tuple[str, ...], uri: str) -> dict:
-    obj: dict = {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
-                 "metadata": {"name": "every", "namespace": "team"}}  # fmt: skip
+    obj: dict = {
+        "apiVersion": "serving.kserve.io/v1beta1",
+        "kind": "InferenceService",
+        "metadata": {"name": "every", "namespace": "team"},
+    }
     node = obj
     for i, key in enumerate(path[:-1]):
         if key == "[]":
@@ -361,21 +435,33 @@ def test_every_storage_field_of_the_crd_is_pinned_and_validated(hook):
 def test_many_references_take_one_affinity_term_per_digest_and_a_cap(hook):
     def pod(n: int, name: str) -> dict:
         refs = [f"model://bert:{1 + i % 2}" for i in range(n)]
-        return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
-                "spec": {"containers": [{"name": "c", "image": "busybox"}],
-                         "volumes": [{"name": f"m{i}", "image": {"reference": r}}
-                                     for i, r in enumerate(refs)]}}  # fmt: skip
+        return {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name},
+            "spec": {
+                "containers": [{"name": "c", "image": "busybox"}],
+                "volumes": [
+                    {"name": f"m{i}", "image": {"reference": r}} for i, r in enumerate(refs)
+                ],
+            },
+        }
 
     out = _patched(pod(256, "many"), hook.review("/mutate", POD, pod(256, "many")))
     preferred = out["spec"]["affinity"]["nodeAffinity"][
-        "preferredDuringSchedulingIgnoredDuringExecution"]  # fmt: skip
+        "preferredDuringSchedulingIgnoredDuringExecution"
+    ]
     assert len(preferred) == 2  # two distinct digests, not 256 terms
     assert {v["image"]["reference"] for v in out["spec"]["volumes"]} == {
-        f"{REPO}@{_digest(1)}", f"{REPO}@{_digest(2)}"}  # fmt: skip
+        f"{REPO}@{_digest(1)}",
+        f"{REPO}@{_digest(2)}",
+    }
     denied = hook.review("/mutate", POD, pod(2000, "too-many"))
     assert not denied["allowed"]
-    assert "2000 model:// references in one object, over the limit of 256" in (
-        denied["status"]["message"])  # fmt: skip
+    assert (
+        "2000 model:// references in one object, over the limit of 256"
+        in (denied["status"]["message"])
+    )
 
 
 def _tls_socket(hook):
@@ -388,11 +474,16 @@ def _tls_socket(hook):
 
 def test_a_body_over_the_cap_is_refused_on_its_length_and_slow_clients_are_cut(hook):
     with _tls_socket(hook) as s:  # announces 1 GB, sends nothing: refused at once
-        s.sendall(b"POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                  b"Content-Length: 1000000000\r\n\r\n")  # fmt: skip
+        s.sendall(
+            b"POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 1000000000\r\n\r\n"
+        )
         assert s.recv(100).startswith(b"HTTP/1.1 413")
-    r = hook.client.post(f"{hook.hook}/mutate", content=(b"x" for _ in range(1)),  # chunked
-                         headers={"Content-Type": "application/json"})  # fmt: skip
+    r = hook.client.post(
+        f"{hook.hook}/mutate",
+        content=(b"x" for _ in range(1)),  # chunked
+        headers={"Content-Type": "application/json"},
+    )
     assert r.status_code == 400
     with _tls_socket(hook) as s:  # half a request head, then silence: the server hangs up
         s.sendall(b"POST /mutate HTTP/1.1\r\nHost: x\r\n")
@@ -404,10 +495,15 @@ def test_a_body_over_the_cap_is_refused_on_its_length_and_slow_clients_are_cut(h
         assert s.recv(100).startswith(b"HTTP/1.1 408")
 
 
-def _raw_review(hook, path: str, kind: dict, obj, operation: str = "CREATE",
-                old=None) -> dict:  # fmt: skip
-    request = {"uid": str(uuid.uuid4()), "kind": kind, "namespace": "team",
-               "operation": operation, "object": obj, "oldObject": old}  # fmt: skip
+def _raw_review(hook, path: str, kind: dict, obj, operation: str = "CREATE", old=None) -> dict:
+    request = {
+        "uid": str(uuid.uuid4()),
+        "kind": kind,
+        "namespace": "team",
+        "operation": operation,
+        "object": obj,
+        "oldObject": old,
+    }
     body = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request}
     r = hook.client.post(f"{hook.hook}{path}", json=body)
     assert r.status_code == 200, r.text
@@ -429,10 +525,14 @@ def test_malformed_objects_are_denied_or_patched_never_a_500(hook):
             "preferredDuringSchedulingIgnoredDuringExecution"
         ]
     hostpath = {"modelcar.dev/mode": "hostpath"}
-    for predictor in ({"volumes": "v", "model": {"storageUri": "model://bert@prod"}},
-                      {"model": {"storageUri": "model://bert@prod", "volumeMounts": "x"}},
-                      {"model": {"storageUri": "model://bert@prod"}, "affinity": {"nodeAffinity": {
-                          "requiredDuringSchedulingIgnoredDuringExecution": 7}}}):  # fmt: skip
+    for predictor in (
+        {"volumes": "v", "model": {"storageUri": "model://bert@prod"}},
+        {"model": {"storageUri": "model://bert@prod", "volumeMounts": "x"}},
+        {
+            "model": {"storageUri": "model://bert@prod"},
+            "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": 7}},
+        },
+    ):
         obj = {"metadata": {"name": "m", "annotations": hostpath}, "spec": {"predictor": predictor}}
         answer = _raw_review(hook, "/mutate", ISVC, obj)
         assert not answer["allowed"] and "not" in answer["status"]["message"], predictor
@@ -467,10 +567,16 @@ def test_usage_converges_on_what_runs(hook):
     assert _raw_review(hook, "/mutate", POD, None, "DELETE", out)["allowed"]
     assert ("web-x1", "u-1") not in _users(hook)
     # mutate, then denied by validate: the provisional record goes
-    unknown = {"metadata": {"name": "den"},
-               "spec": {"containers": [], "volumes": [
-                   {"name": "m", "image": {"reference": "model://bert:2"}},
-                   {"name": "t", "image": {"reference": "r.example/x:latest"}}]}}  # fmt: skip
+    unknown = {
+        "metadata": {"name": "den"},
+        "spec": {
+            "containers": [],
+            "volumes": [
+                {"name": "m", "image": {"reference": "model://bert:2"}},
+                {"name": "t", "image": {"reference": "r.example/x:latest"}},
+            ],
+        },
+    }
     _raw_review(hook, "/mutate", POD, unknown)
     assert ("den", "") in _users(hook)
     assert not _raw_review(hook, "/validate", POD, unknown)["allowed"]
@@ -495,12 +601,21 @@ def test_usage_converges_on_what_runs(hook):
 
 
 def test_a_pod_is_never_given_an_oci_layout_reference(hook):
-    hook.api.post("/v1/models/local/versions", json={
-        "digest": _digest(5), "repository": "oci:/srv/layouts/local", "size": 10,
-    }).raise_for_status()  # fmt: skip
+    hook.api.post(
+        "/v1/models/local/versions",
+        json={
+            "digest": _digest(5),
+            "repository": "oci:/srv/layouts/local",
+            "size": 10,
+        },
+    ).raise_for_status()
     for mode in ({}, {"modelcar.dev/mode": "hostpath"}):
-        pod = {"metadata": {"name": "lay", "annotations": mode},
-               "spec": {"containers": [], "volumes": [
-                   {"name": "m", "image": {"reference": "model://local:1"}}]}}  # fmt: skip
+        pod = {
+            "metadata": {"name": "lay", "annotations": mode},
+            "spec": {
+                "containers": [],
+                "volumes": [{"name": "m", "image": {"reference": "model://local:1"}}],
+            },
+        }
         denied = _raw_review(hook, "/mutate", POD, pod)
         assert not denied["allowed"] and "oci: layout" in denied["status"]["message"], mode

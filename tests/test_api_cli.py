@@ -26,8 +26,11 @@ def test_serve_refuses_an_unmigrated_database(tmp_path):
     assert f"upgraded empty -> {head}" in up.stderr
     assert f"already at {head}" in run_api_cli("db", "upgrade", "--db", db).stderr
     assert run_api_cli("db", "current", "--db", db).stdout.split() == [
-        "database:", head, "release:", head,
-    ]  # fmt: skip
+        "database:",
+        head,
+        "release:",
+        head,
+    ]
 
 
 def test_token_create_prints_only_the_token(tmp_path):

@@ -24,9 +24,18 @@ def test_build_registers_and_resolve_returns_the_same_digest(api, registry, smal
     env = {"MODELCAR_API_TOKEN": api.token("publish", "ci")}
     target = f"{registry.host}/e2e/m"
     built = run_cli(
-        "build", str(small_model), target, "--plain-http", "--api", api.url, "--alias", "prod",
-        "--reason", "first build", env=env,
-    )  # fmt: skip
+        "build",
+        str(small_model),
+        target,
+        "--plain-http",
+        "--api",
+        api.url,
+        "--alias",
+        "prod",
+        "--reason",
+        "first build",
+        env=env,
+    )
     pinned = built.last_line
     assert pinned.startswith(f"{target}@sha256:")
     assert "registered m:1, prod -> 1" in built.stderr
@@ -55,9 +64,16 @@ def test_build_registers_and_resolve_returns_the_same_digest(api, registry, smal
     assert again.last_line == pinned and "already registered as m:1" in again.stderr
     (small_model / "config.json").write_text('{"model_type": "bert", "v": 2}\n')
     changed = run_cli(
-        "build", str(small_model), target, "--plain-http", "--api", api.url, "--alias", "canary",
+        "build",
+        str(small_model),
+        target,
+        "--plain-http",
+        "--api",
+        api.url,
+        "--alias",
+        "canary",
         env=env,
-    )  # fmt: skip
+    )
     assert "registered m:2, canary -> 2" in changed.stderr
     assert run_cli("resolve", "m@canary", env=env_read).last_line == changed.last_line
 

@@ -52,8 +52,9 @@ def model(tmp_path_factory) -> Path:
 
 
 def _manifest(registry, repo: str, reference: str, accept: str = MANIFEST) -> httpx.Response:
-    return httpx.get(f"http://{registry.host}/v2/{repo}/manifests/{reference}",
-                     headers={"Accept": accept})  # fmt: skip
+    return httpx.get(
+        f"http://{registry.host}/v2/{repo}/manifests/{reference}", headers={"Accept": accept}
+    )
 
 
 def _blob(registry, repo: str, digest: str) -> bytes:
@@ -79,15 +80,25 @@ def _artifact(registry, repo: str, listed: list[dict], kind: str, digest: str) -
 
 
 def _pae(payload_type: str, payload: bytes) -> bytes:
-    return b"DSSEv1 %d %s %d %s" % (len(payload_type), payload_type.encode(), len(payload),
-                                    payload)  # fmt: skip
+    return b"DSSEv1 %d %s %d %s" % (len(payload_type), payload_type.encode(), len(payload), payload)
 
 
 def _openssl_verifies(public: Path, data: bytes, sig: bytes, work: Path) -> bool:
     (work / "data").write_bytes(data)
     (work / "sig").write_bytes(sig)
-    r = subprocess.run(["openssl", "dgst", "-sha256", "-verify", str(public), "-signature",
-                        str(work / "sig"), str(work / "data")], capture_output=True)  # fmt: skip
+    r = subprocess.run(
+        [
+            "openssl",
+            "dgst",
+            "-sha256",
+            "-verify",
+            str(public),
+            "-signature",
+            str(work / "sig"),
+            str(work / "data"),
+        ],
+        capture_output=True,
+    )
     return r.returncode == 0
 
 
@@ -96,8 +107,15 @@ def test_provenance_is_slsa_v1_and_openssl_checks_its_envelope(
 ):
     private, public = signing_key
     repo = "attest/prov"
-    pinned = build(model, f"{registry.host}/{repo}", "--plain-http", "--sign-key", str(private),
-                   "--exclude", "*.md")  # fmt: skip
+    pinned = build(
+        model,
+        f"{registry.host}/{repo}",
+        "--plain-http",
+        "--sign-key",
+        str(private),
+        "--exclude",
+        "*.md",
+    )
     digest = pinned.split("@")[1]
     listed = _referrers(registry, repo, digest)
     assert {d["artifactType"] for d in listed} == {DSSE, BUNDLE}
@@ -126,13 +144,29 @@ def test_provenance_is_slsa_v1_and_openssl_checks_its_envelope(
     assert source.uri.startswith("file:") and len(source.digest["sha256"]) == 64
     assert base.digest["sha256"] and base.uri
 
-    ok = run_cli("verify", pinned, "--key", str(public), "--plain-http",
-                 "--require-provenance-source", "file:", "--json")  # fmt: skip
+    ok = run_cli(
+        "verify",
+        pinned,
+        "--key",
+        str(public),
+        "--plain-http",
+        "--require-provenance-source",
+        "file:",
+        "--json",
+    )
     checked = json.loads(ok.stdout)
     assert checked["attestations"]["provenance_source"] == source.uri
     assert checked["attestations"]["model_signature_key"] == checked["signature"]["key_id"]
-    r = run_cli("verify", pinned, "--key", str(public), "--plain-http",
-                "--require-provenance-source", "hf://acme/", check=False)  # fmt: skip
+    r = run_cli(
+        "verify",
+        pinned,
+        "--key",
+        str(public),
+        "--plain-http",
+        "--require-provenance-source",
+        "hf://acme/",
+        check=False,
+    )
     assert_one_line_error(r, "provenance names another source", "hf://acme/")
 
 
@@ -151,10 +185,20 @@ def test_model_signing_verifies_the_published_directory(registry, model, signing
     tool = Path(sys.executable).parent / "model_signing"
 
     def model_signing(directory: Path) -> subprocess.CompletedProcess:
-        return subprocess.run([str(tool), "verify", "key", "--signature",
-                               str(tmp_path / "model.sig"), "--public_key", str(public),
-                               str(directory)],
-                              capture_output=True, text=True)  # fmt: skip
+        return subprocess.run(
+            [
+                str(tool),
+                "verify",
+                "key",
+                "--signature",
+                str(tmp_path / "model.sig"),
+                "--public_key",
+                str(public),
+                str(directory),
+            ],
+            capture_output=True,
+            text=True,
+        )
 
     r = model_signing(published)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -169,8 +213,11 @@ def test_model_signing_verifies_the_published_directory(registry, model, signing
 
 def _put(registry, repo: str, reference: str, body: dict, media_type: str) -> str:
     data = json.dumps(body).encode()
-    r = httpx.put(f"http://{registry.host}/v2/{repo}/manifests/{reference}", content=data,
-                  headers={"Content-Type": media_type})  # fmt: skip
+    r = httpx.put(
+        f"http://{registry.host}/v2/{repo}/manifests/{reference}",
+        content=data,
+        headers={"Content-Type": media_type},
+    )
     assert r.status_code == 201, r.text
     return r.headers["Docker-Content-Digest"]
 
@@ -179,21 +226,36 @@ def test_bad_attestations_are_refused_in_one_line(registry, model, signing_key, 
     private, public = signing_key
     repo = "attest/bad"
     a = build(model, f"{registry.host}/{repo}", "--plain-http", "--sign-key", str(private))
-    b = build(model, f"{registry.host}/{repo}", "--plain-http", "--base", "scratch",
-              "--sign-key", str(private))  # fmt: skip
+    b = build(
+        model,
+        f"{registry.host}/{repo}",
+        "--plain-http",
+        "--base",
+        "scratch",
+        "--sign-key",
+        str(private),
+    )
     da, db = a.split("@")[1], b.split("@")[1]
     of_a, of_b = _referrers(registry, repo, da), _referrers(registry, repo, db)
     (prov_a,) = [d for d in of_a if d["artifactType"] == DSSE]
     b_index = _manifest(registry, repo, db).json()
-    b_subject = {"mediaType": MANIFEST, "digest": db,
-                 "size": len(_manifest(registry, repo, db).content)}  # fmt: skip
+    b_subject = {
+        "mediaType": MANIFEST,
+        "digest": db,
+        "size": len(_manifest(registry, repo, db).content),
+    }
     assert b_index["mediaType"] == MANIFEST
     fallback = f"sha256-{db[7:]}"
 
     def listing(*extra: dict) -> None:
         others = [d for d in of_b if d["artifactType"] != DSSE]
-        _put(registry, repo, fallback, {"schemaVersion": 2, "mediaType": INDEX,
-                                        "manifests": [*others, *extra]}, INDEX)  # fmt: skip
+        _put(
+            registry,
+            repo,
+            fallback,
+            {"schemaVersion": 2, "mediaType": INDEX, "manifests": [*others, *extra]},
+            INDEX,
+        )
 
     def refused(*needles: str) -> None:
         r = run_cli("verify", b, "--key", str(public), "--plain-http", check=False)
@@ -202,8 +264,13 @@ def test_bad_attestations_are_refused_in_one_line(registry, model, signing_key, 
     # A's provenance, re-pointed at B: the manifest names B, the signed statement names A
     moved = _manifest(registry, repo, prov_a["digest"]).json()
     moved["subject"] = b_subject
-    listing({**prov_a, "digest": _put(registry, repo, "moved", moved, MANIFEST),
-             "size": len(json.dumps(moved).encode())})  # fmt: skip
+    listing(
+        {
+            **prov_a,
+            "digest": _put(registry, repo, "moved", moved, MANIFEST),
+            "size": len(json.dumps(moved).encode()),
+        }
+    )
     refused("attestation whose subject is another image", da)
     # A's provenance listed, unchanged, among B's referrers
     listing(prov_a)
@@ -217,12 +284,26 @@ def test_bad_attestations_are_refused_in_one_line(registry, model, signing_key, 
     upload = httpx.post(f"http://{registry.host}/v2/{repo}/blobs/uploads/").headers["Location"]
     at = httpx.URL(upload).copy_merge_params({"digest": forged_digest})
     httpx.put(at, content=forged).raise_for_status()
-    manifest = dict(moved, layers=[{"mediaType": DSSE, "digest": forged_digest,
-                                    "size": len(forged)}])  # fmt: skip
-    listing({**prov_a, "digest": _put(registry, repo, "forged", manifest, MANIFEST),
-             "size": len(json.dumps(manifest).encode())})  # fmt: skip
-    r = run_cli("verify", b, "--key", str(public), "--plain-http", "--require-provenance-source",
-                "hf://", check=False)  # fmt: skip
+    manifest = dict(
+        moved, layers=[{"mediaType": DSSE, "digest": forged_digest, "size": len(forged)}]
+    )
+    listing(
+        {
+            **prov_a,
+            "digest": _put(registry, repo, "forged", manifest, MANIFEST),
+            "size": len(json.dumps(manifest).encode()),
+        }
+    )
+    r = run_cli(
+        "verify",
+        b,
+        "--key",
+        str(public),
+        "--plain-http",
+        "--require-provenance-source",
+        "hf://",
+        check=False,
+    )
     assert_one_line_error(r, "no provenance signed by the given key")
     # restored, B verifies again
     listing(*[d for d in of_b if d["artifactType"] == DSSE])
@@ -240,8 +321,11 @@ def test_a_referrer_naming_a_missing_blob_is_refused(model, signing_key, tmp_pat
     digest = pinned.split("@")[1]
     index = json.loads((layout / "index.json").read_text())
     tag = f"sha256-{digest[7:]}"
-    (listed,) = [m for m in index["manifests"]
-                 if m["annotations"]["org.opencontainers.image.ref.name"] == tag]  # fmt: skip
+    (listed,) = [
+        m
+        for m in index["manifests"]
+        if m["annotations"]["org.opencontainers.image.ref.name"] == tag
+    ]
     blobs = layout / "blobs" / "sha256"
     referrers = json.loads((blobs / listed["digest"][7:]).read_text())["manifests"]
     (bundle,) = [d for d in referrers if d["artifactType"] == BUNDLE]
@@ -257,13 +341,22 @@ def test_rebuilding_a_signed_image_keeps_one_signature_and_one_of_each(
     private, _ = signing_key
     repo = "attest/again"
     first = build(model, f"{registry.host}/{repo}", "--plain-http", "--sign-key", str(private))
-    r = run_cli("build", str(model), f"{registry.host}/{repo}", "--plain-http", "--sign-key",
-                str(private), "--json", "-q")  # fmt: skip
+    r = run_cli(
+        "build",
+        str(model),
+        f"{registry.host}/{repo}",
+        "--plain-http",
+        "--sign-key",
+        str(private),
+        "--json",
+        "-q",
+    )
     record = json.loads(r.stdout.splitlines()[-2])
     assert record["reference"] == first
     assert sorted(record["signed"]["attestations"]) == [
-        "https://model_signing/signature/v1.0", "https://slsa.dev/provenance/v1",
-    ]  # fmt: skip
+        "https://model_signing/signature/v1.0",
+        "https://slsa.dev/provenance/v1",
+    ]
     digest = first.split("@")[1]
     sig = _manifest(registry, repo, f"sha256-{digest[7:]}.sig").json()
     assert len(sig["layers"]) == 1
@@ -273,7 +366,10 @@ def test_rebuilding_a_signed_image_keeps_one_signature_and_one_of_each(
     run_cli("sign", first, "--key", str(tmp_path / "other.key"), "--plain-http")
     assert len(_manifest(registry, repo, f"sha256-{digest[7:]}.sig").json()["layers"]) == 2
     assert len(_referrers(registry, repo, digest)) == 3
-    checked = json.loads(run_cli("verify", first, "--key", str(tmp_path / "other.pub"),
-                                 "--plain-http", "--json").stdout)  # fmt: skip
+    checked = json.loads(
+        run_cli(
+            "verify", first, "--key", str(tmp_path / "other.pub"), "--plain-http", "--json"
+        ).stdout
+    )
     assert checked["attestations"]["provenance_source"] is None
     assert checked["attestations"]["model_signature_key"] == checked["signature"]["key_id"]

@@ -151,9 +151,11 @@ def test_credentials_go_only_to_a_realm_the_registry_may_name(tmp_path, minilm):
         cfg = tmp_path / "docker"
         cfg.mkdir()
         auth = base64.b64encode(b"ci:tok-pass").decode()
-        for realm, needle in (("http://169.254.169.254/latest/meta-data", "link-local"),
-                              ("file:///etc/passwd", "no http(s) URL"),
-                              (f"http://x:y@{tokens.realm[7:]}", "user info")):  # fmt: skip
+        for realm, needle in (
+            ("http://169.254.169.254/latest/meta-data", "link-local"),
+            ("file:///etc/passwd", "no http(s) URL"),
+            (f"http://x:y@{tokens.realm[7:]}", "user info"),
+        ):
 
             def challenge(method: str, path: str, n: int, realm: str = realm):
                 return (401, {"WWW-Authenticate": f'Bearer realm="{realm}",service="s"'})
@@ -163,7 +165,13 @@ def test_credentials_go_only_to_a_realm_the_registry_may_name(tmp_path, minilm):
                     json.dumps({"auths": {proxy.host: {"auth": auth}}})
                 )
                 before = tokens.requests
-                r = run_cli("build", str(minilm), f"{proxy.host}/tok/realm:v1", "--plain-http",
-                            env={"DOCKER_CONFIG": str(cfg)}, check=False)  # fmt: skip
+                r = run_cli(
+                    "build",
+                    str(minilm),
+                    f"{proxy.host}/tok/realm:v1",
+                    "--plain-http",
+                    env={"DOCKER_CONFIG": str(cfg)},
+                    check=False,
+                )
                 assert_one_line_error(r, needle)
                 assert tokens.requests == before

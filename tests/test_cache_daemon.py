@@ -47,9 +47,20 @@ def _images(registry, tmp_path, names, size=3 * MiB):
 def _run_once(cache, config, refs, names, *extra):
     config.write_text(json.dumps({"models": [refs[n] for n in names]}))
     return cache_cli(
-        "run", "--node", "n1", "--cache-dir", str(cache), "--config", str(config), "--once",
-        "--listen", "", "--plain-http", *extra, check=False,
-    )  # fmt: skip
+        "run",
+        "--node",
+        "n1",
+        "--cache-dir",
+        str(cache),
+        "--config",
+        str(config),
+        "--once",
+        "--listen",
+        "",
+        "--plain-http",
+        *extra,
+        check=False,
+    )
 
 
 def _states(cache) -> dict[str, str]:
@@ -250,8 +261,19 @@ def test_one_daemon_per_cache_dir(tmp_path):
         while not (cache / ".lock").exists() or not (cache / ".lock").read_text().strip():
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        second = cache_cli("run", "--node", "n", "--cache-dir", str(cache), "--config",
-                           str(config), "--once", "--listen", "", check=False)  # fmt: skip
+        second = cache_cli(
+            "run",
+            "--node",
+            "n",
+            "--cache-dir",
+            str(cache),
+            "--config",
+            str(config),
+            "--once",
+            "--listen",
+            "",
+            check=False,
+        )
         assert_one_line_error(second, "in use", str(holder.pid))
         # a second writer is refused; reading beside the daemon is fine
         assert cache_cli("ls", "--cache-dir", str(cache)).code == 0
@@ -266,9 +288,18 @@ def test_run_input_errors_are_one_line(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("models: [not-pinned:latest]\n")
     r = cache_cli(
-        "run", "--node", "n", "--cache-dir", str(tmp_path / "c"), "--config", str(bad), "--once",
-        "--listen", "", check=False,
-    )  # fmt: skip
+        "run",
+        "--node",
+        "n",
+        "--cache-dir",
+        str(tmp_path / "c"),
+        "--config",
+        str(bad),
+        "--once",
+        "--listen",
+        "",
+        check=False,
+    )
     assert "pinned images only" in r.stderr
 
 
@@ -286,9 +317,19 @@ def test_node_labels_follow_ready_models(registry, tmp_path):
         extra = ["--kubeconfig", str(kubeconfig), *budget]
         config.write_text(json.dumps({"models": [refs["la"]]}))
         r = cache_cli(
-            "run", "--node", "gpu-1", "--cache-dir", str(cache), "--config", str(config),
-            "--once", "--listen", "", "--plain-http", *extra,
-        )  # fmt: skip
+            "run",
+            "--node",
+            "gpu-1",
+            "--cache-dir",
+            str(cache),
+            "--config",
+            str(config),
+            "--once",
+            "--listen",
+            "",
+            "--plain-http",
+            *extra,
+        )
         assert r.code == 0, r.stderr
         key_a, key_b = node_label_key(_dig(refs["la"])), node_label_key(_dig(refs["lb"]))
         assert kube.labels["gpu-1"] == {"kubernetes.io/hostname": "gpu-1", key_a: "ready"}
@@ -296,9 +337,19 @@ def test_node_labels_follow_ready_models(registry, tmp_path):
         # b replaces a (the budget holds one): the labels follow
         config.write_text(json.dumps({"models": [refs["lb"]]}))
         r = cache_cli(
-            "run", "--node", "gpu-1", "--cache-dir", str(cache), "--config", str(config),
-            "--once", "--listen", "", "--plain-http", *extra,
-        )  # fmt: skip
+            "run",
+            "--node",
+            "gpu-1",
+            "--cache-dir",
+            str(cache),
+            "--config",
+            str(config),
+            "--once",
+            "--listen",
+            "",
+            "--plain-http",
+            *extra,
+        )
         assert r.code == 0, r.stderr
         assert kube.labels["gpu-1"] == {"kubernetes.io/hostname": "gpu-1", key_b: "ready"}
         patches = [q for q in kube.requests if q[0] == "PATCH"]
@@ -317,11 +368,21 @@ def test_in_a_cluster_policies_match_the_node_objects_labels(registry, api, tmp_
     admin.put("/v1/policies/h100", json={"models": ["k:1"], "node_selector": {"gpu": "h100"}})
     with KubeStub({"gpu-7": {"gpu": "h100"}}) as kube:
         r = cache_cli(
-            "run", "--node", "gpu-7", "--api", api.url, "--cache-dir", str(tmp_path / "cache"),
-            "--kubeconfig", str(kube.kubeconfig(tmp_path / "kubeconfig")), "--once",
-            "--listen", "", "--plain-http",
+            "run",
+            "--node",
+            "gpu-7",
+            "--api",
+            api.url,
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--kubeconfig",
+            str(kube.kubeconfig(tmp_path / "kubeconfig")),
+            "--once",
+            "--listen",
+            "",
+            "--plain-http",
             env={"MODELCAR_API_TOKEN": api.token("node", "gpu-7")},
-        )  # fmt: skip
+        )
         assert r.code == 0, r.stderr
         assert admin.get("/v1/resolve/k:1").json()["nodes_ready"] == ["gpu-7"]
         assert kube.labels["gpu-7"]["gpu"] == "h100" and len(kube.labels["gpu-7"]) == 2
@@ -339,8 +400,9 @@ def test_warm_cri_pulls_through_containerd_and_pins(registry, tmp_path):
     try:
         runtime.trust_http(registry.host)
         cache, config = tmp_path / "cache", tmp_path / "models.yaml"
-        r = _run_once(cache, config, refs, ["warm"], "--warm-cri", "--cri-socket",
-                      str(runtime.socket))  # fmt: skip
+        r = _run_once(
+            cache, config, refs, ["warm"], "--warm-cri", "--cri-socket", str(runtime.socket)
+        )
         assert r.code == 0, r.stderr
         assert '"event": "warmed"' in r.stderr
         warmer = RuntimeWarmer(str(runtime.socket))
@@ -351,8 +413,9 @@ def test_warm_cri_pulls_through_containerd_and_pins(registry, tmp_path):
         # the daemon's own copy is there too
         assert len(published(cache)) == 1
         # a socket with no runtime behind it is a warning, not a failed model
-        r = _run_once(cache, config, refs, ["warm"], "--warm-cri", "--cri-socket",
-                      str(tmp_path / "none.sock"))  # fmt: skip
+        r = _run_once(
+            cache, config, refs, ["warm"], "--warm-cri", "--cri-socket", str(tmp_path / "none.sock")
+        )
         assert r.code == 0 and '"event": "warm-failed"' in r.stderr
     finally:
         runtime.stop()

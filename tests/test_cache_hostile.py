@@ -139,8 +139,16 @@ def test_hostile_layers_are_all_refused(registry, tmp_path):
         assert list(outside.iterdir()) == [], name
         assert [p.name for p in (cache / "staging").iterdir()] == [], name
     # nothing anywhere in the cache but its own bookkeeping
-    allowed = {".lock", "state.db", "state.db-wal", "state.db-shm", "models", "staging", "index",
-               "quarantine"}  # fmt: skip
+    allowed = {
+        ".lock",
+        "state.db",
+        "state.db-wal",
+        "state.db-shm",
+        "models",
+        "staging",
+        "index",
+        "quarantine",
+    }
     assert {p.name for p in cache.iterdir()} <= allowed
     assert list((cache / "index").iterdir()) == []
 
@@ -158,7 +166,8 @@ def test_a_manifest_or_config_altered_in_transit_is_refused(registry, tmp_path, 
         return body
 
     with QuirkProxy(f"http://{registry.host}", body_filter=alter) as proxy:
-        result, _ = pull(tmp_path / "cache", ref.replace(registry.host, proxy.host),
-                         "--plain-http", check=False)  # fmt: skip
+        result, _ = pull(
+            tmp_path / "cache", ref.replace(registry.host, proxy.host), "--plain-http", check=False
+        )
     assert_one_line_error(result, "does not match")
     assert published(tmp_path / "cache") == []

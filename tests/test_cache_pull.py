@@ -90,10 +90,23 @@ def test_kill_9_at_many_points_resumes_and_never_shows_a_partial_model(registry,
     total = sum(p.stat().st_size for p in model.iterdir())
     cache = tmp_path / "cache"
     args = [
-        sys.executable, "-m", "modelcar.cache_daemon.cli", "pull", ref, "--cache-dir", str(cache),
-        "--plain-http", "--json", "-q", "--max-rate", "16MiB", "--checkpoint", "512KiB",
-        "--jobs", "2",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "modelcar.cache_daemon.cli",
+        "pull",
+        ref,
+        "--cache-dir",
+        str(cache),
+        "--plain-http",
+        "--json",
+        "-q",
+        "--max-rate",
+        "16MiB",
+        "--checkpoint",
+        "512KiB",
+        "--jobs",
+        "2",
+    ]
     kills = 0
     for fraction in (0.1, 0.3, 0.5, 0.7, 0.9):
         target = max(fraction * total, _staged_bytes(cache) + (1 << 20))

@@ -47,16 +47,29 @@ def test_lint_is_clean():
 
 
 APISERVER = {"networkPolicy": {"webhookFrom": [{"ipBlock": {"cidr": "10.0.0.0/24"}}]}}
-WEBHOOK = {"api": {"webhook": {"enabled": True, "clientCA": {"configMap": "apiserver-ca"}}},
-           **APISERVER}  # fmt: skip
-WEBHOOK_OWN_CERT = {"api": {"webhook": {
-    "enabled": True, "certManager": {"enabled": False}, "existingSecret": "hook-tls",
-    "caBundle": "LS0tLS1CRUdJTg==", "clientCA": {"configMap": "apiserver-ca"}}},
-    **APISERVER}  # fmt: skip
+WEBHOOK = {
+    "api": {"webhook": {"enabled": True, "clientCA": {"configMap": "apiserver-ca"}}},
+    **APISERVER,
+}
+WEBHOOK_OWN_CERT = {
+    "api": {
+        "webhook": {
+            "enabled": True,
+            "certManager": {"enabled": False},
+            "existingSecret": "hook-tls",
+            "caBundle": "LS0tLS1CRUdJTg==",
+            "clientCA": {"configMap": "apiserver-ca"},
+        }
+    },
+    **APISERVER,
+}
 
 
-@pytest.mark.parametrize("values", [{}, PRODUCTION, WEBHOOK, WEBHOOK_OWN_CERT],
-                         ids=["default", "production", "webhook", "webhook-own-cert"])  # fmt: skip
+@pytest.mark.parametrize(
+    "values",
+    [{}, PRODUCTION, WEBHOOK, WEBHOOK_OWN_CERT],
+    ids=["default", "production", "webhook", "webhook-own-cert"],
+)
 @pytest.mark.parametrize("kube", ["1.30", "1.33"])
 def test_every_rendered_object_validates(values, kube):
     objects = render(values)
@@ -173,8 +186,10 @@ def test_the_node_token_is_a_mounted_file_and_not_optional():
         assert mount["readOnly"] is True and path.startswith(mount["mountPath"] + "/")
         volume = next(v for v in spec["volumes"] if v["name"] == "token")["secret"]
         assert "optional" not in volume or volume["optional"] is False
-        assert volume["secretName"] == (values.get("cache", {}).get("apiToken", {}).get(
-            "secretName") or "mc-modelcar-node-token")  # fmt: skip
+        assert volume["secretName"] == (
+            values.get("cache", {}).get("apiToken", {}).get("secretName")
+            or "mc-modelcar-node-token"
+        )
         # every init container has resources, like the main containers
         kinds = by_kind(render(values))
         for pod in (spec, kinds["Deployment"][0]["spec"]["template"]["spec"]):
@@ -246,9 +261,11 @@ def test_the_source_chain_reaches_the_daemon_as_it_parses_it(monkeypatch):
     monkeypatch.setenv("NODE_IP", "10.40.1.7")
     specs = chain([parse_source(s) for s in sources], ["http://spegel.spegel.svc:5000"])
     assert [(s.kind, s.url) for s in specs] == [
-        ("spegel", "http://10.40.1.7:30020"), ("dragonfly", "http://10.40.1.7:4001"),
-        ("mirror", "http://spegel.spegel.svc:5000"), ("origin", None),
-    ]  # fmt: skip
+        ("spegel", "http://10.40.1.7:30020"),
+        ("dragonfly", "http://10.40.1.7:4001"),
+        ("mirror", "http://spegel.spegel.svc:5000"),
+        ("origin", None),
+    ]
     # no chain, no NODE_IP (and nothing kube play or a kubelet must fill in)
     assert "NODE_IP" not in {e["name"] for e in _containers(render({}))["DaemonSet/cache"]["env"]}
     with pytest.raises(helm_python.HelmError) as err:
@@ -280,8 +297,9 @@ def _admit(old: dict, new: dict, node: str = "gpu-1") -> list[str]:
 
     env = celpy.Environment()
     variables, validations = _cel_policy()
-    request = {"userInfo": {"username": "sa", "extra": {
-        "authentication.kubernetes.io/node-name": [node]}}}  # fmt: skip
+    request = {
+        "userInfo": {"username": "sa", "extra": {"authentication.kubernetes.io/node-name": [node]}}
+    }
     activation = {"object": new, "oldObject": old, "request": request}
     values = {
         name: env.program(env.compile(expr)).evaluate(
@@ -330,8 +348,15 @@ def _changed(**patch) -> dict:
 @pytest.mark.parametrize(
     "new, allowed",
     [
-        (_changed(metadata__labels={**NODE["metadata"]["labels"],
-                                    f"{LABEL_PREFIX}/sha256-bbbb": "ready"}), True),
+        (
+            _changed(
+                metadata__labels={
+                    **NODE["metadata"]["labels"],
+                    f"{LABEL_PREFIX}/sha256-bbbb": "ready",
+                }
+            ),
+            True,
+        ),
         (_changed(metadata__labels={"gpu": "a100"}), True),  # drop our own label
         (_changed(metadata__labels={**NODE["metadata"]["labels"], "gpu": "h100"}), False),
         (_changed(spec__taints=[]), False),
@@ -340,9 +365,17 @@ def _changed(**patch) -> dict:
         (_changed(metadata__annotations=None), False),
         (_changed(metadata__finalizers=["example.com/hold"]), False),
     ],
-    ids=["add-own-label", "drop-own-label", "other-label", "taints", "unschedulable",
-         "annotations", "drop-annotations", "finalizers"],
-)  # fmt: skip
+    ids=[
+        "add-own-label",
+        "drop-own-label",
+        "other-label",
+        "taints",
+        "unschedulable",
+        "annotations",
+        "drop-annotations",
+        "finalizers",
+    ],
+)
 def test_the_node_policy_allows_only_modelcar_labels(new, allowed):
     denied = _admit(NODE, new)
     assert (denied == []) is allowed, denied
@@ -378,8 +411,9 @@ def test_registry_pull_secrets_are_mounted_read_only_and_merged():
         assert secret["items"] == [{"key": ".dockerconfigjson", "path": "config.json"}]
         assert f"--docker-config=/etc/modelcar/registry-auth/{name}" in c["args"]
     order = [a for a in c["args"] if a.startswith("--docker-config=")]
-    assert order == [f"--docker-config=/etc/modelcar/registry-auth/{n}"
-                     for n in ("harbor-robot", "ghcr-pull")]  # fmt: skip
+    assert order == [
+        f"--docker-config=/etc/modelcar/registry-auth/{n}" for n in ("harbor-robot", "ghcr-pull")
+    ]
     assert all("DOCKER" not in e["name"] for e in c["env"])  # no secrets in env
     sa = next(o for o in kinds["ServiceAccount"] if o["metadata"]["name"].endswith("-cache"))
     assert sa["metadata"]["annotations"] == {
@@ -400,17 +434,26 @@ def _containers(objects: list[dict]) -> dict[str, dict]:
 
 def test_pods_keep_the_images_entrypoint_and_can_take_a_role_image():
     pods = _containers(render({}))
-    assert set(pods) == {"DaemonSet/own-cache-dir", "DaemonSet/cache", "Deployment/migrate",
-                         "Deployment/api", "Pod/healthz"}  # fmt: skip
+    assert set(pods) == {
+        "DaemonSet/own-cache-dir",
+        "DaemonSet/cache",
+        "Deployment/migrate",
+        "Deployment/api",
+        "Pod/healthz",
+    }
     for name, c in pods.items():
         assert "command" not in c, name  # dumb-init (ENTRYPOINT) stays PID 1: SIGTERM arrives
         assert c["image"] == "ghcr.io/modelcar/modelcar:0.1.0", name
     pinned = "sha256:" + "c" * 64
-    roles = _containers(render({
-        "image": {"repository": "r.example/modelcar", "digest": "sha256:" + "a" * 64},
-        "cache": {"image": {"repository": "r.example/modelcar-cache", "digest": pinned}},
-        "api": {"image": {"repository": "r.example/modelcar-api", "tag": "0.1.1"}},
-    }))  # fmt: skip
+    roles = _containers(
+        render(
+            {
+                "image": {"repository": "r.example/modelcar", "digest": "sha256:" + "a" * 64},
+                "cache": {"image": {"repository": "r.example/modelcar-cache", "digest": pinned}},
+                "api": {"image": {"repository": "r.example/modelcar-api", "tag": "0.1.1"}},
+            }
+        )
+    )
     assert roles["DaemonSet/cache"]["image"] == f"r.example/modelcar-cache@{pinned}"
     assert roles["DaemonSet/own-cache-dir"]["image"] == f"r.example/modelcar-cache@{pinned}"
     # the global digest pins the global repository only
@@ -426,11 +469,16 @@ def test_a_registry_ca_configmap_is_mounted_and_trusted():
     c = spec["containers"][0]
     assert "--ca-file=/etc/modelcar/registry-ca/root.pem" in c["args"]
     mount = next(m for m in c["volumeMounts"] if m["name"] == "registry-ca")
-    assert mount == {"name": "registry-ca", "mountPath": "/etc/modelcar/registry-ca",
-                     "readOnly": True}  # fmt: skip
+    assert mount == {
+        "name": "registry-ca",
+        "mountPath": "/etc/modelcar/registry-ca",
+        "readOnly": True,
+    }
     volume = next(v for v in spec["volumes"] if v["name"] == "registry-ca")
-    assert volume["configMap"] == {"name": "corp-ca",
-                                   "items": [{"key": "root.pem", "path": "root.pem"}]}  # fmt: skip
+    assert volume["configMap"] == {
+        "name": "corp-ca",
+        "items": [{"key": "root.pem", "path": "root.pem"}],
+    }
     plain = by_kind(render({}))["DaemonSet"][0]["spec"]["template"]["spec"]
     assert not any(a.startswith("--ca-file") for a in plain["containers"][0]["args"])
 
@@ -454,14 +502,27 @@ def test_the_webhook_configurations_are_safe_by_default():
     for hook, path in ((mutating, "/mutate"), (validating, "/validate")):
         assert hook["sideEffects"] == "NoneOnDryRun" and hook["timeoutSeconds"] <= 5
         assert hook["failurePolicy"] == "Fail" and hook["admissionReviewVersions"] == ["v1"]
-        assert hook["clientConfig"]["service"] == {"name": "mc-modelcar-api", "namespace": "models",
-                                                   "path": path, "port": 8443}  # fmt: skip
-        skipped = [e for e in hook["namespaceSelector"]["matchExpressions"]
-                   if e["key"] == "kubernetes.io/metadata.name"]  # fmt: skip
-        assert skipped == [{"key": "kubernetes.io/metadata.name", "operator": "NotIn",
-                            "values": ["kube-system", "models"]}]  # fmt: skip
+        assert hook["clientConfig"]["service"] == {
+            "name": "mc-modelcar-api",
+            "namespace": "models",
+            "path": path,
+            "port": 8443,
+        }
+        skipped = [
+            e
+            for e in hook["namespaceSelector"]["matchExpressions"]
+            if e["key"] == "kubernetes.io/metadata.name"
+        ]
+        assert skipped == [
+            {
+                "key": "kubernetes.io/metadata.name",
+                "operator": "NotIn",
+                "values": ["kube-system", "models"],
+            }
+        ]
     assert {"key": "modelcar.dev/validate", "operator": "In", "values": ["enabled"]} in (
-        validating["namespaceSelector"]["matchExpressions"])  # fmt: skip
+        validating["namespaceSelector"]["matchExpressions"]
+    )
     for config in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
         notes = kinds[config][0]["metadata"]["annotations"]
         assert notes["cert-manager.io/inject-ca-from"] == "models/mc-modelcar-api-webhook"
@@ -479,15 +540,30 @@ def test_the_webhook_configurations_are_safe_by_default():
 
 @pytest.mark.parametrize(
     "values, needle",
-    [({"api": {"webhook": {"enabled": True, "timeoutSeconds": 10}}}, "timeoutSeconds"),
-     ({"api": {"webhook": {"enabled": True, "certManager": {"enabled": False},
-                           "existingSecret": "s", "allowAnyClient": True}}, **APISERVER},
-      "caBundle"),
-     # secure by default: no client CA, or no peers for the webhook port, is refused
-     ({"api": {"webhook": {"enabled": True}}, **APISERVER}, "clientCA.configMap"),
-     ({"api": {"webhook": {"enabled": True, "clientCA": {"configMap": "ca"}}}},
-      "networkPolicy.webhookFrom")],
-)  # fmt: skip
+    [
+        ({"api": {"webhook": {"enabled": True, "timeoutSeconds": 10}}}, "timeoutSeconds"),
+        (
+            {
+                "api": {
+                    "webhook": {
+                        "enabled": True,
+                        "certManager": {"enabled": False},
+                        "existingSecret": "s",
+                        "allowAnyClient": True,
+                    }
+                },
+                **APISERVER,
+            },
+            "caBundle",
+        ),
+        # secure by default: no client CA, or no peers for the webhook port, is refused
+        ({"api": {"webhook": {"enabled": True}}, **APISERVER}, "clientCA.configMap"),
+        (
+            {"api": {"webhook": {"enabled": True, "clientCA": {"configMap": "ca"}}}},
+            "networkPolicy.webhookFrom",
+        ),
+    ],
+)
 def test_webhook_values_that_cannot_work_are_refused(values, needle):
     with pytest.raises(Exception, match=needle):
         render(values)

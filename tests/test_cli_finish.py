@@ -12,21 +12,31 @@ import pytest
 from modelcar.version import version
 
 ROOT = Path(__file__).resolve().parent.parent
-CLIS = [("modelcar", "modelcar.builder.cli"), ("modelcar-cache", "modelcar.cache_daemon.cli"),
-        ("modelcar-api", "modelcar.api.cli")]  # fmt: skip
+CLIS = [
+    ("modelcar", "modelcar.builder.cli"),
+    ("modelcar-cache", "modelcar.cache_daemon.cli"),
+    ("modelcar-api", "modelcar.api.cli"),
+]
 
 
 def _run(module: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, cwd=ROOT, timeout=60)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        cwd=ROOT,
+        timeout=60,
+    )
 
 
 @pytest.mark.parametrize("prog, module", CLIS)
 def test_version_names_the_release_and_the_revision(prog, module):
     done = _run(module, "--version")
     assert done.returncode == 0, done.stderr
-    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short=12", "HEAD"],
-                          capture_output=True, text=True)  # fmt: skip
+    head = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True
+    )
     if head.returncode == 0:  # a checkout: its commit
         assert done.stdout.strip() == f"{prog} {version()} (revision {head.stdout.strip()})"
     else:
@@ -44,6 +54,7 @@ def test_shell_completion_is_there_and_completes(prog, module):
     assert f"complete -o default -F {function} {prog}" in script.stdout
     var = "_" + prog.replace("-", "_").upper() + "_COMPLETE"
     first = {"modelcar": "buil", "modelcar-cache": "pu", "modelcar-api": "ser"}[prog]
-    done = _run(module, env={var: "complete_bash", "COMP_WORDS": f"{prog} {first}",
-                             "COMP_CWORD": "1"})  # fmt: skip
+    done = _run(
+        module, env={var: "complete_bash", "COMP_WORDS": f"{prog} {first}", "COMP_CWORD": "1"}
+    )
     assert done.stdout.split() == [{"buil": "build", "pu": "pull", "ser": "serve"}[first]]

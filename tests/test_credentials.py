@@ -82,9 +82,19 @@ def test_a_pull_outlasting_its_tokens_completes(token_registry, tmp_path):
     issued = reg.tokens.issued
     # one layer at a time, 1 MiB/s: four 2 MiB layers take ~8 s, past two token lifetimes
     r = cache_cli(
-        "pull", ref, "--cache-dir", str(tmp_path / "cache"), "--plain-http", "--json", "-q",
-        "--jobs", "1", "--max-rate", "1MiB", env=_env(cfg),
-    )  # fmt: skip
+        "pull",
+        ref,
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--plain-http",
+        "--json",
+        "-q",
+        "--jobs",
+        "1",
+        "--max-rate",
+        "1MiB",
+        env=_env(cfg),
+    )
     result = json.loads(r.stdout.strip().splitlines()[-2])
     assert tree(Path(result["path"])) == tree(src)
     assert reg.tokens.issued - issued >= 2  # it renewed, and did not fail
@@ -148,12 +158,29 @@ def test_the_daemon_pulls_a_model_assigned_after_its_first_token_expired(token_r
     config, cache = tmp_path / "models.yaml", tmp_path / "cache"
     config.write_text(json.dumps({"models": [a]}))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "modelcar.cache_daemon.cli", "run", "--node", "n1", "--cache-dir",
-         str(cache), "--config", str(config), "--interval", "1", "--listen", "",
-         "--plain-http"],
-        cwd=ROOT, env={**os.environ, **_env(cfg)},
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "modelcar.cache_daemon.cli",
+            "run",
+            "--node",
+            "n1",
+            "--cache-dir",
+            str(cache),
+            "--config",
+            str(config),
+            "--interval",
+            "1",
+            "--listen",
+            "",
+            "--plain-http",
+        ],
+        cwd=ROOT,
+        env={**os.environ, **_env(cfg)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         _wait_ready(cache, a.split("@")[1], proc)
         time.sleep(LIFETIME + 1)  # every token the daemon holds has expired
@@ -185,11 +212,28 @@ def test_a_password_rotated_mid_pull_is_picked_up_from_the_rewritten_config(
     ref = _build(src, f"{reg.host}/cred/rotate", cfg)
     cache = tmp_path / "cache"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "modelcar.cache_daemon.cli", "pull", ref, "--cache-dir", str(cache),
-         "--plain-http", "--json", "-q", "--jobs", "1", "--max-rate", "1MiB"],
-        cwd=ROOT, env={**os.environ, **_env(cfg)},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "modelcar.cache_daemon.cli",
+            "pull",
+            ref,
+            "--cache-dir",
+            str(cache),
+            "--plain-http",
+            "--json",
+            "-q",
+            "--jobs",
+            "1",
+            "--max-rate",
+            "1MiB",
+        ],
+        cwd=ROOT,
+        env={**os.environ, **_env(cfg)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 30
     while not any((cache / "staging").glob("sha256-*/*")):
         assert time.monotonic() < deadline and proc.poll() is None
@@ -207,13 +251,27 @@ def test_a_password_rotated_mid_pull_is_picked_up_from_the_rewritten_config(
 def test_wrong_credentials_fail_fast_in_one_line(token_registry, tmp_path):
     reg = token_registry
     good = reg.write_config(tmp_path / "good", "old-pass")
-    ref = run_cli("build", str(_model(tmp_path / "m", 1)), f"{reg.host}/cred/wrong",
-                  "--plain-http", "-q", env=_env(good)).last_line  # fmt: skip
+    ref = run_cli(
+        "build",
+        str(_model(tmp_path / "m", 1)),
+        f"{reg.host}/cred/wrong",
+        "--plain-http",
+        "-q",
+        env=_env(good),
+    ).last_line
     bad = reg.write_config(tmp_path / "bad", "wrong-pass")
     refused = reg.tokens.refused
     started = time.monotonic()
-    r = cache_cli("pull", ref, "--cache-dir", str(tmp_path / "cache"), "--plain-http", "-q",
-                  env=_env(bad), check=False)  # fmt: skip
+    r = cache_cli(
+        "pull",
+        ref,
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--plain-http",
+        "-q",
+        env=_env(bad),
+        check=False,
+    )
     assert_one_line_error(r, "token service rejected the credentials")
     assert time.monotonic() - started < 15
     assert reg.tokens.refused - refused <= 2  # one re-read of the config, no retry storm
@@ -235,8 +293,9 @@ class _Recorder(ThreadingHTTPServer):
             def do_GET(self):
                 recorder.seen.append(dict(self.headers.items()))
                 hexd = self.path.rsplit("/", 1)[-1]
-                data = (storage / "docker/registry/v2/blobs/sha256" / hexd[:2] / hexd /
-                        "data").read_bytes()  # fmt: skip
+                data = (
+                    storage / "docker/registry/v2/blobs/sha256" / hexd[:2] / hexd / "data"
+                ).read_bytes()
                 start = 0
                 if self.headers.get("Range"):
                     start = int(self.headers["Range"].split("=")[1].split("-")[0])
@@ -262,8 +321,17 @@ def test_credentials_go_to_the_origin_only(token_registry, tmp_path):
 
     # a mirror in front of the same registry: it sees no credentials of the origin's
     with QuirkProxy(f"http://{reg.host}") as mirror:
-        r = cache_cli("pull", ref, "--cache-dir", str(tmp_path / "c1"), "--plain-http", "-q",
-                      "--mirror", f"http://{mirror.host}", env=_env(cfg))  # fmt: skip
+        r = cache_cli(
+            "pull",
+            ref,
+            "--cache-dir",
+            str(tmp_path / "c1"),
+            "--plain-http",
+            "-q",
+            "--mirror",
+            f"http://{mirror.host}",
+            env=_env(cfg),
+        )
         assert r.code == 0
     assert mirror.headers  # the mirror was asked first
     assert all("Authorization" not in h for _, _, h in mirror.headers)
@@ -283,9 +351,16 @@ def test_credentials_go_to_the_origin_only(token_registry, tmp_path):
             cfg2.mkdir()
             auth = base64.b64encode(b"ci:old-pass").decode()
             (cfg2 / "config.json").write_text(json.dumps({"auths": {origin.host: {"auth": auth}}}))
-            r = cache_cli("pull", ref.replace(reg.host, origin.host), "--cache-dir",
-                          str(tmp_path / "c2"), "--plain-http", "--json", "-q",
-                          env=_env(cfg2))  # fmt: skip
+            r = cache_cli(
+                "pull",
+                ref.replace(reg.host, origin.host),
+                "--cache-dir",
+                str(tmp_path / "c2"),
+                "--plain-http",
+                "--json",
+                "-q",
+                env=_env(cfg2),
+            )
         result = json.loads(r.stdout.strip().splitlines()[-2])
         assert tree(Path(result["path"])) == tree(src)
         assert any(h.get("Authorization", "").startswith("Bearer ") for _, _, h in origin.headers)

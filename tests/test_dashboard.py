@@ -44,10 +44,20 @@ def _exported(text: str) -> set[str]:
 
 
 def test_the_dashboard_ships_in_a_configmap_for_grafanas_sidecar():
-    assert not [o for o in render({}) if o["kind"] == "ConfigMap"
-                and o["metadata"]["name"].endswith("-dashboard")]  # fmt: skip
-    objects = by_kind(render({"grafana": {"dashboards": {
-        "enabled": True, "annotations": {"grafana_folder": "modelcar"}}}}))  # fmt: skip
+    assert not [
+        o
+        for o in render({})
+        if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-dashboard")
+    ]
+    objects = by_kind(
+        render(
+            {
+                "grafana": {
+                    "dashboards": {"enabled": True, "annotations": {"grafana_folder": "modelcar"}}
+                }
+            }
+        )
+    )
     cm = next(o for o in objects["ConfigMap"] if o["metadata"]["name"].endswith("-dashboard"))
     assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert cm["metadata"]["annotations"] == {"grafana_folder": "modelcar"}
@@ -74,11 +84,29 @@ def test_every_metric_the_dashboard_queries_is_exported(registry, make_api, tmp_
     config.write_text(yaml.safe_dump({"models": [ref]}))
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "modelcar.cache_daemon.cli", "run", "--node", "gpu-1",
-         "--config", str(config), "--cache-dir", str(tmp_path / "cache"), "--plain-http",
-         "--listen", f"127.0.0.1:{port}", "--interval", "1", "--max-bytes", "1GiB"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "modelcar.cache_daemon.cli",
+            "run",
+            "--node",
+            "gpu-1",
+            "--config",
+            str(config),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--plain-http",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--interval",
+            "1",
+            "--max-bytes",
+            "1GiB",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -99,8 +127,9 @@ def test_every_metric_the_dashboard_queries_is_exported(registry, make_api, tmp_
     missing = sorted(n for n in _queried() if _family(n) not in exported)
     assert missing == [], f"the dashboard queries metrics nothing exports: {missing}"
     # and the daemon's gauges the disk panel reads carry values
-    samples = {s.name: s.value for f in text_string_to_metric_families(daemon_text)
-               for s in f.samples}  # fmt: skip
+    samples = {
+        s.name: s.value for f in text_string_to_metric_families(daemon_text) for s in f.samples
+    }
     assert samples["modelcar_cache_budget_bytes"] == 1 << 30
     assert samples["modelcar_cache_bytes"] > 0
     assert samples["modelcar_cache_source_bytes_total"] > 0

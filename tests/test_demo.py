@@ -18,10 +18,14 @@ def test_the_demo_shows_a_ready_model_the_resolve_answer_and_its_web_ui(tmp_path
     """One run with --keep (the plain run is the same, minus the wait): everything the
     demo prints, then the API and its UI still answering until Ctrl-C."""
     proc = subprocess.Popen(
-        [sys.executable, "scripts/demo.py", "--keep"], cwd=ROOT, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+        [sys.executable, "scripts/demo.py", "--keep"],
+        cwd=ROOT,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
         env={**os.environ, "TMPDIR": str(tmp_path)},
-    )  # fmt: skip
+    )
     try:
         lines = []
         deadline = time.monotonic() + 300

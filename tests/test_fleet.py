@@ -75,8 +75,9 @@ def test_spegel_serves_everything_and_the_origin_sends_no_blob(origin, tmp_path)
     reg, ref, model = origin
     before = reg.blob_bytes_served()
     with PeerStub("spegel", _everything(reg)) as spegel:
-        _, result = pull(tmp_path / "cache", ref, "--plain-http", "--source",
-                         f"spegel={spegel.url}")  # fmt: skip
+        _, result = pull(
+            tmp_path / "cache", ref, "--plain-http", "--source", f"spegel={spegel.url}"
+        )
     assert result is not None
     assert set(result["by_source"]) == {"spegel"}
     assert result["by_source"]["spegel"] == sum(d["size"] for d in _layers(reg, ref))
@@ -104,10 +105,19 @@ def test_a_miss_moves_on_at_once_and_range_resumes_on_the_next_source(origin, tm
         PeerStub("dragonfly", dragonfly_holds, cut=cut) as dragonfly,
     ):
         started = time.monotonic()
-        _, result = pull(tmp_path / "cache", ref, "--plain-http", "--jobs", "1",
-                         "--source", f"spegel={spegel.url}",
-                         "--source", f"dragonfly={dragonfly.url}",
-                         "--source", "origin")  # fmt: skip
+        _, result = pull(
+            tmp_path / "cache",
+            ref,
+            "--plain-http",
+            "--jobs",
+            "1",
+            "--source",
+            f"spegel={spegel.url}",
+            "--source",
+            f"dragonfly={dragonfly.url}",
+            "--source",
+            "origin",
+        )
         took = time.monotonic() - started
     assert result is not None and tree(Path(result["path"])) == tree(model)
     total = sum(d["size"] for d in layers)
@@ -120,8 +130,9 @@ def test_a_miss_moves_on_at_once_and_range_resumes_on_the_next_source(origin, tm
         d["digest"] for d in layers
     }
     assert all(s.status == 404 for s in spegel.blob_requests())
-    assert all(s.headers.get("X-Dragonfly-Registry") == f"http://{reg.host}"
-               for s in dragonfly.seen)  # fmt: skip
+    assert all(
+        s.headers.get("X-Dragonfly-Registry") == f"http://{reg.host}" for s in dragonfly.seen
+    )
     # the origin sent exactly the rest: the cut layer from its half (a Range request)
     assert reg.blob_bytes_served() - before == by["origin"] + _config_size(reg, ref)
     assert took < 60  # no backoff spent on misses (bounded, not a benchmark)
@@ -134,9 +145,10 @@ def test_bad_bytes_from_a_peer_drop_it_for_the_layer_and_are_counted(origin, tmp
     before = reg.blob_bytes_served()
     with PeerStub("spegel", _everything(reg), corrupt=True) as spegel:
         options = PullOptions(
-            jobs=2, sources=[parse_source(f"spegel={spegel.url}")],
+            jobs=2,
+            sources=[parse_source(f"spegel={spegel.url}")],
             store=StoreOptions(plain_http=True),
-        )  # fmt: skip
+        )
         with CacheDir(tmp_path / "cache") as cache:
             result = Puller(cache, options, metrics=metrics).pull(ref)
     assert tree(Path(result.path)) == tree(model)
@@ -158,9 +170,17 @@ def test_origin_credentials_never_reach_a_peer_unless_it_is_told_to(auth_registr
     config = reg.docker_config(tmp_path / "auth")
     model = make_sharded_model(tmp_path / "model", shards=2, shard_size=MiB + 1)
     env = {"DOCKER_CONFIG": str(config)}
-    ref = run_cli("build", str(model), f"{reg.host}/fleet/private:v1", "-q",
-                  "--large-file-threshold", "1MiB", "--ca-file", str(reg.ca_file),
-                  env=env).last_line  # fmt: skip
+    ref = run_cli(
+        "build",
+        str(model),
+        f"{reg.host}/fleet/private:v1",
+        "-q",
+        "--large-file-threshold",
+        "1MiB",
+        "--ca-file",
+        str(reg.ca_file),
+        env=env,
+    ).last_line
     storage = str(reg.registry.root / "storage")
     layer_digests = set()
 
@@ -171,10 +191,18 @@ def test_origin_credentials_never_reach_a_peer_unless_it_is_told_to(auth_registr
         PeerStub("spegel", lambda d: None) as spegel,
         PeerStub("dragonfly", lambda d: None) as plain_df,
     ):
-        _, result = pull(tmp_path / "c1", ref, "--ca-file", str(reg.ca_file),
-                         "--docker-config", str(config),
-                         "--source", f"spegel={spegel.url}",
-                         "--source", f"dragonfly={plain_df.url}")  # fmt: skip
+        _, result = pull(
+            tmp_path / "c1",
+            ref,
+            "--ca-file",
+            str(reg.ca_file),
+            "--docker-config",
+            str(config),
+            "--source",
+            f"spegel={spegel.url}",
+            "--source",
+            f"dragonfly={plain_df.url}",
+        )
     assert result is not None and result["by_source"] == {"origin": result["bytes_fetched"]}
     assert spegel.blob_requests() and plain_df.blob_requests()
     for seen in spegel.seen + plain_df.seen:
@@ -182,15 +210,23 @@ def test_origin_credentials_never_reach_a_peer_unless_it_is_told_to(auth_registr
     expected = "Basic " + base64.b64encode(f"{reg.user}:{reg.password}".encode()).decode()
     layer_digests.update(r.path.rsplit("/", 1)[1] for r in plain_df.blob_requests())
     with PeerStub("dragonfly", second_layer_only) as trusted_df:
-        _, result = pull(tmp_path / "c2", ref, "--ca-file", str(reg.ca_file),
-                         "--docker-config", str(config),
-                         "--source", f"dragonfly={trusted_df.url},credentials")  # fmt: skip
+        _, result = pull(
+            tmp_path / "c2",
+            ref,
+            "--ca-file",
+            str(reg.ca_file),
+            "--docker-config",
+            str(config),
+            "--source",
+            f"dragonfly={trusted_df.url},credentials",
+        )
     assert result is not None and set(result["by_source"]) == {"dragonfly"}
     assert tree(Path(result["path"])) == tree(model)
     assert trusted_df.blob_requests()
     assert all(s.headers.get("Authorization") == expected for s in trusted_df.blob_requests())
-    assert all(s.headers.get("X-Dragonfly-Registry") == f"https://{reg.host}"
-               for s in trusted_df.seen)  # fmt: skip
+    assert all(
+        s.headers.get("X-Dragonfly-Registry") == f"https://{reg.host}" for s in trusted_df.seen
+    )
 
 
 @pytest.mark.parametrize(
@@ -231,8 +267,10 @@ def test_rollout_waves_cap_origin_bytes_with_20_daemons(origin, make_api, tmp_pa
     layers = _layers(reg, ref)
     size = sum(d["size"] for d in layers)
     config_size = _config_size(reg, ref)
-    r = admin.post("/v1/models/fleet/versions", json={
-        "digest": digest, "repository": repo, "size": size, "file_count": 4})  # fmt: skip
+    r = admin.post(
+        "/v1/models/fleet/versions",
+        json={"digest": digest, "repository": repo, "size": size, "file_count": 4},
+    )
     assert r.status_code == 201, r.text
     rollout = {"origin_concurrency": K, "wave_timeout": "3m"}
     r = admin.put("/v1/policies/gpus", json={"models": ["fleet:1"], "rollout": rollout})
@@ -258,15 +296,38 @@ def test_rollout_waves_cap_origin_bytes_with_20_daemons(origin, make_api, tmp_pa
         for i, cache in enumerate(caches):
             node = f"node-{i:02d}"
             token = api.token("node", node, node)
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "modelcar.cache_daemon.cli", "run", "--once",
-                 "--node", node, "--api", api.url, "--cache-dir", str(cache),
-                 "--source", f"spegel={spegel.url}", "--source", f"dragonfly={dragonfly.url}",
-                 "--plain-http", "--listen", "", "--interval", "0.5", "--label", "gpu=yes"],
-                env={**os.environ, "MODELCAR_API_TOKEN": token},
-                stdout=subprocess.DEVNULL, stderr=open(tmp_path / f"{node}.log", "wb"),
-                start_new_session=True,
-            ))  # fmt: skip
+            procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "modelcar.cache_daemon.cli",
+                        "run",
+                        "--once",
+                        "--node",
+                        node,
+                        "--api",
+                        api.url,
+                        "--cache-dir",
+                        str(cache),
+                        "--source",
+                        f"spegel={spegel.url}",
+                        "--source",
+                        f"dragonfly={dragonfly.url}",
+                        "--plain-http",
+                        "--listen",
+                        "",
+                        "--interval",
+                        "0.5",
+                        "--label",
+                        "gpu=yes",
+                    ],
+                    env={**os.environ, "MODELCAR_API_TOKEN": token},
+                    stdout=subprocess.DEVNULL,
+                    stderr=open(tmp_path / f"{node}.log", "wb"),
+                    start_new_session=True,
+                )
+            )
         deadline = time.monotonic() + 300
         codes = []
         for p in procs:
@@ -292,20 +353,33 @@ def test_rollout_waves_cap_origin_bytes_with_20_daemons(origin, make_api, tmp_pa
     full = [(tmp_path / f"node-{i:02d}.log").read_text() for i in range(NODES)]
     leases = sum(log.count('"event": "lease"') for log in full)
     assert leases >= 1  # and the origin bytes above show at most K held at once
-    print(json.dumps({"origin_bytes": origin_bytes, "origin_layers": origin_layers,
-                      "model_bytes": size, "K": K,
-                      "by_source": rollout["bytes_by_source"], "leases": leases}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "origin_bytes": origin_bytes,
+                "origin_layers": origin_layers,
+                "model_bytes": size,
+                "K": K,
+                "by_source": rollout["bytes_by_source"],
+                "leases": leases,
+            }
+        )
+    )
 
 
 def test_leases_are_capped_renewed_by_reports_and_freed_when_a_node_goes_quiet(make_api):
     api = make_api(stale_after=2)
     admin = api.client(api.admin)
     digest = "sha256:" + "b" * 64
-    r = admin.post("/v1/models/big/versions", json={
-        "digest": digest, "repository": "registry.example/big", "size": 10})  # fmt: skip
+    r = admin.post(
+        "/v1/models/big/versions",
+        json={"digest": digest, "repository": "registry.example/big", "size": 10},
+    )
     assert r.status_code == 201, r.text
-    admin.put("/v1/policies/all", json={"models": ["big:1"],
-              "rollout": {"origin_concurrency": 1, "wave_timeout": 30}})  # fmt: skip
+    admin.put(
+        "/v1/policies/all",
+        json={"models": ["big:1"], "rollout": {"origin_concurrency": 1, "wave_timeout": 30}},
+    )
     a = api.client(api.token("node", "a", "a"))
     b = api.client(api.token("node", "b", "b"))
     status = {"models": [{"digest": digest, "state": "pulling"}]}
@@ -332,10 +406,22 @@ def test_leases_are_capped_renewed_by_reports_and_freed_when_a_node_goes_quiet(m
     assert admin.get("/v1/models/big/versions/1/rollout").json()["leases"] == []
     # bad input: a JSON error, never a 500
     assert a.post("/v1/nodes/a/leases", json={"digest": "nope"}).status_code == 422
-    assert admin.put("/v1/policies/all", json={"models": ["big:1"], "rollout": {
-        "origin_concurrency": 0}}).status_code == 422  # fmt: skip
-    assert admin.put("/v1/policies/all", json={"models": ["big:1"], "rollout": {
-        "origin_concurrency": 1, "wave_timeout": "10 minutes"}}).status_code == 422  # fmt: skip
+    assert (
+        admin.put(
+            "/v1/policies/all", json={"models": ["big:1"], "rollout": {"origin_concurrency": 0}}
+        ).status_code
+        == 422
+    )
+    assert (
+        admin.put(
+            "/v1/policies/all",
+            json={
+                "models": ["big:1"],
+                "rollout": {"origin_concurrency": 1, "wave_timeout": "10 minutes"},
+            },
+        ).status_code
+        == 422
+    )
     # no rollout: every lease is granted, with no limit
     admin.put("/v1/policies/all", json={"models": ["big:1"]})
     free = a.post("/v1/nodes/a/leases", json={"digest": digest}).json()
@@ -347,15 +433,40 @@ def test_the_chain_from_the_config_file(origin, tmp_path):
     reg, ref, model = origin
     with PeerStub("spegel", _everything(reg)) as spegel:
         config = tmp_path / "node.yaml"
-        config.write_text(json.dumps({"models": [ref], "sources": [
-            {"kind": "spegel", "url": spegel.url}, "origin"]}))  # fmt: skip
-        r = cache_cli("run", "--once", "--node", "n1", "--config", str(config), "--cache-dir",
-                      str(tmp_path / "c"), "--plain-http", "--listen", "")  # fmt: skip
+        config.write_text(
+            json.dumps(
+                {"models": [ref], "sources": [{"kind": "spegel", "url": spegel.url}, "origin"]}
+            )
+        )
+        r = cache_cli(
+            "run",
+            "--once",
+            "--node",
+            "n1",
+            "--config",
+            str(config),
+            "--cache-dir",
+            str(tmp_path / "c"),
+            "--plain-http",
+            "--listen",
+            "",
+        )
         assert r.code == 0, r.stderr
         assert spegel.blob_requests() and all(s.status == 200 for s in spegel.blob_requests())
     (published,) = (tmp_path / "c" / "models").iterdir()
     assert tree(published) == tree(model)
     config.write_text(json.dumps({"models": [ref], "sources": [{"kind": "peer", "url": "x"}]}))
-    bad = cache_cli("run", "--once", "--node", "n1", "--config", str(config), "--cache-dir",
-                    str(tmp_path / "c"), "--listen", "", check=False)  # fmt: skip
+    bad = cache_cli(
+        "run",
+        "--once",
+        "--node",
+        "n1",
+        "--config",
+        str(config),
+        "--cache-dir",
+        str(tmp_path / "c"),
+        "--listen",
+        "",
+        check=False,
+    )
     assert_one_line_error(bad, "invalid source in --config", str(config), "kind: Input should be")

@@ -86,19 +86,46 @@ def hand_built(podman, model, registry, tmp_path_factory) -> dict[str, str]:
         "COPY data/ /models/\n"
         "RUN rm /models/stale.bin\n"
     )
-    podman("build", "-q", "--layers=false", "--isolation", "chroot", "-t",
-           "localhost/formats-hand:1", str(ctx), timeout=600)  # fmt: skip
+    podman(
+        "build",
+        "-q",
+        "--layers=false",
+        "--isolation",
+        "chroot",
+        "-t",
+        "localhost/formats-hand:1",
+        str(ctx),
+        timeout=600,
+    )
     digestfile = work / "gzip.digest"
-    podman("push", "--tls-verify=false", "--compression-format", "gzip", "--digestfile",
-           str(digestfile), "localhost/formats-hand:1",
-           f"docker://{registry.host}/hand/gzip:1")  # fmt: skip
+    podman(
+        "push",
+        "--tls-verify=false",
+        "--compression-format",
+        "gzip",
+        "--digestfile",
+        str(digestfile),
+        "localhost/formats-hand:1",
+        f"docker://{registry.host}/hand/gzip:1",
+    )
     refs = {"gzip": f"{registry.host}/hand/gzip@{digestfile.read_text().strip()}"}
     # zstd: recompressed by skopeo into a layout (podman would reuse the gzip blobs)
-    podman("save", "--format", "oci-archive", "-o", str(work / "hand.tar"),
-           "localhost/formats-hand:1")  # fmt: skip
-    subprocess.run(["skopeo", "copy", "-q", "--dest-compress", "--dest-compress-format", "zstd",
-                    f"oci-archive:{work / 'hand.tar'}", f"oci:{work / 'zstd'}:1"],
-                   check=True)  # fmt: skip
+    podman(
+        "save", "--format", "oci-archive", "-o", str(work / "hand.tar"), "localhost/formats-hand:1"
+    )
+    subprocess.run(
+        [
+            "skopeo",
+            "copy",
+            "-q",
+            "--dest-compress",
+            "--dest-compress-format",
+            "zstd",
+            f"oci-archive:{work / 'hand.tar'}",
+            f"oci:{work / 'zstd'}:1",
+        ],
+        check=True,
+    )
     refs["zstd"] = _skopeo_push(work / "zstd", f"{registry.host}/hand/zstd", tag="1")
     return refs
 
@@ -106,10 +133,14 @@ def hand_built(podman, model, registry, tmp_path_factory) -> dict[str, str]:
 @pytest.mark.parametrize("compression", ["gzip", "zstd"])
 def test_a_hand_built_modelcar_is_cached_byte_exact(hand_built, model, compression, tmp_path):
     ref = hand_built[compression]
-    inspected = json.loads(subprocess.run(
-        ["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{ref}"],
-        capture_output=True, check=True, text=True,
-    ).stdout)  # fmt: skip
+    inspected = json.loads(
+        subprocess.run(
+            ["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{ref}"],
+            capture_output=True,
+            check=True,
+            text=True,
+        ).stdout
+    )
     assert all(compression in layer["mediaType"] for layer in inspected["layers"])
     _, info = pull(tmp_path / "cache", ref, "--plain-http")
     assert info["files"] == 3
@@ -119,9 +150,19 @@ def test_a_hand_built_modelcar_is_cached_byte_exact(hand_built, model, compressi
     shown = run_cli("inspect", ref, "--plain-http").stdout
     assert "hand-built modelcar" in shown
     # the daemon's scrub uses the index it computed
-    check = subprocess.run([sys.executable, "-m", "modelcar.cache_daemon.cli", "verify",
-                            "--cache-dir", str(tmp_path / "cache")],
-                           cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+    check = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "modelcar.cache_daemon.cli",
+            "verify",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert check.returncode == 0, check.stderr
 
 
@@ -139,36 +180,81 @@ def _layout(work: Path, manifest_for) -> Path:
 
     manifest = json.dumps(manifest_for(put)).encode()
     (work / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
-    (work / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [{
-        "mediaType": OCI_MANIFEST, **put(manifest),
-        "annotations": {"org.opencontainers.image.ref.name": "v1"},
-    }]}))  # fmt: skip
+    (work / "index.json").write_text(
+        json.dumps(
+            {
+                "schemaVersion": 2,
+                "manifests": [
+                    {
+                        "mediaType": OCI_MANIFEST,
+                        **put(manifest),
+                        "annotations": {"org.opencontainers.image.ref.name": "v1"},
+                    }
+                ],
+            }
+        )
+    )
     return work
 
 
 def _skopeo_push(layout: Path, dest: str, tag: str = "v1") -> str:
-    subprocess.run(["skopeo", "copy", "-q", "--preserve-digests", "--dest-tls-verify=false",
-                    f"oci:{layout}:{tag}", f"docker://{dest}:{tag}"], check=True)  # fmt: skip
-    raw = subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false",
-                          f"docker://{dest}:{tag}"],
-                         capture_output=True, check=True).stdout  # fmt: skip
+    subprocess.run(
+        [
+            "skopeo",
+            "copy",
+            "-q",
+            "--preserve-digests",
+            "--dest-tls-verify=false",
+            f"oci:{layout}:{tag}",
+            f"docker://{dest}:{tag}",
+        ],
+        check=True,
+    )
+    raw = subprocess.run(
+        ["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{dest}:{tag}"],
+        capture_output=True,
+        check=True,
+    ).stdout
     return f"{dest}@{_sha(raw)}"
 
 
 def _gnu_tar(src: Path, names: list[str], compress: str | None = None) -> bytes:
-    data = subprocess.run(["tar", "-C", str(src), "--sort=name", "--mtime=@0", "--owner=0",
-                           "--group=0", "--numeric-owner", "-cf", "-", *names],
-                          capture_output=True, check=True).stdout  # fmt: skip
+    data = subprocess.run(
+        [
+            "tar",
+            "-C",
+            str(src),
+            "--sort=name",
+            "--mtime=@0",
+            "--owner=0",
+            "--group=0",
+            "--numeric-owner",
+            "-cf",
+            "-",
+            *names,
+        ],
+        capture_output=True,
+        check=True,
+    ).stdout
     if compress:
-        data = subprocess.run([compress, "-c", "-q"], input=data, capture_output=True,
-                              check=True).stdout  # fmt: skip
+        data = subprocess.run(
+            [compress, "-c", "-q"], input=data, capture_output=True, check=True
+        ).stdout
     return data
 
 
 def _file_meta(path: Path, name: str) -> str:
-    return json.dumps({"name": name, "mode": 0o644, "uid": 0, "gid": 0,
-                       "size": path.stat().st_size, "mtime": "1970-01-01T00:00:00Z",
-                       "typeflag": 48})  # fmt: skip
+    return json.dumps(
+        {
+            "name": name,
+            "mode": 0o644,
+            "uid": 0,
+            "gid": 0,
+            "size": path.stat().st_size,
+            "mtime": "1970-01-01T00:00:00Z",
+            "typeflag": 48,
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -181,26 +267,44 @@ def modelpack(model, registry, tmp_path_factory) -> str:
         weight = (model / "model.safetensors").read_bytes()
         config = (model / "config.json").read_bytes()
         layers = [
-            {"mediaType": MP + "weight.v1.raw", **put(weight), "annotations": {
-                "org.cncf.model.filepath": "model.safetensors",
-                "org.cncf.model.file.metadata+json": _file_meta(model / "model.safetensors",
-                                                                "model.safetensors"),
-                "org.opencontainers.image.title": "model.safetensors"}},
-            {"mediaType": MP + "weight.config.v1.raw", **put(config), "annotations": {
-                "org.cncf.model.filepath": "config.json",
-                "org.opencontainers.image.title": "config.json"}},
-            {"mediaType": MP + "weight.config.v1.tar+zstd",
-             **put(_gnu_tar(work / "src", ["tokenizer"], "zstd"))},
-        ]  # fmt: skip
-        cfg = json.dumps({
-            "descriptor": {"name": "bert-tiny", "version": "1.0", "family": "bert"},
-            "config": {"format": "safetensors", "paramSize": "1M"},
-            "modelfs": {"type": "layers", "diffIds": [layer["digest"] for layer in layers]},
-        }).encode()  # fmt: skip
-        return {"schemaVersion": 2, "mediaType": OCI_MANIFEST,
-                "artifactType": MP + "manifest.v1+json",
-                "config": {"mediaType": MP + "config.v1+json", **put(cfg)},
-                "layers": layers}  # fmt: skip
+            {
+                "mediaType": MP + "weight.v1.raw",
+                **put(weight),
+                "annotations": {
+                    "org.cncf.model.filepath": "model.safetensors",
+                    "org.cncf.model.file.metadata+json": _file_meta(
+                        model / "model.safetensors", "model.safetensors"
+                    ),
+                    "org.opencontainers.image.title": "model.safetensors",
+                },
+            },
+            {
+                "mediaType": MP + "weight.config.v1.raw",
+                **put(config),
+                "annotations": {
+                    "org.cncf.model.filepath": "config.json",
+                    "org.opencontainers.image.title": "config.json",
+                },
+            },
+            {
+                "mediaType": MP + "weight.config.v1.tar+zstd",
+                **put(_gnu_tar(work / "src", ["tokenizer"], "zstd")),
+            },
+        ]
+        cfg = json.dumps(
+            {
+                "descriptor": {"name": "bert-tiny", "version": "1.0", "family": "bert"},
+                "config": {"format": "safetensors", "paramSize": "1M"},
+                "modelfs": {"type": "layers", "diffIds": [layer["digest"] for layer in layers]},
+            }
+        ).encode()
+        return {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "artifactType": MP + "manifest.v1+json",
+            "config": {"mediaType": MP + "config.v1+json", **put(cfg)},
+            "layers": layers,
+        }
 
     return _skopeo_push(_layout(work / "layout", manifest), f"{registry.host}/pack/bert")
 
@@ -213,22 +317,37 @@ def modelkit(model, registry, tmp_path_factory) -> str:
     (src / "README.md").write_text("# bert-tiny\n")
 
     def manifest(put):
-        kitfile = json.dumps({"manifestVersion": "1.0", "package": {"name": "bert-tiny"},
-                              "model": {"path": "model.safetensors", "parts": [
-                                  {"path": "config.json"}, {"path": "tokenizer"}]},
-                              "docs": [{"path": "README.md"}]}).encode()  # fmt: skip
-        return {"schemaVersion": 2, "mediaType": OCI_MANIFEST,
-                "config": {"mediaType": KIT + "config.v1+json", **put(kitfile)},
-                "layers": [
-                    {"mediaType": KIT + "model.v1.tar+gzip",
-                     **put(_gnu_tar(src, ["model.safetensors"], "gzip"))},
-                    {"mediaType": KIT + "modelpart.v1.tar",
-                     **put(_gnu_tar(src, ["config.json"]))},
-                    {"mediaType": KIT + "modelpart.v1.tar+zstd",
-                     **put(_gnu_tar(src, ["tokenizer"], "zstd"))},
-                    {"mediaType": KIT + "docs.v1.tar+gzip",
-                     **put(_gnu_tar(src, ["README.md"], "gzip"))},
-                ]}  # fmt: skip
+        kitfile = json.dumps(
+            {
+                "manifestVersion": "1.0",
+                "package": {"name": "bert-tiny"},
+                "model": {
+                    "path": "model.safetensors",
+                    "parts": [{"path": "config.json"}, {"path": "tokenizer"}],
+                },
+                "docs": [{"path": "README.md"}],
+            }
+        ).encode()
+        return {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": KIT + "config.v1+json", **put(kitfile)},
+            "layers": [
+                {
+                    "mediaType": KIT + "model.v1.tar+gzip",
+                    **put(_gnu_tar(src, ["model.safetensors"], "gzip")),
+                },
+                {"mediaType": KIT + "modelpart.v1.tar", **put(_gnu_tar(src, ["config.json"]))},
+                {
+                    "mediaType": KIT + "modelpart.v1.tar+zstd",
+                    **put(_gnu_tar(src, ["tokenizer"], "zstd")),
+                },
+                {
+                    "mediaType": KIT + "docs.v1.tar+gzip",
+                    **put(_gnu_tar(src, ["README.md"], "gzip")),
+                },
+            ],
+        }
 
     return _skopeo_push(_layout(work / "layout", manifest), f"{registry.host}/kit/bert")
 
@@ -251,9 +370,22 @@ def test_a_kitops_modelkit_is_cached_byte_exact(modelkit, model, tmp_path):
 
 def _kill_9_mid_file(ref: str, cache: Path, path: str, past: int = 1_000_000) -> None:
     """Start a slow pull and SIGKILL it once ``path`` has ``past`` bytes staged."""
-    proc = subprocess.Popen([sys.executable, "-m", "modelcar.cache_daemon.cli", "pull", ref,
-                             "--cache-dir", str(cache), "--plain-http", "--max-rate", "2MiB"],
-                            cwd=ROOT, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "modelcar.cache_daemon.cli",
+            "pull",
+            ref,
+            "--cache-dir",
+            str(cache),
+            "--plain-http",
+            "--max-rate",
+            "2MiB",
+        ],
+        cwd=ROOT,
+        stderr=subprocess.DEVNULL,
+    )
     partial = cache / "staging" / f"sha256-{ref.split('@sha256:')[1]}" / path
     deadline = time.monotonic() + 30
     while not (partial.exists() and partial.stat().st_size > past):
@@ -268,14 +400,22 @@ def test_a_raw_layer_resumes_after_kill_9(registry, tmp_path):
     write_safetensors(big, 6_000_000, seed=23)
 
     def manifest(put):
-        cfg = json.dumps({"descriptor": {"name": "big"},
-                          "modelfs": {"type": "layers", "diffIds": []}}).encode()  # fmt: skip
-        return {"schemaVersion": 2, "mediaType": OCI_MANIFEST,
-                "artifactType": MP + "manifest.v1+json",
-                "config": {"mediaType": MP + "config.v1+json", **put(cfg)},
-                "layers": [{"mediaType": MP + "weight.v1.raw", **put(big.read_bytes()),
-                            "annotations": {"org.cncf.model.filepath":
-                                            "big.safetensors"}}]}  # fmt: skip
+        cfg = json.dumps(
+            {"descriptor": {"name": "big"}, "modelfs": {"type": "layers", "diffIds": []}}
+        ).encode()
+        return {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "artifactType": MP + "manifest.v1+json",
+            "config": {"mediaType": MP + "config.v1+json", **put(cfg)},
+            "layers": [
+                {
+                    "mediaType": MP + "weight.v1.raw",
+                    **put(big.read_bytes()),
+                    "annotations": {"org.cncf.model.filepath": "big.safetensors"},
+                }
+            ],
+        }
 
     ref = _skopeo_push(_layout(tmp_path / "layout", manifest), f"{registry.host}/pack/big")
     cache = tmp_path / "cache"
@@ -289,17 +429,24 @@ def test_a_raw_layer_resumes_after_kill_9(registry, tmp_path):
 # --- refused: what cannot be read, and hostile layers in every format ---------------
 
 
-def _push(registry, repo: str, config_type: str, layers: list[tuple[str, bytes]],
-          artifact_type: str | None = None) -> str:  # fmt: skip
+def _push(
+    registry,
+    repo: str,
+    config_type: str,
+    layers: list[tuple[str, bytes]],
+    artifact_type: str | None = None,
+) -> str:
     ref = parse_ref(f"{registry.host}/{repo}:t")
     store = open_store(ref, StoreOptions(plain_http=True))
     config = b'{"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers"}}'
     for blob in (config, *(data for _, data in layers)):
         store.put_blob(_sha(blob), len(blob), lambda b=blob: [b])
-    manifest = {"schemaVersion": 2, "mediaType": OCI_MANIFEST,
-                "config": {"mediaType": config_type, "digest": _sha(config), "size": len(config)},
-                "layers": [{"mediaType": m, "digest": _sha(d), "size": len(d)}
-                           for m, d in layers]}  # fmt: skip
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": config_type, "digest": _sha(config), "size": len(config)},
+        "layers": [{"mediaType": m, "digest": _sha(d), "size": len(d)} for m, d in layers],
+    }
     if artifact_type:
         manifest["artifactType"] = artifact_type
     digest = store.put_manifest(json.dumps(manifest).encode(), OCI_MANIFEST, "t")
@@ -308,16 +455,30 @@ def _push(registry, repo: str, config_type: str, layers: list[tuple[str, bytes]]
 
 def test_what_cannot_be_read_is_refused_naming_format_and_media_type(registry, tmp_path):
     tar = make_tar([("a", b"x")])
-    unknown_layer = _push(registry, "refuse/pack", MP + "config.v1+json",
-                          [(MP + "weight.v1.tar+lz4", tar)], MP + "manifest.v1+json")  # fmt: skip
+    unknown_layer = _push(
+        registry,
+        "refuse/pack",
+        MP + "config.v1+json",
+        [(MP + "weight.v1.tar+lz4", tar)],
+        MP + "manifest.v1+json",
+    )
     r, _ = pull(tmp_path / "c", unknown_layer, "--plain-http", check=False)
     assert_one_line_error(r, "ModelPack", MP + "weight.v1.tar+lz4")
-    unknown_config = _push(registry, "refuse/other", "application/vnd.example.config+json",
-                           [("application/vnd.example.layer", tar)])  # fmt: skip
+    unknown_config = _push(
+        registry,
+        "refuse/other",
+        "application/vnd.example.config+json",
+        [("application/vnd.example.layer", tar)],
+    )
     r, _ = pull(tmp_path / "c", unknown_config, "--plain-http", check=False)
     assert_one_line_error(r, "not a model image", "application/vnd.example.config+json")
-    no_path = _push(registry, "refuse/raw", MP + "config.v1+json",
-                    [(MP + "weight.v1.raw", b"weights")], MP + "manifest.v1+json")  # fmt: skip
+    no_path = _push(
+        registry,
+        "refuse/raw",
+        MP + "config.v1+json",
+        [(MP + "weight.v1.raw", b"weights")],
+        MP + "manifest.v1+json",
+    )
     r, _ = pull(tmp_path / "c", no_path, "--plain-http", check=False)
     assert_one_line_error(r, "names no file path", "org.cncf.model.filepath")
     assert published(tmp_path / "c") == []
@@ -354,12 +515,22 @@ def _hostile(p: str, outside: Path) -> dict[str, bytes]:
 
 
 FORMATS = {
-    "hand-built": ("models/", "application/vnd.oci.image.config.v1+json",
-                   "application/vnd.oci.image.layer.v1.tar+gzip", gzip.compress, None),
-    "ModelPack": ("", MP + "config.v1+json", MP + "weight.v1.tar", lambda b: b,
-                  MP + "manifest.v1+json"),
+    "hand-built": (
+        "models/",
+        "application/vnd.oci.image.config.v1+json",
+        "application/vnd.oci.image.layer.v1.tar+gzip",
+        gzip.compress,
+        None,
+    ),
+    "ModelPack": (
+        "",
+        MP + "config.v1+json",
+        MP + "weight.v1.tar",
+        lambda b: b,
+        MP + "manifest.v1+json",
+    ),
     "KitOps": ("", KIT + "config.v1+json", KIT + "model.v1.tar+gzip", gzip.compress, None),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("fmt", list(FORMATS))
@@ -375,8 +546,13 @@ def test_hostile_layers_in_every_format_are_refused(registry, tmp_path, fmt):
                 layer = make_tar([tar_member("models/.wh..", b"")])
             elif name == "whiteout escaping the tree":
                 continue  # a file named .wh.. is refused by the path rule alone
-            ref = _push(registry, f"hostile-{fmt.lower()}/c{i}", config_type,
-                        [(layer_type, compress(layer))], artifact)  # fmt: skip
+            ref = _push(
+                registry,
+                f"hostile-{fmt.lower()}/c{i}",
+                config_type,
+                [(layer_type, compress(layer))],
+                artifact,
+            )
             with pytest.raises(ModelcarError) as refused:
                 puller.pull(ref)
             assert "\n" not in refused.value.one_line(), name
@@ -387,8 +563,9 @@ def test_hostile_layers_in_every_format_are_refused(registry, tmp_path, fmt):
         cache.close()
     # and once through the CLI: one line, non-zero
     escape = compress(make_tar([tar_member(f"{prefix}../x", b"x")]))
-    ref = _push(registry, f"hostile-{fmt.lower()}/cli", config_type, [(layer_type, escape)],
-                artifact)  # fmt: skip
+    ref = _push(
+        registry, f"hostile-{fmt.lower()}/cli", config_type, [(layer_type, escape)], artifact
+    )
     r, _ = pull(tmp_path / "cli", ref, "--plain-http", check=False)
     assert_one_line_error(r, "'..'")
 
@@ -408,8 +585,9 @@ def _schema_validator():
 def _get(registry, repo: str, reference: str, accept: str = OCI_MANIFEST):
     import httpx
 
-    return httpx.get(f"http://{registry.host}/v2/{repo}/manifests/{reference}",
-                     headers={"Accept": accept})  # fmt: skip
+    return httpx.get(
+        f"http://{registry.host}/v2/{repo}/manifests/{reference}", headers={"Accept": accept}
+    )
 
 
 def _blob(registry, repo: str, digest: str) -> bytes:
@@ -423,16 +601,25 @@ def test_build_format_modelpack_round_trips_and_its_config_is_valid(registry, mo
     shutil.copytree(model, src)
     (src / "weights.dat").write_bytes(b"\x00\x01" * 500)  # an unknown kind: a guess
     env = {"SOURCE_DATE_EPOCH": "1700000000"}
-    r = run_cli("build", str(src), f"{registry.host}/out/pack:v1", "--plain-http",
-                "--format", "modelpack", "--json", env=env)  # fmt: skip
+    r = run_cli(
+        "build",
+        str(src),
+        f"{registry.host}/out/pack:v1",
+        "--plain-http",
+        "--format",
+        "modelpack",
+        "--json",
+        env=env,
+    )
     record = json.loads(r.stdout.splitlines()[-2])
     ref = r.last_line
     assert record["format"] == "modelpack" and record["modelpack_digest"] == record["digest"]
     manifest = _get(registry, "out/pack", record["digest"]).json()
     assert manifest["artifactType"] == MP + "manifest.v1+json"
     assert manifest["config"]["mediaType"] == MP + "config.v1+json"
-    by_path = {layer["annotations"]["org.cncf.model.filepath"]: layer
-               for layer in manifest["layers"]}  # fmt: skip
+    by_path = {
+        layer["annotations"]["org.cncf.model.filepath"]: layer for layer in manifest["layers"]
+    }
     assert by_path["model.safetensors"]["mediaType"] == MP + "weight.v1.raw"
     assert by_path["config.json"]["mediaType"] == MP + "weight.config.v1.raw"
     assert by_path["weights.dat"]["annotations"]["org.cncf.model.file.mediatype.untested"] == (
@@ -444,7 +631,11 @@ def test_build_format_modelpack_round_trips_and_its_config_is_valid(registry, mo
         assert layer["annotations"]["org.opencontainers.image.title"] == path
         meta = json.loads(layer["annotations"]["org.cncf.model.file.metadata+json"])
         assert (meta["mode"], meta["uid"], meta["gid"], meta["mtime"]) == (
-            0o644, 0, 0, "1970-01-01T00:00:00Z")  # fmt: skip
+            0o644,
+            0,
+            0,
+            "1970-01-01T00:00:00Z",
+        )
     config = json.loads(_blob(registry, "out/pack", manifest["config"]["digest"]))
     errors = [e.message for e in _schema_validator().iter_errors(config)]
     assert errors == []
@@ -453,16 +644,35 @@ def test_build_format_modelpack_round_trips_and_its_config_is_valid(registry, mo
     pull(tmp_path / "cache", ref, "--plain-http")
     assert _published_tree(tmp_path / "cache", ref) == tree(src)
     # unchanged files are not read or sent again; the digest is the same
-    again = run_cli("build", str(src), f"{registry.host}/out/pack:v1", "--plain-http",
-                    "--format", "modelpack", "--json", env=env)  # fmt: skip
+    again = run_cli(
+        "build",
+        str(src),
+        f"{registry.host}/out/pack:v1",
+        "--plain-http",
+        "--format",
+        "modelpack",
+        "--json",
+        env=env,
+    )
     second = json.loads(again.stdout.splitlines()[-2])
     assert second["digest"] == record["digest"] and second["bytes_uploaded"] == 0
 
 
 def test_build_format_both_links_the_modelpack_to_the_modelcar(api, registry, model, tmp_path):
-    r = run_cli("build", str(model), f"{registry.host}/out/both:v1", "--plain-http",
-                "--format", "both", "--json", "--api", api.url, "--model", "both",
-                env={"MODELCAR_API_TOKEN": api.token("publish", "ci")})  # fmt: skip
+    r = run_cli(
+        "build",
+        str(model),
+        f"{registry.host}/out/both:v1",
+        "--plain-http",
+        "--format",
+        "both",
+        "--json",
+        "--api",
+        api.url,
+        "--model",
+        "both",
+        env={"MODELCAR_API_TOKEN": api.token("publish", "ci")},
+    )
     record = json.loads(r.stdout.splitlines()[-2])
     modelcar_digest, pack_digest = record["digest"], record["modelpack_digest"]
     assert record["format"] == "modelcar" and pack_digest != modelcar_digest
@@ -470,10 +680,15 @@ def test_build_format_both_links_the_modelpack_to_the_modelcar(api, registry, mo
     assert _sha(tagged.content) == pack_digest
     pack = tagged.json()
     assert pack["subject"]["digest"] == modelcar_digest
-    fallback = _get(registry, "out/both", f"sha256-{modelcar_digest[7:]}",
-                    "application/vnd.oci.image.index.v1+json").json()  # fmt: skip
+    fallback = _get(
+        registry,
+        "out/both",
+        f"sha256-{modelcar_digest[7:]}",
+        "application/vnd.oci.image.index.v1+json",
+    ).json()
     assert [(d["digest"], d["artifactType"]) for d in fallback["manifests"]] == [
-        (pack_digest, MP + "manifest.v1+json")]  # fmt: skip
+        (pack_digest, MP + "manifest.v1+json")
+    ]
     assert _get(registry, "out/both", modelcar_digest).json().get("artifactType") is None
     config = json.loads(_blob(registry, "out/both", pack["config"]["digest"]))
     assert list(_schema_validator().iter_errors(config)) == []
@@ -494,11 +709,17 @@ def test_build_format_both_links_the_modelpack_to_the_modelcar(api, registry, mo
 
 def test_a_compressed_image_resumes_after_kill_9_from_the_cut_layer(registry, tmp_path):
     first, second = os.urandom(1_500_000), os.urandom(6_000_000)
-    layers = [gzip.compress(make_tar([("models/a.bin", first)]), 1),
-              gzip.compress(make_tar([("models/b.bin", second)]), 1)]  # fmt: skip
+    layers = [
+        gzip.compress(make_tar([("models/a.bin", first)]), 1),
+        gzip.compress(make_tar([("models/b.bin", second)]), 1),
+    ]
     gz = "application/vnd.oci.image.layer.v1.tar+gzip"
-    ref = _push(registry, "resume/hand", "application/vnd.oci.image.config.v1+json",
-                [(gz, data) for data in layers])  # fmt: skip
+    ref = _push(
+        registry,
+        "resume/hand",
+        "application/vnd.oci.image.config.v1+json",
+        [(gz, data) for data in layers],
+    )
     cache = tmp_path / "cache"
     _kill_9_mid_file(ref, cache, "b.bin")
     _, info = pull(cache, ref, "--plain-http")

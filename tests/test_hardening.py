@@ -183,9 +183,21 @@ def test_the_daemon_survives_bad_sources_and_serves_its_other_models(
         config.write_text(json.dumps({"models": models}))
         cache = tmp_path / "cache"
         r = cache_cli(
-            "run", "--node", "n1", "--cache-dir", str(cache), "--config", str(config), "--once",
-            "--listen", "", "--plain-http", *STALL, check=False, timeout=240,
-        )  # fmt: skip
+            "run",
+            "--node",
+            "n1",
+            "--cache-dir",
+            str(cache),
+            "--config",
+            str(config),
+            "--once",
+            "--listen",
+            "",
+            "--plain-http",
+            *STALL,
+            check=False,
+            timeout=240,
+        )
     assert r.code == 0, r.stderr
     assert "Traceback" not in r.stderr
     listing = cache_cli("ls", "--cache-dir", str(cache), "--json").stdout.splitlines()
@@ -294,8 +306,7 @@ def test_too_many_files_fail_before_any_upload_with_the_counts(registry, tmp_pat
             d.mkdir(parents=True)
         (d / f"f{i:05d}").write_bytes(b"x")
     with QuirkProxy(f"http://{registry.host}") as proxy:
-        r = run_cli("build", str(src), f"{proxy.host}/hard/many", "--plain-http", "-q",
-                    check=False)  # fmt: skip
+        r = run_cli("build", str(src), f"{proxy.host}/hard/many", "--plain-http", "-q", check=False)
     assert_one_line_error(r, "image config would be", "50000 files", "4 MiB")
     assert not [p for m, p, _ in proxy.log if m in ("POST", "PUT", "PATCH")]
 
@@ -307,8 +318,14 @@ def test_a_refused_manifest_names_its_digest_with_an_at_sign(registry, tmp_path)
         return None
 
     with QuirkProxy(f"http://{registry.host}", refuse) as proxy:
-        r = run_cli("build", str(_model(tmp_path / "m", 7)), f"{proxy.host}/hard/refused",
-                    "--plain-http", "-q", check=False)  # fmt: skip
+        r = run_cli(
+            "build",
+            str(_model(tmp_path / "m", 7)),
+            f"{proxy.host}/hard/refused",
+            "--plain-http",
+            "-q",
+            check=False,
+        )
     assert_one_line_error(r, "hard/refused@sha256:")
     assert "refused:sha256:" not in r.stderr
 
@@ -324,23 +341,44 @@ def test_an_unwritable_models_dir_fails_before_the_download_naming_it(registry, 
     (cache / "models").chmod(0o555)
     with QuirkProxy(f"http://{registry.host}") as proxy:
         r = run_cli(
-            "pull", ref.replace(registry.host, proxy.host), "--cache-dir", str(cache),
-            "--plain-http", "-q", module="modelcar.cache_daemon.cli", check=False,
+            "pull",
+            ref.replace(registry.host, proxy.host),
+            "--cache-dir",
+            str(cache),
+            "--plain-http",
+            "-q",
+            module="modelcar.cache_daemon.cli",
+            check=False,
             honour_permissions=True,
-        )  # fmt: skip
+        )
     assert_one_line_error(r, "cannot publish into the cache", str(cache / "models"))
     assert not [p for m, p, _ in proxy.log if "/blobs/" in p]  # no byte was fetched
 
 
 def test_a_cache_dir_removed_mid_pull_says_so(registry, tmp_path):
-    ref = build(_model(tmp_path / "m", 9, size=12 * MiB), f"{registry.host}/hard/gone",
-                "--plain-http")  # fmt: skip
+    ref = build(
+        _model(tmp_path / "m", 9, size=12 * MiB), f"{registry.host}/hard/gone", "--plain-http"
+    )
     cache = tmp_path / "cache"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "modelcar.cache_daemon.cli", "pull", ref, "--cache-dir", str(cache),
-         "--plain-http", "-q", "--max-rate", "2MiB"],
-        cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "modelcar.cache_daemon.cli",
+            "pull",
+            ref,
+            "--cache-dir",
+            str(cache),
+            "--plain-http",
+            "-q",
+            "--max-rate",
+            "2MiB",
+        ],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 30
     while not any((cache / "staging").glob("sha256-*/*")):
         assert time.monotonic() < deadline and proc.poll() is None
@@ -358,8 +396,14 @@ def test_a_cache_dir_removed_mid_pull_says_so(registry, tmp_path):
 
 def test_inspect_shows_the_manifest_annotations_and_the_source(tmp_path):
     out = f"oci:{tmp_path / 'out'}"
-    ref = run_cli("build", str(_model(tmp_path / "m", 10)), out, "-q",
-                  "--source-uri", "hf://acme/m@" + "a" * 40).last_line  # fmt: skip
+    ref = run_cli(
+        "build",
+        str(_model(tmp_path / "m", 10)),
+        out,
+        "-q",
+        "--source-uri",
+        "hf://acme/m@" + "a" * 40,
+    ).last_line
     info = json.loads(run_cli("inspect", ref, "--json").stdout)
     assert info["annotations"]["dev.modelcar.source"] == "hf://acme/m@" + "a" * 40
     assert info["annotations"]["dev.modelcar.contract"] == "v1"
@@ -388,8 +432,9 @@ def test_an_endless_error_body_is_read_only_up_to_a_bound(registry, tmp_path):
         return chunks()
 
     with QuirkProxy(f"http://{registry.host}", refuse, stream=endless) as proxy:
-        r, _ = pull(tmp_path / "cache", ref.replace(registry.host, proxy.host), "--plain-http",
-                    check=False)  # fmt: skip
+        r, _ = pull(
+            tmp_path / "cache", ref.replace(registry.host, proxy.host), "--plain-http", check=False
+        )
     assert_one_line_error(r, "HTTP 400")
     assert sent["n"] < 64 * MiB
 
@@ -413,9 +458,10 @@ def test_a_stalled_source_download_in_the_builder_resumes_on_a_new_connection(re
                 return _trickle("hard/httpfile")(method, path, body)
         return None
 
-    with QuirkProxy(f"http://{registry.host}", stream=first_trickles) as proxy, httpx.Client(
-        timeout=30
-    ) as client:  # fmt: skip
+    with (
+        QuirkProxy(f"http://{registry.host}", stream=first_trickles) as proxy,
+        httpx.Client(timeout=30) as client,
+    ):
         url = f"http://{proxy.host}/v2/hard/httpfile/blobs/{layer['digest']}"
 
         def open_at(offset: int):
@@ -423,8 +469,13 @@ def test_a_stalled_source_download_in_the_builder_resumes_on_a_new_connection(re
             return client.send(client.build_request("GET", url, headers=headers), stream=True)
 
         waits: list[float] = []
-        f = HttpFile(open_at, layer["size"], url, lambda s, n, w: waits.append(s),
-                     stall=StallRule(window=1.5, min_speed=4096))  # fmt: skip
+        f = HttpFile(
+            open_at,
+            layer["size"],
+            url,
+            lambda s, n, w: waits.append(s),
+            stall=StallRule(window=1.5, min_speed=4096),
+        )
         data = b"".join(iter(lambda: f.read(1 << 16), b""))
         f.close()
     assert hashlib.sha256(data).hexdigest() == layer["digest"].split(":")[1]

@@ -36,11 +36,14 @@ def _push(registry, repo: str, config: bytes, layer: bytes, media: str) -> str:
     store = open_store(parse_ref(f"{registry.host}/{repo}:t"), StoreOptions(plain_http=True))
     for blob in (config, layer):
         store.put_blob(sha(blob), len(blob), lambda b=blob: [b])
-    manifest = json.dumps({
-        "schemaVersion": 2, "mediaType": mt.OCI_MANIFEST,
-        "config": {"mediaType": mt.OCI_CONFIG, "digest": sha(config), "size": len(config)},
-        "layers": [{"mediaType": media, "digest": sha(layer), "size": len(layer)}],
-    }).encode()  # fmt: skip
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": mt.OCI_MANIFEST,
+            "config": {"mediaType": mt.OCI_CONFIG, "digest": sha(config), "size": len(config)},
+            "layers": [{"mediaType": media, "digest": sha(layer), "size": len(layer)}],
+        }
+    ).encode()
     return f"{registry.host}/{repo}@{store.put_manifest(manifest, mt.OCI_MANIFEST, 't')}"
 
 
@@ -76,11 +79,17 @@ def _two_amd64(registry, tmp_path: Path) -> str:
     children = []
     for ref in refs:
         fetched = store.get_manifest(ref.split("@")[1])
-        children.append({"mediaType": mt.OCI_MANIFEST, "digest": fetched.digest,
-                         "size": len(fetched.data),
-                         "platform": {"architecture": "amd64", "os": "linux"}})  # fmt: skip
-    index = json.dumps({"schemaVersion": 2, "mediaType": mt.OCI_INDEX,
-                        "manifests": children}).encode()  # fmt: skip
+        children.append(
+            {
+                "mediaType": mt.OCI_MANIFEST,
+                "digest": fetched.digest,
+                "size": len(fetched.data),
+                "platform": {"architecture": "amd64", "os": "linux"},
+            }
+        )
+    index = json.dumps(
+        {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": children}
+    ).encode()
     return f"{registry.host}/hostile2/twins@{store.put_manifest(index, mt.OCI_INDEX, 'i')}"
 
 
@@ -99,16 +108,35 @@ def test_hostile_tags_fail_their_own_model_and_the_daemon_goes_on(registry, tmp_
     config.write_text(json.dumps({"models": [*bad.values(), good]}))
     cache = tmp_path / "cache"
     r = cache_cli(
-        "run", "--node", "n1", "--cache-dir", str(cache), "--config", str(config), "--once",
-        "--listen", "", "--plain-http", check=False, timeout=600,
-    )  # fmt: skip
+        "run",
+        "--node",
+        "n1",
+        "--cache-dir",
+        str(cache),
+        "--config",
+        str(config),
+        "--once",
+        "--listen",
+        "",
+        "--plain-http",
+        check=False,
+        timeout=600,
+    )
     assert r.code == 0, r.stderr
     assert "Traceback" not in r.stderr
-    rows = {row["digest"]: row for row in map(json.loads, cache_cli(
-        "ls", "--cache-dir", str(cache), "--json").stdout.splitlines())}  # fmt: skip
+    rows = {
+        row["digest"]: row
+        for row in map(
+            json.loads, cache_cli("ls", "--cache-dir", str(cache), "--json").stdout.splitlines()
+        )
+    }
     assert rows[good.split("@")[1]]["state"] == "ready"
-    expected = {"gzip": "corrupt gzip", "deep": "not valid JSON", "bomb": "expands past",
-                "twins": "linux/amd64 twice"}  # fmt: skip
+    expected = {
+        "gzip": "corrupt gzip",
+        "deep": "not valid JSON",
+        "bomb": "expands past",
+        "twins": "linux/amd64 twice",
+    }
     for name, ref in bad.items():
         row = rows[ref.split("@")[1]]
         assert row["state"] == "failed", name
@@ -124,22 +152,33 @@ def test_hostile_tags_fail_their_own_model_and_the_daemon_goes_on(registry, tmp_
 
 def _push_layers(registry, repo: str, layers: list[bytes]) -> str:
     store = open_store(parse_ref(f"{registry.host}/{repo}:t"), StoreOptions(plain_http=True))
-    config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {
-        "type": "layers", "diff_ids": [sha(layer) for layer in layers]}}).encode()  # fmt: skip
+    config = json.dumps(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": [sha(layer) for layer in layers]},
+        }
+    ).encode()
     for blob in (config, *layers):
         store.put_blob(sha(blob), len(blob), lambda b=blob: [b])
-    manifest = json.dumps({
-        "schemaVersion": 2, "mediaType": mt.OCI_MANIFEST,
-        "config": {"mediaType": mt.OCI_CONFIG, "digest": sha(config), "size": len(config)},
-        "layers": [{"mediaType": mt.OCI_LAYER_TAR, "digest": sha(layer), "size": len(layer)}
-                   for layer in layers],
-    }).encode()  # fmt: skip
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": mt.OCI_MANIFEST,
+            "config": {"mediaType": mt.OCI_CONFIG, "digest": sha(config), "size": len(config)},
+            "layers": [
+                {"mediaType": mt.OCI_LAYER_TAR, "digest": sha(layer), "size": len(layer)}
+                for layer in layers
+            ],
+        }
+    ).encode()
     return f"{registry.host}/{repo}@{store.put_manifest(manifest, mt.OCI_MANIFEST, 't')}"
 
 
 def _files(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file()}  # fmt: skip
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
 
 
 def test_whiteouts_of_models_and_leading_slashes_apply_as_umoci_applies_them(registry, tmp_path):
@@ -165,17 +204,31 @@ def test_modelpack_raw_layers_d_and_d_slash_e_are_refused(registry, tmp_path):
     files = {"d": b"file d", "d/e": b"file e"}
     for blob in (config, *files.values()):
         store.put_blob(sha(blob), len(blob), lambda b=blob: [b])
-    manifest = json.dumps({
-        "schemaVersion": 2, "mediaType": mt.OCI_MANIFEST, "artifactType": mp + "manifest.v1+json",
-        "config": {"mediaType": mp + "config.v1+json", "digest": sha(config),
-                   "size": len(config)},
-        "layers": [{"mediaType": mp + "weight.v1.raw", "digest": sha(data), "size": len(data),
-                    "annotations": {"org.cncf.model.filepath": path}}
-                   for path, data in files.items()],
-    }).encode()  # fmt: skip
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": mt.OCI_MANIFEST,
+            "artifactType": mp + "manifest.v1+json",
+            "config": {
+                "mediaType": mp + "config.v1+json",
+                "digest": sha(config),
+                "size": len(config),
+            },
+            "layers": [
+                {
+                    "mediaType": mp + "weight.v1.raw",
+                    "digest": sha(data),
+                    "size": len(data),
+                    "annotations": {"org.cncf.model.filepath": path},
+                }
+                for path, data in files.items()
+            ],
+        }
+    ).encode()
     digest = store.put_manifest(manifest, mt.OCI_MANIFEST, "t")
-    r, _ = pull(tmp_path / "cache", f"{registry.host}/hostile2/mp@{digest}", "--plain-http",
-                check=False)  # fmt: skip
+    r, _ = pull(
+        tmp_path / "cache", f"{registry.host}/hostile2/mp@{digest}", "--plain-http", check=False
+    )
     assert_one_line_error(r, "where another's directory is", "d/e")
 
 

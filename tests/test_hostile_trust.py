@@ -52,8 +52,12 @@ def test_a_missing_sig_blob_does_not_hide_a_later_valid_signature(model, signing
     store = open_store(parse_ref(ref), StoreOptions())
     tag = cosign.signature_tag(digest)
     sig = json.loads(store.get_manifest(tag).data)
-    ghost = {"mediaType": cosign.PAYLOAD_TYPE, "digest": "sha256:" + "e" * 64, "size": 200,
-             "annotations": {cosign.SIGNATURE_ANNOTATION: "AAAA"}}  # fmt: skip
+    ghost = {
+        "mediaType": cosign.PAYLOAD_TYPE,
+        "digest": "sha256:" + "e" * 64,
+        "size": 200,
+        "annotations": {cosign.SIGNATURE_ANNOTATION: "AAAA"},
+    }
     big = dict(sig["layers"][0], size=10)  # a blob larger than its descriptor says
     sig["layers"] = [ghost, big, *sig["layers"]]
     store.put_manifest(json.dumps(sig).encode(), mt.OCI_MANIFEST, tag)
@@ -66,8 +70,13 @@ def test_a_missing_sig_blob_does_not_hide_a_later_valid_signature(model, signing
     store.put_manifest(json.dumps(sig).encode(), mt.OCI_MANIFEST, tag)
     with pytest.raises(SignatureError, match="signature required by policy p"):
         policy.check([rule], store, parse_ref(ref), digest, lambda: None)
-    notes = policy.check([Rule("p", (pem,), require=False, source_prefix="hf://")], store,
-                         parse_ref(ref), digest, lambda: None)  # fmt: skip
+    notes = policy.check(
+        [Rule("p", (pem,), require=False, source_prefix="hf://")],
+        store,
+        parse_ref(ref),
+        digest,
+        lambda: None,
+    )
     assert notes and notes[0].startswith("signature required by policy p")
 
 
@@ -82,9 +91,13 @@ def _sign_modelpack(ref: str, private, tmp_path) -> None:
     store = open_store(image, StoreOptions(plain_http=True))
     digest = ref.split("@")[1]
     cosign.sign_image(store, image, digest, key)
-    facts = provenance.BuildFacts(source="file:src", index=index, builder_version="test",
-                                  started="2026-01-01T00:00:00Z",
-                                  finished="2026-01-01T00:00:01Z")  # fmt: skip
+    facts = provenance.BuildFacts(
+        source="file:src",
+        index=index,
+        builder_version="test",
+        started="2026-01-01T00:00:00Z",
+        finished="2026-01-01T00:00:01Z",
+    )
     attest.attach(store, image, attest.subject_of(store, digest), key, index, facts)
 
 
@@ -92,8 +105,14 @@ def test_a_signed_modelpack_passes_a_source_prefix_policy_on_its_unpacked_files(
     registry, model, signing_key, tmp_path
 ):
     private, public = signing_key
-    r = run_cli("build", str(model), f"{registry.host}/hostile3/pack:v1", "--plain-http",
-                "--format", "modelpack")  # fmt: skip
+    r = run_cli(
+        "build",
+        str(model),
+        f"{registry.host}/hostile3/pack:v1",
+        "--plain-http",
+        "--format",
+        "modelpack",
+    )
     ref = r.last_line
     _sign_modelpack(ref, private, tmp_path)
     config = tmp_path / "models.yaml"
@@ -124,9 +143,14 @@ def test_a_publish_token_cannot_fill_a_digests_signature_slots(api, signing_key)
 
     def post(key: ec.EllipticCurvePrivateKey, target: str = digest) -> httpx.Response:
         signature = base64.b64encode(keys.sign(key, cosign.payload(ref, target))).decode()
-        return publisher.post("/v1/signatures", json={
-            "digest": target, "payload": cosign.payload(ref, target).decode(),
-            "signature": signature})  # fmt: skip
+        return publisher.post(
+            "/v1/signatures",
+            json={
+                "digest": target,
+                "payload": cosign.payload(ref, target).decode(),
+                "signature": signature,
+            },
+        )
 
     trusted = keys.load_private_key(str(private))
     admin.post("/v1/keys", json={"name": "release", "pem": keys.public_pem(trusted).decode()})

@@ -31,15 +31,30 @@ PROBE = (
 
 def test_each_role_carries_only_its_extra(images, podman):
     heavy = ["fastapi", "sqlalchemy", "boto3", "mlflow", "huggingface_hub", "kubernetes"]
-    r = podman("run", "--rm", images["modelcar-cache"], "sh", "-c",
-               'python3 -c "$0" "$@" && modelcar-cache --help && '
-               "docker-credential-ecr-login version", PROBE, *heavy)  # fmt: skip
+    r = podman(
+        "run",
+        "--rm",
+        images["modelcar-cache"],
+        "sh",
+        "-c",
+        'python3 -c "$0" "$@" && modelcar-cache --help && docker-credential-ecr-login version',
+        PROBE,
+        *heavy,
+    )
     found, *rest = r.stdout.splitlines()
     assert found.split() == ["kubernetes"]  # the node image labels its Node, nothing else
     assert "Usage:" in "\n".join(rest)
     assert rest[-1].strip()  # ECR's credential helper (credHelpers: ecr-login) runs
-    r = podman("run", "--rm", images["modelcar-api"], "sh", "-c",
-               'python3 -c "$0" "$@" && modelcar-api --help', PROBE, *heavy)  # fmt: skip
+    r = podman(
+        "run",
+        "--rm",
+        images["modelcar-api"],
+        "sh",
+        "-c",
+        'python3 -c "$0" "$@" && modelcar-api --help',
+        PROBE,
+        *heavy,
+    )
     found, *rest = r.stdout.splitlines()
     assert found.split() == ["fastapi", "sqlalchemy"]
     assert "Usage:" in "\n".join(rest)
@@ -48,8 +63,12 @@ def test_each_role_carries_only_its_extra(images, podman):
 def test_the_archives_are_oci_images_that_independent_tools_read(images):
     for name in images:
         archive = ROOT / "dist" / f"{name}-{VERSION}.oci.tar"
-        r = subprocess.run(["skopeo", "inspect", f"oci-archive:{archive}"], capture_output=True,
-                           text=True, timeout=120)  # fmt: skip
+        r = subprocess.run(
+            ["skopeo", "inspect", f"oci-archive:{archive}"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert r.returncode == 0, r.stderr
         assert json.loads(r.stdout)["Labels"]["org.opencontainers.image.version"] == VERSION
 
@@ -59,10 +78,27 @@ def test_sigterm_stops_the_daemon_in_the_container_at_once(images, podman, tmp_p
     tmp_path.chmod(0o777)
     name = "modelcar-sigterm-test"
     podman("rm", "-f", name, check=False)
-    podman("run", "-d", "--name", name, "-v", f"{tmp_path}:/var/lib/modelcar:z",
-           images["modelcar-cache"], "modelcar-cache", "run", "--node", "n1",
-           "--config", "/var/lib/modelcar/models.yaml", "--cache-dir", "/var/lib/modelcar/cache",
-           "--listen", "", "--interval", "3600")  # fmt: skip
+    podman(
+        "run",
+        "-d",
+        "--name",
+        name,
+        "-v",
+        f"{tmp_path}:/var/lib/modelcar:z",
+        images["modelcar-cache"],
+        "modelcar-cache",
+        "run",
+        "--node",
+        "n1",
+        "--config",
+        "/var/lib/modelcar/models.yaml",
+        "--cache-dir",
+        "/var/lib/modelcar/cache",
+        "--listen",
+        "",
+        "--interval",
+        "3600",
+    )
     try:
         deadline_log = ""
         for _ in range(100):  # bounded: until its first pass has run

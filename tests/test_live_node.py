@@ -30,10 +30,27 @@ def _model(root: Path, shards: int, seed: int) -> Path:
 
 def _daemon(cache: Path, *args: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "modelcar.cache_daemon.cli", "run", "--node", "n1",
-         "--cache-dir", str(cache), "--listen", "", "--plain-http", "--interval", "1", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "modelcar.cache_daemon.cli",
+            "run",
+            "--node",
+            "n1",
+            "--cache-dir",
+            str(cache),
+            "--listen",
+            "",
+            "--plain-http",
+            "--interval",
+            "1",
+            *args,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
+    )
 
 
 def _stop(proc: subprocess.Popen) -> str:
@@ -103,8 +120,9 @@ def test_a_node_is_inspected_and_steered_while_its_daemon_pulls(models, tmp_path
         bad = cache_cli("verify", small, "--cache-dir", str(cache), check=False, timeout=FAST)
         assert_one_line_error(bad, "1 of 1 models differ from their file index")
         assert "CORRUPT" in bad.stdout and victim.exists()
-        moved = cache_cli("verify", small, "--quarantine", "--cache-dir", str(cache),
-                          check=False, timeout=FAST)  # fmt: skip
+        moved = cache_cli(
+            "verify", small, "--quarantine", "--cache-dir", str(cache), check=False, timeout=FAST
+        )
         assert moved.code == 1 and "moved to" in moved.stdout
         assert not victim.exists() and list((cache / "quarantine").iterdir())
 
@@ -140,9 +158,19 @@ def test_events_follow_and_a_pull_sent_to_the_daemon(models, tmp_path):
     try:
         _until(lambda: published(cache))
         follower = subprocess.Popen(
-            [sys.executable, "-m", "modelcar.cache_daemon.cli", "events", "--follow",
-             "--cache-dir", str(cache)], stdout=subprocess.PIPE, text=True, cwd=ROOT,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "modelcar.cache_daemon.cli",
+                "events",
+                "--follow",
+                "--cache-dir",
+                str(cache),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
         pulled = cache_cli("pull", models["extra"], "--cache-dir", str(cache), "--json", "-q")
         result = json.loads(pulled.stdout.splitlines()[0])
         assert result["digest"] == models["extra"].split("@")[1] and result["files"] == 2
@@ -171,10 +199,23 @@ def test_the_control_socket_admits_only_the_daemons_uid_and_survives_garbage(mod
         assert oct(sock_path.stat().st_mode & 0o777) == "0o600"
         os.chmod(cache, 0o755)
         other = subprocess.run(
-            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
-             "-m", "modelcar.cache_daemon.cli", "status", "--cache-dir", str(cache)],
-            capture_output=True, text=True, cwd=ROOT, timeout=30,
-        )  # fmt: skip
+            [
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                sys.executable,
+                "-m",
+                "modelcar.cache_daemon.cli",
+                "status",
+                "--cache-dir",
+                str(cache),
+            ],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=30,
+        )
         assert other.returncode != 0
         assert "may not use the running daemon's control socket" in other.stderr, other.stderr
         answers = {}

@@ -51,8 +51,17 @@ def model(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def built(registry, multiarch_base, model) -> dict:
-    r = run_cli("build", str(model), f"{registry.host}/multi/m", "--plain-http", "--json",
-                "--base", multiarch_base, "--large-file-threshold", "1MiB")  # fmt: skip
+    r = run_cli(
+        "build",
+        str(model),
+        f"{registry.host}/multi/m",
+        "--plain-http",
+        "--json",
+        "--base",
+        multiarch_base,
+        "--large-file-threshold",
+        "1MiB",
+    )
     record = json.loads(r.stdout.splitlines()[-2])
     assert r.last_line == record["reference"]
     return record
@@ -63,10 +72,18 @@ def test_the_base_has_each_platforms_busybox(registry, multiarch_base, tmp_path)
         rootfs = unpack_with_umoci(multiarch_base, tmp_path / arch, arch)
         assert elf_machine(rootfs / "bin" / "busybox") == arch
     # reproducible: the same binaries give the same index
-    again = run_cli("base", "create", f"{registry.host}/base/busybox:again", "--plain-http",
-                    "--platform", "linux/amd64", "--platform", "linux/arm64", "--busybox",
-                    f"linux/arm64={tmp_path / 'arm64' / 'bundle' / 'rootfs' / 'bin' / 'busybox'}",
-                    ).last_line  # fmt: skip
+    again = run_cli(
+        "base",
+        "create",
+        f"{registry.host}/base/busybox:again",
+        "--plain-http",
+        "--platform",
+        "linux/amd64",
+        "--platform",
+        "linux/arm64",
+        "--busybox",
+        f"linux/arm64={tmp_path / 'arm64' / 'bundle' / 'rootfs' / 'bin' / 'busybox'}",
+    ).last_line
     assert again.split("@")[1] == multiarch_base.split("@")[1]
 
 
@@ -77,7 +94,7 @@ def test_one_index_every_platform_byte_exact_and_the_model_stored_once(
     index = httpx.get(
         f"http://{registry.host}/v2/multi/m/manifests/{built['digest']}",
         headers=INDEX,
-    ).json()  # fmt: skip
+    ).json()
     archs = [m["platform"]["architecture"] for m in index["manifests"]]
     assert archs == ["amd64", "arm64"]
     layers = []
@@ -85,7 +102,7 @@ def test_one_index_every_platform_byte_exact_and_the_model_stored_once(
         manifest = httpx.get(
             f"http://{registry.host}/v2/multi/m/manifests/{m['digest']}",
             headers={"Accept": m["mediaType"]},
-        ).json()  # fmt: skip
+        ).json()
         layers.append([d["digest"] for d in manifest["layers"][1:]])  # after the busybox
     assert layers[0] == layers[1] and len(layers[0]) == 4
     expected = tree(model)
@@ -113,8 +130,12 @@ def test_kserves_commands_run_in_the_arm64_variant_under_qemu(built, tmp_path):
     def arm64(*argv: str) -> subprocess.CompletedProcess[str]:
         # no binfmt_misc here: each arm64 program is started under qemu by hand (the
         # shell's own exec of a non-builtin would fail), as the node's kernel would run it
-        return subprocess.run(["chroot", str(rootfs), "/qemu-aarch64-static", *argv],
-                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        return subprocess.run(
+            ["chroot", str(rootfs), "/qemu-aarch64-static", *argv],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
     r = arm64("/bin/sh", "-c", INIT_CHECK)
     assert r.returncode == 0 and "OK ... Prefetched and valid" in r.stdout, r
@@ -143,8 +164,17 @@ def test_an_index_whose_arm64_variant_has_other_weights_is_refused(
     other = tmp_path / "other"
     shutil.copytree(model, other)
     write_safetensors(other / "model-00002.safetensors", 1_500_000, seed=99)
-    r = run_cli("build", str(other), f"{registry.host}/multi/other", "--plain-http",
-                "--json", "--base", multiarch_base, "--large-file-threshold", "1MiB")  # fmt: skip
+    r = run_cli(
+        "build",
+        str(other),
+        f"{registry.host}/multi/other",
+        "--plain-http",
+        "--json",
+        "--base",
+        multiarch_base,
+        "--large-file-threshold",
+        "1MiB",
+    )
     second = json.loads(r.stdout.splitlines()[-2])
 
     def index_of(repo: str, digest: str) -> dict:
@@ -154,22 +184,34 @@ def test_an_index_whose_arm64_variant_has_other_weights_is_refused(
     first_index = index_of("multi/m", built["digest"])
     second_index = index_of("multi/other", second["digest"])
     # by hand: m's amd64 manifest with other's arm64 one, in m's repository
-    mixed = {**first_index, "manifests": [first_index["manifests"][0],
-                                          second_index["manifests"][1]]}  # fmt: skip
+    mixed = {
+        **first_index,
+        "manifests": [first_index["manifests"][0], second_index["manifests"][1]],
+    }
     arm = second_index["manifests"][1]
-    manifest = httpx.get(f"http://{registry.host}/v2/multi/other/manifests/{arm['digest']}",
-                         headers={"Accept": arm["mediaType"]}).content  # fmt: skip
+    manifest = httpx.get(
+        f"http://{registry.host}/v2/multi/other/manifests/{arm['digest']}",
+        headers={"Accept": arm["mediaType"]},
+    ).content
     for d in json.loads(manifest)["layers"] + [json.loads(manifest)["config"]]:
-        mount = httpx.post(f"http://{registry.host}/v2/multi/m/blobs/uploads/",
-                           params={"mount": d["digest"], "from": "multi/other"})  # fmt: skip
+        mount = httpx.post(
+            f"http://{registry.host}/v2/multi/m/blobs/uploads/",
+            params={"mount": d["digest"], "from": "multi/other"},
+        )
         assert mount.status_code == 201, mount.text
-    put = httpx.put(f"http://{registry.host}/v2/multi/m/manifests/{arm['digest']}",
-                    content=manifest, headers={"Content-Type": arm["mediaType"]})  # fmt: skip
+    put = httpx.put(
+        f"http://{registry.host}/v2/multi/m/manifests/{arm['digest']}",
+        content=manifest,
+        headers={"Content-Type": arm["mediaType"]},
+    )
     assert put.status_code == 201, put.text
     data = json.dumps(mixed).encode()
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
-    put = httpx.put(f"http://{registry.host}/v2/multi/m/manifests/{digest}", content=data,
-                    headers={"Content-Type": INDEX["Accept"]})  # fmt: skip
+    put = httpx.put(
+        f"http://{registry.host}/v2/multi/m/manifests/{digest}",
+        content=data,
+        headers={"Content-Type": INDEX["Accept"]},
+    )
     assert put.status_code == 201, put.text
 
     cache = tmp_path / "cache"
@@ -179,21 +221,59 @@ def test_an_index_whose_arm64_variant_has_other_weights_is_refused(
 
 
 def test_platform_mistakes_are_one_line(registry, multiarch_base, model, arm64_busybox):
-    r = run_cli("build", str(model), f"{registry.host}/multi/x", "--plain-http", "--base",
-                multiarch_base, "--platform", "linux/s390x", check=False)  # fmt: skip
+    r = run_cli(
+        "build",
+        str(model),
+        f"{registry.host}/multi/x",
+        "--plain-http",
+        "--base",
+        multiarch_base,
+        "--platform",
+        "linux/s390x",
+        check=False,
+    )
     assert_one_line_error(r, "no linux/s390x manifest", "linux/amd64, linux/arm64")
-    r = run_cli("build", str(model), f"{registry.host}/multi/x", "--plain-http",
-                "--platform", "linux/arm64", check=False)  # fmt: skip
+    r = run_cli(
+        "build",
+        str(model),
+        f"{registry.host}/multi/x",
+        "--plain-http",
+        "--platform",
+        "linux/arm64",
+        check=False,
+    )
     assert_one_line_error(r, "the default base is this machine's busybox", "base create")
-    r = run_cli("base", "create", f"{registry.host}/base/x", "--plain-http", "--platform",
-                "linux/arm64", check=False)  # fmt: skip
+    r = run_cli(
+        "base",
+        "create",
+        f"{registry.host}/base/x",
+        "--plain-http",
+        "--platform",
+        "linux/arm64",
+        check=False,
+    )
     assert_one_line_error(r, "no busybox for linux/arm64", "--busybox linux/arm64=PATH")
-    r = run_cli("base", "create", f"{registry.host}/base/x", "--plain-http", "--platform",
-                "linux/amd64", "--busybox", f"linux/amd64={arm64_busybox}",
-                check=False)  # fmt: skip
+    r = run_cli(
+        "base",
+        "create",
+        f"{registry.host}/base/x",
+        "--plain-http",
+        "--platform",
+        "linux/amd64",
+        "--busybox",
+        f"linux/amd64={arm64_busybox}",
+        check=False,
+    )
     assert_one_line_error(r, "busybox is built for arm64, not for linux/amd64")
-    r = run_cli("build", str(model), f"{registry.host}/multi/x", "--plain-http",
-                "--platform", "arm64", check=False)  # fmt: skip
+    r = run_cli(
+        "build",
+        str(model),
+        f"{registry.host}/multi/x",
+        "--plain-http",
+        "--platform",
+        "arm64",
+        check=False,
+    )
     assert_one_line_error(r, "not a platform", "OS/ARCH")
 
 
@@ -206,9 +286,23 @@ def test_warm_cri_pulls_the_nodes_platform_of_the_index_and_pins_it(registry, bu
         runtime.trust_http(registry.host)
         config = tmp_path / "models.yaml"
         config.write_text(json.dumps({"models": [built["reference"]]}))
-        r = cache_cli("run", "--node", "n1", "--cache-dir", str(tmp_path / "cache"), "--config",
-                      str(config), "--once", "--listen", "", "--plain-http", "--warm-cri",
-                      "--cri-socket", str(runtime.socket), check=False)  # fmt: skip
+        r = cache_cli(
+            "run",
+            "--node",
+            "n1",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--config",
+            str(config),
+            "--once",
+            "--listen",
+            "",
+            "--plain-http",
+            "--warm-cri",
+            "--cri-socket",
+            str(runtime.socket),
+            check=False,
+        )
         assert r.code == 0 and '"event": "warmed"' in r.stderr, r.stderr
         warmer = RuntimeWarmer(str(runtime.socket))
         try:
@@ -223,23 +317,54 @@ def test_an_oci_layout_target_holds_the_index_and_rebuilds_send_nothing_new(
     multiarch_base, model, tmp_path
 ):
     layout = tmp_path / "layout"
-    first = json.loads(run_cli("build", str(model), f"oci:{layout}:v1", "--plain-http", "--json",
-                               "--base", multiarch_base, "--large-file-threshold", "1MiB",
-                               ).stdout.splitlines()[-2])  # fmt: skip
-    again = json.loads(run_cli("build", str(model), f"oci:{layout}:v1", "--plain-http", "--json",
-                               "--base", multiarch_base, "--large-file-threshold", "1MiB",
-                               ).stdout.splitlines()[-2])  # fmt: skip
+    first = json.loads(
+        run_cli(
+            "build",
+            str(model),
+            f"oci:{layout}:v1",
+            "--plain-http",
+            "--json",
+            "--base",
+            multiarch_base,
+            "--large-file-threshold",
+            "1MiB",
+        ).stdout.splitlines()[-2]
+    )
+    again = json.loads(
+        run_cli(
+            "build",
+            str(model),
+            f"oci:{layout}:v1",
+            "--plain-http",
+            "--json",
+            "--base",
+            multiarch_base,
+            "--large-file-threshold",
+            "1MiB",
+        ).stdout.splitlines()[-2]
+    )
     assert again["digest"] == first["digest"] and again["bytes_uploaded"] < 10_000
-    raw = subprocess.run(["skopeo", "inspect", "--raw", f"oci:{layout}:v1"], capture_output=True,
-                         text=True, check=True).stdout  # fmt: skip
+    raw = subprocess.run(
+        ["skopeo", "inspect", "--raw", f"oci:{layout}:v1"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert [m["platform"]["architecture"] for m in json.loads(raw)["manifests"]] == [
-        "amd64", "arm64"
-    ]  # fmt: skip
+        "amd64",
+        "arm64",
+    ]
     copied = tmp_path / "arm64"
-    subprocess.run(["skopeo", "--override-arch", "arm64", "copy", f"oci:{layout}:v1",
-                    f"oci:{copied}:img"], capture_output=True, check=True)  # fmt: skip
-    subprocess.run(["umoci", "unpack", "--image", f"{copied}:img", str(tmp_path / "bundle")],
-                   capture_output=True, check=True)  # fmt: skip
+    subprocess.run(
+        ["skopeo", "--override-arch", "arm64", "copy", f"oci:{layout}:v1", f"oci:{copied}:img"],
+        capture_output=True,
+        check=True,
+    )
+    subprocess.run(
+        ["umoci", "unpack", "--image", f"{copied}:img", str(tmp_path / "bundle")],
+        capture_output=True,
+        check=True,
+    )
     rootfs = tmp_path / "bundle" / "rootfs"
     assert tree(rootfs / "models") == tree(model)
     assert elf_machine(rootfs / "bin" / "busybox") == "arm64"
@@ -248,11 +373,23 @@ def test_an_oci_layout_target_holds_the_index_and_rebuilds_send_nothing_new(
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_the_api_registers_and_resolves_the_index_digest(api, registry, multiarch_base, model):
     env = {"MODELCAR_API_TOKEN": api.token("publish", "ci")}
-    r = run_cli("build", str(model), f"{registry.host}/multi/registered", "--plain-http",
-                "--base", multiarch_base, "--api", api.url, "--alias", "prod", env=env)  # fmt: skip
+    r = run_cli(
+        "build",
+        str(model),
+        f"{registry.host}/multi/registered",
+        "--plain-http",
+        "--base",
+        multiarch_base,
+        "--api",
+        api.url,
+        "--alias",
+        "prod",
+        env=env,
+    )
     assert "registered registered:1" in r.stderr
     answer = api.client(api.admin).get("/v1/resolve/registered@prod").json()
     assert answer["image"] == r.last_line and answer["file_count"] == 4
-    fetched = httpx.get(f"http://{registry.host}/v2/multi/registered/manifests/{answer['digest']}",
-                        headers=INDEX)  # fmt: skip
+    fetched = httpx.get(
+        f"http://{registry.host}/v2/multi/registered/manifests/{answer['digest']}", headers=INDEX
+    )
     assert fetched.headers["content-type"] == INDEX["Accept"]

@@ -45,8 +45,12 @@ def _venv(root: Path, wheel: Path, extra: str = "") -> Path:
 def _run(bin_dir: Path, *args: str, cwd: Path) -> CliResult:
     proc = subprocess.run(
         [str(bin_dir / args[0]), *args[1:]],
-        capture_output=True, text=True, cwd=cwd, timeout=300, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
 
@@ -70,12 +74,18 @@ def test_every_console_script_runs_from_a_fresh_venv_with_all_extras(wheel, tmp_
         assert r.code == 0 and "Usage:" in r.stdout, (script, r.stderr)
     # the web UI's templates and stylesheet are in the wheel, and every template compiles
     shipped = subprocess.run(
-        [str(bin_dir / "python"), "-c", "from modelcar.api import ui; "
-         "print(*sorted(ui.templates.env.list_templates()), *sorted("
-         "p.name for p in (ui.HERE / 'static').iterdir())); "
-         "[ui.templates.env.get_template(t) for t in ui.templates.env.list_templates()]"],
-        capture_output=True, text=True, cwd=tmp_path,
-    )  # fmt: skip
+        [
+            str(bin_dir / "python"),
+            "-c",
+            "from modelcar.api import ui; "
+            "print(*sorted(ui.templates.env.list_templates()), *sorted("
+            "p.name for p in (ui.HERE / 'static').iterdir())); "
+            "[ui.templates.env.get_template(t) for t in ui.templates.env.list_templates()]",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert shipped.returncode == 0, shipped.stderr
     templates = sorted(p.name for p in (ROOT / "api" / "ui" / "templates").iterdir())
     assert shipped.stdout.split() == [*templates, "ui.css"]
@@ -87,12 +97,27 @@ def test_base_alone_names_the_extra_to_install(wheel, tmp_path):
     assert_one_line_error(r, "modelcar[api]")
     assert r.code == 2
     (tmp_path / "models.yaml").write_text("models: []\n")
-    r = _run(bin_dir, "modelcar-cache", "run", "--node", "n1", "--config", "models.yaml",
-             "--once", "--cache-dir", str(tmp_path / "cache"), cwd=tmp_path)  # fmt: skip
+    r = _run(
+        bin_dir,
+        "modelcar-cache",
+        "run",
+        "--node",
+        "n1",
+        "--config",
+        "models.yaml",
+        "--once",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        cwd=tmp_path,
+    )
     assert_one_line_error(r, "modelcar[cache]")
     # what needs no extra works without one: listing a cache
-    assert _run(bin_dir, "modelcar-cache", "ls", "--cache-dir", str(tmp_path / "cache"),
-                cwd=tmp_path).code == 0  # fmt: skip
+    assert (
+        _run(
+            bin_dir, "modelcar-cache", "ls", "--cache-dir", str(tmp_path / "cache"), cwd=tmp_path
+        ).code
+        == 0
+    )
 
 
 def test_the_cache_extra_alone_pulls_a_model(wheel, tmp_path, registry):
@@ -107,7 +132,16 @@ def test_the_cache_extra_alone_pulls_a_model(wheel, tmp_path, registry):
         probe = subprocess.run([str(python), "-c", f"import {absent}"], capture_output=True)
         assert probe.returncode != 0, f"{absent} is installed by modelcar[cache]"
     cache = tmp_path / "cache"
-    r = _run(bin_dir, "modelcar-cache", "pull", ref, "--cache-dir", str(cache), "--plain-http",
-             "-q", cwd=tmp_path)  # fmt: skip
+    r = _run(
+        bin_dir,
+        "modelcar-cache",
+        "pull",
+        ref,
+        "--cache-dir",
+        str(cache),
+        "--plain-http",
+        "-q",
+        cwd=tmp_path,
+    )
     assert r.code == 0, r.stderr
     assert tree(Path(r.stdout.strip().splitlines()[-1])) == tree(model)

@@ -43,10 +43,13 @@ def sums(pinned: str) -> tuple[str, int]:
 def check_files(wait_for: str) -> list[str]:
     """The model server: wait (bounded) for the model dir, as KServe's runtimes do under
     MODEL_INIT_MODE=async, then check every file of the index through it."""
-    return ["/bin/sh", "-c",
-            f"i=0; until [ -L {wait_for} ] || [ -e {wait_for}/ ] || [ $i -ge 300 ]; do "
-            f"i=$((i+1)); sleep 0.1; done; ls {wait_for}/ >/dev/null && cd {wait_for}/ && "
-            f"printf '%s' \"$SUMS\" | sha256sum -c -"]  # fmt: skip
+    return [
+        "/bin/sh",
+        "-c",
+        f"i=0; until [ -L {wait_for} ] || [ -e {wait_for}/ ] || [ $i -ge 300 ]; do "
+        f"i=$((i+1)); sleep 0.1; done; ls {wait_for}/ >/dev/null && cd {wait_for}/ && "
+        f"printf '%s' \"$SUMS\" | sha256sum -c -",
+    ]
 
 
 def model_dir(root: Path, big: int = 0) -> Path:
@@ -83,11 +86,22 @@ def run_pod(podman, node, pod, work, container, **kw) -> tuple[int, str]:
 
 def server_pod(name: str, command: list[str], sums_text: str, **container) -> dict:
     return {
-        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
-        "spec": {"restartPolicy": "Never", "containers": [{
-            "name": "kserve-container", "image": SERVER_IMAGE, "command": command,
-            "env": [{"name": "SUMS", "value": sums_text}], **container}]},
-    }  # fmt: skip
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [
+                {
+                    "name": "kserve-container",
+                    "image": SERVER_IMAGE,
+                    "command": command,
+                    "env": [{"name": "SUMS", "value": sums_text}],
+                    **container,
+                }
+            ],
+        },
+    }
 
 
 # --- a. KServe's modelcar pod ----------------------------------------------------------
@@ -115,8 +129,12 @@ def test_kserves_modelcar_pod_gives_the_runtime_every_file(
 
     # the predictor pod KServe makes of it: its runtime container, then the webhook
     sums_text, count = sums(kserve_model)
-    runtime = server_pod("isvc-predictor", check_files(MOUNT_PATH), sums_text,
-                         securityContext=model["securityContext"])  # fmt: skip
+    runtime = server_pod(
+        "isvc-predictor",
+        check_files(MOUNT_PATH),
+        sums_text,
+        securityContext=model["securityContext"],
+    )
     pod = configure_modelcar(runtime, model["storageUri"], "kserve-container")
     code, logs = run_pod(podman, node, pod, tmp_path, "kserve-container")
     assert code == 0, logs
@@ -130,22 +148,32 @@ def test_kserves_init_check_refuses_an_image_with_an_empty_models_dir(
     (tmp_path / "ctx" / "empty").mkdir(parents=True)
     (tmp_path / "ctx" / "Containerfile").write_text(f"FROM {base}\nCOPY empty /models\n")
     tag = f"{registry.host}/kserve/empty:1"
-    podman("build", "-q", "--tls-verify=false", "--isolation", "chroot", "-t", tag,
-           str(tmp_path / "ctx"))  # fmt: skip
+    podman(
+        "build",
+        "-q",
+        "--tls-verify=false",
+        "--isolation",
+        "chroot",
+        "-t",
+        tag,
+        str(tmp_path / "ctx"),
+    )
     podman("push", "-q", "--tls-verify=false", "--digestfile", str(tmp_path / "digest"), tag)
     podman("rmi", "-f", tag, check=False)
     image = f"{registry.host}/kserve/empty@{(tmp_path / 'digest').read_text().strip()}"
     runtime = server_pod("empty-predictor", ["/bin/sh", "-c", "echo runtime started"], "")
-    pod = as_kubelet_would(configure_modelcar(runtime, f"oci://{image}", "kserve-container"),
-                           node, podman)  # fmt: skip
+    pod = as_kubelet_would(
+        configure_modelcar(runtime, f"oci://{image}", "kserve-container"), node, podman
+    )
     played, proc = podman.play([pod], tmp_path, check=False)
     try:
         assert proc.returncode != 0 and "init container" in proc.stderr, proc.stderr
         init = podman.logs("empty-predictor-modelcar-init")
         assert "NOK ... Prefetched but modelcar is invalid" in init, init
         assert podman.wait("empty-predictor-modelcar-init") == 1
-        state = podman("inspect", "--format", "{{.State.Status}}",
-                       "empty-predictor-kserve-container").stdout.strip()  # fmt: skip
+        state = podman(
+            "inspect", "--format", "{{.State.Status}}", "empty-predictor-kserve-container"
+        ).stdout.strip()
         assert state == "created"  # the runtime never started
     finally:
         podman.down(played)
@@ -156,8 +184,12 @@ def test_a_runtime_under_another_uid_than_the_sidecar_is_denied(
 ):
     # uidModelcar unset: the sidecar runs as the image's user (root), the runtime as its
     # own (1000). /proc/<pid>/root of another uid's process is closed to it.
-    runtime = server_pod("uid-predictor", check_files(MOUNT_PATH), sums(kserve_model)[0],
-                         securityContext={"runAsUser": 1000})  # fmt: skip
+    runtime = server_pod(
+        "uid-predictor",
+        check_files(MOUNT_PATH),
+        sums(kserve_model)[0],
+        securityContext={"runAsUser": 1000},
+    )
     pod = configure_modelcar(runtime, f"oci://{kserve_model}", "kserve-container", uid=None)
     code, logs = run_pod(podman, node, pod, tmp_path, "kserve-container")
     assert code != 0
@@ -179,9 +211,13 @@ class Cluster:
         self.values = {
             "image": {"repository": images["modelcar"].rsplit(":", 1)[0], "tag": VERSION},
             "api": {"port": self.api_port, "image": {"repository": "localhost/modelcar-api"}},
-            "cache": {"metricsPort": self.metrics_port, "plainHttp": True, "interval": 2,
-                      "image": {"repository": "localhost/modelcar-cache"}},
-        }  # fmt: skip
+            "cache": {
+                "metricsPort": self.metrics_port,
+                "plainHttp": True,
+                "interval": 2,
+                "image": {"repository": "localhost/modelcar-cache"},
+            },
+        }
         self.played: list[Path] = []
 
     def pod(self, kind: str, name: str, values: dict | None = None) -> dict:
@@ -189,13 +225,16 @@ class Cluster:
         merged = {**self.values, **(values or {})}
         objects = by_kind(render(merged))[kind]
         template = objects[0] if kind == "Pod" else objects[0]["spec"]["template"]
-        return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
-                "spec": template["spec"]}  # fmt: skip
+        return {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name},
+            "spec": template["spec"],
+        }
 
     def play(self, pod: dict, **kw) -> Path:
         kw.setdefault("replace", {SERVICE_URL: self.url})
-        path, _ = self.podman.play([as_kubelet_would(pod, self.node, self.podman, **kw)],
-                                   self.work)  # fmt: skip
+        path, _ = self.podman.play([as_kubelet_would(pod, self.node, self.podman, **kw)], self.work)
         self.played.append(path)
         return path
 
@@ -235,12 +274,24 @@ def cluster(images, podman, node, tmp_path_factory):
         c.play(c.pod("Deployment", "mc-api"))
         wait_http(f"{c.url}/readyz")
         # as NOTES.txt says: kubectl exec deploy/… -- modelcar-api token create
-        c.admin = c.exec("mc-api-api", "modelcar-api", "token", "create", "--role", "admin",
-                         "--name", "test")  # fmt: skip
-        c.node_token = c.exec("mc-api-api", "modelcar-api", "token", "create", "--role", "node",
-                              "--name", "daemons", "--node", "*")  # fmt: skip
-        c.client = httpx.Client(base_url=c.url, timeout=30,
-                                headers={"Authorization": f"Bearer {c.admin}"})  # fmt: skip
+        c.admin = c.exec(
+            "mc-api-api", "modelcar-api", "token", "create", "--role", "admin", "--name", "test"
+        )
+        c.node_token = c.exec(
+            "mc-api-api",
+            "modelcar-api",
+            "token",
+            "create",
+            "--role",
+            "node",
+            "--name",
+            "daemons",
+            "--node",
+            "*",
+        )
+        c.client = httpx.Client(
+            base_url=c.url, timeout=30, headers={"Authorization": f"Bearer {c.admin}"}
+        )
         yield c
     finally:
         c.close()
@@ -251,13 +302,20 @@ def test_the_charts_api_pod_migrates_serves_and_passes_helm_test(cluster, tmp_pa
     assert ready.status_code == 200, ready.text
     assert cluster.client.get("/v1/models").status_code == 200  # the admin token works
     test_pod = cluster.pod("Pod", "mc-helm-test")
-    code, logs = run_pod(cluster.podman, cluster.node, test_pod, tmp_path, "healthz",
-                         replace={SERVICE_URL: cluster.url})  # fmt: skip
+    code, logs = run_pod(
+        cluster.podman,
+        cluster.node,
+        test_pod,
+        tmp_path,
+        "healthz",
+        replace={SERVICE_URL: cluster.url},
+    )
     assert code == 0, logs
     # the same pod against no API fails: it checks something
     closed = f"http://127.0.0.1:{free_port()}"
-    code, logs = run_pod(cluster.podman, cluster.node, test_pod, tmp_path, "healthz",
-                         replace={SERVICE_URL: closed})  # fmt: skip
+    code, logs = run_pod(
+        cluster.podman, cluster.node, test_pod, tmp_path, "healthz", replace={SERVICE_URL: closed}
+    )
     assert code != 0 and "Connection refused" in logs, logs
 
 
@@ -272,11 +330,13 @@ def daemon_log_events(logs: str) -> list[dict]:
 
 def assign(cluster, name: str, pinned: str, policy: str) -> None:
     repository, digest = pinned.split("@")
-    r = cluster.client.post(f"/v1/models/{name}/versions",
-                            json={"digest": digest, "repository": repository})  # fmt: skip
+    r = cluster.client.post(
+        f"/v1/models/{name}/versions", json={"digest": digest, "repository": repository}
+    )
     assert r.status_code in (200, 201), r.text
-    r = cluster.client.put(f"/v1/policies/{policy}",
-                           json={"models": [f"{name}:1"], "node_selector": {}})  # fmt: skip
+    r = cluster.client.put(
+        f"/v1/policies/{policy}", json={"models": [f"{name}:1"], "node_selector": {}}
+    )
     assert r.status_code in (200, 201), r.text
 
 
@@ -312,8 +372,13 @@ def test_the_charts_cache_pod_publishes_a_model_a_server_pod_mounts(cluster, reg
     sums_text, count = sums(pinned)
     script = check_files(MOUNT_PATH)
     script[-1] += f" && ! touch {MOUNT_PATH}/x 2>/dev/null && echo read-only"
-    server = server_pod("model-server", script, sums_text, volumeMounts=spec["volumeMounts"],
-                        securityContext={"runAsUser": 1000, "runAsNonRoot": True})  # fmt: skip
+    server = server_pod(
+        "model-server",
+        script,
+        sums_text,
+        volumeMounts=spec["volumeMounts"],
+        securityContext={"runAsUser": 1000, "runAsNonRoot": True},
+    )
     server["spec"]["volumes"] = spec["volumes"]  # its node affinity: this node, checked above
     code, logs = run_pod(cluster.podman, cluster.node, server, tmp_path, "kserve-container")
     assert code == 0, logs
@@ -323,16 +388,16 @@ def test_the_charts_cache_pod_publishes_a_model_a_server_pod_mounts(cluster, reg
 def test_sigterm_mid_pull_stops_the_daemon_in_its_grace_period_and_it_resumes(
     cluster, registry, tmp_path
 ):
-    pinned = build(model_dir(tmp_path / "big", big=3), f"{registry.host}/node/big",
-                   "--plain-http")  # fmt: skip
+    pinned = build(model_dir(tmp_path / "big", big=3), f"{registry.host}/node/big", "--plain-http")
     digest = pinned.split("@")[1]
     ref = parse_ref(pinned)
     index = load_model_image(open_store(ref, StoreOptions(plain_http=True)), ref).index
     sizes = {f.path: f.size for f in index.files}
     assign(cluster, "big", pinned, "big-everywhere")
     # slow enough to be stopped mid-pull: 2 MiB/s, one layer at a time
-    pod = cluster.pod("DaemonSet", "mc-slow", {"cache": {**cluster.values["cache"],
-                                                        "maxRate": "2MiB", "jobs": 1}})  # fmt: skip
+    pod = cluster.pod(
+        "DaemonSet", "mc-slow", {"cache": {**cluster.values["cache"], "maxRate": "2MiB", "jobs": 1}}
+    )
     grace = pod["spec"]["terminationGracePeriodSeconds"]
     models = cluster.node.path("/var/lib/modelcar/models")
     target = models / f"sha256-{digest[7:]}"
@@ -354,8 +419,10 @@ def test_sigterm_mid_pull_stops_the_daemon_in_its_grace_period_and_it_resumes(
     container = "mc-slow-cache"
     try:
         deadline = time.monotonic() + 120
-        while not any(int(n) >= 8 << 20 for n in re.findall(
-                r"verified \((\d+) bytes", cluster.podman.logs(container))):  # fmt: skip
+        while not any(
+            int(n) >= 8 << 20
+            for n in re.findall(r"verified \((\d+) bytes", cluster.podman.logs(container))
+        ):
             assert time.monotonic() < deadline, cluster.podman.logs(container)  # a shard done
             time.sleep(0.2)
         assert not target.exists()
@@ -365,16 +432,18 @@ def test_sigterm_mid_pull_stops_the_daemon_in_its_grace_period_and_it_resumes(
         state = json.loads(cluster.podman("inspect", container).stdout)[0]["State"]
         logs = cluster.podman.logs(container)
         assert stopped_in < grace and state["ExitCode"] == 0, (stopped_in, state, logs)
-        assert [e["event"] for e in daemon_log_events(logs) if e.get("digest") == digest][-1] \
-            == "stopped"  # fmt: skip
+        assert [e["event"] for e in daemon_log_events(logs) if e.get("digest") == digest][
+            -1
+        ] == "stopped"
         assert not target.exists()
 
         # started again (kubelet restarts the container): it resumes, then publishes
         cluster.podman("start", container)
         wait_http(f"http://127.0.0.1:{cluster.metrics_port}/readyz", timeout=120)
         logs = cluster.podman.logs(container)
-        ready = [e for e in daemon_log_events(logs) if e["event"] == "ready"
-                 and e["digest"] == digest]  # fmt: skip
+        ready = [
+            e for e in daemon_log_events(logs) if e["event"] == "ready" and e["digest"] == digest
+        ]
         assert ready and ready[-1]["fetched"] <= sum(sizes.values()) - (8 << 20), ready
     finally:
         watching.set()
@@ -392,13 +461,23 @@ def test_the_cache_pod_pulls_from_a_private_registry_with_its_mounted_secret_and
     registry with its own CA and htpasswd, reached by the daemon as uid 65532."""
     config = auth_registry.docker_config(tmp_path / "docker")
     pinned = run_cli(
-        "build", str(model_dir(tmp_path / "m")), f"{auth_registry.host}/private/m", "-q",
-        "--ca-file", str(auth_registry.ca_file), env={"DOCKER_CONFIG": str(config)},
-    ).last_line  # fmt: skip
+        "build",
+        str(model_dir(tmp_path / "m")),
+        f"{auth_registry.host}/private/m",
+        "-q",
+        "--ca-file",
+        str(auth_registry.ca_file),
+        env={"DOCKER_CONFIG": str(config)},
+    ).last_line
     assign(cluster, "private", pinned, "private-everywhere")
-    values = {"cache": {**cluster.values["cache"], "plainHttp": False,
-                        "registryAuth": {"existingSecrets": ["regcred"]},
-                        "registryCA": {"configMap": "registry-ca", "key": "ca.crt"}}}  # fmt: skip
+    values = {
+        "cache": {
+            **cluster.values["cache"],
+            "plainHttp": False,
+            "registryAuth": {"existingSecrets": ["regcred"]},
+            "registryCA": {"configMap": "registry-ca", "key": "ca.crt"},
+        }
+    }
     pod = cluster.pod("DaemonSet", "mc-private", values)
     secrets = {
         "mc-modelcar-node-token": {"token": cluster.node_token},

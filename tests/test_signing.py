@@ -30,8 +30,9 @@ def model(tmp_path_factory) -> Path:
 
 
 def _get(registry, repo: str, reference: str) -> httpx.Response:
-    return httpx.get(f"http://{registry.host}/v2/{repo}/manifests/{reference}",
-                     headers={"Accept": MANIFEST})  # fmt: skip
+    return httpx.get(
+        f"http://{registry.host}/v2/{repo}/manifests/{reference}", headers={"Accept": MANIFEST}
+    )
 
 
 def _blob(registry, repo: str, digest: str) -> bytes:
@@ -53,22 +54,38 @@ def test_a_signature_openssl_verifies_and_verify_key_accepts(
     assert layer["mediaType"] == "application/vnd.dev.cosign.simplesigning.v1+json"
     payload = _blob(registry, "signed/m", layer["digest"])
     claims = json.loads(payload)["critical"]
-    assert claims == {"identity": {"docker-reference": f"{registry.host}/signed/m"},
-                      "image": {"docker-manifest-digest": digest},
-                      "type": "cosign container image signature"}  # fmt: skip
+    assert claims == {
+        "identity": {"docker-reference": f"{registry.host}/signed/m"},
+        "image": {"docker-manifest-digest": digest},
+        "type": "cosign container image signature",
+    }
     (tmp_path / "payload").write_bytes(payload)
     der = base64.b64decode(layer["annotations"]["dev.cosignproject.cosign/signature"])
     (tmp_path / "sig.der").write_bytes(der)
-    r = subprocess.run(["openssl", "dgst", "-sha256", "-verify", str(public), "-signature",
-                        str(tmp_path / "sig.der"), str(tmp_path / "payload")],
-                       capture_output=True, text=True)  # fmt: skip
+    r = subprocess.run(
+        [
+            "openssl",
+            "dgst",
+            "-sha256",
+            "-verify",
+            str(public),
+            "-signature",
+            str(tmp_path / "sig.der"),
+            str(tmp_path / "payload"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0 and "Verified OK" in r.stdout, r.stderr
 
     ok = run_cli("verify", pinned, "--key", str(public), "--plain-http", "--json")
     checked = json.loads(ok.stdout)
     assert checked["signature"]["identity"] == f"{registry.host}/signed/m"
-    pub_der = subprocess.run(["openssl", "pkey", "-pubin", "-in", str(public), "-outform", "DER"],
-                             capture_output=True, check=True).stdout  # fmt: skip
+    pub_der = subprocess.run(
+        ["openssl", "pkey", "-pubin", "-in", str(public), "-outform", "DER"],
+        capture_output=True,
+        check=True,
+    ).stdout
     assert checked["signature"]["key_id"] == "sha256:" + hashlib.sha256(pub_der).hexdigest()
     assert checked["files"] == 2
 
@@ -83,12 +100,20 @@ def test_a_signature_openssl_verifies_and_verify_key_accepts(
 
 def test_build_sign_key_signs_and_a_bad_key_builds_nothing(registry, model, signing_key, tmp_path):
     private, public = signing_key
-    pinned = build(model, f"{registry.host}/signed/built", "--plain-http", "--sign-key",
-                   str(private))  # fmt: skip
+    pinned = build(
+        model, f"{registry.host}/signed/built", "--plain-http", "--sign-key", str(private)
+    )
     assert "signed by" in run_cli("verify", pinned, "--key", str(public), "--plain-http").stdout
     (tmp_path / "bad.pem").write_text("-----BEGIN PRIVATE KEY-----\nnot a key\n")
-    r = run_cli("build", str(model), f"{registry.host}/signed/never", "--plain-http",
-                "--sign-key", str(tmp_path / "bad.pem"), check=False)  # fmt: skip
+    r = run_cli(
+        "build",
+        str(model),
+        f"{registry.host}/signed/never",
+        "--plain-http",
+        "--sign-key",
+        str(tmp_path / "bad.pem"),
+        check=False,
+    )
     assert_one_line_error(r, "not a PEM private key")
     assert _get(registry, "signed/never", "latest").status_code == 404
 
@@ -99,9 +124,14 @@ def test_encrypted_keys_need_their_password(registry, model, tmp_path):
     pinned = build(model, f"{registry.host}/signed/enc", "--plain-http")
     r = run_cli("sign", pinned, "--key", str(tmp_path / "enc.key"), "--plain-http", check=False)
     assert_one_line_error(r, "encrypted and no password", "MODELCAR_KEY_PASSWORD")
-    r = run_cli("sign", pinned, "--key", "env://RELEASE_KEY", "--plain-http",
-                env={"MODELCAR_KEY_PASSWORD": "s3cret",
-                     "RELEASE_KEY": (tmp_path / "enc.key").read_text()})  # fmt: skip
+    r = run_cli(
+        "sign",
+        pinned,
+        "--key",
+        "env://RELEASE_KEY",
+        "--plain-http",
+        env={"MODELCAR_KEY_PASSWORD": "s3cret", "RELEASE_KEY": (tmp_path / "enc.key").read_text()},
+    )
     assert r.last_line == pinned
     ok = run_cli("verify", pinned, "--key", str(tmp_path / "enc.pub"), "--plain-http")
     assert "signed by" in ok.stdout
@@ -128,8 +158,11 @@ def test_bad_signatures_are_refused_in_one_line(registry, model, signing_key, tm
 
     # replay: a's signature manifest put under b's signature tag
     sig = _get(registry, "signed/a", f"sha256-{da[7:]}.sig")
-    put = httpx.put(f"http://{registry.host}/v2/signed/a/manifests/sha256-{db[7:]}.sig",
-                    content=sig.content, headers={"Content-Type": MANIFEST})  # fmt: skip
+    put = httpx.put(
+        f"http://{registry.host}/v2/signed/a/manifests/sha256-{db[7:]}.sig",
+        content=sig.content,
+        headers={"Content-Type": MANIFEST},
+    )
     assert put.status_code == 201
     assert_one_line_error(verify(b), "a payload for another image")
 

@@ -30,8 +30,11 @@ def hub(minilm, tmp_path, monkeypatch):
     server = HubServer(token="hf_secret").start()
     files = _read_dir(minilm)
     repo = server.add_repo("org/minilm")
-    v1 = {**files, "pytorch_model.bin": b"duplicate weights" * 100,
-          "original/consolidated.pth": b"x" * 1000}  # fmt: skip
+    v1 = {
+        **files,
+        "pytorch_model.bin": b"duplicate weights" * 100,
+        "original/consolidated.pth": b"x" * 1000,
+    }
     server.sha_v1 = repo.add_commit(v1, refs=("v1",), date="2025-01-02T03:04:05.000Z")
     v2 = {**v1, "config.json": files["config.json"].replace(b"}", b', "revision": 2}', 1)}
     server.sha_v2 = repo.add_commit(v2, refs=("main",), date="2025-02-03T04:05:06.000Z")
@@ -144,9 +147,11 @@ def _gets(hub, name):
     return sum(
         1
         for (m, p, code) in hub.log
-        if m == "GET" and "/resolve/" in p and p.split("/resolve/")[1].split("/", 1)[1] == name
+        if m == "GET"
+        and "/resolve/" in p
+        and p.split("/resolve/")[1].split("/", 1)[1] == name
         and code > 0
-    )  # fmt: skip
+    )
 
 
 def test_each_file_is_downloaded_once_and_unchanged_layers_not_at_all(
@@ -182,8 +187,16 @@ def test_a_hf_cache_snapshot_dir_builds_as_a_local_source(hub, registry, tmp_pat
     from huggingface_hub import snapshot_download
 
     snapshot = snapshot_download("org/minilm", revision=hub.sha_v2, **_in_process(hub))
-    r, _ = _build(snapshot, f"{registry.host}/hf/snapshot:1", "--exclude", "*.bin",
-                  "--exclude", "original/", "--exclude", ".gitattributes")  # fmt: skip
+    r, _ = _build(
+        snapshot,
+        f"{registry.host}/hf/snapshot:1",
+        "--exclude",
+        "*.bin",
+        "--exclude",
+        "original/",
+        "--exclude",
+        ".gitattributes",
+    )
     _, pulled = pull(tmp_path / "cache", r.last_line, "--plain-http")
     model_dir = tmp_path / "cache" / "models" / f"sha256-{hex_of(pulled['digest'])}"
     assert tree(model_dir) == _expected(hub.files_v2)
@@ -195,13 +208,25 @@ def test_offline_builds_come_from_the_local_hf_cache(hub, registry, tmp_path):
     snapshot_download("org/minilm", revision="main", **_in_process(hub))
     offline = {"HF_HUB_OFFLINE": "1"}
     requests = len(hub.log)
-    r = run_cli("build", "hf://org/minilm@main", f"{registry.host}/hf/offline:1", "--plain-http",
-                "--json", env=offline)  # fmt: skip
+    r = run_cli(
+        "build",
+        "hf://org/minilm@main",
+        f"{registry.host}/hf/offline:1",
+        "--plain-http",
+        "--json",
+        env=offline,
+    )
     assert len(hub.log) == requests  # not one request to the hub
     assert json.loads(r.stdout.splitlines()[-2])["source"] == f"hf://org/minilm@{hub.sha_v2}"
     _, pulled = pull(tmp_path / "cache", r.last_line, "--plain-http")
     model_dir = tmp_path / "cache" / "models" / f"sha256-{hex_of(pulled['digest'])}"
     assert tree(model_dir) == _expected(hub.files_v2)
-    missing = run_cli("build", "hf://org/other", f"{registry.host}/hf/offline:2", "--plain-http",
-                      env=offline, check=False)  # fmt: skip
+    missing = run_cli(
+        "build",
+        "hf://org/other",
+        f"{registry.host}/hf/offline:2",
+        "--plain-http",
+        env=offline,
+        check=False,
+    )
     assert_one_line_error(missing, "HF_HUB_OFFLINE")

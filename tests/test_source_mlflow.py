@@ -38,8 +38,9 @@ def mlflow_models(tmp_path_factory):
         with mlflow.start_run() as run:
             mlflow.log_artifacts(str(dirs[version]), artifact_path="model")
         runs[version] = run.info.run_id
-        client.create_model_version("bert", source=f"runs:/{run.info.run_id}/model",
-                                    run_id=run.info.run_id)  # fmt: skip
+        client.create_model_version(
+            "bert", source=f"runs:/{run.info.run_id}/model", run_id=run.info.run_id
+        )
     client.set_registered_model_alias("bert", "prod", "2")
     yield server, runs, dirs
     server.stop()
@@ -62,8 +63,9 @@ def test_an_alias_builds_the_version_it_points_at(mlflow_models, registry, tmp_p
     from modelcar.oci.stores import open_store
 
     ref = parse_ref(r.last_line)
-    manifest = json.loads(open_store(ref, StoreOptions(plain_http=True)).get_manifest(
-        ref.reference).data)  # fmt: skip
+    manifest = json.loads(
+        open_store(ref, StoreOptions(plain_http=True)).get_manifest(ref.reference).data
+    )
     assert manifest["annotations"][mk.SOURCE_RUN_ID] == runs[2]
 
     _, v1 = _build(env, "models:/bert/1", f"{registry.host}/mlflow/bert:v1")
@@ -79,6 +81,8 @@ def test_mlflow_errors_are_one_line(mlflow_models, registry):
     assert_one_line_error(_build(env, "models:/bert@nope", target, check=False)[0], "not found")
     assert_one_line_error(_build(env, "models:/ghost/1", target, check=False)[0], "not found")
     assert_one_line_error(_build(env, "models:/bert", target, check=False)[0], "models:/NAME")
-    down = {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}",
-            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}  # fmt: skip
+    down = {
+        "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}",
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+    }
     assert_one_line_error(_build(down, "models:/bert@prod", target, check=False)[0], "MLflow")

@@ -36,8 +36,16 @@ def s3():
 
 
 def _build(s3, source, target, *extra, check=True, env=None):
-    r = run_cli("build", source, target, "--plain-http", "--json", *extra,
-                env={**s3.env(), **(env or {})}, check=check)  # fmt: skip
+    r = run_cli(
+        "build",
+        source,
+        target,
+        "--plain-http",
+        "--json",
+        *extra,
+        env={**s3.env(), **(env or {})},
+        check=check,
+    )
     return r, (json.loads(r.stdout.strip().splitlines()[-2]) if r.code == 0 else None)
 
 

@@ -74,9 +74,15 @@ class _Sparse(io.RawIOBase):
 def test_file_over_8_gib_round_trips():
     size = (8 << 30) + 4097  # past the 8 GiB ustar limit: needs a PAX size record
     members = with_parents(
-        [Member("models/huge.safetensors", size=size, opener=lambda: _Sparse(size),
-                origin="huge.safetensors")]
-    )  # fmt: skip
+        [
+            Member(
+                "models/huge.safetensors",
+                size=size,
+                opener=lambda: _Sparse(size),
+                origin="huge.safetensors",
+            )
+        ]
+    )
     writer = TarWriter(members)
     seen = {}
     zeros = _Sparse.ZEROS
@@ -207,7 +213,9 @@ def test_short_reads_are_not_truncation():
     digest = "sha256:" + hashlib.sha256(layer).hexdigest()
     body = b"weights" * 300
     entry = FileEntry(
-        path="a.bin", size=len(body), sha256="sha256:" + hashlib.sha256(body).hexdigest(),
+        path="a.bin",
+        size=len(body),
+        sha256="sha256:" + hashlib.sha256(body).hexdigest(),
         layer=digest,
-    )  # fmt: skip
+    )
     assert read_model_layer(_Dribble(layer), digest, {"a.bin": entry}) == {"a.bin"}

@@ -24,9 +24,20 @@ def _model(root: Path, seed: int) -> Path:
 
 
 def _build(api, registry, tmp_path, name: str, seed: int, *extra: str) -> str:
-    r = run_cli("build", str(_model(tmp_path / name, seed)), f"{registry.host}/trust/{name}",
-                "--plain-http", "--api", api.url, "--model", name, "--alias", "prod", *extra,
-                env={"MODELCAR_API_TOKEN": api.token("publish", f"ci-{name}")})  # fmt: skip
+    r = run_cli(
+        "build",
+        str(_model(tmp_path / name, seed)),
+        f"{registry.host}/trust/{name}",
+        "--plain-http",
+        "--api",
+        api.url,
+        "--model",
+        name,
+        "--alias",
+        "prod",
+        *extra,
+        env={"MODELCAR_API_TOKEN": api.token("publish", f"ci-{name}")},
+    )
     return r
 
 
@@ -67,40 +78,74 @@ def test_signed_versions_resolve_and_nodes_publish_only_what_verifies(
         f"http://{registry.host}/v2/trust/signed/manifests/{sig_tag}",
         headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
     ).json()["layers"][0]
-    payload = httpx.get(f"http://{registry.host}/v2/trust/signed/blobs/"
-                        f"{signed_payload['digest']}").text  # fmt: skip
-    replay = admin.post("/v1/signatures", json={
-        "digest": unsigned_digest, "payload": payload,
-        "signature": signed_payload["annotations"]["dev.cosignproject.cosign/signature"],
-    })  # fmt: skip
+    payload = httpx.get(
+        f"http://{registry.host}/v2/trust/signed/blobs/{signed_payload['digest']}"
+    ).text
+    replay = admin.post(
+        "/v1/signatures",
+        json={
+            "digest": unsigned_digest,
+            "payload": payload,
+            "signature": signed_payload["annotations"]["dev.cosignproject.cosign/signature"],
+        },
+    )
     assert replay.status_code == 422 and "another image" in replay.json()["error"]["message"]
     assert admin.get("/v1/models/unsigned/versions/1").json()["signed_by"] == []
 
-    unknown = admin.put("/v1/policies/gpus", json={
-        "models": ["signed@prod"], "verification": {"keys": ["sha256:" + "0" * 64]},
-    })  # fmt: skip
+    unknown = admin.put(
+        "/v1/policies/gpus",
+        json={
+            "models": ["signed@prod"],
+            "verification": {"keys": ["sha256:" + "0" * 64]},
+        },
+    )
     assert unknown.status_code == 409 and "untrusted key" in unknown.json()["error"]["message"]
-    admin.put("/v1/policies/gpus", json={
-        "models": ["signed@prod", "unsigned@prod", "stranger@prod"],
-        "verification": {"keys": [key_id]},
-    }).raise_for_status()  # fmt: skip
-    admin.put("/v1/policies/from-acme", json={
-        "models": ["prov@prod"],
-        "verification": {"keys": [key_id], "source_prefix": "hf://acme/"},
-    }).raise_for_status()  # fmt: skip
+    admin.put(
+        "/v1/policies/gpus",
+        json={
+            "models": ["signed@prod", "unsigned@prod", "stranger@prod"],
+            "verification": {"keys": [key_id]},
+        },
+    ).raise_for_status()
+    admin.put(
+        "/v1/policies/from-acme",
+        json={
+            "models": ["prov@prod"],
+            "verification": {"keys": [key_id], "source_prefix": "hf://acme/"},
+        },
+    ).raise_for_status()
     in_use = admin.delete(f"/v1/keys/{key_id}")
     assert in_use.status_code == 409 and "gpus" in in_use.json()["error"]["message"]
 
-    digests = {m: admin.get(f"/v1/models/{m}/versions/1").json()["digest"]
-               for m in ("signed", "unsigned", "prov", "stranger")}  # fmt: skip
+    digests = {
+        m: admin.get(f"/v1/models/{m}/versions/1").json()["digest"]
+        for m in ("signed", "unsigned", "prov", "stranger")
+    }
     cache, port = tmp_path / "cache", free_port()
     env = {**os.environ, "MODELCAR_API_TOKEN": api.token("node", "gpu-1")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "modelcar.cache_daemon.cli", "run", "--node", "gpu-1",
-         "--api", api.url, "--cache-dir", str(cache), "--plain-http", "--interval", "0.3",
-         "--listen", f"127.0.0.1:{port}"],
-        cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "modelcar.cache_daemon.cli",
+            "run",
+            "--node",
+            "gpu-1",
+            "--api",
+            api.url,
+            "--cache-dir",
+            str(cache),
+            "--plain-http",
+            "--interval",
+            "0.3",
+            "--listen",
+            f"127.0.0.1:{port}",
+        ],
+        cwd=ROOT,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
 
         def states() -> dict[str, tuple[str, str | None]]:
@@ -127,8 +172,11 @@ def test_signed_versions_resolve_and_nodes_publish_only_what_verifies(
         assert published(cache) == [f"sha256-{digests['signed'][7:]}"]
         metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
         assert "modelcar_cache_signature_refusals_total" in metrics
-        refusals = next(float(line.split()[-1]) for line in metrics.splitlines()
-                        if line.startswith("modelcar_cache_signature_refusals_total"))  # fmt: skip
+        refusals = next(
+            float(line.split()[-1])
+            for line in metrics.splitlines()
+            if line.startswith("modelcar_cache_signature_refusals_total")
+        )
         assert refusals >= 3
         assert admin.get("/v1/resolve/signed@prod").json()["nodes_ready"] == ["gpu-1"]
     finally:

@@ -26,29 +26,58 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 def catalog(make_api):
     api = make_api(stale_after=3600)
     admin = api.client(api.admin)
-    assert admin.put("/v1/models/llama", json={"description": EVIL, "owner": "ml-platform"}
-                     ).status_code == 201  # fmt: skip
+    assert (
+        admin.put(
+            "/v1/models/llama", json={"description": EVIL, "owner": "ml-platform"}
+        ).status_code
+        == 201
+    )
     for digest, n in ((V1, 1), (V2, 2)):
-        r = admin.post("/v1/models/llama/versions", json={
-            "digest": digest, "repository": "registry.example/models/llama",
-            "source_uri": f"hf://meta-llama/Llama-3.1-8B@{COMMIT}", "size": n * 16 << 30,
-            "file_count": 7})  # fmt: skip
+        r = admin.post(
+            "/v1/models/llama/versions",
+            json={
+                "digest": digest,
+                "repository": "registry.example/models/llama",
+                "source_uri": f"hf://meta-llama/Llama-3.1-8B@{COMMIT}",
+                "size": n * 16 << 30,
+                "file_count": 7,
+            },
+        )
         assert r.status_code == 201, r.text
     admin.put("/v1/models/llama/aliases/prod", json={"version": 1, "reason": "first release"})
     admin.put("/v1/models/llama/aliases/prod", json={"version": 2, "reason": "eval passed"})
-    admin.put("/v1/policies/gpus", json={"models": ["llama@prod"],
-              "rollout": {"origin_concurrency": 2, "wave_timeout": "10m"}})  # fmt: skip
+    admin.put(
+        "/v1/policies/gpus",
+        json={
+            "models": ["llama@prod"],
+            "rollout": {"origin_concurrency": 2, "wave_timeout": "10m"},
+        },
+    )
     for node, state, error in (
         ("gpu-1", "ready", None),
         ("gpu-2", "failed", "no space left on the cache filesystem"),
     ):
         c = api.client(api.token("node", node, node))
-        r = c.put(f"/v1/nodes/{node}/status", json={
-            "models": [{"digest": V2, "state": state, "bytes_done": 32 << 30 if error is None
-                        else 1 << 30, "bytes_total": 32 << 30, "error": error,
-                        "sources": {"origin": 32 << 30} if error is None else {}}],
-            "disk": {"used_bytes": 40 << 30, "capacity_bytes": 100 << 30,
-                     "budget_bytes": 80 << 30}})  # fmt: skip
+        r = c.put(
+            f"/v1/nodes/{node}/status",
+            json={
+                "models": [
+                    {
+                        "digest": V2,
+                        "state": state,
+                        "bytes_done": 32 << 30 if error is None else 1 << 30,
+                        "bytes_total": 32 << 30,
+                        "error": error,
+                        "sources": {"origin": 32 << 30} if error is None else {},
+                    }
+                ],
+                "disk": {
+                    "used_bytes": 40 << 30,
+                    "capacity_bytes": 100 << 30,
+                    "budget_bytes": 80 << 30,
+                },
+            },
+        )
         assert r.status_code == 200, r.text
     return api
 
@@ -62,9 +91,16 @@ def browser(tmp_path):
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1280,900", f"--user-data-dir={tmp_path / 'profile'}",
-                "--no-first-run", "--disable-extensions"):  # fmt: skip
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1280,900",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--no-first-run",
+        "--disable-extensions",
+    ):
         options.add_argument(arg)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(30)
@@ -134,8 +170,10 @@ def test_every_page_in_a_browser(catalog, browser, tmp_path):
     _shot(d, tmp_path, "model")
     # the fleet: one node ready, one failed with its reason, disk against the budget
     _go(d, d.find_element(By.LINK_TEXT, "Fleet"))
-    rows = {r.find_element(By.TAG_NAME, "th").text.split()[0]: r
-            for r in d.find_elements(By.CSS_SELECTOR, "table.grid tbody tr")}  # fmt: skip
+    rows = {
+        r.find_element(By.TAG_NAME, "th").text.split()[0]: r
+        for r in d.find_elements(By.CSS_SELECTOR, "table.grid tbody tr")
+    }
     assert set(rows) == {"gpu-1", "gpu-2"}
     assert rows["gpu-1"].find_elements(By.TAG_NAME, "td")[-1].text == "ready"
     failed = rows["gpu-2"].find_elements(By.TAG_NAME, "td")[-1].text
@@ -158,8 +196,10 @@ def test_every_page_in_a_browser(catalog, browser, tmp_path):
 def test_pages_without_a_browser(catalog):
     api = catalog
     anon = httpx.get(f"{api.url}/ui/models/llama")
-    assert anon.status_code == 401 and "llama" not in anon.text.split("<main", 1)[1].split(
-        'name="next"')[0]  # fmt: skip
+    assert (
+        anon.status_code == 401
+        and "llama" not in anon.text.split("<main", 1)[1].split('name="next"')[0]
+    )
     h = {"Authorization": f"Bearer {api.admin}"}
     page = httpx.get(f"{api.url}/ui/models/llama", headers=h)
     assert page.status_code == 200
@@ -169,8 +209,9 @@ def test_pages_without_a_browser(catalog):
     missing = httpx.get(f"{api.url}/ui/models/nope", headers=h)
     assert missing.status_code == 404 and "unknown model" in missing.text
     # after login, only a page of this UI: never another site
-    r = httpx.post(f"{api.url}/ui/login", data={"token": api.admin,
-                                                "next": "https://evil.example/"})  # fmt: skip
+    r = httpx.post(
+        f"{api.url}/ui/login", data={"token": api.admin, "next": "https://evil.example/"}
+    )
     assert r.status_code == 303 and r.headers["location"] == "/ui"
     # a node token cannot read the catalog through the UI either
     r = httpx.post(f"{api.url}/ui/login", data={"token": api.token("node", "gpu-9", "gpu-9")})
@@ -198,15 +239,20 @@ def test_the_cookie_holds_a_session_id_not_the_token_and_is_secure_when_told(mak
     # a session id is no bearer token: the API refuses it, for reads and writes
     bearer = {"Authorization": f"Bearer {session}"}
     assert httpx.get(f"{api.url}/v1/models", headers=bearer).status_code == 401
-    assert httpx.post(f"{api.url}/v1/tokens", headers=bearer,
-                      json={"name": "x", "role": "admin"}).status_code == 401  # fmt: skip
+    assert (
+        httpx.post(
+            f"{api.url}/v1/tokens", headers=bearer, json={"name": "x", "role": "admin"}
+        ).status_code
+        == 401
+    )
     # signing out ends the session on the server, not only in the browser
     httpx.post(f"{api.url}/ui/logout", cookies=jar)
     assert httpx.get(f"{api.url}/ui/fleet", cookies=jar).status_code == 401
     # revoking the token ends its sessions
     admin = {"Authorization": f"Bearer {api.admin}"}
-    reader = httpx.post(f"{api.url}/v1/tokens", headers=admin,
-                        json={"name": "r", "role": "read"}).json()  # fmt: skip
+    reader = httpx.post(
+        f"{api.url}/v1/tokens", headers=admin, json={"name": "r", "role": "read"}
+    ).json()
     r = httpx.post(f"{api.url}/ui/login", data={"token": reader["token"]})
     jar = {"modelcar_ui_session": r.cookies["modelcar_ui_session"]}
     assert httpx.get(f"{api.url}/ui/fleet", cookies=jar).status_code == 200

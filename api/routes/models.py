@@ -102,11 +102,17 @@ def model_detail(s: Session, name: str, stale_after: float) -> wire.ModelDetail:
     return wire.ModelDetail(
         **model_out(m, aliases).model_dump(),
         versions=[
-            version_out(v, m.name, by_number.get(v.number), ready.get(v.digest),
-                        signed[v.digest], used.get(v.id, 0))
+            version_out(
+                v,
+                m.name,
+                by_number.get(v.number),
+                ready.get(v.digest),
+                signed[v.digest],
+                used.get(v.id, 0),
+            )
             for v in m.versions
         ],
-    )  # fmt: skip
+    )
 
 
 @router.get("/{name}", response_model=wire.ModelDetail, summary="A model, its versions and aliases")
@@ -138,8 +144,10 @@ def list_versions(name: Name, db: DB, _: Reader) -> list[wire.VersionOut]:
         m = catalog.get_model(s, name, details=True)
         signed = trust.signed_by(s, [v.digest for v in m.versions])
         used = usage.counts(s, [v.id for v in m.versions])
-        return [version_out(v, m.name, signed_by=signed[v.digest], usage=used.get(v.id, 0))
-                for v in m.versions]  # fmt: skip
+        return [
+            version_out(v, m.name, signed_by=signed[v.digest], usage=used.get(v.id, 0))
+            for v in m.versions
+        ]
 
 
 @router.post(

@@ -38,21 +38,28 @@ def _lookup(
         if modelpack:  # the same version's ModelPack artifact, and where it is ready
             other = catalog.modelpack_digest(conn, target.name, target.number)
             if other is None:
-                raise Missing(f"version {target.number} has no ModelPack form", subject=str(ref),
-                              hint="build it with --format both (or modelpack)")  # fmt: skip
+                raise Missing(
+                    f"version {target.number} has no ModelPack form",
+                    subject=str(ref),
+                    hint="build it with --format both (or modelpack)",
+                )
             nodes = fleet.ready_by_digest(conn, [other], settings.stale_after).get(other, [])
             target = replace(target, digest=other, nodes_ready=tuple(nodes))
         if require_signed:
             signed_by = trust.signed_by(conn, [target.digest])[target.digest]
     if require_signed and not signed_by:
         raise Conflict(
-            f"version {target.number} is not signed by a trusted key", subject=str(ref),
+            f"version {target.number} is not signed by a trusted key",
+            subject=str(ref),
             hint="sign it (modelcar sign --key … --api …) with a key in GET /v1/keys",
-        )  # fmt: skip
+        )
     answer = resolve_answer(
-        target, alias=ref.alias, nodes=list(target.nodes_ready), cache_root=settings.cache_root,
+        target,
+        alias=ref.alias,
+        nodes=list(target.nodes_ready),
+        cache_root=settings.cache_root,
         mode=mode,
-    )  # fmt: skip
+    )
     answer.signed_by = signed_by
     if modelpack:
         answer.image_format = "modelpack"

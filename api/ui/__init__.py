@@ -69,14 +69,19 @@ def _page(request: Request, template: str, status: int = 200, **context: Any) ->
     context.setdefault("who", None)
     context.setdefault("page", "")
     return templates.TemplateResponse(
-        request, template, {"open_reads": request.app.state.settings.open_reads, **context},
+        request,
+        template,
+        {"open_reads": request.app.state.settings.open_reads, **context},
         status_code=status,
-        headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY",
-                 "Content-Security-Policy": "default-src 'self'; style-src 'self'; "
-                                            "img-src 'self'; form-action 'self'; "
-                                            "frame-ancestors 'none'",
-                 "Referrer-Policy": "no-referrer"},
-    )  # fmt: skip
+        headers={
+            "Cache-Control": "no-store",
+            "X-Frame-Options": "DENY",
+            "Content-Security-Policy": "default-src 'self'; style-src 'self'; "
+            "img-src 'self'; form-action 'self'; "
+            "frame-ancestors 'none'",
+            "Referrer-Policy": "no-referrer",
+        },
+    )
 
 
 def _login(request: Request, error: str | None = None, status: int = 401) -> HTMLResponse:
@@ -101,14 +106,23 @@ async def _read(
         return await run_in_threadpool(work)
     except ModelcarError as e:
         status = e.http_status
-        return _page(request, "error.html", status if status >= 400 else 404, who=who,
-                     message=e.message, subject=e.subject, hint=e.hint)  # fmt: skip
+        return _page(
+            request,
+            "error.html",
+            status if status >= 400 else 404,
+            who=who,
+            message=e.message,
+            subject=e.subject,
+            hint=e.hint,
+        )
 
 
 @router.get("")
 async def models_page(request: Request) -> Response:
-    return await _read(request, lambda s, stale, who: _page(
-        request, "models.html", who=who, models=pages.models(s)))  # fmt: skip
+    return await _read(
+        request,
+        lambda s, stale, who: _page(request, "models.html", who=who, models=pages.models(s)),
+    )
 
 
 @router.get("/models/{name}")
@@ -123,15 +137,22 @@ async def model_page(request: Request, name: str) -> Response:
 
 @router.get("/fleet")
 async def fleet_page(request: Request) -> Response:
-    return await _read(request, lambda s, stale, who: _page(
-        request, "fleet.html", who=who, fleet=pages.fleet_grid(s, stale),
-        now=datetime.now(UTC)))  # fmt: skip
+    return await _read(
+        request,
+        lambda s, stale, who: _page(
+            request, "fleet.html", who=who, fleet=pages.fleet_grid(s, stale), now=datetime.now(UTC)
+        ),
+    )
 
 
 @router.get("/rollouts")
 async def rollouts_page(request: Request) -> Response:
-    return await _read(request, lambda s, stale, who: _page(
-        request, "rollouts.html", who=who, rollouts=pages.rollout_list(s, stale)))  # fmt: skip
+    return await _read(
+        request,
+        lambda s, stale, who: _page(
+            request, "rollouts.html", who=who, rollouts=pages.rollout_list(s, stale)
+        ),
+    )
 
 
 @router.get("/login")
@@ -157,9 +178,13 @@ async def login(request: Request) -> Response:
         return _page(request, "login.html", 401, error=e.message, next=next_page)
     response = RedirectResponse(next_page, status_code=303)
     response.set_cookie(
-        COOKIE, session, path="/ui", httponly=True, samesite="strict",
+        COOKIE,
+        session,
+        path="/ui",
+        httponly=True,
+        samesite="strict",
         secure=settings.secure_cookies or request.url.scheme == "https",
-    )  # fmt: skip
+    )
     return response
 
 

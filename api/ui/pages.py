@@ -35,9 +35,10 @@ class ModelRow:
 
 def models(s: Session) -> list[ModelRow]:
     rows = s.scalars(
-        select(Model).options(selectinload(Model.aliases).selectinload(Alias.version))
+        select(Model)
+        .options(selectinload(Model.aliases).selectinload(Alias.version))
         .order_by(Model.name)
-    ).all()  # fmt: skip
+    ).all()
     versions = s.execute(select(Version.id, Version.model_id, Version.digest)).all()
     signed = trust.signed_by(s, [v.digest for v in versions])
     used = usage.counts(s, [v.id for v in versions])
@@ -65,10 +66,17 @@ def alias_events(s: Session, model: Model) -> list[wire.AliasEvent]:
         select(AliasEvent).where(AliasEvent.model_id == model.id).order_by(AliasEvent.id.desc())
     )
     return [
-        wire.AliasEvent(model=model.name, alias=e.alias, from_version=e.from_number,
-                        to_version=e.to_number, actor=e.actor, at=e.at, reason=e.reason)
+        wire.AliasEvent(
+            model=model.name,
+            alias=e.alias,
+            from_version=e.from_number,
+            to_version=e.to_number,
+            actor=e.actor,
+            at=e.at,
+            reason=e.reason,
+        )
         for e in rows
-    ]  # fmt: skip
+    ]
 
 
 @dataclass
@@ -121,9 +129,15 @@ def fleet_grid(s: Session, stale_after: float) -> Fleet:
     """Every node (rows) × every model reported (columns). Plain column reads, no ORM
     objects: the page must stay fast with hundreds of nodes."""
     reports = s.execute(
-        select(NodeModel.node_name, NodeModel.digest, NodeModel.state, NodeModel.bytes_done,
-               NodeModel.bytes_total, NodeModel.error)
-    ).all()  # fmt: skip
+        select(
+            NodeModel.node_name,
+            NodeModel.digest,
+            NodeModel.state,
+            NodeModel.bytes_done,
+            NodeModel.bytes_total,
+            NodeModel.error,
+        )
+    ).all()
     digests = sorted({r.digest for r in reports})
     names: dict[str, str] = {}
     for digest, model, number in s.execute(
@@ -142,10 +156,14 @@ def fleet_grid(s: Session, stale_after: float) -> Fleet:
     ):
         disk = disk or {}
         rows[name] = NodeRow(
-            name=name, stale=last_seen < since, last_seen=last_seen,
-            used=disk.get("used_bytes"), budget=disk.get("budget_bytes"),
-            capacity=disk.get("capacity_bytes"), cells=[None] * len(columns),
-        )  # fmt: skip
+            name=name,
+            stale=last_seen < since,
+            last_seen=last_seen,
+            used=disk.get("used_bytes"),
+            budget=disk.get("budget_bytes"),
+            capacity=disk.get("capacity_bytes"),
+            cells=[None] * len(columns),
+        )
     counts: dict[str, int] = {}
     for r in reports:
         row = rows.get(r.node_name)
@@ -177,10 +195,11 @@ def rollout_list(s: Session, stale_after: float) -> list[wire.RolloutOut]:
             except ModelcarError:
                 continue
             version = s.scalar(
-                select(Version).join(Model).where(Model.name == target.name,
-                                                  Version.number == target.number)
+                select(Version)
+                .join(Model)
+                .where(Model.name == target.name, Version.number == target.number)
                 .options(selectinload(Version.model))
-            )  # fmt: skip
+            )
             if version is not None:
                 found.setdefault(version.id, (version, []))[1].append(policy.rollout)
     return [rollouts.view(s, v, stale_after, rules=rules) for v, rules in found.values()]

@@ -118,19 +118,22 @@ class HfSource(Source):
                 return fn()
             except GatedRepoError:
                 raise SourceError(
-                    "the Hugging Face repo is gated", subject=what,
+                    "the Hugging Face repo is gated",
+                    subject=what,
                     hint="accept its terms on the Hub and set HF_TOKEN",
-                ) from None  # fmt: skip
+                ) from None
             except RepositoryNotFoundError:
                 raise SourceNotFound(
-                    "Hugging Face repo not found", subject=what,
+                    "Hugging Face repo not found",
+                    subject=what,
                     hint="check ORG/NAME; a private repo needs HF_TOKEN",
-                ) from None  # fmt: skip
+                ) from None
             except RevisionNotFoundError:
                 raise SourceNotFound(
-                    "revision not found in the Hugging Face repo", subject=what,
+                    "revision not found in the Hugging Face repo",
+                    subject=what,
                     hint="give a branch, tag or commit sha that exists",
-                ) from None  # fmt: skip
+                ) from None
             except (OfflineModeIsEnabled, LocalEntryNotFoundError):
                 raise SourceError(
                     "HF_HUB_OFFLINE is set and the repo is not in the local HF cache",
@@ -139,15 +142,17 @@ class HfSource(Source):
             except HfHubHTTPError as e:
                 status = e.response.status_code if e.response is not None else "?"
                 error = SourceError(
-                    f"the Hub answered HTTP {status}", subject=what,
+                    f"the Hub answered HTTP {status}",
+                    subject=what,
                     hint="rate limited; try again later" if status == 429 else None,
-                )  # fmt: skip
+                )
                 raise retry_later(e.response, error) or error from None
             except HTTP_ERRORS as e:
                 error = SourceError(
                     f"cannot reach the Hugging Face Hub ({type(e).__name__})",
-                    subject=self.endpoint, hint="check HF_ENDPOINT and the network",
-                )  # fmt: skip
+                    subject=self.endpoint,
+                    hint="check HF_ENDPOINT and the network",
+                )
                 raise RetryLater(None, error) from None
 
         return call(once, what, self._announce)

@@ -87,13 +87,15 @@ class MlflowSource(Source):
             code = getattr(e, "error_code", "")
             if code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
                 raise SourceNotFound(
-                    "MLflow model, version or alias not found", subject=what,
+                    "MLflow model, version or alias not found",
+                    subject=what,
                     hint=str(e.message).splitlines()[0][:200],
-                ) from None  # fmt: skip
+                ) from None
             raise SourceError(
-                "cannot reach the MLflow tracking server", subject=self.tracking,
+                "cannot reach the MLflow tracking server",
+                subject=self.tracking,
                 hint="check MLFLOW_TRACKING_URI and its credentials",
-            ) from None  # fmt: skip
+            ) from None
         self.version = str(mv.version)
         self.run_id = mv.run_id or ""
         self.uri = f"mlflow://{self.name}/{self.version}"

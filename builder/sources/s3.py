@@ -70,28 +70,32 @@ class S3Source(Source):
 
         if isinstance(e, NoCredentialsError):
             return SourceError(
-                "no AWS credentials found", subject=what,
+                "no AWS credentials found",
+                subject=what,
                 hint="set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or a role",
-            )  # fmt: skip
+            )
         if isinstance(e, EndpointConnectionError):
             return SourceError(
-                "cannot reach the S3 endpoint", subject=str(e).split('"')[1] if '"' in str(e)
-                else what, hint="check AWS_ENDPOINT_URL / --s3-endpoint",
-            )  # fmt: skip
+                "cannot reach the S3 endpoint",
+                subject=str(e).split('"')[1] if '"' in str(e) else what,
+                hint="check AWS_ENDPOINT_URL / --s3-endpoint",
+            )
         if isinstance(e, ClientError):
             code = e.response.get("Error", {}).get("Code", "")
             if code == "NoSuchBucket":
                 return SourceNotFound("S3 bucket does not exist", subject=f"s3://{self.bucket}")
             if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403"):
                 return SourceError(
-                    f"S3 refused access ({code})", subject=what,
+                    f"S3 refused access ({code})",
+                    subject=what,
                     hint="check the credentials and the bucket policy",
-                )  # fmt: skip
+                )
             if code in ("PreconditionFailed", "412"):
                 return SourceFileError(
-                    "the object changed during the build", subject=what,
+                    "the object changed during the build",
+                    subject=what,
                     hint="build again from a stable prefix",
-                )  # fmt: skip
+                )
             return SourceError(f"S3 answered {code or 'an error'}", subject=what)
         return SourceError(f"S3 failed ({type(e).__name__})", subject=what)
 

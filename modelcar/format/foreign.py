@@ -130,8 +130,9 @@ def _raw_path(layer: Descriptor, subject: str) -> str:
         )
     path = path.removeprefix("./")
     if (problem := path_problem(path)) is not None:
-        raise ImageFormatError(f"{problem} in a ModelPack layer's file path",
-                               subject=f"{subject}: {shown(path)}")  # fmt: skip
+        raise ImageFormatError(
+            f"{problem} in a ModelPack layer's file path", subject=f"{subject}: {shown(path)}"
+        )
     return path
 
 
@@ -156,8 +157,10 @@ def plan(fmt: Format, manifest: Manifest, subject: str) -> list[Part]:
             ):
                 path = _raw_path(layer, subject)
                 if path in raw_paths:
-                    raise ImageFormatError("two ModelPack layers name the same file",
-                                           subject=f"{subject}: {shown(path)}")  # fmt: skip
+                    raise ImageFormatError(
+                        "two ModelPack layers name the same file",
+                        subject=f"{subject}: {shown(path)}",
+                    )
                 raw_paths.add(path)
                 parts.append(Part(layer, "none", raw_path=path))
                 continue
@@ -174,8 +177,9 @@ def plan(fmt: Format, manifest: Manifest, subject: str) -> list[Part]:
         raise ImageFormatError(f"a {fmt} image with no layers", subject=subject)
     for path in raw_paths:  # `d` and `d/e`: one would have to be dropped
         parts_of = path.split("/")
-        parent = next((p for i in range(1, len(parts_of))
-                       if (p := "/".join(parts_of[:i])) in raw_paths), None)  # fmt: skip
+        parent = next(
+            (p for i in range(1, len(parts_of)) if (p := "/".join(parts_of[:i])) in raw_paths), None
+        )
         if parent is not None:
             raise ImageFormatError(
                 "a ModelPack layer's file is where another's directory is",
@@ -190,8 +194,9 @@ def load_foreign(store: ImageStore, ref: Ref) -> ForeignImage:
     fetched = store.get_manifest(ref.reference)
     digest = sha256_bytes(fetched.data)
     if ref.digest and digest != ref.digest:
-        raise DigestMismatch(f"manifest does not match the pinned digest (got {digest})",
-                             subject=str(ref))  # fmt: skip
+        raise DigestMismatch(
+            f"manifest does not match the pinned digest (got {digest})", subject=str(ref)
+        )
     data = fetched.data
     if fetched.media_type in mt.INDEX_TYPES:
         children = platform_images(parse_index(data).manifests, str(ref))
@@ -201,8 +206,7 @@ def load_foreign(store: ImageStore, ref: Ref) -> ForeignImage:
             raise ImageFormatError(f"the image index has no {host} image", subject=str(ref))
         data = store.get_manifest(chosen.digest).data
         if sha256_bytes(data) != chosen.digest:
-            raise DigestMismatch("a platform manifest does not match its digest",
-                                 subject=str(ref))  # fmt: skip
+            raise DigestMismatch("a platform manifest does not match its digest", subject=str(ref))
     manifest = parse_manifest(data)
     fmt = format_of(manifest)
     if fmt is None:

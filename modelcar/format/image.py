@@ -74,15 +74,17 @@ def _load_index(store: ImageStore, ref: Ref, data: bytes, digest: str) -> ModelI
     if not children:
         raise ImageFormatError("image index lists no platform images", subject=str(ref))
     if len(children) > MAX_PLATFORMS:
-        raise ImageFormatError(f"image index lists over {MAX_PLATFORMS} platforms",
-                               subject=str(ref))  # fmt: skip
+        raise ImageFormatError(
+            f"image index lists over {MAX_PLATFORMS} platforms", subject=str(ref)
+        )
     images = {}
     for d in children:
         name = platform_str(d.platform)  # type: ignore[arg-type]  # is_runnable: not None
         child = store.get_manifest(d.digest)
         if sha256_bytes(child.data) != d.digest:
-            raise DigestMismatch("a platform manifest does not match its digest",
-                                 subject=f"{ref}: {name}")  # fmt: skip
+            raise DigestMismatch(
+                "a platform manifest does not match its digest", subject=f"{ref}: {name}"
+            )
         images[name] = (d, _load_manifest(store, f"{ref} ({name})", child.data, d.digest))
     first = next(iter(images.values()))[1]
     for name, (_, image) in images.items():
@@ -97,10 +99,12 @@ def _load_index(store: ImageStore, ref: Ref, data: bytes, digest: str) -> ModelI
     host = host_platform()
     chosen = next((img for d, img in images.values() if same_platform(d.platform, host)), first)  # type: ignore[arg-type]  # is_runnable: not None
     return ModelImage(
-        digest=digest, manifest=chosen.manifest, index=chosen.index,
+        digest=digest,
+        manifest=chosen.manifest,
+        index=chosen.index,
         model_layers=chosen.model_layers,
         variants={name: img for name, (_, img) in images.items()},
-    )  # fmt: skip
+    )
 
 
 def _load_manifest(store: ImageStore, subject: str, data: bytes, digest: str) -> ModelImage:

@@ -26,16 +26,44 @@ FILEPATH_OLD = "org.cnai.model.filepath"
 FILE_METADATA = "org.cncf.model.file.metadata+json"
 UNTESTED = "org.cncf.model.file.mediatype.untested"
 
-_WEIGHTS = (".safetensors", ".bin", ".gguf", ".pt", ".pth", ".onnx", ".h5", ".ckpt", ".msgpack",
-            ".pb", ".tflite", ".mlmodel", ".npz", ".keras")  # fmt: skip
+_WEIGHTS = (
+    ".safetensors",
+    ".bin",
+    ".gguf",
+    ".pt",
+    ".pth",
+    ".onnx",
+    ".h5",
+    ".ckpt",
+    ".msgpack",
+    ".pb",
+    ".tflite",
+    ".mlmodel",
+    ".npz",
+    ".keras",
+)
 _CODE = (".py", ".sh", ".ipynb", ".js", ".ts", ".go", ".rs", ".c", ".cc", ".cpp", ".h", ".cu")
-_CONFIG_NAMES = {"config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-                 "special_tokens_map.json", "vocab.txt", "vocab.json", "merges.txt",
-                 "tokenizer.model", "preprocessor_config.json", "added_tokens.json",
-                 "model.safetensors.index.json", "pytorch_model.bin.index.json",
-                 "sentencepiece.bpe.model", "spiece.model", "chat_template.jinja",
-                 "modules.json", "sentence_bert_config.json",
-                 "config_sentence_transformers.json"}  # fmt: skip
+_CONFIG_NAMES = {
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "preprocessor_config.json",
+    "added_tokens.json",
+    "model.safetensors.index.json",
+    "pytorch_model.bin.index.json",
+    "sentencepiece.bpe.model",
+    "spiece.model",
+    "chat_template.jinja",
+    "modules.json",
+    "sentence_bert_config.json",
+    "config_sentence_transformers.json",
+}
 _DOC_NAMES = ("readme", "license", "licence", "notice", "model_card", "modelcard", "citation")
 
 
@@ -62,14 +90,24 @@ def raw_media_type(kind: str) -> str:
 
 def layer(path: str, digest: str, size: int) -> Descriptor:
     kind, guessed = kind_of(path)
-    metadata = json.dumps({"name": path, "mode": 0o644, "uid": 0, "gid": 0, "size": size,
-                           "mtime": "1970-01-01T00:00:00Z", "typeflag": ord("0")},
-                          separators=(",", ":"))  # fmt: skip
+    metadata = json.dumps(
+        {
+            "name": path,
+            "mode": 0o644,
+            "uid": 0,
+            "gid": 0,
+            "size": size,
+            "mtime": "1970-01-01T00:00:00Z",
+            "typeflag": ord("0"),
+        },
+        separators=(",", ":"),
+    )
     annotations = {FILEPATH: path, mt.TITLE: path, FILE_METADATA: metadata}
     if guessed:
         annotations[UNTESTED] = "true"
-    return Descriptor(mediaType=raw_media_type(kind), digest=digest, size=size,
-                      annotations=annotations)  # fmt: skip
+    return Descriptor(
+        mediaType=raw_media_type(kind), digest=digest, size=size, annotations=annotations
+    )
 
 
 def _format(paths: list[str]) -> str | None:
@@ -79,8 +117,9 @@ def _format(paths: list[str]) -> str | None:
     return None
 
 
-def config(name: str, layers: list[Descriptor], created: int | None,
-           revision: str | None, source: str) -> bytes:  # fmt: skip
+def config(
+    name: str, layers: list[Descriptor], created: int | None, revision: str | None, source: str
+) -> bytes:
     """The model config: no wall-clock time (``created`` is the source's commit time or
     SOURCE_DATE_EPOCH, or absent), the source's revision, the layers as diffIds."""
     descriptor: dict[str, Any] = {"name": name, "sourceURL": source}
@@ -93,17 +132,26 @@ def config(name: str, layers: list[Descriptor], created: int | None,
     model_config: dict[str, Any] = {}
     if fmt := _format([d.annotations[FILEPATH] for d in layers if d.annotations]):
         model_config["format"] = fmt
-    return canonical_json({
-        "descriptor": descriptor,
-        "modelfs": {"type": "layers", "diffIds": [d.digest for d in layers]},
-        "config": model_config,
-    })  # fmt: skip
+    return canonical_json(
+        {
+            "descriptor": descriptor,
+            "modelfs": {"type": "layers", "diffIds": [d.digest for d in layers]},
+            "config": model_config,
+        }
+    )
 
 
-def manifest(config_bytes: bytes, config_digest: str, layers: list[Descriptor],
-             subject: Descriptor | None, annotations: dict[str, str]) -> bytes:  # fmt: skip
+def manifest(
+    config_bytes: bytes,
+    config_digest: str,
+    layers: list[Descriptor],
+    subject: Descriptor | None,
+    annotations: dict[str, str],
+) -> bytes:
     return Manifest(
         artifactType=ARTIFACT_TYPE,
         config=Descriptor(mediaType=CONFIG_TYPE, digest=config_digest, size=len(config_bytes)),
-        layers=layers, subject=subject, annotations=annotations or None,
-    ).canonical()  # fmt: skip
+        layers=layers,
+        subject=subject,
+        annotations=annotations or None,
+    ).canonical()

@@ -45,13 +45,21 @@ class Unpacked:
     opaque: set[str] = field(default_factory=set)
 
     def to_json(self) -> dict[str, object]:
-        return {"files": self.files, "dirs": sorted(self.dirs), "removed": sorted(self.removed),
-                "opaque": sorted(self.opaque)}  # fmt: skip
+        return {
+            "files": self.files,
+            "dirs": sorted(self.dirs),
+            "removed": sorted(self.removed),
+            "opaque": sorted(self.opaque),
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Unpacked:
-        return cls({k: (int(v[0]), str(v[1])) for k, v in data["files"].items()},
-                   set(data["dirs"]), set(data["removed"]), set(data["opaque"]))  # fmt: skip
+        return cls(
+            {k: (int(v[0]), str(v[1])) for k, v in data["files"].items()},
+            set(data["dirs"]),
+            set(data["removed"]),
+            set(data["opaque"]),
+        )
 
 
 #: A compressed layer may expand to at most this many times its size (and always to
@@ -159,8 +167,13 @@ def _clear_lower(root: Path, directory: str, keep: set[str]) -> None:
 
 
 class _Layer:
-    def __init__(self, part: Part, root: Path | None, claim: Callable[[str], None] | None,
-                 on_bytes: Callable[[int], None] | None):  # fmt: skip
+    def __init__(
+        self,
+        part: Part,
+        root: Path | None,
+        claim: Callable[[str], None] | None,
+        on_bytes: Callable[[int], None] | None,
+    ):
         self.part, self.root, self.claim, self.on_bytes = part, root, claim, on_bytes
         self.done = Unpacked()
         self.subject = part.layer.digest
@@ -334,8 +347,9 @@ def unpack_layer(
             pass
     hashing.drain()
     if hashing.digest != part.layer.digest or hashing.count != part.layer.size:
-        raise DigestMismatch(f"layer digest mismatch (got {hashing.digest})",
-                             subject=part.layer.digest)  # fmt: skip
+        raise DigestMismatch(
+            f"layer digest mismatch (got {hashing.digest})", subject=part.layer.digest
+        )
     return layer.done
 
 

@@ -43,13 +43,20 @@ def attach(
     layer = Descriptor(mediaType=artifact_type, digest=_put(store, data), size=len(data))
     config = Descriptor(mediaType=EMPTY_MEDIA_TYPE, digest=_put(store, EMPTY), size=len(EMPTY))
     manifest = Manifest(
-        artifactType=artifact_type, config=config, layers=[layer],
+        artifactType=artifact_type,
+        config=config,
+        layers=[layer],
         subject=Descriptor(mediaType=subject.mediaType, digest=subject.digest, size=subject.size),
         annotations=annotations or None,
-    ).canonical()  # fmt: skip
+    ).canonical()
     digest = store.put_manifest(manifest, mt.OCI_MANIFEST, sha256_bytes(manifest))
-    described = Descriptor(mediaType=mt.OCI_MANIFEST, digest=digest, size=len(manifest),
-                           artifactType=artifact_type, annotations=annotations or None)  # fmt: skip
+    described = Descriptor(
+        mediaType=mt.OCI_MANIFEST,
+        digest=digest,
+        size=len(manifest),
+        artifactType=artifact_type,
+        annotations=annotations or None,
+    )
     link(store, subject.digest, described)
     return described
 

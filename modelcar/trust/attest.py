@@ -53,13 +53,23 @@ def attach(
             provenance.predicate(facts),
         )
         envelope = canonical_json(dsse.seal(statement, key, keys.key_id(key)))
-        referrers.attach(store, subject, DSSE_MEDIA_TYPE, envelope,
-                         {PREDICATE_ANNOTATION: provenance.PREDICATE_TYPE})  # fmt: skip
+        referrers.attach(
+            store,
+            subject,
+            DSSE_MEDIA_TYPE,
+            envelope,
+            {PREDICATE_ANNOTATION: provenance.PREDICATE_TYPE},
+        )
         attached.append(provenance.PREDICATE_TYPE)
     if modelsig.PREDICATE_TYPE not in done:
         bundle = modelsig.bundle(name, index, key)
-        referrers.attach(store, subject, modelsig.BUNDLE_MEDIA_TYPE, bundle,
-                         {PREDICATE_ANNOTATION: modelsig.PREDICATE_TYPE})  # fmt: skip
+        referrers.attach(
+            store,
+            subject,
+            modelsig.BUNDLE_MEDIA_TYPE,
+            bundle,
+            {PREDICATE_ANNOTATION: modelsig.PREDICATE_TYPE},
+        )
         attached.append(modelsig.PREDICATE_TYPE)
     return attached + sorted(done & {provenance.PREDICATE_TYPE, modelsig.PREDICATE_TYPE})
 
@@ -109,22 +119,25 @@ def _envelope(store: ImageStore, described: Descriptor, digest: str, what: str) 
     try:
         manifest = parse_manifest(store.get_manifest(described.digest).data)
     except NotFound:
-        raise SignatureError(f"a referrer that is not in the registry ({described.digest})",
-                             subject=what) from None  # fmt: skip
+        raise SignatureError(
+            f"a referrer that is not in the registry ({described.digest})", subject=what
+        ) from None
     except ModelcarError as e:
         raise SignatureError(f"an unreadable referrer ({e.message})", subject=what) from None
     if manifest.subject is None or manifest.subject.digest != digest:
         named = manifest.subject.digest if manifest.subject else "none"
         raise SignatureError(f"a referrer whose subject is another image ({named})", subject=what)
     if len(manifest.layers) != 1 or manifest.layers[0].size > MAX_ATTESTATION:
-        raise SignatureError("a referrer that is not one attestation of at most 32 MiB",
-                             subject=what)  # fmt: skip
+        raise SignatureError(
+            "a referrer that is not one attestation of at most 32 MiB", subject=what
+        )
     layer = manifest.layers[0]
     try:
         data = store.read_blob(layer.digest, MAX_ATTESTATION)
     except NotFound:
-        raise SignatureError(f"a referrer names a missing blob ({layer.digest})",
-                             subject=what) from None  # fmt: skip
+        raise SignatureError(
+            f"a referrer names a missing blob ({layer.digest})", subject=what
+        ) from None
     return decode.json(data, "an attestation", SignatureError, subject=what)
 
 
@@ -143,8 +156,9 @@ def verify(
     try:
         attached = referrers.referrers(store, digest)
     except ModelcarError as e:
-        raise SignatureError(f"the attestations cannot be listed ({e.message})",
-                             subject=what) from None  # fmt: skip
+        raise SignatureError(
+            f"the attestations cannot be listed ({e.message})", subject=what
+        ) from None
     sources: list[str] = []
     for described in attached:
         if described.artifactType not in KINDS:
@@ -178,13 +192,23 @@ def verify(
     return found
 
 
-def _take(found: Attested, sources: list[str], claims: dict[str, Any], signer: str,
-          digest: str, index: FileIndex | None, what: str) -> None:  # fmt: skip
+def _take(
+    found: Attested,
+    sources: list[str],
+    claims: dict[str, Any],
+    signer: str,
+    digest: str,
+    index: FileIndex | None,
+    what: str,
+) -> None:
     """What one verified statement says, into ``found`` (provenance sources in ``sources``)."""
     kind = claims.get("predicateType")
     if kind == provenance.PREDICATE_TYPE:
-        named = [s.get("digest", {}).get("sha256") for s in claims.get("subject") or []
-                 if isinstance(s, dict)]  # fmt: skip
+        named = [
+            s.get("digest", {}).get("sha256")
+            for s in claims.get("subject") or []
+            if isinstance(s, dict)
+        ]
         if hex_of(digest) not in named:
             other = f"sha256:{named[0]}" if named else "none"
             raise SignatureError(
@@ -193,19 +217,25 @@ def _take(found: Attested, sources: list[str], claims: dict[str, Any], signer: s
         sources.append(provenance.source_of(claims))
         found.provenance_source = sources[-1]
         found.provenance_key = signer
-        found.builder = str(claims["predicate"].get("runDetails", {})
-                            .get("builder", {}).get("id", ""))  # fmt: skip
+        found.builder = str(
+            claims["predicate"].get("runDetails", {}).get("builder", {}).get("id", "")
+        )
     elif kind == modelsig.PREDICATE_TYPE and index is not None:  # a foreign image's
         if not modelsig.matches(claims, index):  # files are known once unpacked
-            raise SignatureError("a model signature over other files than the image's",
-                                 subject=what)  # fmt: skip
+            raise SignatureError(
+                "a model signature over other files than the image's", subject=what
+            )
         found.model_signature_key = signer
 
 
 def listed(store: ImageStore, digest: str) -> list[str]:
     """The predicate types of the attestations attached to ``digest`` (none checked)."""
-    return sorted({(d.annotations or {}).get(PREDICATE_ANNOTATION, d.artifactType or "?")
-                   for d in referrers.referrers(store, digest)})  # fmt: skip
+    return sorted(
+        {
+            (d.annotations or {}).get(PREDICATE_ANNOTATION, d.artifactType or "?")
+            for d in referrers.referrers(store, digest)
+        }
+    )
 
 
 def subject_of(store: ImageStore, digest: str) -> Descriptor:

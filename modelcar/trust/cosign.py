@@ -42,14 +42,16 @@ def identity(ref: Ref) -> str:
 
 
 def payload(ref: Ref, digest: str) -> bytes:
-    return canonical_json({
-        "critical": {
-            "identity": {"docker-reference": identity(ref)},
-            "image": {"docker-manifest-digest": digest},
-            "type": SIGNATURE_KIND,
-        },
-        "optional": None,
-    })  # fmt: skip
+    return canonical_json(
+        {
+            "critical": {
+                "identity": {"docker-reference": identity(ref)},
+                "image": {"docker-manifest-digest": digest},
+                "type": SIGNATURE_KIND,
+            },
+            "optional": None,
+        }
+    )
 
 
 def _existing(store: ImageStore, digest: str) -> list[Descriptor]:
@@ -92,14 +94,23 @@ def sign_image(
     body_digest = sha256_bytes(body)
     if not store.has_blob(body_digest):
         store.put_blob(body_digest, len(body), lambda: [body])
-    layer = Descriptor(mediaType=PAYLOAD_TYPE, digest=body_digest, size=len(body),
-                       annotations={SIGNATURE_ANNOTATION: signature})  # fmt: skip
+    layer = Descriptor(
+        mediaType=PAYLOAD_TYPE,
+        digest=body_digest,
+        size=len(body),
+        annotations={SIGNATURE_ANNOTATION: signature},
+    )
     layers = [*existing, layer]
-    config = canonical_json({
-        "architecture": "", "os": "", "created": "0001-01-01T00:00:00Z",
-        "config": {}, "history": [{"created": "0001-01-01T00:00:00Z"}],
-        "rootfs": {"type": "layers", "diff_ids": [d.digest for d in layers]},
-    })  # fmt: skip
+    config = canonical_json(
+        {
+            "architecture": "",
+            "os": "",
+            "created": "0001-01-01T00:00:00Z",
+            "config": {},
+            "history": [{"created": "0001-01-01T00:00:00Z"}],
+            "rootfs": {"type": "layers", "diff_ids": [d.digest for d in layers]},
+        }
+    )
     config_digest = sha256_bytes(config)
     if not store.has_blob(config_digest):
         store.put_blob(config_digest, len(config), lambda: [config])
@@ -168,8 +179,9 @@ def verify_image(
     try:
         layers = parse_manifest(fetched.data).layers
     except ModelcarError as e:
-        raise SignatureError(f"unreadable signature manifest ({e.message})",
-                             subject=subject) from None  # fmt: skip
+        raise SignatureError(
+            f"unreadable signature manifest ({e.message})", subject=subject
+        ) from None
     if len(layers) > MAX_SIGNATURES:
         raise SignatureError(f"over {MAX_SIGNATURES} signatures", subject=subject)
     reasons = []

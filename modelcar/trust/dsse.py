@@ -29,10 +29,14 @@ def pae(payload_type: str, payload: bytes) -> bytes:
 
 
 def statement(subject: list[dict[str, Any]], predicate_type: str, predicate: Any) -> bytes:
-    return canonical_json({
-        "_type": STATEMENT_V1, "subject": subject,
-        "predicateType": predicate_type, "predicate": predicate,
-    })  # fmt: skip
+    return canonical_json(
+        {
+            "_type": STATEMENT_V1,
+            "subject": subject,
+            "predicateType": predicate_type,
+            "predicate": predicate,
+        }
+    )
 
 
 def seal(payload: bytes, key: ec.EllipticCurvePrivateKey, keyid: str = "") -> dict[str, Any]:
@@ -65,18 +69,19 @@ def open_envelope(
     if payload_type != IN_TOTO_PAYLOAD:
         raise SignatureError(f"a DSSE envelope of another type ({payload_type})", subject=subject)
     if len(signatures) > MAX_SIGNATURES:
-        raise SignatureError(f"a DSSE envelope with over {MAX_SIGNATURES} signatures",
-                             subject=subject)  # fmt: skip
+        raise SignatureError(
+            f"a DSSE envelope with over {MAX_SIGNATURES} signatures", subject=subject
+        )
     signed = pae(payload_type, payload)
     signer = next(
         (keys.key_id(k) for k in public_keys for s in signatures if keys.verifies(k, signed, s)),
         None,
     )
     if signer is None:
-        raise UnknownSigner("an attestation signed by another key, or over other bytes",
-                             subject=subject)  # fmt: skip
+        raise UnknownSigner(
+            "an attestation signed by another key, or over other bytes", subject=subject
+        )
     claims = decode.json(payload, "an attestation payload", SignatureError, subject)
     if not isinstance(claims, dict) or claims.get("_type") != STATEMENT_V1:
-        raise SignatureError("an attestation that is not an in-toto Statement v1",
-                             subject=subject)  # fmt: skip
+        raise SignatureError("an attestation that is not an in-toto Statement v1", subject=subject)
     return claims, signer

@@ -25,8 +25,9 @@ def _read(spec: str, what: str) -> bytes:
         name = spec.removeprefix("env://")
         value = os.environ.get(name)
         if not value:
-            raise UsageError(f"no {what} in the environment", subject=name,
-                             hint=f"set {name} to the PEM text")  # fmt: skip
+            raise UsageError(
+                f"no {what} in the environment", subject=name, hint=f"set {name} to the PEM text"
+            )
         return value.encode()
     try:
         return Path(spec).read_bytes()
@@ -51,9 +52,10 @@ def load_private_key(spec: str) -> ec.EllipticCurvePrivateKey:
         ) from None
     except ValueError:
         raise UsageError(
-            "not a PEM private key, or a wrong password", subject=spec,
+            "not a PEM private key, or a wrong password",
+            subject=spec,
             hint=f"an ECDSA P-256 key (`modelcar keygen`); {PASSWORD_ENV} if it is encrypted",
-        ) from None  # fmt: skip
+        ) from None
     if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
         raise UsageError("not an ECDSA P-256 private key", subject=spec)
     return key
@@ -67,8 +69,9 @@ def parse_public_key(data: bytes, subject: str) -> ec.EllipticCurvePublicKey:
     try:
         key = serialization.load_pem_public_key(data)
     except ValueError:
-        raise UsageError("not a PEM public key", subject=subject,
-                         hint="the .pub file `modelcar keygen` wrote") from None  # fmt: skip
+        raise UsageError(
+            "not a PEM public key", subject=subject, hint="the .pub file `modelcar keygen` wrote"
+        ) from None
     if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
         raise UsageError("not an ECDSA P-256 public key", subject=subject)
     return key

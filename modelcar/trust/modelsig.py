@@ -47,8 +47,12 @@ def root_digest(listed: list[dict[str, str]]) -> str:
 
 def statement(name: str, index: FileIndex) -> bytes:
     listed = resources(index)
-    serialization = {"method": "files", "hash_type": "sha256", "allow_symlinks": False,
-                     "ignore_paths": list(GIT_PATHS)}  # fmt: skip
+    serialization = {
+        "method": "files",
+        "hash_type": "sha256",
+        "allow_symlinks": False,
+        "ignore_paths": list(GIT_PATHS),
+    }
     return dsse.statement(
         [{"name": name, "digest": {"sha256": root_digest(listed)}}],
         PREDICATE_TYPE,
@@ -59,11 +63,13 @@ def statement(name: str, index: FileIndex) -> bytes:
 def bundle(name: str, index: FileIndex, key: ec.EllipticCurvePrivateKey) -> bytes:
     """The signed bundle (JSON) for the model files ``index`` lists."""
     hint = hashlib.sha256(keys.public_pem(key)).hexdigest()
-    return canonical_json({
-        "mediaType": BUNDLE_MEDIA_TYPE,
-        "verificationMaterial": {"publicKey": {"hint": hint}, "tlogEntries": []},
-        "dsseEnvelope": dsse.seal(statement(name, index), key),
-    })  # fmt: skip
+    return canonical_json(
+        {
+            "mediaType": BUNDLE_MEDIA_TYPE,
+            "verificationMaterial": {"publicKey": {"hint": hint}, "tlogEntries": []},
+            "dsseEnvelope": dsse.seal(statement(name, index), key),
+        }
+    )
 
 
 def matches(claims: dict[str, Any], index: FileIndex) -> bool:

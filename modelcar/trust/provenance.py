@@ -62,8 +62,10 @@ def source_dependencies(facts: BuildFacts) -> list[dict[str, Any]]:
         by_path = {f.path: f for f in facts.index.files}
         out = []
         for path, version in sorted(facts.objects.items()):
-            entry: dict[str, Any] = {"uri": f"{facts.source}/{path}",
-                                     "annotations": dict(sorted(version.items()))}  # fmt: skip
+            entry: dict[str, Any] = {
+                "uri": f"{facts.source}/{path}",
+                "annotations": dict(sorted(version.items())),
+            }
             if path in by_path:
                 entry["digest"] = {"sha256": hex_of(by_path[path].sha256)}
             out.append(entry)

@@ -25,11 +25,14 @@ def _auth(user, password):
 
 
 def test_auths_by_host_and_by_url_forms(tmp_path):
-    cfg = _config(tmp_path / "config.json", {
-        "reg.example:5000": _auth("a", "pa"),
-        "https://other.example": {"username": "b", "password": "pb"},
-        "https://index.docker.io/v1/": _auth("hub", "ph"),
-    })  # fmt: skip
+    cfg = _config(
+        tmp_path / "config.json",
+        {
+            "reg.example:5000": _auth("a", "pa"),
+            "https://other.example": {"username": "b", "password": "pb"},
+            "https://index.docker.io/v1/": _auth("hub", "ph"),
+        },
+    )
     assert find_credentials("reg.example:5000", str(cfg)) == Credentials("a", "pa")
     assert find_credentials("other.example", str(cfg)) == Credentials("b", "pb")
     assert find_credentials("docker.io", str(cfg)) == Credentials("hub", "ph")

@@ -53,14 +53,32 @@ def test_origin_egress_and_readiness_by_strategy(fleet_mod):
 
 def test_json_has_one_object_with_every_strategy_and_a_png(fleet_mod, tmp_path, capsys):
     png = tmp_path / "fleet.png"
-    code = fleet_mod.main(["--nodes", "20", "--model-gb", "2", "--shards", "4", "--rate", "300",
-                           "--waves", "2", "--plot", str(png), "--json"])  # fmt: skip
+    code = fleet_mod.main(
+        [
+            "--nodes",
+            "20",
+            "--model-gb",
+            "2",
+            "--shards",
+            "4",
+            "--rate",
+            "300",
+            "--waves",
+            "2",
+            "--plot",
+            str(png),
+            "--json",
+        ]
+    )
     assert code == 0
     out = json.loads(capsys.readouterr().out)
     assert out["single_node_s"] > 0 and out["plot"] == str(png)
     assert set(out["strategies"]) == {
-        "origin only", "P2P, no waves", "P2P, waves K=2", "Spegel only, waves K=2"
-    }  # fmt: skip
+        "origin only",
+        "P2P, no waves",
+        "P2P, waves K=2",
+        "Spegel only, waves K=2",
+    }
     for row in out["strategies"].values():
         assert set(row) == {"origin_egress_x", "ready_p50_s", "ready_p99_s", "ready_max_s"}
         assert row["ready_p50_s"] <= row["ready_p99_s"] <= row["ready_max_s"]

@@ -39,11 +39,14 @@ REF = parse_ref("memory.invalid/hostile/m:t")
 def _push(store: MemoryStore, config: bytes, layers: list[tuple[str, bytes]]) -> str:
     for blob in (config, *(data for _, data in layers)):
         store.blobs[sha(blob)] = blob
-    manifest = json.dumps({
-        "schemaVersion": 2, "mediaType": mt.OCI_MANIFEST,
-        "config": {"mediaType": mt.OCI_CONFIG, "digest": sha(config), "size": len(config)},
-        "layers": [{"mediaType": m, "digest": sha(d), "size": len(d)} for m, d in layers],
-    }).encode()  # fmt: skip
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": mt.OCI_MANIFEST,
+            "config": {"mediaType": mt.OCI_CONFIG, "digest": sha(config), "size": len(config)},
+            "layers": [{"mediaType": m, "digest": sha(d), "size": len(d)} for m, d in layers],
+        }
+    ).encode()
     store.manifests[sha(manifest)] = manifest
     return f"memory.invalid/hostile/m@{sha(manifest)}"
 
@@ -54,17 +57,25 @@ def _hand_built(store: MemoryStore, layer: bytes, media: str = mt.OCI_LAYER_GZIP
 
 
 def _modelcar(store: MemoryStore, layer: bytes, files: list[dict]) -> str:
-    config = json.dumps({
-        "architecture": "amd64", "os": "linux",
-        "rootfs": {"type": "layers", "diff_ids": [sha(layer)]},
-        mk.CONFIG_INDEX_KEY: {"version": 1, "files": files},
-    }).encode()  # fmt: skip
+    config = json.dumps(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": [sha(layer)]},
+            mk.CONFIG_INDEX_KEY: {"version": 1, "files": files},
+        }
+    ).encode()
     return _push(store, config, [(mt.OCI_LAYER_TAR, layer)])
 
 
 def _entry(path: str, data: bytes, layer: bytes) -> dict:
-    return {"path": path, "size": len(data), "sha256": sha(data), "mode": 0o644,
-            "layer": sha(layer)}  # fmt: skip
+    return {
+        "path": path,
+        "size": len(data),
+        "sha256": sha(data),
+        "mode": 0o644,
+        "layer": sha(layer),
+    }
 
 
 def _pull(tmp_path, store: MemoryStore, ref: str):
@@ -177,12 +188,16 @@ def test_quarantine_keeps_the_newest_few_and_counts_against_the_budget(tmp_path)
 
 def test_an_index_naming_a_platform_twice_is_refused():
     amd = Platform(os="linux", architecture="amd64")
-    children = [Descriptor(mediaType=mt.OCI_MANIFEST, digest=sha(bytes([i])), size=1,
-                           platform=amd) for i in range(2)]  # fmt: skip
+    children = [
+        Descriptor(mediaType=mt.OCI_MANIFEST, digest=sha(bytes([i])), size=1, platform=amd)
+        for i in range(2)
+    ]
     with pytest.raises(ImageFormatError, match="linux/amd64 twice"):
         platform_images(children, "r")
-    arm = [Platform(os="linux", architecture="arm64"),
-           Platform(os="linux", architecture="arm64", variant="v8")]  # fmt: skip
+    arm = [
+        Platform(os="linux", architecture="arm64"),
+        Platform(os="linux", architecture="arm64", variant="v8"),
+    ]
     twins = [c.model_copy(update={"platform": p}) for c, p in zip(children, arm, strict=True)]
     with pytest.raises(ImageFormatError, match="twice"):
         platform_images(twins, "r")
@@ -205,14 +220,19 @@ def test_a_zstd_layer_that_outgrows_the_budget_fails_before_the_disk_fills(tmp_p
     assert len(layer) < 20_000
     with CacheDir(tmp_path / "cache") as cache:
         evictor = Evictor(cache, Budget(max_bytes=10 * MiB), set)
-        puller = Puller(cache, PullOptions(jobs=1, attempts=1), sources=origin_only(store),
-                        make_room=evictor.make_room)  # fmt: skip
+        puller = Puller(
+            cache,
+            PullOptions(jobs=1, attempts=1),
+            sources=origin_only(store),
+            make_room=evictor.make_room,
+        )
         ref = _hand_built(store, layer, mt.OCI_LAYER_ZSTD)
         with pytest.raises(InsufficientSpace):
             puller.pull(ref)
         assert cache.published() == []
-        staged = sum(p.stat().st_size for p in (tmp_path / "cache" / "staging").rglob("*")
-                     if p.is_file())  # fmt: skip
+        staged = sum(
+            p.stat().st_size for p in (tmp_path / "cache" / "staging").rglob("*") if p.is_file()
+        )
         assert staged == 0  # dropped, not left to fill the disk
 
 

@@ -26,8 +26,20 @@ def test_model_refs():
     assert str(pinned) == f"llama@{DIGEST}" and str(alias) == "llama@prod"
 
 
-@pytest.mark.parametrize("text", ["", "llama", "llama:x", "llama@", "@prod", "Llama Model@prod",
-                                  "llama@sha256:abc", "llama:0", "../x@prod"])  # fmt: skip
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "llama",
+        "llama:x",
+        "llama@",
+        "@prod",
+        "Llama Model@prod",
+        "llama@sha256:abc",
+        "llama:0",
+        "../x@prod",
+    ],
+)
 def test_bad_model_refs_are_usage_errors(text):
     with pytest.raises(UsageError):
         parse_model_ref(text)

@@ -22,18 +22,31 @@ def paths(plan) -> list[list[str]]:
 
 
 def test_large_files_get_their_own_layer_and_small_neighbours_are_grouped():
-    files = [f("a.json", 10), f("b.json", 20), f("model-1.bin", 100 * MiB), f("c.txt", 5),
-             f("model-2.bin", 64 * MiB), f("z.txt", 1)]  # fmt: skip
+    files = [
+        f("a.json", 10),
+        f("b.json", 20),
+        f("model-1.bin", 100 * MiB),
+        f("c.txt", 5),
+        f("model-2.bin", 64 * MiB),
+        f("z.txt", 1),
+    ]
     plan = plan_layers(files, threshold=64 * MiB, budget=100)
-    assert paths(plan) == [["a.json", "b.json"], ["model-1.bin"], ["c.txt"], ["model-2.bin"],
-                           ["z.txt"]]  # fmt: skip
+    assert paths(plan) == [
+        ["a.json", "b.json"],
+        ["model-1.bin"],
+        ["c.txt"],
+        ["model-2.bin"],
+        ["z.txt"],
+    ]
 
 
 def test_a_group_is_closed_when_it_reaches_the_threshold():
     files = [f(f"s{i}", 30) for i in range(5)]
     assert paths(plan_layers(files, threshold=60, budget=100)) == [
-        ["s0", "s1"], ["s2", "s3"], ["s4"]
-    ]  # fmt: skip
+        ["s0", "s1"],
+        ["s2", "s3"],
+        ["s4"],
+    ]
 
 
 def test_over_budget_the_smallest_neighbouring_pair_is_merged_first():

@@ -29,8 +29,9 @@ MACHINES = {"amd64": 0x3E, "arm64": 0xB7}
 def fake_static_elf(path, arch: str) -> str:
     """A 64-bit ELF header for ``arch`` with no program headers (so: static)."""
     ident = b"\x7fELF" + bytes([2, 1, 1]) + bytes(9)
-    header = ident + struct.pack("<HHIQQQIHHHHHH", 2, MACHINES[arch], 1, 0, 64, 0, 0, 64, 56,
-                                 0, 64, 0, 0)  # fmt: skip
+    header = ident + struct.pack(
+        "<HHIQQQIHHHHHH", 2, MACHINES[arch], 1, 0, 64, 0, 0, 64, 56, 0, 64, 0, 0
+    )
     path.write_bytes(header + arch.encode() * 100)
     return str(path)
 
@@ -38,10 +39,12 @@ def fake_static_elf(path, arch: str) -> str:
 @pytest.fixture
 def base_store(tmp_path, monkeypatch):
     """A two-platform busybox base, as `modelcar base create --platform …` makes it."""
-    bases = busybox_index([
-        (parse_platform("linux/amd64"), fake_static_elf(tmp_path / "bb-amd64", "amd64")),
-        (parse_platform("linux/arm64"), fake_static_elf(tmp_path / "bb-arm64", "arm64")),
-    ])  # fmt: skip
+    bases = busybox_index(
+        [
+            (parse_platform("linux/amd64"), fake_static_elf(tmp_path / "bb-amd64", "amd64")),
+            (parse_platform("linux/arm64"), fake_static_elf(tmp_path / "bb-arm64", "arm64")),
+        ]
+    )
     ref = parse_ref("memory.invalid/base/busybox:1")
     store = MemoryStore(ref)
     for b in bases.images:
@@ -83,11 +86,16 @@ def test_a_multi_platform_base_gives_an_index_over_the_same_model_layers(tmp_pat
     target = MemoryStore(parse_ref("memory.invalid/team/m"))
     record = _build(tmp_path, target, "memory.invalid/base/busybox:1")
     again = _build(tmp_path, target, "memory.invalid/base/busybox:1")
-    arm_only = _build(tmp_path, target, "memory.invalid/base/busybox:1",
-                      platforms=[parse_platform("linux/arm64")])  # fmt: skip
+    arm_only = _build(
+        tmp_path, target, "memory.invalid/base/busybox:1", platforms=[parse_platform("linux/arm64")]
+    )
     with pytest.raises(UsageError, match=r"no linux/riscv64 manifest \(it has: linux/amd64"):
-        _build(tmp_path, target, "memory.invalid/base/busybox:1",
-               platforms=[parse_platform("linux/riscv64")])  # fmt: skip
+        _build(
+            tmp_path,
+            target,
+            "memory.invalid/base/busybox:1",
+            platforms=[parse_platform("linux/riscv64")],
+        )
     assert record.digest == again.digest  # reproducible
     assert record.platforms == ["linux/amd64", "linux/arm64"]
     assert arm_only.platforms == ["linux/arm64"] and arm_only.digest != record.digest

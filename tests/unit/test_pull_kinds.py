@@ -35,16 +35,24 @@ REF = parse_ref("memory.invalid/kinds/m:v1")
 KiB = 1 << 10
 
 
-def _push(store: MemoryStore, config: bytes, layers: list[tuple[str, bytes, dict]],
-          artifact: str | None = None, config_type: str = mt.OCI_CONFIG) -> str:  # fmt: skip
+def _push(
+    store: MemoryStore,
+    config: bytes,
+    layers: list[tuple[str, bytes, dict]],
+    artifact: str | None = None,
+    config_type: str = mt.OCI_CONFIG,
+) -> str:
     for blob in (config, *(data for _, data, _ in layers)):
         store.blobs[sha(blob)] = blob
     manifest: dict = {
-        "schemaVersion": 2, "mediaType": mt.OCI_MANIFEST,
+        "schemaVersion": 2,
+        "mediaType": mt.OCI_MANIFEST,
         "config": {"mediaType": config_type, "digest": sha(config), "size": len(config)},
-        "layers": [{"mediaType": m, "digest": sha(d), "size": len(d), "annotations": a}
-                   for m, d, a in layers],
-    }  # fmt: skip
+        "layers": [
+            {"mediaType": m, "digest": sha(d), "size": len(d), "annotations": a}
+            for m, d, a in layers
+        ],
+    }
     if artifact:
         manifest["artifactType"] = artifact
     data = json.dumps(manifest).encode()
@@ -78,10 +86,13 @@ def test_a_hand_built_image_applies_its_layers_in_order(tmp_path):
     store = MemoryStore(REF)
     config = b'{"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers"}}'
     layers = [
-        (mt.OCI_LAYER_GZIP, gzip.compress(make_tar([("models/a", b"old"), ("models/b", b"b")])),
-         {}),
+        (
+            mt.OCI_LAYER_GZIP,
+            gzip.compress(make_tar([("models/a", b"old"), ("models/b", b"b")])),
+            {},
+        ),
         (mt.OCI_LAYER_TAR, make_tar([("models/a", b"new"), ("models/.wh.b", b"")]), {}),
-    ]  # fmt: skip
+    ]
     image = _push(store, config, layers)
     with CacheDir(tmp_path / "cache") as cache:
         result = Puller(cache, PullOptions(jobs=2), sources=origin_only(store)).pull(image)
@@ -137,8 +148,9 @@ def test_progress_is_written_by_a_watcher_never_by_a_download_thread(tmp_path):
 
         cache.db.set = recording_set  # type: ignore[method-assign]
         slow = _Slow(store)
-        Puller(cache, PullOptions(jobs=4), sources=origin_only(slow),
-               on_progress=on_progress).pull(image)  # fmt: skip
+        Puller(cache, PullOptions(jobs=4), sources=origin_only(slow), on_progress=on_progress).pull(
+            image
+        )
     assert seen and all(name.startswith("progress-") for name in seen), seen
 
 

@@ -26,8 +26,9 @@ def test_a_file_header_is_fixed_by_path_size_and_mode_only():
 
 
 def test_dirs_are_0755_and_long_names_get_pax_records():
-    d = tarfile.TarInfo.frombuf(header_bytes(Member(name="models", kind="dir"))[:BLOCK],
-                                "utf-8", "surrogateescape")  # fmt: skip
+    d = tarfile.TarInfo.frombuf(
+        header_bytes(Member(name="models", kind="dir"))[:BLOCK], "utf-8", "surrogateescape"
+    )
     assert d.type == tarfile.DIRTYPE and d.mode == 0o755
     long = header_bytes(Member(name="models/" + "x" * 200, size=1))
     assert len(long) > BLOCK and b"path=models/" in long
@@ -41,10 +42,12 @@ def test_parents_are_added_and_members_sorted_by_bytes():
 
 
 def test_written_layers_have_the_announced_size_and_read_back():
-    members = with_parents([
-        Member(name="models/a.bin", size=5, data=b"hello"),
-        Member(name="models/sub/b.txt", size=700, data=b"y" * 700),
-    ])  # fmt: skip
+    members = with_parents(
+        [
+            Member(name="models/a.bin", size=5, data=b"hello"),
+            Member(name="models/sub/b.txt", size=700, data=b"y" * 700),
+        ]
+    )
     writer = TarWriter(members)
     data = b"".join(writer)
     assert len(data) == archive_size(members)
@@ -52,7 +55,11 @@ def test_written_layers_have_the_announced_size_and_read_back():
     names = {}
     for entry, body in TarReader(io.BytesIO(data)):
         names[entry.name.rstrip("/")] = body.read()
-    assert names == {"models": b"", "models/a.bin": b"hello", "models/sub": b"",
-                     "models/sub/b.txt": b"y" * 700}  # fmt: skip
+    assert names == {
+        "models": b"",
+        "models/a.bin": b"hello",
+        "models/sub": b"",
+        "models/sub/b.txt": b"y" * 700,
+    }
     with tarfile.open(fileobj=io.BytesIO(data)) as t:  # and the stdlib reads it too
         assert t.extractfile("models/a.bin").read() == b"hello"

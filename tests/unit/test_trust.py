@@ -21,8 +21,9 @@ def test_pae_is_the_dsse_v1_encoding():
 
 
 def _facts(source: str, **kw) -> provenance.BuildFacts:
-    return provenance.BuildFacts(source=source, index=_index("a", "b/c"), builder_version="1",
-                                 started="", finished="", **kw)  # fmt: skip
+    return provenance.BuildFacts(
+        source=source, index=_index("a", "b/c"), builder_version="1", started="", finished="", **kw
+    )
 
 
 def test_each_source_is_named_in_its_immutable_form():
@@ -34,8 +35,11 @@ def test_each_source_is_named_in_its_immutable_form():
     s3 = provenance.source_dependencies(
         _facts("s3://b/p", objects={"a": {"etag": "e1"}, "zz": {"etag": "e2", "version": "v"}})
     )
-    assert s3[0] == {"uri": "s3://b/p/a", "annotations": {"etag": "e1"},
-                     "digest": {"sha256": "ab" * 32}}  # fmt: skip
+    assert s3[0] == {
+        "uri": "s3://b/p/a",
+        "annotations": {"etag": "e1"},
+        "digest": {"sha256": "ab" * 32},
+    }
     assert s3[1] == {"uri": "s3://b/p/zz", "annotations": {"etag": "e2", "version": "v"}}
     (local,) = provenance.source_dependencies(_facts("file:m"))
     assert local["digest"]["sha256"] == provenance.tree_digest(_index("b/c", "a"))[7:]
@@ -45,7 +49,9 @@ def test_each_source_is_named_in_its_immutable_form():
 def test_model_signing_resources_leave_out_git_files_and_sort_by_name():
     listed = modelsig.resources(_index("z", ".gitattributes", ".git/HEAD", "a/.gitignore", "b"))
     assert [r["name"] for r in listed] == ["a/.gitignore", "b", "z"]
-    claims = {"subject": [{"digest": {"sha256": modelsig.root_digest(listed)}}],
-              "predicate": {"resources": listed}}  # fmt: skip
+    claims = {
+        "subject": [{"digest": {"sha256": modelsig.root_digest(listed)}}],
+        "predicate": {"resources": listed},
+    }
     assert modelsig.matches(claims, _index("b", "z", "a/.gitignore", ".gitattributes"))
     assert not modelsig.matches(claims, _index("b", "z"))

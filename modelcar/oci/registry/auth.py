@@ -198,8 +198,9 @@ def check_realm(realm: str, registry: httpx.URL) -> httpx.URL:
     try:
         url = httpx.URL(realm)
     except (httpx.InvalidURL, TypeError, ValueError):
-        raise AuthenticationFailed("the registry named an invalid token realm",
-                                   subject=realm[:200]) from None  # fmt: skip
+        raise AuthenticationFailed(
+            "the registry named an invalid token realm", subject=realm[:200]
+        ) from None
     why = None
     if url.scheme not in ("https", "http") or not url.host:
         why = "a token realm that is no http(s) URL"
@@ -210,8 +211,11 @@ def check_realm(realm: str, registry: httpx.URL) -> httpx.URL:
     elif (kind := _local_kind(url.host)) and kind != _local_kind(registry.host):
         why = f"a token realm on a {kind} address"
     if why:
-        raise AuthenticationFailed(f"refused {why}", subject=realm[:200],
-                                   hint="no credentials were sent; check the registry")  # fmt: skip
+        raise AuthenticationFailed(
+            f"refused {why}",
+            subject=realm[:200],
+            hint="no credentials were sent; check the registry",
+        )
     return url
 
 
@@ -461,9 +465,14 @@ class RegistryAuth(httpx.Auth):
         method, headers, form = "GET", {}, None
         if refresh is not None:  # OAuth2: the refresh token is exchanged by POST
             method = "POST"
-            form = {"grant_type": "refresh_token", "refresh_token": refresh,
-                    "client_id": CLIENT_ID, "access_type": "offline",
-                    "service": params.get("service", ""), "scope": scope}  # fmt: skip
+            form = {
+                "grant_type": "refresh_token",
+                "refresh_token": refresh,
+                "client_id": CLIENT_ID,
+                "access_type": "offline",
+                "service": params.get("service", ""),
+                "scope": scope,
+            }
             query = []
         elif creds:
             headers = {"Authorization": creds.basic()}
