@@ -236,6 +236,57 @@ def delete_alias(s: Session, name: str, alias: str, actor: str, reason: str) -> 
     s.delete(row)
 
 
+def models_with_aliases(s: Session) -> list[Model]:
+    """Every model, by name, its aliases (and their versions) loaded."""
+    return list(
+        s.scalars(
+            select(Model)
+            .options(selectinload(Model.aliases).selectinload(Alias.version))
+            .order_by(Model.name)
+        )
+    )
+
+
+def version_keys(s: Session) -> list[tuple[int, int, str]]:
+    """(id, model id, digest) of every version: plain columns, for counts by model."""
+    return [
+        (v_id, m_id, d)
+        for v_id, m_id, d in s.execute(select(Version.id, Version.model_id, Version.digest))
+    ]
+
+
+def alias_moves(s: Session, model: Model) -> list[AliasEvent]:
+    """Every alias move of the model, newest first."""
+    return list(
+        s.scalars(
+            select(AliasEvent).where(AliasEvent.model_id == model.id).order_by(AliasEvent.id.desc())
+        )
+    )
+
+
+def version_labels(s: Session, digests: list[str]) -> dict[str, str]:
+    """``model:number`` of each digest a version has (the first by name and number)."""
+    names: dict[str, str] = {}
+    for digest, model, number in s.execute(
+        select(Version.digest, Model.name, Version.number)
+        .join(Model, Model.id == Version.model_id)
+        .where(Version.digest.in_(digests))
+        .order_by(Model.name, Version.number)
+    ):
+        names.setdefault(digest, f"{model}:{number}")
+    return names
+
+
+def get_version_of(s: Session, target: Target) -> Version | None:
+    """The version row a resolved target names, its model loaded."""
+    return s.scalar(
+        select(Version)
+        .join(Model)
+        .where(Model.name == target.name, Version.number == target.number)
+        .options(selectinload(Version.model))
+    )
+
+
 def alias_history(s: Session, name: str, alias: str) -> list[AliasEvent]:
     check_alias(alias)
     model = get_model(s, name)

@@ -255,3 +255,34 @@ def strictest(
     (then the shorter wait); None when none sets one."""
     rules = [wire.RolloutRule.model_validate(r) for r in rollouts if r]
     return min(rules, key=lambda r: (r.origin_concurrency, r.wave_timeout)) if rules else None
+
+
+def model_reports(s: Session) -> list[Any]:
+    """Every node's report of every model: plain columns (node_name, digest, state,
+    bytes_done, bytes_total, error), no ORM objects (the fleet grid reads hundreds)."""
+    return list(
+        s.execute(
+            select(
+                NodeModel.node_name,
+                NodeModel.digest,
+                NodeModel.state,
+                NodeModel.bytes_done,
+                NodeModel.bytes_total,
+                NodeModel.error,
+            )
+        ).all()
+    )
+
+
+def node_disks(s: Session) -> list[tuple[str, datetime, dict[str, Any]]]:
+    """(name, last report, disk figures) of every node, by name."""
+    return [
+        (name, last_seen, disk or {})
+        for name, last_seen, disk in s.execute(
+            select(Node.name, Node.last_seen, Node.disk).order_by(Node.name)
+        )
+    ]
+
+
+def policies_with_rollouts(s: Session) -> list[Policy]:
+    return [p for p in s.scalars(select(Policy).order_by(Policy.name)) if p.rollout]

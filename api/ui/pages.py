@@ -9,11 +9,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session
 
 from modelcar.api import catalog, fleet, rollouts, trust, usage
-from modelcar.api.db.tables import Alias, AliasEvent, Model, Node, NodeModel, Policy, Version
+from modelcar.api.db.tables import Model, Version
 from modelcar.contract import wire
 from modelcar.contract.build import read_build
 from modelcar.contract.modelref import parse_model_ref
@@ -34,17 +33,13 @@ class ModelRow:
 
 
 def models(s: Session) -> list[ModelRow]:
-    rows = s.scalars(
-        select(Model)
-        .options(selectinload(Model.aliases).selectinload(Alias.version))
-        .order_by(Model.name)
-    ).all()
-    versions = s.execute(select(Version.id, Version.model_id, Version.digest)).all()
-    signed = trust.signed_by(s, [v.digest for v in versions])
-    used = usage.counts(s, [v.id for v in versions])
-    per_model: dict[int, list[Any]] = {}
-    for v in versions:
-        per_model.setdefault(v.model_id, []).append(v)
+    rows = catalog.models_with_aliases(s)
+    versions = catalog.version_keys(s)
+    signed = trust.signed_by(s, [digest for _, _, digest in versions])
+    used = usage.counts(s, [v_id for v_id, _, _ in versions])
+    per_model: dict[int, list[tuple[int, str]]] = {}
+    for v_id, model_id, digest in versions:
+        per_model.setdefault(model_id, []).append((v_id, digest))
     return [
         ModelRow(
             name=m.name,
@@ -53,8 +48,8 @@ def models(s: Session) -> list[ModelRow]:
             versions=len(per_model.get(m.id, [])),
             latest=m.last_version or None,
             aliases=dict(sorted((a.name, a.version.number) for a in m.aliases)),
-            signed=sum(bool(signed[v.digest]) for v in per_model.get(m.id, [])),
-            usage=sum(used.get(v.id, 0) for v in per_model.get(m.id, [])),
+            signed=sum(bool(signed[digest]) for _, digest in per_model.get(m.id, [])),
+            usage=sum(used.get(v_id, 0) for v_id, _ in per_model.get(m.id, [])),
         )
         for m in rows
     ]
@@ -62,9 +57,6 @@ def models(s: Session) -> list[ModelRow]:
 
 def alias_events(s: Session, model: Model) -> list[wire.AliasEvent]:
     """Every alias move of the model, newest first."""
-    rows = s.scalars(
-        select(AliasEvent).where(AliasEvent.model_id == model.id).order_by(AliasEvent.id.desc())
-    )
     return [
         wire.AliasEvent(
             model=model.name,
@@ -75,7 +67,7 @@ def alias_events(s: Session, model: Model) -> list[wire.AliasEvent]:
             at=e.at,
             reason=e.reason,
         )
-        for e in rows
+        for e in catalog.alias_moves(s, model)
     ]
 
 
@@ -128,33 +120,14 @@ class Fleet:
 def fleet_grid(s: Session, stale_after: float) -> Fleet:
     """Every node (rows) × every model reported (columns). Plain column reads, no ORM
     objects: the page must stay fast with hundreds of nodes."""
-    reports = s.execute(
-        select(
-            NodeModel.node_name,
-            NodeModel.digest,
-            NodeModel.state,
-            NodeModel.bytes_done,
-            NodeModel.bytes_total,
-            NodeModel.error,
-        )
-    ).all()
+    reports = fleet.model_reports(s)
     digests = sorted({r.digest for r in reports})
-    names: dict[str, str] = {}
-    for digest, model, number in s.execute(
-        select(Version.digest, Model.name, Version.number)
-        .join(Model, Model.id == Version.model_id)
-        .where(Version.digest.in_(digests))
-        .order_by(Model.name, Version.number)
-    ):
-        names.setdefault(digest, f"{model}:{number}")
+    names = catalog.version_labels(s, digests)
     columns = sorted(((d, names.get(d, d[:19])) for d in digests), key=lambda c: c[1])
     position = {digest: i for i, (digest, _) in enumerate(columns)}
     since = fleet.fresh_since(stale_after)
     rows: dict[str, NodeRow] = {}
-    for name, last_seen, disk in s.execute(
-        select(Node.name, Node.last_seen, Node.disk).order_by(Node.name)
-    ):
-        disk = disk or {}
+    for name, last_seen, disk in fleet.node_disks(s):
         rows[name] = NodeRow(
             name=name,
             stale=last_seen < since,
@@ -186,20 +159,13 @@ def rollout_list(s: Session, stale_after: float) -> list[wire.RolloutOut]:
     """The versions that policies with a rollout assign, each with its rollout now (the
     strictest of its policies')."""
     found: dict[int, tuple[Version, list[dict[str, Any] | None]]] = {}
-    for policy in s.scalars(select(Policy).order_by(Policy.name)):
-        if not policy.rollout:
-            continue
+    for policy in fleet.policies_with_rollouts(s):
         for text in policy.models:
             try:
                 target = catalog.find(s, parse_model_ref(text))
             except ModelcarError:
                 continue
-            version = s.scalar(
-                select(Version)
-                .join(Model)
-                .where(Model.name == target.name, Version.number == target.number)
-                .options(selectinload(Version.model))
-            )
+            version = catalog.get_version_of(s, target)
             if version is not None:
                 found.setdefault(version.id, (version, []))[1].append(policy.rollout)
     return [rollouts.view(s, v, stale_after, rules=rules) for v, rules in found.values()]
