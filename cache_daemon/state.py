@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import enum
 import sqlite3
 import threading
 import time
@@ -31,6 +32,12 @@ CREATE TABLE IF NOT EXISTS layers_done (
     PRIMARY KEY (digest, layer)
 );
 """
+
+
+class Keep(enum.Enum):
+    """A field left as it is by :meth:`StateDB.set` (``None`` means: clear it)."""
+
+    KEEP = "keep"
 
 
 @dataclass
@@ -110,10 +117,10 @@ class StateDB:
         state: ModelState | None = None,
         size: int | None = None,
         bytes_done: int | None = None,
-        error: str | None = "",
+        error: str | Keep | None = Keep.KEEP,
         used: bool = False,
     ) -> None:
-        """Upsert the given fields (``error=""`` leaves it; ``None`` clears it)."""
+        """Upsert the given fields (an error left out is kept; ``None`` clears it)."""
         now = time.time()
         with self._tx() as c:
             c.execute(
@@ -123,7 +130,7 @@ class StateDB:
             )
             fields = {"image": image, "state": state, "size": size, "bytes_done": bytes_done}
             sets: list[tuple[str, object]] = [(k, v) for k, v in fields.items() if v is not None]
-            if error != "":
+            if not isinstance(error, Keep):
                 sets.append(("error", error))
             if used:
                 sets.append(("last_used", now))
