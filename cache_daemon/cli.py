@@ -20,10 +20,10 @@ import typer
 
 from modelcar.cache_daemon import control
 from modelcar.cache_daemon.cachedir import CacheDir
+from modelcar.cache_daemon.config import BudgetConfig, DaemonConfig, PullConfig
 from modelcar.cache_daemon.control import ControlServer
-from modelcar.cache_daemon.evict import Budget, Evictor
-from modelcar.cache_daemon.pull import Puller, PullOptions, pinned
-from modelcar.cache_daemon.sources import SourceSpec, chain, parse_source
+from modelcar.cache_daemon.evict import Evictor
+from modelcar.cache_daemon.pull import Puller, pinned
 from modelcar.cliutil import (
     CaFile,
     DockerConfigs,
@@ -33,13 +33,11 @@ from modelcar.cliutil import (
     new_app,
     parse_size,
     run_cli,
-    store_options,
 )
 from modelcar.contract.client import API_ENV, TOKEN_ENV, TOKEN_FILE_ENV, ApiClient
 from modelcar.contract.control import GcArgs, VerifyArgs
 from modelcar.contract.nodecache import DEFAULT_CACHE_ROOT
 from modelcar.errors import DigestMismatch, UsageError
-from modelcar.http.body import StallRule
 
 app = new_app("modelcar-cache", "Keep assigned modelcars unpacked and verified on this node.")
 
@@ -100,60 +98,34 @@ def _setup_logging(verbose: bool = True) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
-def _pull_options(
+def _pull_config(
     *,
     jobs: int,
     max_rate: str | None,
     mirror: list[str] | None,
-    plain_http: bool,
-    insecure: bool,
-    ca_file: str | None,
+    source: list[str] | None,
     checkpoint: str,
     stall_timeout: float,
     min_speed: str,
     docker_config: list[str] | None,
-    sources: list[SourceSpec],
-) -> PullOptions:
-    """The pull options ``run`` and ``pull`` share, from their flags."""
-    rule = StallRule(window=stall_timeout, min_speed=parse_size(min_speed))
-    chain(sources, mirror or [])  # a bad chain is refused now, not at the first pull
-    return PullOptions(
+    plain_http: bool,
+    insecure: bool,
+    ca_file: str | None,
+) -> PullConfig:
+    """The pull flags ``run`` and ``pull`` share, as one model."""
+    return PullConfig(
         jobs=jobs,
-        checkpoint_bytes=max(1, parse_size(checkpoint)),
-        max_rate=parse_size(max_rate) if max_rate else None,
+        max_rate=max_rate,
         mirrors=mirror or [],
-        sources=sources,
-        store=store_options(
-            plain_http=plain_http,
-            insecure=insecure,
-            ca_file=ca_file,
-            docker_config=docker_config,
-            stall=rule,
-        ),
+        sources=source or [],
+        checkpoint=checkpoint,
+        stall_timeout=stall_timeout,
+        min_speed=min_speed,
+        docker_config=docker_config or [],
+        plain_http=plain_http,
+        insecure=insecure,
+        ca_file=ca_file,
     )
-
-
-def _budget(
-    max_bytes: str | None, max_percent: float | None, high: float = 0.95, low: float = 0.85
-) -> Budget:
-    if low > high:
-        raise UsageError("--low-watermark must not be above --high-watermark")
-    return Budget(
-        max_bytes=parse_size(max_bytes) if max_bytes else None,
-        max_percent=max_percent,
-        high=high,
-        low=low,
-    )
-
-
-def _labels(items: list[str] | None) -> dict[str, str]:
-    labels = {}
-    for item in items or []:
-        key, eq, value = item.partition("=")
-        if not eq:
-            raise UsageError("--label takes KEY=VALUE", subject=item)
-        labels[key] = value
-    return labels
 
 
 @app.command()
@@ -232,38 +204,50 @@ def run(
 ) -> None:
     """Keep this node's assigned models ready: pull, verify, publish, evict, scrub, report."""
     from modelcar.cache_daemon.cri import RuntimeWarmer
-    from modelcar.cache_daemon.daemon import Daemon, DaemonOptions
+    from modelcar.cache_daemon.daemon import Daemon
     from modelcar.cache_daemon.desired import DesiredFromApi, DesiredFromFile
     from modelcar.cache_daemon.metrics import Metrics, StatusServer
     from modelcar.cache_daemon.nodelabels import NodeLabeller
 
-    if bool(api) == bool(config):
-        raise UsageError("give exactly one of --api URL (or MODELCAR_API) and --config FILE")
-    _setup_logging()
-    specs = [parse_source(text) for text in source or []]
-    if config and not specs:
-        specs = DesiredFromFile(config).sources()
-    options = DaemonOptions(
+    cfg = DaemonConfig(
         node=node,
-        labels=_labels(label),
+        cache_dir=cache_dir,
+        api=api,
+        token=token,
+        token_file=token_file,
+        config=config,
+        labels=label or [],
+        kubeconfig=kubeconfig,
+        warm_cri=warm_cri,
+        cri_socket=cri_socket,
         interval=interval,
-        pull=_pull_options(
+        once=once,
+        listen=listen,
+        scrub_every=scrub_every,
+        scrub_rate=scrub_rate,
+        pull=_pull_config(
             jobs=jobs,
             max_rate=max_rate,
             mirror=mirror,
-            plain_http=plain_http,
-            insecure=insecure,
-            ca_file=ca_file,
+            source=source,
             checkpoint=checkpoint,
             stall_timeout=stall_timeout,
             min_speed=min_speed,
             docker_config=docker_config,
-            sources=specs,
+            plain_http=plain_http,
+            insecure=insecure,
+            ca_file=ca_file,
         ),
-        budget=_budget(max_bytes, max_percent, high_watermark, low_watermark),
-        scrub_every=scrub_every,
-        scrub_rate=parse_size(scrub_rate),
-    )
+        budget=BudgetConfig(
+            max_bytes=max_bytes,
+            max_percent=max_percent,
+            high_watermark=high_watermark,
+            low_watermark=low_watermark,
+        ),
+    ).check()
+    _setup_logging()
+    file_sources = DesiredFromFile(config).sources() if config and not source else None
+    options = cfg.daemon_options(file_sources)
     client = ApiClient(api, token, token_file=token_file) if api else None
     desired = (
         DesiredFromApi(client, node, options.labels) if client else DesiredFromFile(config or "")
@@ -320,7 +304,21 @@ def pull(
     With a daemon running on the cache dir, the daemon pulls it (with its own options)
     and this waits for the result."""
     pinned(ref)
-    specs = [parse_source(text) for text in source or []]
+    pull_cfg = _pull_config(
+        jobs=jobs,
+        max_rate=max_rate,
+        mirror=mirror,
+        source=source,
+        checkpoint=checkpoint,
+        stall_timeout=stall_timeout,
+        min_speed=min_speed,
+        docker_config=docker_config,
+        plain_http=plain_http,
+        insecure=insecure,
+        ca_file=ca_file,
+    )
+    budget = BudgetConfig(max_bytes=max_bytes, max_percent=max_percent).budget()
+    options = pull_cfg.pull_options()  # a bad chain or size is refused before anything
     _setup_logging(not quiet)
     done = control.pull(Path(cache_dir), ref)
     if done is not None:
@@ -329,20 +327,7 @@ def pull(
         typer.echo(done.path)
         return
     with CacheDir(cache_dir) as cache:
-        evictor = Evictor(cache, _budget(max_bytes, max_percent), set)
-        options = _pull_options(
-            jobs=jobs,
-            max_rate=max_rate,
-            mirror=mirror,
-            plain_http=plain_http,
-            insecure=insecure,
-            ca_file=ca_file,
-            checkpoint=checkpoint,
-            stall_timeout=stall_timeout,
-            min_speed=min_speed,
-            docker_config=docker_config,
-            sources=specs,
-        )
+        evictor = Evictor(cache, budget, set)
         result = Puller(cache, options, make_room=evictor.make_room).pull(ref)
     if json_out:
         typer.echo(result.model_dump_json())
@@ -480,7 +465,11 @@ def gc(
     with CacheDir(cache_dir) as cache:
         for digest in cache.staged():
             cache.remove_staging(digest)
-        evictor = Evictor(cache, _budget(max_bytes, max_percent), lambda: keep_digests)
+        evictor = Evictor(
+            cache,
+            BudgetConfig(max_bytes=max_bytes, max_percent=max_percent).budget(),
+            lambda: keep_digests,
+        )
         evicted = evictor.collect()
     typer.echo(f"evicted {len(evicted)} models", err=True)
 
