@@ -29,7 +29,7 @@ from typing import TypeVar
 from modelcar.cache_daemon.blobstream import BlobStream, RateLimiter, SourcesMissed
 from modelcar.cache_daemon.cachedir import CacheDir
 from modelcar.cache_daemon.journal import LayerJournal, Replay
-from modelcar.cache_daemon.metrics import PullMetrics
+from modelcar.cache_daemon.pullmetrics import PullMetrics
 from modelcar.cache_daemon.sources import BlobSource
 from modelcar.errors import (
     DigestMismatch,

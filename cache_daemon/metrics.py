@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Protocol
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -95,33 +94,6 @@ class Metrics:
 
     def refused(self) -> None:
         self.signature_refusals.inc()
-
-
-class PullMetrics(Protocol):
-    """What a pull counts; :class:`Metrics` in the daemon, :data:`NO_METRICS` elsewhere."""
-
-    def pulled(self, fetched: int, seconds: float) -> None: ...
-    def from_sources(self, by_source: dict[str, int], fallbacks: dict[str, int]) -> None: ...
-    def bad_bytes(self, source: str) -> None: ...
-    def verify_failed(self) -> None: ...
-
-
-class _NoMetrics:
-    def pulled(self, fetched: int, seconds: float) -> None:
-        pass
-
-    def from_sources(self, by_source: dict[str, int], fallbacks: dict[str, int]) -> None:
-        pass
-
-    def bad_bytes(self, source: str) -> None:
-        pass
-
-    def verify_failed(self) -> None:
-        pass
-
-
-#: A pull that counts nothing (``modelcar-cache pull``, tests).
-NO_METRICS: PullMetrics = _NoMetrics()
 
 
 class StatusServer:

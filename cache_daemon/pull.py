@@ -23,7 +23,7 @@ from modelcar.cache_daemon.blobstream import RateLimiter, SourcesMissed
 from modelcar.cache_daemon.cachedir import CacheDir
 from modelcar.cache_daemon.ingest import Job, PullProgress, file_size, is_space
 from modelcar.cache_daemon.kinds import strategy_for
-from modelcar.cache_daemon.metrics import NO_METRICS, PullMetrics
+from modelcar.cache_daemon.pullmetrics import NO_METRICS, PullMetrics
 from modelcar.cache_daemon.sources import BlobSource, SourceSpec, chain, open_sources
 from modelcar.contract.control import PullResult
 from modelcar.errors import (
