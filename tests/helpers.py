@@ -114,6 +114,27 @@ def cache_cli(
     return run_cli(*args, module="modelcar.cache_daemon.cli", check=check, env=env, timeout=timeout)
 
 
+def daemon_once(cache: Path, config: Path, *extra: str, timeout: float = 300) -> Result:
+    """One pass of `modelcar-cache run` over a --config file of models (plain HTTP, no
+    status port); its result, whatever the exit code."""
+    return cache_cli(
+        "run",
+        "--node",
+        "n1",
+        "--cache-dir",
+        str(cache),
+        "--config",
+        str(config),
+        "--once",
+        "--listen",
+        "",
+        "--plain-http",
+        *extra,
+        check=False,
+        timeout=timeout,
+    )
+
+
 def pull(cache: Path, ref: str, *extra: str, check: bool = True) -> tuple[Result, dict | None]:
     r = cache_cli("pull", ref, "--cache-dir", str(cache), "--json", "-q", *extra, check=check)
     lines = r.stdout.strip().splitlines()

@@ -21,6 +21,7 @@ from tests.helpers import (
     assert_one_line_error,
     build,
     cache_cli,
+    daemon_once,
     published,
     pull,
     stop_process,
@@ -46,21 +47,7 @@ def _images(registry, tmp_path, names, size=3 * MiB):
 
 def _run_once(cache, config, refs, names, *extra):
     config.write_text(json.dumps({"models": [refs[n] for n in names]}))
-    return cache_cli(
-        "run",
-        "--node",
-        "n1",
-        "--cache-dir",
-        str(cache),
-        "--config",
-        str(config),
-        "--once",
-        "--listen",
-        "",
-        "--plain-http",
-        *extra,
-        check=False,
-    )
+    return daemon_once(cache, config, *extra)
 
 
 def _states(cache) -> dict[str, str]:

@@ -34,6 +34,7 @@ from tests.helpers import (
     assert_one_line_error,
     build,
     cache_cli,
+    daemon_once,
     published,
     pull,
     run_cli,
@@ -182,22 +183,7 @@ def test_the_daemon_survives_bad_sources_and_serves_its_other_models(
         config = tmp_path / "models.yaml"
         config.write_text(json.dumps({"models": models}))
         cache = tmp_path / "cache"
-        r = cache_cli(
-            "run",
-            "--node",
-            "n1",
-            "--cache-dir",
-            str(cache),
-            "--config",
-            str(config),
-            "--once",
-            "--listen",
-            "",
-            "--plain-http",
-            *STALL,
-            check=False,
-            timeout=240,
-        )
+        r = daemon_once(cache, config, *STALL, timeout=240)
     assert r.code == 0, r.stderr
     assert "Traceback" not in r.stderr
     listing = cache_cli("ls", "--cache-dir", str(cache), "--json").stdout.splitlines()

@@ -19,6 +19,7 @@ from tests.helpers import (
     assert_one_line_error,
     build,
     cache_cli,
+    daemon_once,
     make_tar,
     pull,
     run_cli,
@@ -107,21 +108,7 @@ def test_hostile_tags_fail_their_own_model_and_the_daemon_goes_on(registry, tmp_
     config = tmp_path / "models.yaml"
     config.write_text(json.dumps({"models": [*bad.values(), good]}))
     cache = tmp_path / "cache"
-    r = cache_cli(
-        "run",
-        "--node",
-        "n1",
-        "--cache-dir",
-        str(cache),
-        "--config",
-        str(config),
-        "--once",
-        "--listen",
-        "",
-        "--plain-http",
-        check=False,
-        timeout=600,
-    )
+    r = daemon_once(cache, config, timeout=600)
     assert r.code == 0, r.stderr
     assert "Traceback" not in r.stderr
     rows = {
