@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from modelcar import decode
 from modelcar.errors import ImageFormatError, UsageError
 from modelcar.format import keys as mk
 from modelcar.oci import mediatypes as mt
@@ -28,7 +29,6 @@ from modelcar.oci.manifest import (
     Manifest,
     Platform,
     canonical_json,
-    load_json,
     parse_index,
     parse_manifest,
 )
@@ -324,7 +324,7 @@ def load_bases(
 
 def _load_image(store: ImageStore, spec: str, name: str, data: bytes, digest: str) -> BaseImage:
     manifest = parse_manifest(data)
-    config = load_json(store.read_blob(manifest.config.digest), "base image config")
+    config = decode.json_object(store.read_blob(manifest.config.digest), "base image config")
     layers = [
         Descriptor(
             mediaType=_LAYER_TYPES.get(d.mediaType, d.mediaType),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
+from modelcar import decode
 from modelcar.errors import DigestMismatch, ImageFormatError, NotAModelcar
 from modelcar.format import keys as mk
 from modelcar.format.fileindex import FileEntry, file_index_from_config
@@ -13,7 +14,7 @@ from modelcar.format.layer import read_model_layer
 from modelcar.format.unpack import index_of, unpack_layer
 from modelcar.oci import mediatypes as mt
 from modelcar.oci.digest import HashingReader
-from modelcar.oci.manifest import load_json, parse_index, parse_manifest
+from modelcar.oci.manifest import parse_index, parse_manifest
 from modelcar.oci.platform import platform_str
 from modelcar.oci.reference import Ref
 from modelcar.oci.store import FetchedManifest, ImageStore, StoreOptions
@@ -80,7 +81,7 @@ def describe(ref: Ref, options: StoreOptions) -> ImageInfo:
         manifest = image.manifest
     else:
         manifest = parse_manifest(fetched.data)
-    config = load_json(store.read_blob(manifest.config.digest), "image config")
+    config = decode.json_object(store.read_blob(manifest.config.digest), "image config")
     index = file_index_from_config(config)
     kind = "modelcar" if index else format_of(manifest)
     ann = manifest.annotations or {}

@@ -267,7 +267,8 @@ class CacheDir:
 
     def drop_quarantined(self, keep: int = 0) -> int:
         """Remove all but the newest ``keep`` quarantined models; how many went."""
-        doomed = self.quarantined()[: max(0, len(self.quarantined()) - keep)]
+        held = self.quarantined()
+        doomed = held[: max(0, len(held) - keep)]
         for p in doomed:
             if p.is_dir() and not p.is_symlink():
                 shutil.rmtree(p, ignore_errors=True)

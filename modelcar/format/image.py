@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from modelcar import decode
 from modelcar.errors import DigestMismatch, ImageFormatError, NotAModelcar
 from modelcar.format.fileindex import (
     FileEntry,
@@ -19,7 +20,6 @@ from modelcar.oci.digest import sha256_bytes
 from modelcar.oci.manifest import (
     Descriptor,
     Manifest,
-    load_json,
     parse_index,
     parse_manifest,
 )
@@ -112,7 +112,7 @@ def _load_manifest(store: ImageStore, subject: str, data: bytes, digest: str) ->
     config_bytes = store.read_blob(manifest.config.digest)
     if sha256_bytes(config_bytes) != manifest.config.digest:
         raise DigestMismatch("image config does not match its digest", subject=subject)
-    index = file_index_from_config(load_json(config_bytes, "image config"))
+    index = file_index_from_config(decode.json_object(config_bytes, "image config"))
     if index is None:
         raise NotAModelcar(
             "image has no modelcar file index",

@@ -58,20 +58,16 @@ class Index(JsonModel):
     annotations: dict[str, str] | None = None
 
 
-def load_json(data: bytes, what: str) -> dict[str, Any]:
-    return decode.json_object(data, what, ImageFormatError)
-
-
 def parse_manifest(data: bytes) -> Manifest:
     try:
-        return Manifest.model_validate(load_json(data, "manifest"))
+        return Manifest.model_validate(decode.json_object(data, "manifest"))
     except ValidationError as e:
         raise ImageFormatError(f"invalid image manifest: {first_error(e)}") from None
 
 
 def parse_index(data: bytes) -> Index:
     try:
-        return Index.model_validate(load_json(data, "image index"))
+        return Index.model_validate(decode.json_object(data, "image index"))
     except ValidationError as e:
         raise ImageFormatError(f"invalid image index: {first_error(e)}") from None
 
@@ -92,7 +88,7 @@ def media_type_of(data: bytes, declared: str | None) -> str:
     """Media type of a manifest-ish document: the header if given, else its own field."""
     if declared and declared.split(";")[0].strip() in (*mt.MANIFEST_TYPES, *mt.INDEX_TYPES):
         return declared.split(";")[0].strip()
-    obj = load_json(data, "manifest")
+    obj = decode.json_object(data, "manifest")
     declared_type = obj.get("mediaType")
     if isinstance(declared_type, str):
         return declared_type
