@@ -444,7 +444,7 @@ class Daemon:
         for digest in self.cache.staged():
             if digest not in self._assigned and digest not in self._pulling:
                 self.cache.remove_staging(digest)
-                self.puller.drop_journals(digest)
+                self.cache.drop_journals(digest)
                 self.cache.db.clear_layers(digest)
                 if (r := self.cache.db.get(digest)) and r.state in ("pulling", "pending"):
                     self.cache.db.forget(digest)

@@ -176,7 +176,7 @@ class Puller:
             make_room=self.make_room,
         )
         try:
-            with self._watching(job):
+            with _Watch(self, job):
                 index = self._fetch(job, model, image)
                 if check is not None and isinstance(model, ForeignImage):
                     check(origin_store, model, index)  # what needs the files (model-signing)
@@ -248,9 +248,6 @@ class Puller:
             log.info("pull %s: %d files, %d bytes", image, len(model.files), model.size)
         return strategy_for(model).fetch(job)
 
-    def _watching(self, job: Job) -> _Watch:
-        return _Watch(self, job)
-
     def _publish(self, digest: str, index: FileIndex) -> None:
         staging = self.cache.staging_dir(digest)
         for f in index.files:
@@ -260,9 +257,6 @@ class Puller:
                 )
         self.cache.publish(digest, index)
         self.cache.db.clear_layers(digest)
-
-    def drop_journals(self, digest: str) -> None:
-        self.cache.drop_journals(digest)
 
     def _failed(self, digest: str, e: ModelcarError) -> None:
         resumable = not isinstance(
