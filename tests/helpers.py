@@ -114,13 +114,15 @@ def cache_cli(
     return run_cli(*args, module="modelcar.cache_daemon.cli", check=check, env=env, timeout=timeout)
 
 
-def daemon_once(cache: Path, config: Path, *extra: str, timeout: float = 300) -> Result:
+def daemon_once(
+    cache: Path, config: Path, *extra: str, node: str = "n1", timeout: float = 300
+) -> Result:
     """One pass of `modelcar-cache run` over a --config file of models (plain HTTP, no
     status port); its result, whatever the exit code."""
     return cache_cli(
         "run",
         "--node",
-        "n1",
+        node,
         "--cache-dir",
         str(cache),
         "--config",

@@ -303,40 +303,14 @@ def test_node_labels_follow_ready_models(registry, tmp_path):
         kubeconfig = kube.kubeconfig(tmp_path / "kubeconfig")
         extra = ["--kubeconfig", str(kubeconfig), *budget]
         config.write_text(json.dumps({"models": [refs["la"]]}))
-        r = cache_cli(
-            "run",
-            "--node",
-            "gpu-1",
-            "--cache-dir",
-            str(cache),
-            "--config",
-            str(config),
-            "--once",
-            "--listen",
-            "",
-            "--plain-http",
-            *extra,
-        )
+        r = daemon_once(cache, config, *extra, node="gpu-1")
         assert r.code == 0, r.stderr
         key_a, key_b = node_label_key(_dig(refs["la"])), node_label_key(_dig(refs["lb"]))
         assert kube.labels["gpu-1"] == {"kubernetes.io/hostname": "gpu-1", key_a: "ready"}
 
         # b replaces a (the budget holds one): the labels follow
         config.write_text(json.dumps({"models": [refs["lb"]]}))
-        r = cache_cli(
-            "run",
-            "--node",
-            "gpu-1",
-            "--cache-dir",
-            str(cache),
-            "--config",
-            str(config),
-            "--once",
-            "--listen",
-            "",
-            "--plain-http",
-            *extra,
-        )
+        r = daemon_once(cache, config, *extra, node="gpu-1")
         assert r.code == 0, r.stderr
         assert kube.labels["gpu-1"] == {"kubernetes.io/hostname": "gpu-1", key_b: "ready"}
         patches = [q for q in kube.requests if q[0] == "PATCH"]
