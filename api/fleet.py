@@ -6,11 +6,11 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, delete, select
 from sqlalchemy.orm import Session, selectinload
 
 from modelcar.api import catalog, trust
-from modelcar.api.db.tables import Model, Node, NodeModel, Policy, Version, utcnow
+from modelcar.api.db.tables import Model, Node, NodeBlob, NodeModel, Policy, Version, utcnow
 from modelcar.contract import wire as wire
 from modelcar.contract.modelref import parse_model_ref
 from modelcar.errors import Conflict, InvalidRequest, Missing, ModelcarError
@@ -59,8 +59,44 @@ def put_status(s: Session, name: str, body: wire.NodeStatusPut) -> Node:
             m.error,
         )
         row.sources = dict(m.sources) or None
+    node.serve_url = body.serve_url.rstrip("/") if body.serve_url else None
+    _replace_blobs(s, name, body.models)
     s.flush()
     return node
+
+
+def _replace_blobs(s: Session, name: str, models: list[wire.NodeModelStatus]) -> None:
+    """What the node serves now: the blobs of its report, ready where a ready model has
+    them (a failed or evicted model serves nothing)."""
+    ready: dict[str, bool] = {}
+    for m in models:
+        if m.state not in ("ready", "pulling", "pending"):
+            continue
+        for blob in m.blobs:
+            ready[blob] = ready.get(blob, False) or m.state == "ready"
+    s.execute(delete(NodeBlob).where(NodeBlob.node_name == name))
+    s.add_all(NodeBlob(node_name=name, digest=d, ready=r) for d, r in sorted(ready.items()))
+
+
+def holders(s: Session, digest: str, stale_after: float) -> wire.HoldersOut:
+    """The fresh nodes serving ``digest``, ready ones first."""
+    rows = s.execute(
+        select(Node.name, Node.serve_url, Node.labels, NodeBlob.ready)
+        .join(NodeBlob, NodeBlob.node_name == Node.name)
+        .where(
+            NodeBlob.digest == digest,
+            Node.serve_url.is_not(None),
+            Node.last_seen >= fresh_since(stale_after),
+        )
+        .order_by(NodeBlob.ready.desc(), Node.name)
+    )
+    return wire.HoldersOut(
+        digest=digest,
+        holders=[
+            wire.BlobHolder(node=name, url=url, ready=r, labels=labels or {})
+            for name, url, labels, r in rows
+        ],
+    )
 
 
 def get_node(s: Session, name: str) -> Node:

@@ -40,6 +40,7 @@ from modelcar.errors import (
 from modelcar.format import keys as mk
 from modelcar.format.fileindex import FileEntry, FileIndex
 from modelcar.format.image import load_model_image
+from modelcar.format.layer import model_member
 from modelcar.format.paths import path_problem, shown
 from modelcar.http.body import MAX_CONFIG_WRITE_BYTES, MAX_MANIFEST_BYTES, human_limit
 from modelcar.oci import mediatypes as mt
@@ -92,8 +93,7 @@ def created_time(source: Source) -> int:
 
 def _members(layer: LayerPlan) -> list[Member]:
     return with_parents(
-        Member(name=f"{mk.MODELS_DIR}/{f.path}", size=f.size, opener=f.opener, origin=f.origin)
-        for f in layer.files
+        model_member(f.path, f.size, opener=f.opener, origin=f.origin) for f in layer.files
     )
 
 

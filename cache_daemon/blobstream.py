@@ -105,9 +105,9 @@ class BlobStream(RangeReader):
             except (TransportError, httpx.HTTPError, OSError) as e:
                 errors.append(f"{source.name}: {e}")
                 self.fallbacks[source.name] = self.fallbacks.get(source.name, 0) + 1
-                if isinstance(e, NotFound):
-                    missed += 1
-                else:
+                if isinstance(e, NotFound) or source.peer:
+                    missed += 1  # a peer that fails or is busy: as if it held nothing
+                if not isinstance(e, NotFound):
                     log.info("blob %s from %s failed: %s", self.digest[:19], source.name, e)
                 continue
             self._source = index

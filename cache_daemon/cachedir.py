@@ -7,6 +7,9 @@
 <root>/staging/sha256-<hex>.journal/  their layer journals and finished-layer results
 <root>/index/sha256-<hex>.json  each model's file index, for verify and scrub
 <root>/quarantine/…           corrupted models, kept for inspection, never served
+<root>/served/<hex>.<model hex>.json  what the node serves to peers and its containerd:
+                              one record per blob and model holding it (see served.py)
+<root>/blobs/sha256-<hex>     the small blobs kept for serving: manifests, configs, bases
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from modelcar.cache_daemon.state import StateDB
 from modelcar.contract.nodecache import digest_of_dir_name, model_dir_name
 from modelcar.errors import CacheBusy, ModelcarError, StorageError, UsageError
 from modelcar.format.fileindex import FileIndex
+from modelcar.oci.digest import hex_of
 
 #: Quarantined models kept for inspection; older ones are deleted.
 MAX_QUARANTINED = 2
@@ -48,7 +52,7 @@ class CacheDir:
 
     def open(self) -> CacheDir:
         try:
-            for sub in ("models", "staging", "index", "quarantine"):
+            for sub in ("models", "staging", "index", "quarantine", "served", "blobs"):
                 (self.root / sub).mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise UsageError(
@@ -129,6 +133,24 @@ class CacheDir:
 
     def index_path(self, digest: str) -> Path:
         return self.root / "index" / f"{model_dir_name(digest)}.json"
+
+    def served_records(self, blob: str = "*", model: str = "*") -> list[Path]:
+        """The records of what the node serves, for one blob or model (``*``: any)."""
+        b = hex_of(blob) if blob != "*" else blob
+        m = hex_of(model) if model != "*" else model
+        return sorted((self.root / "served").glob(f"{b}.{m}.json"))
+
+    def blob_path(self, digest: str) -> Path:
+        return self.root / "blobs" / model_dir_name(digest)
+
+    def forget_served(self, model: str) -> None:
+        """The model's files are going: nothing of it is served any more, and a kept
+        blob no other model needs goes too."""
+        for record in self.served_records(model=model):
+            blob_hex = record.name.split(".", 1)[0]
+            record.unlink(missing_ok=True)
+            if not list((self.root / "served").glob(f"{blob_hex}.*.json")):
+                (self.root / "blobs" / f"sha256-{blob_hex}").unlink(missing_ok=True)
 
     def is_published(self, digest: str) -> bool:
         return self.model_dir(digest).is_dir()
@@ -231,10 +253,12 @@ class CacheDir:
         return dst
 
     def remove_staging(self, digest: str) -> None:
+        self.forget_served(digest)
         shutil.rmtree(self.staging_dir(digest), ignore_errors=True)
 
     def remove_model(self, digest: str) -> None:
         """Unpublish first (one rename out of models/), then delete at leisure."""
+        self.forget_served(digest)
         src = self.model_dir(digest)
         if src.exists():
             doomed = self.root / "staging" / f".evicting-{src.name}-{time.time_ns()}"
@@ -245,6 +269,7 @@ class CacheDir:
     def quarantine(self, digest: str) -> Path:
         """Move a bad model out of models/ (never served), keeping the newest
         MAX_QUARANTINED for inspection; their bytes count against the budget."""
+        self.forget_served(digest)
         src = self.model_dir(digest)
         dst = self.root / "quarantine" / f"{src.name}-{time.time_ns()}"
         os.rename(src, dst)
@@ -255,6 +280,10 @@ class CacheDir:
         """What quarantine/ holds, oldest first (names end in the time they were moved)."""
         entries = list((self.root / "quarantine").iterdir())
         return sorted(entries, key=lambda p: (p.name.rsplit("-", 1)[-1].zfill(20), p.name))
+
+    def blob_bytes(self) -> int:
+        """What the kept blobs take (they count against the budget)."""
+        return sum(p.stat().st_size for p in (self.root / "blobs").iterdir() if p.is_file())
 
     def quarantined_bytes(self) -> int:
         total = 0

@@ -12,9 +12,10 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -24,6 +25,8 @@ from modelcar.cache_daemon.config import BudgetConfig, DaemonConfig, PullConfig
 from modelcar.cache_daemon.control import ControlServer
 from modelcar.cache_daemon.evict import Evictor
 from modelcar.cache_daemon.pull import Puller, pinned
+from modelcar.cache_daemon.serve import read_token
+from modelcar.cache_daemon.sources import Fleet
 from modelcar.cliutil import (
     CaFile,
     DockerConfigs,
@@ -38,6 +41,9 @@ from modelcar.contract.client import API_ENV, TOKEN_ENV, TOKEN_FILE_ENV, ApiClie
 from modelcar.contract.control import GcArgs, VerifyArgs
 from modelcar.contract.nodecache import DEFAULT_CACHE_ROOT
 from modelcar.errors import DigestMismatch, UsageError
+
+if TYPE_CHECKING:
+    from modelcar.cache_daemon.serve import BlobServer
 
 app = new_app("modelcar-cache", "Keep assigned modelcars unpacked and verified on this node.")
 
@@ -59,9 +65,28 @@ SourceChain = Annotated[
         "--source",
         help="A blob source tried before the origin, in order (repeatable): "
         "spegel=http://$NODE_IP:30020 (a miss is 404, next at once), "
-        "dragonfly=http://127.0.0.1:4001 (dfdaemon's proxy), mirror=https://HOST, and "
-        "'origin' last. Add ,credentials to send a spegel or dragonfly source the "
-        "origin's credentials (never by default). $VARS in URLs are expanded.",
+        "dragonfly=http://127.0.0.1:4001 (dfdaemon's proxy), peer=http://HOST:PORT "
+        "(another node's --serve), nodes (the nodes the API says hold each blob, "
+        "nearest first), mirror=https://HOST, and 'origin' last. Add ,credentials to "
+        "send a spegel or dragonfly source the origin's credentials (never by default). "
+        "$VARS in URLs are expanded.",
+    ),
+]
+FleetToken = Annotated[
+    str | None,
+    typer.Option(
+        envvar="MODELCAR_FLEET_TOKEN_FILE",
+        help="A file holding the fleet's shared token: sent to peer and nodes sources, "
+        "and required of every client of --serve.",
+    ),
+]
+MaxUploads = Annotated[
+    int,
+    typer.Option(
+        min=1,
+        max=1024,
+        help="Blob transfers served at once; past that a client is told 429 and goes to "
+        "another peer.",
     ),
 ]
 MaxBytes = Annotated[str | None, typer.Option(help="Disk budget, e.g. 500GiB.")]
@@ -100,6 +125,7 @@ def _setup_logging(verbose: bool = True) -> None:
 
 def _pull_config(
     *,
+    fleet_token_file: str | None = None,
     jobs: int,
     max_rate: str | None,
     mirror: list[str] | None,
@@ -125,6 +151,7 @@ def _pull_config(
         plain_http=plain_http,
         insecure=insecure,
         ca_file=ca_file,
+        fleet_token_file=fleet_token_file,
     )
 
 
@@ -182,6 +209,30 @@ def run(
     listen: Annotated[
         str, typer.Option(help="HOST:PORT for /metrics, /healthz, /readyz ('' for none).")
     ] = "0.0.0.0:9090",
+    serve: Annotated[
+        str,
+        typer.Option(
+            envvar="MODELCAR_SERVE",
+            help="HOST:PORT of the node's read-only registry: what it holds verified, by "
+            "digest, to its containerd and its peers ('' for none; needs --fleet-token-file).",
+        ),
+    ] = "",
+    serve_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="MODELCAR_SERVE_URL",
+            help="The URL peers reach --serve at, reported to the API (e.g. http://$NODE_IP:5050).",
+        ),
+    ] = None,
+    max_uploads: MaxUploads = 8,
+    topology_label: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A node label that says near (repeatable; the nodes source asks peers "
+            "sharing more of them first). Default: topology.kubernetes.io/zone.",
+        ),
+    ] = None,
+    fleet_token_file: FleetToken = None,
     scrub_every: Annotated[
         float, typer.Option(help="Seconds between re-hashes of each ready model.")
     ] = 86400.0,
@@ -223,9 +274,14 @@ def run(
         interval=interval,
         once=once,
         listen=listen,
+        serve=serve,
+        serve_url=serve_url,
+        max_uploads=max_uploads,
+        topology_labels=topology_label or ["topology.kubernetes.io/zone"],
         scrub_every=scrub_every,
         scrub_rate=scrub_rate,
         pull=_pull_config(
+            fleet_token_file=fleet_token_file,
             jobs=jobs,
             max_rate=max_rate,
             mirror=mirror,
@@ -253,15 +309,27 @@ def run(
         DesiredFromApi(client, node, options.labels) if client else DesiredFromFile(config or "")
     )
     metrics = Metrics()
+    options.serve_url = cfg.advertised()
+    options.pull.fleet = Fleet(
+        token=options.pull.fleet.token,
+        holders=(lambda digest: client.holders(digest).holders) if client else None,
+        node=node,
+        labels=lambda: dict(desired.labels) if isinstance(desired, DesiredFromApi) else {},
+        topology=tuple(cfg.topology_labels),
+    )
+    log = logging.getLogger("modelcar.cache")
     with CacheDir(cache_dir) as cache:
         labeller = NodeLabeller.from_environment(node, kubeconfig)
         warmer = RuntimeWarmer(cri_socket) if warm_cri else None
         daemon = Daemon(cache, options, desired, client, metrics, labeller, warmer)
-        server = None
+        server = blobs = None
         if listen:
             host, _, port = listen.rpartition(":")
             server = StatusServer(host or "0.0.0.0", int(port), metrics, daemon.ready).start()
-            logging.getLogger("modelcar.cache").info("status on %s:%d", host, server.port)
+            log.info("status on %s:%d", host, server.port)
+        if serve:
+            blobs = _blob_server(cache, serve, cfg.pull.fleet_token(), max_uploads, metrics)
+            log.info("serving what the node holds on %s", options.serve_url)
         control = ControlServer(cache.root, daemon.control, daemon.events).start()
         signal.signal(signal.SIGTERM, lambda *_: daemon.stop())
         try:
@@ -270,6 +338,64 @@ def run(
             control.stop()
             if server:
                 server.stop()
+            if blobs:
+                blobs.stop()
+
+
+def _blob_server(
+    cache: CacheDir, listen: str, token: str | None, max_uploads: int, metrics: Any = None
+) -> BlobServer:
+    from modelcar.cache_daemon.serve import BlobServer, listen_address
+
+    host, port = listen_address(listen)
+    assert token is not None  # checked with the flags
+    counter = metrics.served_bytes.inc if metrics is not None else None
+    try:
+        return BlobServer(
+            cache, host, port, token, max_uploads=max_uploads, on_served=counter
+        ).start()
+    except OSError as e:
+        raise UsageError(f"cannot listen ({e.strerror})", subject=listen) from None
+
+
+@app.command()
+def serve(
+    cache_dir: CacheRoot = DEFAULT_CACHE_ROOT,
+    listen: Annotated[
+        str, typer.Option(envvar="MODELCAR_SERVE", help="HOST:PORT to listen on.")
+    ] = "127.0.0.1:5050",
+    fleet_token_file: FleetToken = None,
+    max_uploads: MaxUploads = 8,
+) -> None:
+    """Serve what the cache dir holds verified as a read-only registry, by digest.
+
+    The same endpoint as `run --serve`, beside a running daemon or alone: manifests,
+    configs and base layers the node kept, modelcar layers regenerated byte for byte
+    from their verified files, raw ModelPack layers from their file. Tags are never
+    served (point containerd's hosts.toml at it with capabilities ["pull"]); every
+    request needs the fleet token (Authorization: Bearer TOKEN). Stops on SIGTERM or
+    Ctrl-C."""
+    if not fleet_token_file:
+        raise UsageError(
+            "serve needs the fleet credential",
+            hint="--fleet-token-file FILE (MODELCAR_FLEET_TOKEN_FILE)",
+        )
+    token = read_token(fleet_token_file)
+    _setup_logging()
+    cache = CacheDir.reader(cache_dir)
+    server = _blob_server(cache, listen, token, max_uploads)
+    logging.getLogger("modelcar.cache").info(
+        "serving %s on %s:%d", cache.root, listen.rpartition(":")[0], server.port
+    )
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    try:
+        stopped.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+        cache.close()
 
 
 @app.command()
@@ -291,6 +417,7 @@ def pull(
     plain_http: PlainHttp = False,
     insecure: Insecure = False,
     ca_file: CaFile = None,
+    fleet_token_file: FleetToken = None,
 ) -> None:
     """Pull one pinned model in the foreground; print the published directory last.
 
@@ -305,6 +432,7 @@ def pull(
     and this waits for the result."""
     pinned(ref)
     pull_cfg = _pull_config(
+        fleet_token_file=fleet_token_file,
         jobs=jobs,
         max_rate=max_rate,
         mirror=mirror,

@@ -14,7 +14,8 @@ from pydantic import BaseModel, ConfigDict
 
 from modelcar.cache_daemon.evict import Budget
 from modelcar.cache_daemon.pull import PullOptions
-from modelcar.cache_daemon.sources import SourceSpec, chain, parse_source
+from modelcar.cache_daemon.serve import listen_address, read_token
+from modelcar.cache_daemon.sources import Fleet, SourceSpec, chain, parse_source
 from modelcar.cliutil import parse_size, store_options
 from modelcar.errors import UsageError
 from modelcar.http.body import StallRule
@@ -40,6 +41,11 @@ class PullConfig(BaseModel):
     plain_http: bool = False
     insecure: bool = False
     ca_file: str | None = None
+    #: The fleet's shared credential, for peer and nodes sources (and --serve).
+    fleet_token_file: str | None = None
+
+    def fleet_token(self) -> str | None:
+        return read_token(self.fleet_token_file) if self.fleet_token_file else None
 
     def specs(self) -> list[SourceSpec]:
         return [parse_source(text) for text in self.sources]
@@ -47,7 +53,14 @@ class PullConfig(BaseModel):
     def pull_options(self, specs: list[SourceSpec] | None = None) -> PullOptions:
         """The pull's options; ``specs`` (a ``--config`` file's chain) when no --source."""
         specs = self.specs() or (specs or [])
-        chain(specs, self.mirrors)  # a bad chain is refused now, not at the first pull
+        full = chain(specs, self.mirrors)  # a bad chain is refused now, not at the first pull
+        token = self.fleet_token()
+        if token is None and (peer := next((s for s in full if s.kind in ("peer", "nodes")), None)):
+            raise UsageError(
+                f"a {peer.kind} source needs the fleet credential",
+                subject=peer.url or peer.kind,
+                hint="--fleet-token-file FILE (MODELCAR_FLEET_TOKEN_FILE)",
+            )
         rule = StallRule(window=self.stall_timeout, min_speed=parse_size(self.min_speed))
         return PullOptions(
             jobs=self.jobs,
@@ -62,6 +75,7 @@ class PullConfig(BaseModel):
                 docker_config=self.docker_config,
                 stall=rule,
             ),
+            fleet=Fleet(token=token),
         )
 
 
@@ -103,6 +117,11 @@ class DaemonConfig(BaseModel):
     interval: float = 30.0
     once: bool = False
     listen: str = "0.0.0.0:9090"
+    #: HOST:PORT of the node's registry endpoint ('' for none), and its URL for peers.
+    serve: str = ""
+    serve_url: str | None = None
+    max_uploads: int = 8
+    topology_labels: list[str] = ["topology.kubernetes.io/zone"]
     scrub_every: float = 86400.0
     scrub_rate: str = "100MiB"
     pull: PullConfig = PullConfig()
@@ -112,7 +131,33 @@ class DaemonConfig(BaseModel):
         if bool(self.api) == bool(self.config):
             raise UsageError("give exactly one of --api URL (or MODELCAR_API) and --config FILE")
         self.node_labels()
+        if self.serve:
+            listen_address(self.serve)
+            if not self.pull.fleet_token_file:
+                raise UsageError(
+                    "--serve needs the fleet credential",
+                    subject=self.serve,
+                    hint="--fleet-token-file FILE: peers and containerd send it; "
+                    "nothing is served without it",
+                )
+        if "nodes" in self.pull.sources and not self.api:
+            raise UsageError("the nodes source needs --api", hint="or name peers: peer=URL")
         return self
+
+    def advertised(self) -> str | None:
+        """The URL peers reach this node's endpoint at (None: not serving)."""
+        if not self.serve:
+            return None
+        if self.serve_url:
+            return self.serve_url.rstrip("/")
+        host, port = listen_address(self.serve)
+        if host in ("0.0.0.0", "::", ""):
+            raise UsageError(
+                "--serve on every address needs --serve-url for peers",
+                subject=self.serve,
+                hint="e.g. --serve-url http://$NODE_IP:5050 (the chart sets it)",
+            )
+        return f"http://{host}:{port}"
 
     def node_labels(self) -> dict[str, str]:
         labels = {}

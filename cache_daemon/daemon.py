@@ -34,6 +34,7 @@ from modelcar.cache_daemon.pull import (
     unexpected,
 )
 from modelcar.cache_daemon.scrub import scrub, verify_models
+from modelcar.cache_daemon.served import Served
 from modelcar.contract import control as ctl
 from modelcar.contract import wire as wire
 from modelcar.contract.client import ApiClient
@@ -106,6 +107,8 @@ class DaemonOptions:
     budget: Budget = field(default_factory=Budget)
     scrub_every: float = 24 * 3600.0  # seconds between two scrubs of the same model
     scrub_rate: float | None = 100 << 20  # bytes per second
+    #: Where peers reach this node's --serve endpoint (reported to the API), or None.
+    serve_url: str | None = None
 
 
 class Daemon:
@@ -484,6 +487,7 @@ class Daemon:
         socket's view of what runs now)."""
         capacity, _free = self.cache.filesystem()
         used = self.evictor.used()
+        served = Served(self.cache)
         models = []
         for r in self.cache.db.all():
             if r.state == "evicted" and r.digest not in self._assigned:
@@ -499,6 +503,9 @@ class Daemon:
                     bytes_total=r.size,
                     error=r.error[:2000] if r.error else None,
                     sources=dict(list(self.puller.by_source.get(r.digest, {}).items())[:32]),
+                    blobs=served.held(r.digest)[:10000]
+                    if self.options.serve_url and state in ("ready", "pulling", "pending")
+                    else [],
                 )
             )
         for w in self.wanted:
@@ -510,6 +517,7 @@ class Daemon:
             if isinstance(self.desired, DesiredFromApi)
             else self.options.labels,
             cache_root=str(self.cache.root),
+            serve_url=self.options.serve_url,
             disk=wire.DiskUsage(
                 used_bytes=used,
                 capacity_bytes=capacity,

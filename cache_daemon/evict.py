@@ -52,12 +52,16 @@ class Evictor:
         self.on_evict = on_evict
 
     def used(self) -> int:
-        """Bytes held by published models, pulls in progress and quarantine."""
-        return self.cache.quarantined_bytes() + sum(
-            r.size
-            for r in self.cache.db.all()
-            if r.state in ("ready", "pulling", "pending")
-            and (r.state != "ready" or self.cache.is_published(r.digest))
+        """Bytes held by published models, pulls in progress, kept blobs and quarantine."""
+        return (
+            self.cache.quarantined_bytes()
+            + self.cache.blob_bytes()
+            + sum(
+                r.size
+                for r in self.cache.db.all()
+                if r.state in ("ready", "pulling", "pending")
+                and (r.state != "ready" or self.cache.is_published(r.digest))
+            )
         )
 
     def candidates(self, keep: set[str]) -> list[tuple[str, int]]:

@@ -30,6 +30,7 @@ from modelcar.cache_daemon.blobstream import BlobStream, RateLimiter, SourcesMis
 from modelcar.cache_daemon.cachedir import CacheDir
 from modelcar.cache_daemon.journal import LayerJournal, Replay
 from modelcar.cache_daemon.pullmetrics import PullMetrics
+from modelcar.cache_daemon.served import Served
 from modelcar.cache_daemon.sources import BlobSource
 from modelcar.errors import (
     DigestMismatch,
@@ -40,9 +41,10 @@ from modelcar.errors import (
 )
 from modelcar.format.fileindex import FileEntry
 from modelcar.format.foreign import Part
-from modelcar.format.layer import read_model_layer
+from modelcar.format.layer import layer_layout, read_model_layer
 from modelcar.format.unpack import Unpacked, unpack_layer
 from modelcar.oci.manifest import Descriptor
+from modelcar.oci.tarstream import TarLayout
 
 log = logging.getLogger("modelcar.cache")
 
@@ -132,15 +134,15 @@ class Job:
 class _BadBytes(Exception):
     """A layer failed its digest with bytes from these sources (not the origin)."""
 
-    def __init__(self, sources: set[str], error: ModelcarError):
-        self.sources, self.error = sources, error
+    def __init__(self, sources: set[str], error: ModelcarError, digest: str):
+        self.sources, self.error, self.digest = sources, error, digest
 
 
 def suspects(blob: BlobStream, error: ModelcarError, sources: list[BlobSource]) -> None:
     """Raise :class:`_BadBytes` if sources other than the origin fed the failed layer."""
     origins = {s.name for s in sources if s.origin}
     if blame := blob.served - origins:
-        raise _BadBytes(blame, error) from None
+        raise _BadBytes(blame, error, blob.digest) from None
 
 
 def dropping_bad_sources(job: Job, attempt: Callable[[list[BlobSource]], T]) -> T:
@@ -153,11 +155,15 @@ def dropping_bad_sources(job: Job, attempt: Callable[[list[BlobSource]], T]) -> 
             return attempt(usable)
         except _BadBytes as bad:
             for name in sorted(bad.sources):
+                job.metrics.bad_bytes(name)
+                store = next((s.store for s in job.sources if s.name == name), None)
+                distrust = getattr(store, "distrust", None)
+                if distrust is not None and distrust(bad.digest):
+                    continue  # the nodes source drops the peers that sent them, not itself
                 log.warning(
                     "%s served bad bytes (%s); dropped for this layer", name, bad.error.one_line()
                 )
-                job.metrics.bad_bytes(name)
-            dropped |= bad.sources
+                dropped.add(name)
             if not any(s.name not in dropped for s in job.sources):
                 raise bad.error from None
 
@@ -170,10 +176,20 @@ class _Tap:
     """Between the blob and the tar reader: replays the journaled prefix, then the
     network; journals every byte that is not file content."""
 
-    def __init__(self, job: Job, replay: Replay, blob: BlobStream, journal: LayerJournal):
+    def __init__(
+        self,
+        job: Job,
+        replay: Replay,
+        blob: BlobStream,
+        journal: LayerJournal,
+        layout: TarLayout,
+    ):
         self.job, self.replay, self.blob, self.journal = job, replay, blob, journal
         self.pos = 0
         self.body_left = 0
+        self.layout = layout
+        #: every byte so far that is not file content is the one modelcar build writes
+        self.canonical = True
 
     def read(self, n: int = -1) -> bytes:
         if self.pos < self.replay.end:
@@ -186,6 +202,8 @@ class _Tap:
                 if in_body < len(data):
                     self.journal.raw(self.pos + in_body, data[in_body:])
         self.body_left = max(0, self.body_left - len(data))
+        if self.canonical and data:
+            self.canonical = self.layout.matches(self.pos, data)
         self.pos += len(data)
         return data
 
@@ -247,11 +265,19 @@ class LayerIngest:
         self.journal = LayerJournal(job.cache.layer_journal(job.digest, desc.digest), job.staging)
         self.since_checkpoint = 0
         self.tap: _Tap
+        self.own = sorted(
+            (f for f in files.values() if f.layer == desc.digest), key=lambda f: f.path
+        )
 
     def run(self) -> None:
         dropping_bad_sources(self.job, self._from)
         self.job.cache.db.layer_done(self.job.digest, self.desc.digest)
         self.journal.remove()
+        if self.tap.canonical and self.tap.pos == self.desc.size:
+            # its files verified and every other byte the builder's: served from them
+            Served(self.job.cache).layer(
+                self.job.digest, self.desc.digest, self.desc.size, self.desc.mediaType, self.own
+            )
 
     def _from(self, sources: list[BlobSource]) -> None:
         job, journal = self.job, self.journal
@@ -259,7 +285,7 @@ class LayerIngest:
         journal.open()
         blob = job.blob(self.desc, sources, start)
         replay = journal.replay()
-        self.tap = _Tap(job, replay, blob, journal)
+        self.tap = _Tap(job, replay, blob, journal, layer_layout(self.own))
         job.progress.add(resumed=start)
         counted = 0
 

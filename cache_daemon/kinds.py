@@ -24,8 +24,9 @@ from collections.abc import Callable
 from typing import Protocol
 
 from modelcar.cache_daemon.ingest import Job, LayerIngest, file_size, run_all, unpack_part
+from modelcar.cache_daemon.served import Served
 from modelcar.errors import ImageFormatError, UnsafeArchive
-from modelcar.format.fileindex import FileIndex
+from modelcar.format.fileindex import FileEntry, FileIndex
 from modelcar.format.foreign import FORMAT_NAMES, ForeignImage, Part
 from modelcar.format.image import ModelImage
 from modelcar.format.unpack import Unpacked, index_of
@@ -102,6 +103,8 @@ class _Foreign:
             tmp = jdir / f"{key}.json.tmp"
             tmp.write_text(json.dumps(results[key].to_json()))
             tmp.rename(jdir / f"{key}.json")
+            if part.raw_path is not None and part.raw_path in results[key].files:
+                _serve_raw(job, part, results[key])
 
         todo = [(p, k) for p, k in zip(parts, keys, strict=True) if k not in results]
         self._run(job, [functools.partial(one, p, k) for p, k in todo])
@@ -132,6 +135,16 @@ class _Foreign:
 
     def _run(self, job: Job, tasks: list[Callable[[], None]]) -> None:
         raise NotImplementedError
+
+
+def _serve_raw(job: Job, part: Part, done: Unpacked) -> None:
+    """A raw layer is its file: served from it (the layer's digest was its bytes')."""
+    assert part.raw_path is not None
+    size, sha256 = done.files[part.raw_path]
+    entry = FileEntry(path=part.raw_path, size=size, sha256=sha256, layer=part.layer.digest)
+    Served(job.cache).layer(
+        job.digest, part.layer.digest, part.layer.size, part.layer.mediaType, [entry], kind="raw"
+    )
 
 
 class HandBuiltLayers(_Foreign):

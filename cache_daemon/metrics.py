@@ -23,6 +23,11 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.bytes_pulled = Counter("modelcar_cache_pulled_bytes", "Bytes fetched", registry=r)
+        self.served_bytes = Counter(
+            "modelcar_cache_served_bytes",
+            "Blob bytes served to this node's containerd and its peers (--serve)",
+            registry=r,
+        )
         self.pull_seconds = Histogram(
             "modelcar_cache_pull_seconds",
             "Seconds per completed pull",

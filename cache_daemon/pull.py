@@ -12,7 +12,9 @@ by a download thread), ``ready``.
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -21,10 +23,18 @@ from pydantic import BaseModel
 
 from modelcar.cache_daemon.blobstream import RateLimiter, SourcesMissed
 from modelcar.cache_daemon.cachedir import CacheDir
-from modelcar.cache_daemon.ingest import Job, PullProgress, file_size, is_space
+from modelcar.cache_daemon.ingest import (
+    Job,
+    PullProgress,
+    dropping_bad_sources,
+    file_size,
+    is_space,
+    suspects,
+)
 from modelcar.cache_daemon.kinds import strategy_for
 from modelcar.cache_daemon.pullmetrics import NO_METRICS, PullMetrics
-from modelcar.cache_daemon.sources import BlobSource, SourceSpec, chain, open_sources
+from modelcar.cache_daemon.served import Served
+from modelcar.cache_daemon.sources import BlobSource, Fleet, SourceSpec, chain, open_sources
 from modelcar.contract.control import PullResult
 from modelcar.errors import (
     CacheVanished,
@@ -42,6 +52,8 @@ from modelcar.errors import (
 from modelcar.format.fileindex import FileIndex
 from modelcar.format.foreign import FORMAT_NAMES, ForeignImage, load_foreign
 from modelcar.format.image import ModelImage, load_model_image
+from modelcar.oci.digest import CHUNK, HashingReader
+from modelcar.oci.manifest import Descriptor
 from modelcar.oci.reference import ImageRef, LayoutRef, parse_ref
 from modelcar.oci.store import ImageStore, StoreOptions
 
@@ -76,6 +88,8 @@ class PullOptions(BaseModel):
     store: StoreOptions = StoreOptions()
     attempts: int = 6
     checkpoint_bytes: int = CHECKPOINT_BYTES
+    #: The fleet credential and, for the ``nodes`` source, who holds what.
+    fleet: Fleet = Fleet()
 
     model_config = {"arbitrary_types_allowed": True}
 
@@ -114,7 +128,9 @@ class Puller:
         self.metrics: PullMetrics = metrics or NO_METRICS
         # where a reference's blobs come from: the chain, the origin last (tests: in memory)
         specs = chain(self.options.sources, self.options.mirrors)
-        self.sources = sources or (lambda ref: open_sources(ref, specs, self.options.store))
+        self.sources = sources or (
+            lambda ref: open_sources(ref, specs, self.options.store, self.options.fleet)
+        )
         self._present: set[str] = set()  # published dirs found whole in this process
         #: layer bytes by source, per digest pulled by this process (for the node report)
         self.by_source: dict[str, dict[str, int]] = {}
@@ -246,7 +262,50 @@ class Puller:
             )
         else:
             log.info("pull %s: %d files, %d bytes", image, len(model.files), model.size)
+        self._keep(job, model)
         return strategy_for(model).fetch(job)
+
+    def _keep(self, job: Job, model: ModelImage | ForeignImage) -> None:
+        """What the node serves besides the model's layers: its manifests and configs
+        (read and checked already) and a modelcar's base layers (fetched along the
+        chain, checked, kept as blobs), so its containerd and its peers need nothing
+        more from the origin."""
+        served = Served(self.cache)
+        for digest, (data, media_type) in model.documents.items():
+            served.keep_blob(job.digest, digest, data, media_type)
+        if not isinstance(model, ModelImage):
+            return
+        named = {d.digest for d in model.model_layers}
+        for desc in model.manifest.layers:
+            if desc.digest in named:
+                continue
+            if self.cache.blob_path(desc.digest).is_file():
+                served.kept_already(job.digest, desc)
+                continue
+            dropping_bad_sources(job, functools.partial(self._keep_layer, job, desc, served))
+
+    @staticmethod
+    def _keep_layer(job: Job, desc: Descriptor, served: Served, sources: list[BlobSource]) -> None:
+        tmp = served.blob_writer(desc.digest)
+        blob = job.blob(desc, sources)
+        try:
+            hashing = HashingReader(blob)
+            with open(tmp, "wb") as out:
+                while data := hashing.read(CHUNK):
+                    job.running(desc.digest)
+                    out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            if hashing.digest != desc.digest or hashing.count != desc.size:
+                error = DigestMismatch(
+                    f"base layer digest mismatch (got {hashing.digest})", subject=desc.digest
+                )
+                suspects(blob, error, sources)
+                raise error
+            served.kept(job.digest, desc.digest, desc.size, desc.mediaType, tmp)
+        finally:
+            tmp.unlink(missing_ok=True)
+            job.finish(blob)
 
     def _publish(self, digest: str, index: FileIndex) -> None:
         staging = self.cache.staging_dir(digest)

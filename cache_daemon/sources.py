@@ -10,7 +10,15 @@ config file. The kinds and what each is sent:
   ``X-Dragonfly-Registry: <scheme>://<origin>`` naming the registry behind it.
 * ``mirror``: a registry that holds the same repository (host swapped), with its own
   credentials from the docker config, as ``--mirror`` always was.
+* ``peer``: another node's daemon (``modelcar-cache run --serve``), named by hand:
+  ``GET /v2/<repo>/blobs/<digest>`` with the fleet credential (``--fleet-token-file``).
+* ``nodes``: the nodes the API says hold the blob (``GET /v1/blobs/<digest>/holders``),
+  nearest first, each a ``peer`` (see ``peers.py``). Needs ``--api``.
 * ``origin``: the registry of the reference itself. Always the last; added if not named.
+
+A peer, Spegel or Dragonfly that fails (an error, 429 when busy, a connect timeout)
+counts as a miss: the next source is asked at the same byte, and a wave without a lease
+waits for one instead of failing.
 
 The origin's credentials go to the origin, and to a spegel or dragonfly source only
 when it is given ``,credentials`` (a proxy that must fetch private blobs for us);
@@ -27,13 +35,16 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
+from modelcar.contract.wire import BlobHolder
 from modelcar.errors import UsageError
 from modelcar.oci.manifest import first_error
 from modelcar.oci.reference import ImageRef, LayoutRef
 from modelcar.oci.store import ImageStore, StoreOptions, Via
 from modelcar.oci.stores import open_store
 
-Kind = Literal["spegel", "dragonfly", "mirror", "origin"]
+Kind = Literal["spegel", "dragonfly", "peer", "nodes", "mirror", "origin"]
+#: Kinds whose failure is a miss: they serve what some node holds, never the origin's.
+PEER_KINDS = frozenset({"spegel", "dragonfly", "peer", "nodes"})
 PEER_CONNECT_TIMEOUT = 2.0
 _VAR = re.compile(r"\$(\w+)|\$\{(\w+)\}")
 
@@ -57,7 +68,8 @@ class SourceSpec(BaseModel):
 
 def parse_source(text: str) -> SourceSpec:
     """``spegel=http://$NODE_IP:30020``, ``dragonfly=http://127.0.0.1:4001,credentials``,
-    ``mirror=https://harbor.internal``, ``origin``."""
+    ``peer=http://10.0.0.7:5050``, ``nodes``, ``mirror=https://harbor.internal``,
+    ``origin``."""
     kind, eq, rest = text.partition("=")
     parts = rest.split(",") if eq else []
     url = _expand(parts[0].strip(), text) if parts else None
@@ -74,15 +86,28 @@ def parse_source(text: str) -> SourceSpec:
         raise UsageError(
             "invalid --source",
             subject=text,
-            hint=f"{first_error(e)}; KIND is spegel, dragonfly, mirror or origin",
+            hint=f"{first_error(e)}; KIND is spegel, dragonfly, peer, nodes, mirror or origin",
         ) from None
     return check_chain([spec])[0]
 
 
 def check_chain(specs: list[SourceSpec]) -> list[SourceSpec]:
-    """Each kind but ``origin`` needs a URL; ``origin`` needs none, comes once and last."""
+    """Each kind but ``origin`` and ``nodes`` needs a URL; ``origin`` needs none, comes
+    once and last."""
     for s in specs:
-        if s.kind != "origin" and not s.url:
+        if s.kind == "nodes" and (s.url or s.credentials):
+            raise UsageError(
+                "the nodes source takes no URL or options",
+                subject="nodes",
+                hint="the API names the nodes; --source peer=URL names one by hand",
+            )
+        if s.kind == "peer" and s.credentials:
+            raise UsageError(
+                "a peer gets the fleet credential, never the registry's",
+                subject=s.url,
+                hint="--fleet-token-file",
+            )
+        if s.kind not in ("origin", "nodes") and not s.url:
             raise UsageError(
                 f"a {s.kind} source needs a URL",
                 subject=s.kind,
@@ -117,6 +142,29 @@ def chain(sources: Sequence[SourceSpec], mirrors: Sequence[str] = ()) -> list[So
 
 
 @dataclass(frozen=True)
+class Fleet:
+    """What ``peer`` and ``nodes`` sources need: the fleet credential, and (``nodes``)
+    who holds a blob, this node's name and labels, and the labels that say near."""
+
+    token: str | None = None
+    holders: Callable[[str], list[BlobHolder]] | None = None
+    node: str = ""
+    labels: Callable[[], dict[str, str]] = dict
+    topology: tuple[str, ...] = ("topology.kubernetes.io/zone",)
+
+
+def peer_store(ref: ImageRef, url: str, token: str, options: StoreOptions) -> ImageStore:
+    """Another node's daemon as a store of ``ref``'s blobs (the fleet credential sent)."""
+    via = Via(
+        endpoint=url,
+        headers=(("Authorization", f"Bearer {token}"),),
+        connect_timeout=PEER_CONNECT_TIMEOUT,
+    )
+    plain = url.startswith("http://")
+    return open_store(ref, replace(options, via=via, retries=1, plain_http=plain))
+
+
+@dataclass(frozen=True)
 class BlobSource:
     """A link of the chain opened for one image: its label (for metrics), its store."""
 
@@ -128,9 +176,17 @@ class BlobSource:
     def origin(self) -> bool:
         return self.kind == "origin"
 
+    @property
+    def peer(self) -> bool:
+        """Serves what some node holds: a failure is a miss."""
+        return self.kind in PEER_KINDS
+
 
 def open_sources(
-    ref: ImageRef | LayoutRef, specs: list[SourceSpec], options: StoreOptions
+    ref: ImageRef | LayoutRef,
+    specs: list[SourceSpec],
+    options: StoreOptions,
+    fleet: Fleet | None = None,
 ) -> list[BlobSource]:
     """The stores of ``ref`` along the chain. An ``oci:`` layout has only itself."""
     if not isinstance(ref, ImageRef):
@@ -140,6 +196,23 @@ def open_sources(
     for spec, name in zip(specs, names, strict=True):
         if spec.kind == "origin":
             out.append(BlobSource(name, "origin", open_store(ref, options)))
+            continue
+        if spec.kind in ("peer", "nodes"):
+            from modelcar.cache_daemon.peers import FleetStore
+
+            fleet = fleet or Fleet()
+            if not fleet.token:
+                raise UsageError(
+                    f"a {spec.kind} source needs the fleet credential",
+                    subject=spec.kind,
+                    hint="--fleet-token-file (the chart mounts the fleet Secret)",
+                )
+            if spec.kind == "peer":
+                assert spec.url is not None
+                store = peer_store(ref, spec.url, fleet.token, options)
+            else:
+                store = FleetStore(ref, fleet, options)
+            out.append(BlobSource(name, spec.kind, store))
             continue
         assert spec.url is not None
         plain = spec.url.startswith("http://")

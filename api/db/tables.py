@@ -201,10 +201,25 @@ class Node(Base):
     cache_root: Mapped[str | None] = mapped_column(String(1024))
     disk: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     last_seen: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    #: Where the node's daemon serves what it holds to its peers (None: it does not).
+    serve_url: Mapped[str | None] = mapped_column(String(512))
 
     models: Mapped[list[NodeModel]] = relationship(
         order_by="NodeModel.digest", cascade="all, delete-orphan"
     )
+
+
+class NodeBlob(Base):
+    """A blob a node serves now (from its last report): how peers find one another."""
+
+    __tablename__ = "node_blobs"
+
+    node_name: Mapped[str] = mapped_column(
+        ForeignKey("nodes.name", ondelete="CASCADE"), primary_key=True
+    )
+    digest: Mapped[str] = mapped_column(String(71), primary_key=True, index=True)
+    #: True if a ready model holds it; False if only a pull in progress does.
+    ready: Mapped[bool] = mapped_column(default=False)
 
 
 class NodeModel(Base):

@@ -107,6 +107,24 @@ def give_back_lease(
 
 
 @router.get(
+    "/blobs/{digest}/holders",
+    response_model=wire.HoldersOut,
+    tags=["nodes"],
+    summary="The nodes serving a blob to their peers (a node token, or read)",
+)
+def blob_holders(
+    digest: Annotated[str, Path(pattern=r"^sha256:[a-f0-9]{64}$", description="The digest")],
+    db: DB,
+    settings: Config,
+    who: Anyone,
+) -> wire.HoldersOut:
+    if who.role != "node":
+        who.require("read")  # never anonymous: where private models lie is not public
+    with db.reading() as s:
+        return fleet.holders(s, digest, settings.stale_after)
+
+
+@router.get(
     "/nodes/{node}/assignments",
     response_model=wire.Assignments,
     tags=["nodes"],

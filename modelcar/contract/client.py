@@ -193,6 +193,10 @@ class ApiClient:
             wire.LeaseOut, self.request("POST", f"/v1/nodes/{_q(node)}/leases", json=body)
         )
 
+    def holders(self, digest: str) -> wire.HoldersOut:
+        """The nodes serving ``digest`` to their peers."""
+        return self._get(f"/v1/blobs/{digest}/holders", wire.HoldersOut)
+
     def give_back_lease(self, node: str, digest: str) -> None:
         r = self.request("DELETE", f"/v1/nodes/{_q(node)}/leases/{digest}")
         if r.status_code >= 400:

@@ -282,6 +282,14 @@ class NodeModelStatus(_Request):
     sources: SourceBytes = Field(
         default_factory=dict, description="Layer bytes by source (origin, spegel, …)"
     )
+    blobs: Annotated[list[DigestStr], Field(max_length=10000)] = Field(
+        default_factory=list,
+        description="The blobs of this model the node serves now, verified (manifests, "
+        "configs, finished layers)",
+    )
+
+
+ServeUrl = Annotated[str, StringConstraints(max_length=512, pattern=r"^https?://[^/\s]+/?$")]
 
 
 class DiskUsage(_Request):
@@ -297,6 +305,9 @@ class NodeStatusPut(_Request):
     disk: DiskUsage | None = None
     labels: Labels = Field(default_factory=dict)
     cache_root: Text | None = None
+    serve_url: ServeUrl | None = Field(
+        None, description="Where the node serves what it holds to its peers (http(s)://HOST:PORT)"
+    )
 
 
 TokenName = Annotated[
@@ -501,6 +512,18 @@ class LeaseOut(_Response):
     holders: list[str] = Field(description="Nodes holding an origin lease for the digest now")
     expires: datetime | None = None
     retry_after: float = Field(5.0, description="Seconds before asking again when not granted")
+
+
+class BlobHolder(_Response):
+    node: str
+    url: str = Field(description="The node's serving endpoint")
+    ready: bool = Field(description="True: a ready model holds it; false: a pull in progress")
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class HoldersOut(_Response):
+    digest: str
+    holders: list[BlobHolder]
 
 
 class LeaseHolder(_Response):

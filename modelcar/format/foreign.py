@@ -13,7 +13,7 @@ No file index travels with them: the node computes it while unpacking (see
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from modelcar.errors import DigestMismatch, ImageFormatError
@@ -78,6 +78,8 @@ class ForeignImage:
     format: Format
     manifest: Manifest
     parts: list[Part]
+    #: The manifests read, by digest (bytes, media type): what a node keeps to serve.
+    documents: dict[str, tuple[bytes, str]] = field(default_factory=dict)
 
     @property
     def size(self) -> int:
@@ -198,15 +200,18 @@ def load_foreign(store: ImageStore, ref: Ref) -> ForeignImage:
             f"manifest does not match the pinned digest (got {digest})", subject=str(ref)
         )
     data = fetched.data
+    documents = {digest: (data, fetched.media_type)}
     if fetched.media_type in mt.INDEX_TYPES:
         children = platform_images(parse_index(data).manifests, str(ref))
         host = host_platform()
         chosen = next((d for d in children if same_platform(d.platform, host)), None)  # type: ignore[arg-type]  # is_runnable: not None
         if chosen is None:
             raise ImageFormatError(f"the image index has no {host} image", subject=str(ref))
-        data = store.get_manifest(chosen.digest).data
+        child = store.get_manifest(chosen.digest)
+        data = child.data
         if sha256_bytes(data) != chosen.digest:
             raise DigestMismatch("a platform manifest does not match its digest", subject=str(ref))
+        documents[chosen.digest] = (data, child.media_type)
     manifest = parse_manifest(data)
     fmt = format_of(manifest)
     if fmt is None:
@@ -215,4 +220,4 @@ def load_foreign(store: ImageStore, ref: Ref) -> ForeignImage:
             subject=str(ref),
             hint="modelcar reads modelcars, hand-built /models images, ModelPack and KitOps",
         )
-    return ForeignImage(digest, fmt, manifest, plan(fmt, manifest, str(ref)))
+    return ForeignImage(digest, fmt, manifest, plan(fmt, manifest, str(ref)), documents)

@@ -39,6 +39,9 @@ class ModelImage:
     #: empty for a single manifest. ``manifest`` is then this machine's platform's, or
     #: the first's.
     variants: dict[str, ModelImage] = field(default_factory=dict)
+    #: The manifests and configs read, by digest (bytes, media type), every variant's:
+    #: what a node keeps to serve the image again.
+    documents: dict[str, tuple[bytes, str]] = field(default_factory=dict)
 
     @property
     def platforms(self) -> list[str]:
@@ -65,11 +68,13 @@ def load_model_image(store: ImageStore, ref: Ref) -> ModelImage:
             f"manifest does not match the pinned digest (got {actual})", subject=str(ref)
         )
     if fetched.media_type in mt.INDEX_TYPES:
-        return _load_index(store, ref, fetched.data, actual)
-    return _load_manifest(store, str(ref), fetched.data, actual)
+        return _load_index(store, ref, fetched.data, actual, fetched.media_type)
+    return _load_manifest(store, str(ref), fetched.data, actual, fetched.media_type)
 
 
-def _load_index(store: ImageStore, ref: Ref, data: bytes, digest: str) -> ModelImage:
+def _load_index(
+    store: ImageStore, ref: Ref, data: bytes, digest: str, media_type: str
+) -> ModelImage:
     children = platform_images(parse_index(data).manifests, str(ref))
     if not children:
         raise ImageFormatError("image index lists no platform images", subject=str(ref))
@@ -85,7 +90,10 @@ def _load_index(store: ImageStore, ref: Ref, data: bytes, digest: str) -> ModelI
             raise DigestMismatch(
                 "a platform manifest does not match its digest", subject=f"{ref}: {name}"
             )
-        images[name] = (d, _load_manifest(store, f"{ref} ({name})", child.data, d.digest))
+        images[name] = (
+            d,
+            _load_manifest(store, f"{ref} ({name})", child.data, d.digest, child.media_type),
+        )
     first = next(iter(images.values()))[1]
     for name, (_, image) in images.items():
         if image.index.digest() != first.index.digest() or [
@@ -104,10 +112,16 @@ def _load_index(store: ImageStore, ref: Ref, data: bytes, digest: str) -> ModelI
         index=chosen.index,
         model_layers=chosen.model_layers,
         variants={name: img for name, (_, img) in images.items()},
+        documents={
+            digest: (data, media_type),
+            **{k: v for _, img in images.values() for k, v in img.documents.items()},
+        },
     )
 
 
-def _load_manifest(store: ImageStore, subject: str, data: bytes, digest: str) -> ModelImage:
+def _load_manifest(
+    store: ImageStore, subject: str, data: bytes, digest: str, media_type: str
+) -> ModelImage:
     manifest = parse_manifest(data)
     config_bytes = store.read_blob(manifest.config.digest)
     if sha256_bytes(config_bytes) != manifest.config.digest:
@@ -127,4 +141,13 @@ def _load_manifest(store: ImageStore, subject: str, data: bytes, digest: str) ->
             "the file index names layers the manifest does not have",
             subject=f"{subject}: {sorted(missing)[0]}",
         )
-    return ModelImage(digest=digest, manifest=manifest, index=index, model_layers=layers)
+    return ModelImage(
+        digest=digest,
+        manifest=manifest,
+        index=index,
+        model_layers=layers,
+        documents={
+            digest: (data, media_type),
+            manifest.config.digest: (config_bytes, manifest.config.mediaType),
+        },
+    )

@@ -18,7 +18,7 @@ from modelcar.format import keys as mk
 from modelcar.format.fileindex import FileEntry
 from modelcar.format.paths import path_problem, shown
 from modelcar.oci.digest import CHUNK, HashingReader, Readable
-from modelcar.oci.tarstream import TarReader
+from modelcar.oci.tarstream import Member, TarLayout, TarReader, with_parents
 
 PREFIX = mk.MODELS_DIR + "/"
 
@@ -26,6 +26,18 @@ PREFIX = mk.MODELS_DIR + "/"
 class FileSink(Protocol):
     def write(self, data: bytes) -> int: ...
     def close(self) -> None: ...
+
+
+def model_member(path: str, size: int, **more: object) -> Member:
+    """A model file as the builder writes it into a layer: under ``models/``, 0644
+    unless a ``mode`` is given (``more``: ``opener``, ``origin``, ``mode``)."""
+    return Member(name=f"{PREFIX}{path}", size=size, **more)  # type: ignore[arg-type]
+
+
+def layer_layout(files: list[FileEntry]) -> TarLayout:
+    """The layout of the deterministic layer holding ``files`` (with their parents),
+    as ``modelcar build`` writes it: what a node regenerates the layer from."""
+    return TarLayout(with_parents(model_member(f.path, f.size, mode=f.mode) for f in files))
 
 
 def member_path(name: str, layer: str) -> str | None:

@@ -13,6 +13,7 @@ truncation. Policy (which members are allowed) is the caller's.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import io
 import tarfile
@@ -96,6 +97,79 @@ def archive_size(members: Iterable[Member]) -> int:
         if m.kind == "file":
             total += m.size + _padding(m.size)
     return total
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A run of a layer's bytes: fixed bytes (headers, padding, the end), or ``size``
+    bytes of the content of member ``member`` (an index into the layout's members)."""
+
+    start: int
+    size: int
+    fixed: bytes | None = None
+    member: int = -1
+
+
+class TarLayout:
+    """Where every byte of the deterministic tar of ``members`` lies, without reading a
+    file: the fixed bytes, and where each file's content goes.
+
+    Two uses. A node that received a layer checks that each fixed byte it received is
+    the one here (:meth:`matches`): then, its files verified, the tar this layout writes
+    is byte for byte the layer it received, and it can serve the layer again from the
+    files alone (:meth:`segments` for any byte range)."""
+
+    def __init__(self, members: list[Member]):
+        self.members = members
+        self.segments_: list[Segment] = []
+        #: Where each file member's content starts in the layer (by member index).
+        self.content_at: dict[int, int] = {}
+        pos = 0
+        for i, m in enumerate(members):
+            head = header_bytes(m)
+            self.segments_.append(Segment(pos, len(head), fixed=head))
+            pos += len(head)
+            if m.kind != "file":
+                continue
+            self.content_at[i] = pos
+            if m.size:
+                self.segments_.append(Segment(pos, m.size, member=i))
+                pos += m.size
+            if pad := _padding(m.size):
+                self.segments_.append(Segment(pos, pad, fixed=b"\0" * pad))
+                pos += pad
+        self.segments_.append(Segment(pos, len(END_OF_ARCHIVE), fixed=END_OF_ARCHIVE))
+        self.size = pos + len(END_OF_ARCHIVE)
+        self._starts = [s.start for s in self.segments_]
+
+    def _first(self, pos: int) -> int:
+        return max(0, bisect.bisect_right(self._starts, pos) - 1)
+
+    def segments(self, start: int = 0, end: int | None = None) -> Iterator[Segment]:
+        """The segments covering ``[start, end)``, the first and last cut to fit."""
+        end = self.size if end is None else min(end, self.size)
+        i = self._first(start)
+        while i < len(self.segments_) and start < end:
+            seg = self.segments_[i]
+            lo, hi = max(start, seg.start), min(end, seg.start + seg.size)
+            if lo < hi:
+                cut = seg.fixed[lo - seg.start : hi - seg.start] if seg.fixed else None
+                yield Segment(lo, hi - lo, fixed=cut, member=seg.member)
+            i += 1
+
+    def matches(self, pos: int, data: bytes | memoryview) -> bool:
+        """True if every fixed byte of the layout within ``[pos, pos+len(data))`` equals
+        the byte of ``data`` there (content bytes are the files' to check)."""
+        if pos + len(data) > self.size:
+            return False
+        view = memoryview(data)
+        for seg in self.segments(pos, pos + len(data)):
+            if (
+                seg.fixed is not None
+                and view[seg.start - pos : seg.start - pos + seg.size] != seg.fixed
+            ):
+                return False
+        return True
 
 
 class TarWriter:
