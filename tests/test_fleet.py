@@ -11,14 +11,16 @@ from __future__ import annotations
 import base64
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
-from harness.localregistry import LocalRegistry
+from harness.localregistry import LocalRegistry, free_port
 from harness.models import make_sharded_model
 from harness.peers import PeerStub, registry_blob
 from modelcar.cache_daemon.cachedir import CacheDir
@@ -249,17 +251,18 @@ def test_a_bad_chain_is_one_line(tmp_path, args, needles):
 
 # --- rollout waves -----------------------------------------------------------------
 
-NODES = 20
+NODES = 10
 K = 2
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the leases: both, below
-def test_rollout_waves_cap_origin_bytes_with_20_daemons(origin, make_api, tmp_path):
-    """20 daemons (`run --once`, a cache dir each) under a policy with
-    origin_concurrency 2: the first nodes take leases and pull from the origin, the
-    others wait for a peer to hold the model, and the origin sends at most 2 × the
-    model's bytes. The peers serve only what a ready node holds (a published model)."""
-    reg, ref, _ = origin
+def test_rollout_waves_feed_the_fleet_from_the_nodes_own_endpoints(origin, make_api, tmp_path):
+    """10 daemons (`run --serve`, a cache dir and an endpoint each, the `nodes` source)
+    under a policy with origin_concurrency 2: the leased nodes pull from the origin, the
+    others from the nodes that hold each layer (finished layers of pulls in progress
+    included), found through the API. Nothing but the daemons serves a byte: the
+    origin sends at most 2 × the model, and every node's tree is the model's."""
+    reg, ref, model = origin
     api = make_api(stale_after=60)
     admin = api.client(api.admin)
     digest = ref.split("@")[1]
@@ -267,6 +270,11 @@ def test_rollout_waves_cap_origin_bytes_with_20_daemons(origin, make_api, tmp_pa
     layers = _layers(reg, ref)
     size = sum(d["size"] for d in layers)
     config_size = _config_size(reg, ref)
+    parsed = parse_ref(ref)
+    image = load_model_image(open_store(parsed, StoreOptions(plain_http=True)), parsed)
+    base = {d.digest: d.size for d in image.manifest.layers} | {}
+    for d in layers:
+        base.pop(d["digest"])
     r = admin.post(
         "/v1/models/fleet/versions",
         json={"digest": digest, "repository": repo, "size": size, "file_count": 4},
@@ -275,27 +283,17 @@ def test_rollout_waves_cap_origin_bytes_with_20_daemons(origin, make_api, tmp_pa
     rollout = {"origin_concurrency": K, "wave_timeout": "3m"}
     r = admin.put("/v1/policies/gpus", json={"models": ["fleet:1"], "rollout": rollout})
     assert r.status_code == 200, r.text
+    fleet_token = tmp_path / "fleet-token"
+    fleet_token.write_text("fleet-0123456789abcdef-token\n")
     caches = [tmp_path / f"node-{i:02d}" for i in range(NODES)]
-
-    published = [c / "models" / model_dir_name(digest) for c in caches]
-
-    def ready_node_holds(blob: str) -> bytes | None:
-        """Spegel advertises a layer once its node holds the whole image."""
-        if any(p.is_dir() for p in published):
-            return registry_blob(_storage(reg), blob)
-        return None
-
+    ports = [free_port() for _ in range(NODES)]
     layer_digests = {d["digest"] for d in layers}
     before = reg.blob_bytes_served()
-    layers_before = reg.blob_bytes_served(layer_digests)
-    with (
-        PeerStub("spegel", ready_node_holds) as spegel,
-        PeerStub("dragonfly", ready_node_holds) as dragonfly,
-    ):
-        procs = []
+    layers_before = reg.blob_bytes_served(layer_digests | set(base))
+    procs = []
+    try:
         for i, cache in enumerate(caches):
             node = f"node-{i:02d}"
-            token = api.token("node", node, node)
             procs.append(
                 subprocess.Popen(
                     [
@@ -303,7 +301,6 @@ def test_rollout_waves_cap_origin_bytes_with_20_daemons(origin, make_api, tmp_pa
                         "-m",
                         "modelcar.cache_daemon.cli",
                         "run",
-                        "--once",
                         "--node",
                         node,
                         "--api",
@@ -311,9 +308,11 @@ def test_rollout_waves_cap_origin_bytes_with_20_daemons(origin, make_api, tmp_pa
                         "--cache-dir",
                         str(cache),
                         "--source",
-                        f"spegel={spegel.url}",
-                        "--source",
-                        f"dragonfly={dragonfly.url}",
+                        "nodes",
+                        "--serve",
+                        f"127.0.0.1:{ports[i]}",
+                        "--fleet-token-file",
+                        str(fleet_token),
                         "--plain-http",
                         "--listen",
                         "",
@@ -321,46 +320,63 @@ def test_rollout_waves_cap_origin_bytes_with_20_daemons(origin, make_api, tmp_pa
                         "0.5",
                         "--label",
                         "gpu=yes",
+                        "--label",
+                        f"topology.kubernetes.io/zone=z{i % 2}",
                     ],
-                    env={**os.environ, "MODELCAR_API_TOKEN": token},
+                    env={**os.environ, "MODELCAR_API_TOKEN": api.token("node", node, node)},
                     stdout=subprocess.DEVNULL,
                     stderr=open(tmp_path / f"{node}.log", "wb"),
                     start_new_session=True,
                 )
             )
         deadline = time.monotonic() + 300
-        codes = []
+        while time.monotonic() < deadline:
+            state = admin.get("/v1/models/fleet/versions/1/rollout").json()
+            if state["ready"] == NODES or any(p.poll() is not None for p in procs):
+                break
+            time.sleep(0.5)
+        # the endpoints serve only the fleet: an anonymous request is refused
+        anon = httpx.get(f"http://127.0.0.1:{ports[0]}/v2/x/blobs/{layers[0]['digest']}")
+        assert anon.status_code == 401
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
         for p in procs:
             try:
-                codes.append(p.wait(timeout=max(1, deadline - time.monotonic())))
+                p.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 p.kill()
-                codes.append(-9)
     logs = {i: (tmp_path / f"node-{i:02d}.log").read_text()[-800:] for i in range(NODES)}
-    assert codes == [0] * NODES, logs
-    assert all(p.is_dir() for p in published)
+    want = tree(model)
+    for cache in caches:
+        assert tree(cache / "models" / model_dir_name(digest)) == want, logs
     origin_bytes = reg.blob_bytes_served() - before
-    origin_layers = reg.blob_bytes_served(layer_digests) - layers_before
-    # layers: at most K copies, counted by the registry itself; besides them only each
-    # node's small config blob, once (a wave's retries reuse the image already read)
-    assert size <= origin_layers <= K * size, (origin_layers, size)
+    origin_layers = reg.blob_bytes_served(layer_digests | set(base)) - layers_before
+    image_bytes = size + sum(base.values())
+    # layers (the base's too): at most K copies, counted by the registry itself;
+    # besides them only manifests' and configs' kilobytes
+    assert size <= origin_layers <= K * image_bytes, (origin_layers, image_bytes)
     assert origin_bytes - origin_layers <= NODES * config_size
-    rollout = admin.get("/v1/models/fleet/versions/1/rollout").json()
-    assert rollout["origin_concurrency"] == K
-    assert rollout["ready"] == NODES and rollout["leases"] == []
-    assert rollout["bytes_from_origin"] <= K * size
-    assert rollout["bytes_from_origin"] + rollout["bytes_from_peers"] == NODES * size
+    state = admin.get("/v1/models/fleet/versions/1/rollout").json()
+    assert state["ready"] == NODES and state["leases"] == []
+    # the daemons' own count (base layers included) agrees
+    assert state["bytes_from_origin"] <= K * image_bytes
+    assert state["bytes_from_origin"] + state["bytes_from_peers"] == NODES * image_bytes
+    assert set(state["bytes_by_source"]) <= {"origin", "nodes"}
     full = [(tmp_path / f"node-{i:02d}.log").read_text() for i in range(NODES)]
+    assert "Traceback" not in "".join(full)
     leases = sum(log.count('"event": "lease"') for log in full)
-    assert leases >= 1  # and the origin bytes above show at most K held at once
+    assert leases >= 1
     print(
         json.dumps(
             {
+                "nodes": NODES,
                 "origin_bytes": origin_bytes,
-                "origin_layers": origin_layers,
+                "origin_layers_and_base": origin_layers,
                 "model_bytes": size,
                 "K": K,
-                "by_source": rollout["bytes_by_source"],
+                "by_source": state["bytes_by_source"],
                 "leases": leases,
             }
         )

@@ -260,3 +260,44 @@ def test_serve_refuses_bad_input_in_one_line(tmp_path, token_file):
         check=False,
     )
     assert_one_line_error(r, "nodes source needs the fleet credential")
+
+
+def _snapshot_with(root: Path, files: dict[str, bytes]) -> bool:
+    """True if a snapshot of containerd's native snapshotter holds ``files`` under models/."""
+    snapshots = root / "root" / "io.containerd.snapshotter.v1.native" / "snapshots"
+    return any(
+        (d / "models").is_dir() and tree(d / "models") == files for d in snapshots.iterdir()
+    )
+
+
+def test_containerd_pulls_a_held_model_from_the_node_with_no_blob_from_the_registry(
+    origin, tmp_path, token_file
+):
+    """The node's containerd, its hosts.toml putting the daemon first, pulls the image
+    (CRI, as KServe's modelcar and --warm-cri do) and gets every blob from local disk."""
+    if os.geteuid() != 0:
+        pytest.skip("containerd needs root")
+    from harness.containerd import Containerd, mirror_first
+    from modelcar.cache_daemon.cri import RuntimeWarmer
+
+    reg, ref, _model = origin
+    cache = tmp_path / "cache"
+    pull(cache, ref, "--plain-http")
+    image = _image(reg, ref)
+    expected = tree(cache / "models" / model_dir_name(image.digest))
+    server = Served(cache, token_file)
+    runtime = Containerd(tmp_path / "containerd").start()
+    try:
+        mirror_first(runtime.root, reg.host, server.url, TOKEN)
+        before = reg.blob_bytes_served()
+        warmer = RuntimeWarmer(str(runtime.socket))
+        try:
+            warmer.pull(ref)
+        finally:
+            warmer.close()
+        assert reg.blob_bytes_served() == before  # not one blob byte from the registry
+        assert _snapshot_with(runtime.root, expected)
+    finally:
+        runtime.stop()
+        log = server.stop()
+    assert "Traceback" not in log
