@@ -358,6 +358,36 @@ def _blob_server(
         raise UsageError(f"cannot listen ({e.strerror})", subject=listen) from None
 
 
+@app.command("hosts-toml")
+def hosts_toml(
+    registry: Annotated[
+        list[str],
+        typer.Option(help="A registry HOST[:PORT] whose pulls go to the node first (repeatable)."),
+    ],
+    endpoint: Annotated[
+        str, typer.Option(help="The node's --serve URL as containerd reaches it (http://IP:PORT).")
+    ],
+    certs_dir: Annotated[
+        str, typer.Option(help="containerd's config_path.")
+    ] = "/etc/containerd/certs.d",
+    fleet_token_file: FleetToken = None,
+    plain_http: PlainHttp = False,
+) -> None:
+    """Write containerd's hosts.toml for each registry: the node's endpoint first (pull
+    by digest, with the fleet token), the registry itself for tags and the rest.
+
+    containerd re-reads these at every pull: KServe's oci:// modelcars, image volumes
+    and --warm-cri then take what the node holds from local disk. The chart runs this
+    in an init container (cache.serve.containerdHosts)."""
+    from modelcar.cache_daemon.hosts import write_hosts
+
+    if not fleet_token_file:
+        raise UsageError("hosts-toml needs the fleet credential", hint="--fleet-token-file FILE")
+    token = read_token(fleet_token_file)
+    for path in write_hosts(Path(certs_dir), registry, endpoint, token, plain_http=plain_http):
+        typer.echo(path)
+
+
 @app.command()
 def serve(
     cache_dir: CacheRoot = DEFAULT_CACHE_ROOT,

@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import re
+import select
 import socket
 import threading
 from collections.abc import Callable
@@ -260,9 +261,18 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def _sendfile(sock: socket.socket, fd: int, offset: int, size: int) -> None:
+    """``size`` bytes of ``fd`` from ``offset`` to the socket, by the kernel. The socket
+    has a timeout (so it is non-blocking underneath): wait for room, at most
+    IDLE_SECONDS at a time."""
     left = size
     while left > 0:
-        n = os.sendfile(sock.fileno(), fd, offset, min(left, 1 << 30))
+        try:
+            n = os.sendfile(sock.fileno(), fd, offset, min(left, 1 << 30))
+        except BlockingIOError:
+            _, writable, _ = select.select([], [sock], [], IDLE_SECONDS)
+            if not writable:
+                raise TimeoutError("the client took nothing for too long") from None
+            continue
         if n == 0:
             raise OSError("the file ended early")
         offset += n

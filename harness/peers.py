@@ -7,9 +7,9 @@ Both serve ``GET``/``HEAD /v2/<repo>/blobs/<digest>`` (and manifests by digest) 
 
 * Spegel (``kind="spegel"``) reads the origin registry from ``?ns=``; a blob no node
   holds is ``404`` (Spegel never goes to the origin itself; the client moves on).
-* Dragonfly (``kind="dragonfly"``) reads it from ``X-Dragonfly-Registry``; here a miss
-  is ``404`` too, as a dfdaemon with back-to-source disabled answers (the tests count
-  origin bytes, so the stub never fetches from the origin).
+* Dragonfly (``kind="dragonfly"``) reads it from ``X-Dragonfly-Registry``; a miss is
+  404 here, or, with ``status=500``, the error a dfdaemon that may not back-source
+  answers (the stub never fetches from the origin).
 
 Every request is recorded (method, path, query, headers) so a test can check, for
 example, that no credentials reached a peer. ``corrupt`` flips a byte of every blob
@@ -47,6 +47,9 @@ class PeerStub:
     cut: dict[str, int] = field(default_factory=dict)
     seen: list[Seen] = field(default_factory=list)
     served: int = 0  # body bytes sent
+    #: Answer every request with this status (a dfdaemon that may not back-source
+    #: answers a blob it has no peer for with an error, not 404).
+    status: int | None = None
 
     def start(self) -> PeerStub:
         stub = self
@@ -68,6 +71,8 @@ class PeerStub:
                 m = _PATH.match(url.path)
                 data = stub.content(m.group(3)) if m else None
                 status = 200 if data is not None else 404
+                if stub.status is not None:
+                    status, data = stub.status, None
                 start = 0
                 rng = re.match(r"^bytes=([0-9]+)-$", self.headers.get("Range", ""))
                 if data is not None and rng:
@@ -84,7 +89,7 @@ class PeerStub:
                 )
                 if status not in (200, 206) or data is None:
                     payload = b'{"errors":[{"code":"NOT_FOUND"}]}'
-                    self.send_response(404 if status != 416 else 416)
+                    self.send_response(status if status in (416, stub.status) else 404)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(payload)))
                     self.end_headers()

@@ -65,7 +65,8 @@ def _dig(ref):
 def test_budget_evicts_lru_unassigned_and_never_assigned(registry, tmp_path):
     refs = _images(registry, tmp_path, ["a", "b", "c"])
     cache, config = tmp_path / "cache", tmp_path / "models.yaml"
-    budget = ["--max-bytes", "7MiB", "--high-watermark", "1", "--low-watermark", "1"]
+    # two 3 MiB models and the 2 MB base they share (kept blobs count against it)
+    budget = ["--max-bytes", "9MiB", "--high-watermark", "1", "--low-watermark", "1"]
     assert _run_once(cache, config, refs, ["a", "b"], *budget).code == 0
     assert len(published(cache)) == 2
 
@@ -296,7 +297,7 @@ def test_node_labels_follow_ready_models(registry, tmp_path):
 
     refs = _images(registry, tmp_path, ["la", "lb"])
     cache, config = tmp_path / "cache", tmp_path / "models.yaml"
-    budget = ["--max-bytes", "4MiB", "--high-watermark", "1", "--low-watermark", "1"]
+    budget = ["--max-bytes", "6MiB", "--high-watermark", "1", "--low-watermark", "1"]
     with KubeStub(
         {"gpu-1": {"kubernetes.io/hostname": "gpu-1", "modelcar.dev/sha256-stale": "ready"}}
     ) as kube:

@@ -148,9 +148,13 @@ def test_hostile_layers_are_all_refused(registry, tmp_path):
         "staging",
         "index",
         "quarantine",
+        "served",
+        "blobs",
     }
     assert {p.name for p in cache.iterdir()} <= allowed
     assert list((cache / "index").iterdir()) == []
+    # a refused image serves nothing: no record, no kept manifest or config
+    assert list((cache / "served").iterdir()) == list((cache / "blobs").iterdir()) == []
 
 
 @pytest.mark.parametrize("field", ["manifests", "blobs"])

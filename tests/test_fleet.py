@@ -47,7 +47,7 @@ def origin(tmp_path_factory):
         parsed = parse_ref(ref)
         image = load_model_image(open_store(parsed, StoreOptions(plain_http=True)), parsed)
         _facts[ref] = (
-            [{"digest": d.digest, "size": d.size} for d in image.model_layers],
+            [{"digest": d.digest, "size": d.size} for d in image.manifest.layers],
             image.manifest.config.size,
         )
         yield reg, ref, model
@@ -61,7 +61,8 @@ _facts: dict[str, tuple[list[dict], int]] = {}
 
 
 def _layers(reg: LocalRegistry, ref: str) -> list[dict]:
-    """The model layers (read once, before any byte is counted)."""
+    """Every layer, the base's too (read once, before any byte is counted): the node
+    fetches them all, so its containerd and its peers need nothing from the origin."""
     return _facts[ref][0]
 
 
@@ -234,7 +235,10 @@ def test_origin_credentials_never_reach_a_peer_unless_it_is_told_to(auth_registr
 @pytest.mark.parametrize(
     "args, needles",
     [
-        (["--source", "peer=http://x:1"], ["invalid --source", "spegel, dragonfly"]),
+        (["--source", "neighbour=http://x:1"], ["invalid --source", "spegel, dragonfly"]),
+        (["--source", "peer=http://x:1"], ["peer source needs the fleet credential"]),
+        (["--source", "nodes=http://x:1"], ["nodes source takes no URL"]),
+        (["--source", "peer=http://x:1,credentials"], ["a peer gets the fleet credential"]),
         (["--source", "origin", "--source", "spegel=http://x:1"], ["origin source comes once"]),
         (["--source", "spegel"], ["spegel source needs a URL"]),
         (["--source", "spegel=ftp://x"], ["invalid --source", "http(s)://HOST"]),
@@ -471,7 +475,7 @@ def test_the_chain_from_the_config_file(origin, tmp_path):
         assert spegel.blob_requests() and all(s.status == 200 for s in spegel.blob_requests())
     (published,) = (tmp_path / "c" / "models").iterdir()
     assert tree(published) == tree(model)
-    config.write_text(json.dumps({"models": [ref], "sources": [{"kind": "peer", "url": "x"}]}))
+    config.write_text(json.dumps({"models": [ref], "sources": [{"kind": "neighbour", "url": "x"}]}))
     bad = cache_cli(
         "run",
         "--once",

@@ -81,7 +81,7 @@ class Served:
                 break
             except httpx.TransportError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"serve did not start: {self.proc.stderr.read()}")
+                    raise RuntimeError(f"serve did not start: {self.proc.stderr.read()}") from None
                 time.sleep(0.1)
 
     def get(self, path: str, **kw) -> httpx.Response:
@@ -193,7 +193,8 @@ def test_skopeo_copies_the_image_off_the_node_and_umoci_unpacks_the_same_tree(
     if os.geteuid() != 0:
         args.insert(2, "--rootless")
     subprocess.run(args, check=True, capture_output=True, timeout=300)
-    assert tree(bundle / "rootfs" / "models") == tree(cache / "models" / model_dir_name(image.digest))
+    held = cache / "models" / model_dir_name(image.digest)
+    assert tree(bundle / "rootfs" / "models") == tree(held)
 
 
 def test_a_layer_written_by_another_tool_is_not_served(origin, tmp_path, token_file):
@@ -265,9 +266,7 @@ def test_serve_refuses_bad_input_in_one_line(tmp_path, token_file):
 def _snapshot_with(root: Path, files: dict[str, bytes]) -> bool:
     """True if a snapshot of containerd's native snapshotter holds ``files`` under models/."""
     snapshots = root / "root" / "io.containerd.snapshotter.v1.native" / "snapshots"
-    return any(
-        (d / "models").is_dir() and tree(d / "models") == files for d in snapshots.iterdir()
-    )
+    return any((d / "models").is_dir() and tree(d / "models") == files for d in snapshots.iterdir())
 
 
 def test_containerd_pulls_a_held_model_from_the_node_with_no_blob_from_the_registry(
@@ -277,7 +276,7 @@ def test_containerd_pulls_a_held_model_from_the_node_with_no_blob_from_the_regis
     (CRI, as KServe's modelcar and --warm-cri do) and gets every blob from local disk."""
     if os.geteuid() != 0:
         pytest.skip("containerd needs root")
-    from harness.containerd import Containerd, mirror_first
+    from harness.containerd import Containerd
     from modelcar.cache_daemon.cri import RuntimeWarmer
 
     reg, ref, _model = origin
@@ -288,7 +287,21 @@ def test_containerd_pulls_a_held_model_from_the_node_with_no_blob_from_the_regis
     server = Served(cache, token_file)
     runtime = Containerd(tmp_path / "containerd").start()
     try:
-        mirror_first(runtime.root, reg.host, server.url, TOKEN)
+        # the file the chart's init container writes on every node
+        written = cache_cli(
+            "hosts-toml",
+            "--registry",
+            reg.host,
+            "--endpoint",
+            server.url,
+            "--certs-dir",
+            str(runtime.root / "certs.d"),
+            "--fleet-token-file",
+            str(token_file),
+            "--plain-http",
+        )
+        hosts = runtime.root / "certs.d" / reg.host / "hosts.toml"
+        assert written.stdout.strip() == str(hosts) and hosts.stat().st_mode & 0o077 == 0
         before = reg.blob_bytes_served()
         warmer = RuntimeWarmer(str(runtime.socket))
         try:
