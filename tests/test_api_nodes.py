@@ -149,3 +149,40 @@ def test_metrics_count_requests_and_the_catalog(api):
         'modelcar_api_request_seconds_bucket{le="0.01",method="GET",route="/v1/resolve/{ref}"}'
         in text
     )
+
+
+def test_nodes_find_the_peers_serving_a_blob(make_api):
+    """A node reports where it serves and the blobs of each model; the API answers
+    who holds a blob: fresh nodes that serve, ready holders first, to node tokens and
+    readers, never anonymously."""
+    api = make_api(stale_after=2)
+    c = api.client(api.admin)
+    layer, other = digest("layer"), digest("other")
+    ready = {**_ready(1), "blobs": [layer, other]}
+    pulling = {"digest": digest(2), "state": "pulling", "blobs": [layer]}
+    failed = {"digest": digest(3), "state": "failed", "blobs": [other]}
+    zone = "topology.kubernetes.io/zone"
+    r = _status(c, "b", [pulling], {zone: "z1"}, serve_url="http://10.0.0.2:5050/")
+    assert r.status_code == 200, r.text
+    _status(c, "a", [ready], {zone: "z2"}, serve_url="http://10.0.0.1:5050")
+    _status(c, "c", [failed], serve_url="http://10.0.0.3:5050")
+    _status(c, "d", [ready])  # holds it, serves nothing
+    node = api.client(api.token("node", "node-x", "x"))
+    out = node.get(f"/v1/blobs/{layer}/holders").json()
+    assert out["holders"] == [
+        {"node": "a", "url": "http://10.0.0.1:5050", "ready": True, "labels": {zone: "z2"}},
+        {"node": "b", "url": "http://10.0.0.2:5050", "ready": False, "labels": {zone: "z1"}},
+    ]
+    assert [h["node"] for h in node.get(f"/v1/blobs/{other}/holders").json()["holders"]] == ["a"]
+    reader = api.client(api.token("read", "r"))
+    assert reader.get(f"/v1/blobs/{layer}/holders").status_code == 200
+    anon = api.client(None).get(f"/v1/blobs/{layer}/holders")
+    assert anon.status_code == 401 and "token" in error_of(anon)["message"]
+    assert node.get("/v1/blobs/sha256:nope/holders").status_code == 422
+    bad = _status(c, "e", [], serve_url="ftp://x")
+    assert bad.status_code == 422
+    # a node that stops reporting is no longer a holder
+    deadline = time.monotonic() + 30
+    while node.get(f"/v1/blobs/{layer}/holders").json()["holders"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)

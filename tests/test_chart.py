@@ -7,6 +7,8 @@ against the Kubernetes 1.30 and 1.33 schemas, strictly (unknown fields fail).
 
 from __future__ import annotations
 
+import base64
+import os
 from pathlib import Path
 
 import helm_python
@@ -117,7 +119,7 @@ def test_the_daemon_gets_its_node_name_and_cache_dir():
     env = {e["name"]: e for e in c["env"]}
     assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
     assert env["MODELCAR_API"]["value"] == "http://mc-modelcar-api.models.svc:8080"
-    assert "--mirror=http://spegel.spegel.svc:5000" in c["args"]
+    assert "--source=nodes" in c["args"]
     volume = daemon["template"]["spec"]["volumes"][0]["hostPath"]
     assert volume == {"path": "/mnt/nvme/modelcar", "type": "DirectoryOrCreate"}
     assert daemon["updateStrategy"]["rollingUpdate"]["maxUnavailable"] == "10%"
@@ -253,7 +255,19 @@ def test_network_policies_name_who_may_connect_and_where_daemons_may_go():
 def test_the_source_chain_reaches_the_daemon_as_it_parses_it(monkeypatch):
     from modelcar.cache_daemon.sources import chain, parse_source
 
-    c = _containers(render(PRODUCTION))["DaemonSet/cache"]
+    values = {
+        **PRODUCTION,
+        "cache": {
+            **PRODUCTION["cache"],
+            "serve": {"enabled": False},
+            "mirrors": ["http://spegel.spegel.svc:5000"],
+            "sources": [
+                {"kind": "spegel", "url": "http://$NODE_IP:30020"},
+                {"kind": "dragonfly", "url": "http://$NODE_IP:4001"},
+            ],
+        },
+    }
+    c = _containers(render(values))["DaemonSet/cache"]
     sources = [a.removeprefix("--source=") for a in c["args"] if a.startswith("--source=")]
     assert sources == ["spegel=http://$NODE_IP:30020", "dragonfly=http://$NODE_IP:4001"]
     env = {e["name"]: e for e in c["env"]}
@@ -269,11 +283,64 @@ def test_the_source_chain_reaches_the_daemon_as_it_parses_it(monkeypatch):
     # no chain, no NODE_IP (and nothing kube play or a kubelet must fill in)
     assert "NODE_IP" not in {e["name"] for e in _containers(render({}))["DaemonSet/cache"]["env"]}
     with pytest.raises(helm_python.HelmError) as err:
-        render({"cache": {"sources": [{"kind": "peer", "url": "http://x:1"}]}})
+        render({"cache": {"sources": [{"kind": "neighbour", "url": "http://x:1"}]}})
     assert "kind" in str(err.value)
     with pytest.raises(helm_python.HelmError) as err:
         render({**PRODUCTION, "networkPolicy": {**PRODUCTION["networkPolicy"], "peerCIDRs": []}})
     assert "peerCIDRs" in str(err.value)
+
+
+def test_the_node_serves_with_the_fleet_token_and_containerd_asks_it_first(monkeypatch):
+    """The shipped fleet setup: every daemon serves on a hostPort with the fleet token
+    (a chart-made Secret), pulls from the nodes source, and an init container writes
+    containerd's hosts.toml with the same command the tests run against containerd."""
+    from modelcar.cache_daemon.config import DaemonConfig, PullConfig
+
+    objects = render(PRODUCTION)
+    c = _containers(objects)["DaemonSet/cache"]
+    args = c["args"]
+    assert "--source=nodes" in args
+    assert "--serve=0.0.0.0:5050" in args and "--serve-url=http://$(NODE_IP):5050" in args
+    assert "--fleet-token-file=/etc/modelcar/fleet/token" in args
+    assert {"name": "serve", "containerPort": 5050, "hostPort": 5050, "protocol": "TCP"} in c[
+        "ports"
+    ]
+    secret = next(o for o in objects if o["kind"] == "Secret" and "fleet" in o["metadata"]["name"])
+    assert len(base64.b64decode(secret["data"]["token"])) == 48
+    ds = next(o for o in objects if o["kind"] == "DaemonSet")["spec"]["template"]["spec"]
+    init = next(i for i in ds["initContainers"] if i["name"] == "containerd-hosts")
+    assert init["args"][:2] == ["modelcar-cache", "hosts-toml"]
+    assert "--registry=registry.example.com" in init["args"]
+    volumes = {v["name"]: v for v in ds["volumes"]}
+    assert volumes["certs-d"]["hostPath"]["path"] == "/etc/containerd/certs.d"
+    assert volumes["fleet-token"]["secret"]["secretName"] == secret["metadata"]["name"]
+    # the flags pass the daemon's own checks
+    token = (tmp := Path(os.environ.get("TMPDIR", "/tmp"))) / f"fleet-{os.getpid()}"
+    token.write_text("x" * 48)
+    try:
+        monkeypatch.setenv("NODE_IP", "10.40.1.7")
+        cfg = DaemonConfig(
+            node="n",
+            cache_dir=str(tmp),
+            api="http://api",
+            serve="0.0.0.0:5050",
+            serve_url="http://10.40.1.7:5050",
+            pull=PullConfig(sources=["nodes"], fleet_token_file=str(token)),
+        ).check()
+        assert cfg.advertised() == "http://10.40.1.7:5050"
+    finally:
+        token.unlink()
+    # the daemons accept the serve port from the nodes' addresses only
+    policy = next(
+        o
+        for o in objects
+        if o["kind"] == "NetworkPolicy" and o["metadata"]["name"].endswith("-cache")
+    )
+    serve_rule = next(r for r in policy["spec"]["ingress"] if r["ports"][0]["port"] == 5050)
+    assert serve_rule["from"] == [{"ipBlock": {"cidr": "10.40.0.0/16"}}]
+    # serving without a chain: the token is still mounted; a nodes chain alone too
+    alone = _containers(render({"cache": {"sources": [{"kind": "nodes"}]}}))["DaemonSet/cache"]
+    assert "--fleet-token-file=/etc/modelcar/fleet/token" in alone["args"]
 
 
 def test_network_policy_without_registry_cidrs_is_refused():
