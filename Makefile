@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
-APT_PACKAGES := docker-registry skopeo umoci busybox-static openssl postgresql containerd podman mmdebstrap catatonit qemu-user-static chromium chromium-driver
+APT_PACKAGES := time docker-registry skopeo umoci busybox-static openssl postgresql containerd podman mmdebstrap catatonit qemu-user-static chromium chromium-driver
 PYTEST_ARGS ?=
 
 .PHONY: demo test unit lint format bench image system-deps venv clean
@@ -71,6 +71,7 @@ bench: system-deps venv
 	$(PY) bench/api.py
 	$(PY) bench/pull.py
 	$(PY) bench/hf.py
+	$(PY) bench/serve.py
 	$(PY) bench/fleet.py --plot docs/fleet.png
 
 clean:

@@ -73,17 +73,11 @@ def modelcar(*args: str) -> tuple[float, dict]:
 
 
 def peak_rss(*args: str) -> int:
-    """Peak RSS (KiB) of one `modelcar build` run, via wait4."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "modelcar.builder.cli", "build", *args, "-q"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        cwd=ROOT,
-    )
-    _, status, usage = os.wait4(proc.pid, 0)
-    if status != 0:
-        raise SystemExit(f"modelcar build failed: {proc.stderr.read().decode()}")
-    return usage.ru_maxrss
+    """Peak RSS (KiB) of one `modelcar build` run, the command's own (bench/measure.py)."""
+    from measure import checked  # type: ignore[import-not-found]
+
+    cmd = [sys.executable, "-m", "modelcar.builder.cli", "build", *args, "-q"]
+    return checked(cmd, cwd=ROOT).peak_kib
 
 
 def clear_skopeo_cache() -> None:

@@ -39,6 +39,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from measure import checked  # noqa: E402
+
 from build import MiB, clear_skopeo_cache, make_model, model_args  # noqa: E402
 from harness.localregistry import LocalRegistry  # noqa: E402
 
@@ -73,14 +75,10 @@ def drop_caches() -> None:
 
 
 def timed(cmd: list[str], **kw) -> tuple[float, int]:
-    """Seconds and peak RSS (KiB) of one command."""
-    t = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - t
-    if status != 0:
-        raise SystemExit(f"{cmd[0]} failed: {proc.stderr.read().decode()[-2000:]}")
-    return seconds, usage.ru_maxrss
+    """Seconds and peak RSS (KiB) of one command, its own (bench/measure.py: not the
+    benchmark's size at fork, which wait4's ru_maxrss would report)."""
+    m = checked(cmd, **kw)
+    return m.seconds, m.peak_kib
 
 
 def modelcar_pull(ref: str, cache: Path) -> tuple[float, int]:

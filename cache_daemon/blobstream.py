@@ -58,6 +58,15 @@ class SourcesMissed(NotFound):
     """No source of the chain holds the blob (each answered 404)."""
 
 
+class PeersBusy(SourcesMissed):
+    """Peers hold the blob but all are serving as many as they will (429): wait for
+    one, never the origin (a lease is for what no peer holds)."""
+
+
+def is_busy(e: BaseException) -> bool:
+    return isinstance(e, PeersBusy) or getattr(e, "status", None) == 429
+
+
 class BlobStream(RangeReader):
     """``read()`` the blob from ``start``; each failure moves on to the next source.
 
@@ -96,9 +105,15 @@ class BlobStream(RangeReader):
     def _open_at(self, offset: int) -> Iterator[Readable]:
         errors: list[str] = []
         missed = 0
+        busy = False
         for i in range(len(self.sources)):
             index = (self._source + i) % len(self.sources)
             source = self.sources[index]
+            if busy and source.origin:
+                raise PeersBusy(
+                    "the peers holding the layer are busy",
+                    subject=f"{self.digest}: {'; '.join(errors)}",
+                )
             try:
                 cm = source.store.open_blob(self.digest, offset)
                 f = cm.__enter__()
@@ -107,6 +122,7 @@ class BlobStream(RangeReader):
                 self.fallbacks[source.name] = self.fallbacks.get(source.name, 0) + 1
                 if isinstance(e, NotFound) or source.peer:
                     missed += 1  # a peer that fails or is busy: as if it held nothing
+                    busy = busy or (source.peer and is_busy(e))
                 if not isinstance(e, NotFound):
                     log.info("blob %s from %s failed: %s", self.digest[:19], source.name, e)
                 continue
@@ -118,6 +134,8 @@ class BlobStream(RangeReader):
                     cm.__exit__(None, None, None)
             return
         subject = f"{self.digest}: {'; '.join(errors)}"
+        if busy:
+            raise PeersBusy("the peers holding the layer are busy", subject=subject)
         if missed == len(self.sources):
             raise SourcesMissed("no source holds the layer", subject=subject)
         raise TransientRegistryError("no source could serve the layer", subject=subject)

@@ -16,12 +16,13 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from modelcar.cache_daemon.blobstream import RateLimiter, SourcesMissed
+from modelcar.cache_daemon.blobstream import PeersBusy, RateLimiter, SourcesMissed
 from modelcar.cache_daemon.cachedir import CacheDir
 from modelcar.cache_daemon.control import Events
 from modelcar.cache_daemon.cri import RuntimeWarmer
 from modelcar.cache_daemon.desired import DesiredFromApi, DesiredFromFile, Wanted
 from modelcar.cache_daemon.evict import Budget, Evictor
+from modelcar.cache_daemon.ingest import MISS_RETRY_SECONDS
 from modelcar.cache_daemon.metrics import Metrics
 from modelcar.cache_daemon.nodelabels import OURS, NodeLabeller
 from modelcar.cache_daemon.pull import (
@@ -145,6 +146,7 @@ class Daemon:
             on_progress=self._progress,
             metrics=self.metrics,
             stop=self._stop,
+            on_layer=self.report,  # peers learn of a verified layer at once
         )
         self._scrub_limiter = RateLimiter(options.scrub_rate)
         self._scrubbed: dict[str, float] = {}
@@ -323,7 +325,7 @@ class Daemon:
             if lease.granted:
                 self._event("lease", digest=digest, holders=lease.holders, limit=lease.limit)
                 try:
-                    return self.puller.pull(image, check)
+                    return self._pull_leased(image, check, deadline)
                 finally:
                     try:
                         self.api.give_back_lease(node, digest)
@@ -342,6 +344,16 @@ class Daemon:
                     subject=image,
                     hint="the next pass asks again; see GET …/versions/N/rollout",
                 )
+
+    def _pull_leased(self, image: str, check: Check | None, deadline: float) -> PullResult:
+        """With the lease: the origin for what no peer holds; a layer whose holders are
+        all busy is waited for (the lease kept), up to the wave's deadline."""
+        while True:
+            try:
+                return self.puller.pull(image, check)
+            except PeersBusy:
+                if time.monotonic() >= deadline or self._stop.wait(MISS_RETRY_SECONDS):
+                    raise
 
     # --- the control socket ------------------------------------------------------
 

@@ -21,6 +21,7 @@ import errno
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,6 +102,9 @@ class Job:
     cancel: threading.Event = field(default_factory=threading.Event)
     #: Called with the bytes the pull's files now need (they may outgrow its layers).
     make_room: Callable[[str, int], None] | None = None
+    #: Called when a layer is verified and served (the daemon reports it to the API at
+    #: once, so peers can take it while this pull goes on); must not block.
+    on_layer: Callable[[], None] | None = None
 
     @property
     def staging(self) -> Path:
@@ -278,6 +282,8 @@ class LayerIngest:
             Served(self.job.cache).layer(
                 self.job.digest, self.desc.digest, self.desc.size, self.desc.mediaType, self.own
             )
+            if self.job.on_layer:
+                self.job.on_layer()
 
     def _from(self, sources: list[BlobSource]) -> None:
         job, journal = self.job, self.journal
@@ -377,32 +383,66 @@ def file_size(path: Path) -> int:
     return st.st_size if path.is_file() and not path.is_symlink() else -1
 
 
-def run_all(jobs: int, tasks: list[Callable[[], T]], cancel: threading.Event) -> list[T]:
+#: A layer no source holds yet is asked again after this many seconds while the pull's
+#: other layers are still coming in (their peers may finish it meanwhile).
+MISS_RETRY_SECONDS = 2.0
+
+
+def run_all(
+    jobs: int,
+    tasks: list[Callable[[], T]],
+    cancel: threading.Event,
+    *,
+    miss_retry: float = MISS_RETRY_SECONDS,
+) -> list[T]:
     """Run ``tasks`` on ``jobs`` threads; the first error sets ``cancel`` (the others
     end at their next read, tasks not started never start) and is raised once the
     threads are done (errgroup's rule). A layer no source holds (``SourcesMissed``, a
-    wave's peer-only try) ends only itself: the others still take what peers hold."""
-    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+    wave's peer-only try) ends only itself: it is asked again every ``miss_retry``
+    seconds while other layers are still being fetched (a peer may have it by then),
+    and raised once nothing else is running."""
+    from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
     if not tasks:
         return []
+    results: dict[int, T] = {}
+    errors: list[BaseException] = []
+    last_miss: SourcesMissed | None = None
+    missed: dict[int, float] = {}  # task -> when to ask again
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        futures = [pool.submit(task) for task in tasks]
-        pending = set(futures)
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
-            fatal = [
-                f
-                for f in done
-                if f.exception() is not None and not isinstance(f.exception(), SourcesMissed)
-            ]
-            if fatal:
-                cancel.set()
-                for f in pending:
+        running: dict[Future[T], int] = {pool.submit(task): i for i, task in enumerate(tasks)}
+        while running:
+            now = time.monotonic()
+            for i, at in list(missed.items()):
+                if at <= now:
+                    del missed[i]
+                    running[pool.submit(tasks[i])] = i
+            timeout = max(0.0, min(missed.values()) - now) if missed else None
+            done, _ = wait(running, timeout=timeout, return_when=FIRST_COMPLETED)
+            for f in done:
+                i = running.pop(f)
+                e = f.exception()
+                if e is None:
+                    results[i] = f.result()
+                elif isinstance(e, SourcesMissed):
+                    last_miss = e
+                    missed[i] = time.monotonic() + miss_retry
+                else:
+                    errors.append(e)
+                    if not isinstance(e, LayerCancelled):
+                        cancel.set()
+            if cancel.is_set():  # errgroup: the rest end at their next read
+                for f in running:
                     f.cancel()
+                for f in running:
+                    if not f.cancelled() and (e := f.exception()) is not None:
+                        errors.append(e)
                 break
-    errors = [e for f in futures if not f.cancelled() and (e := f.exception()) is not None]
     first = next((e for e in errors if not isinstance(e, SourcesMissed | LayerCancelled)), None)
-    if first is not None or errors:
-        raise first or errors[0]
-    return [f.result() for f in futures]
+    if first is not None:
+        raise first
+    if missed and last_miss is not None:  # nothing else running: a peer or a lease may
+        raise last_miss
+    if errors:
+        raise errors[0]
+    return [results[i] for i in range(len(tasks))]

@@ -105,6 +105,8 @@ class _Foreign:
             tmp.rename(jdir / f"{key}.json")
             if part.raw_path is not None and part.raw_path in results[key].files:
                 _serve_raw(job, part, results[key])
+                if job.on_layer:
+                    job.on_layer()
 
         todo = [(p, k) for p, k in zip(parts, keys, strict=True) if k not in results]
         self._run(job, [functools.partial(one, p, k) for p, k in todo])

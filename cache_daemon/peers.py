@@ -5,9 +5,11 @@ answers kept a few seconds). The holders are tried in this order: those sharing 
 of this node's topology labels first (same zone, same rack), then the ones holding it
 in a ready model before those still pulling; within a group, in random order, so the
 fleet spreads over every holder instead of queueing at the first. A holder that is
-busy (429), unreachable, or that stalled or failed mid-blob goes to the back for
+unreachable, or that stalled or failed mid-blob goes to the back for
 :data:`PENALTY_SECONDS`; the next one continues at the same byte (the blob stream
-resumes where it was). When none can serve, the blob is a miss.
+resumes where it was). When none can serve, the blob is a miss; when some hold it but
+all are busy (429, their fan-out cap), :class:`~.blobstream.PeersBusy`: the layer is
+asked again shortly and never taken from the origin (a lease is for what no peer holds).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from contextlib import AbstractContextManager, contextmanager, suppress
 
 import httpx
 
+from modelcar.cache_daemon.blobstream import PeersBusy, is_busy
 from modelcar.cache_daemon.sources import Fleet, peer_store
 from modelcar.contract.wire import BlobHolder
 from modelcar.errors import ModelcarError, NotFound, TransportError, UsageError
@@ -120,13 +123,17 @@ class FleetStore:
     @contextmanager
     def _open(self, digest: str, offset: int) -> Iterator[Readable]:
         errors = []
+        busy = False
         for holder in self.peers(digest):
             cm = self._store(holder.url).open_blob(digest, offset)
             try:
                 f = cm.__enter__()
             except _FAILED as e:
                 errors.append(f"{holder.node}: {e}")
-                self.failed(holder.url)
+                if is_busy(e):
+                    busy = True  # serving its fan-out: fine, just not now
+                else:
+                    self.failed(holder.url)
                 continue
             with self._lock:
                 self._served_by.setdefault(digest, set()).add(holder.url)
@@ -136,10 +143,10 @@ class FleetStore:
                 with suppress(ModelcarError, httpx.HTTPError, OSError):
                     cm.__exit__(None, None, None)
             return
-        raise NotFound(
-            "no peer serves the blob",
-            subject=f"{digest}: {'; '.join(errors) or 'no node holds it'}",
-        )
+        subject = f"{digest}: {'; '.join(errors) or 'no node holds it'}"
+        if busy:
+            raise PeersBusy("the peers holding the blob are busy", subject=subject)
+        raise NotFound("no peer serves the blob", subject=subject)
 
     def get_manifest(self, reference: str) -> FetchedManifest:
         if not reference.startswith("sha256:"):

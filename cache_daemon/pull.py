@@ -114,6 +114,7 @@ class Puller:
         metrics: PullMetrics | None = None,
         sources: Callable[[ImageRef | LayoutRef], list[BlobSource]] | None = None,
         stop: threading.Event | None = None,
+        on_layer: Callable[[], None] | None = None,
     ):
         """``stop``: once set, pulls end at their next read (PullStopped) and keep what
         they have staged and journaled, so the next pull resumes there. ``on_progress``
@@ -125,6 +126,7 @@ class Puller:
         self.limiter = RateLimiter(self.options.max_rate)
         self.make_room = make_room
         self.on_progress = on_progress
+        self.on_layer = on_layer
         self.metrics: PullMetrics = metrics or NO_METRICS
         # where a reference's blobs come from: the chain, the origin last (tests: in memory)
         specs = chain(self.options.sources, self.options.mirrors)
@@ -190,6 +192,7 @@ class Puller:
             threads=self.options.jobs,
             stop=self.stop,
             make_room=self.make_room,
+            on_layer=self.on_layer,
         )
         try:
             with _Watch(self, job):

@@ -129,6 +129,9 @@ class TransportError(ModelcarError):
 class TransientError(TransportError):
     """A failure worth retrying (429, 5xx, a dropped or stalled connection)."""
 
+    #: The HTTP status that said so, when one did (429: busy, come back later).
+    status: int | None = None
+
     def __init__(
         self,
         message: str,

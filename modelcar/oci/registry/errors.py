@@ -57,11 +57,13 @@ def check(response: httpx.Response, what: str) -> httpx.Response:
     if code == 413:
         raise BlobTooLarge("registry refused the blob as too large", subject=what)
     if code == 429 or code >= 500:
-        raise TransientRegistryError(
+        err = TransientRegistryError(
             f"registry answered HTTP {code}" + (f" ({detail})" if detail else ""),
             subject=what,
             retry_after=retry.retry_after(response.headers),
         )
+        err.status = code
+        raise err
     raise RegistryError(
         f"registry answered HTTP {code}" + (f" ({detail})" if detail else ""), subject=what
     )
