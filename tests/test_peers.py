@@ -51,7 +51,12 @@ def _holder(name: str, server: BlobServer | str, zone: str) -> BlobHolder:
 
 
 def _puller(
-    cache: CacheDir, holders: list[BlobHolder], metrics=None, stall=None, **options
+    cache: CacheDir,
+    holders: list[BlobHolder],
+    metrics=None,
+    stall=None,
+    origin_last: bool = False,
+    **options,
 ) -> Puller:
     fleet = Fleet(
         token=TOKEN,
@@ -62,7 +67,7 @@ def _puller(
     return Puller(
         cache,
         PullOptions(
-            sources=[parse_source("nodes")],
+            sources=[parse_source("nodes"), *([parse_source("origin")] if origin_last else [])],
             store=StoreOptions(plain_http=True, **({"stall": stall} if stall else {})),
             fleet=fleet,
             **options,
@@ -229,3 +234,52 @@ def test_a_peer_that_errors_is_a_miss_so_a_wave_waits_instead_of_failing(origin,
                 Puller(cache, options).pull(ref, origin=False)
             assert cache.db.get(ref.split("@")[1]).state != "failed"
     assert any(s.status == 500 for s in stub.seen)
+
+
+def test_busy_holders_are_waited_for_and_never_replaced_by_the_origin(tmp_path):
+    """A leased node (the origin in its chain) whose only holder is serving its fan-out
+    does not take the layer from the origin: the pull ends PeersBusy (the daemon keeps
+    its lease and asks again); once the holder is free, it all comes from the holder."""
+    from modelcar.cache_daemon.blobstream import PeersBusy
+
+    with LocalRegistry(tmp_path / "reg", access_log=True) as reg:
+        model = tmp_path / "big"
+        model.mkdir()
+        with open(model / "big.bin", "wb") as f:
+            f.write(os.urandom(64 * MiB))
+        ref = build(model, f"{reg.host}/busy/model:v1", "--plain-http")
+        holder_cache = _filled(tmp_path, "holder", ref)
+        with CacheDir.reader(holder_cache) as c:
+            server = BlobServer(c, "127.0.0.1", 0, TOKEN, max_uploads=1).start()
+            try:
+                layers = {
+                    "sha256:" + p.name.split(".")[0]
+                    for p in c.served_records()
+                    if '"tar"' in p.read_text()
+                }
+                (layer,) = layers
+                url = f"http://127.0.0.1:{server.port}/v2/busy/model/blobs/{layer}"
+                auth = {"Authorization": f"Bearer {TOKEN}"}
+                before = reg.blob_bytes_served(layers)
+                holders = [_holder("holder", server, "near")]
+                with CacheDir(tmp_path / "me") as cache:
+                    with httpx.stream("GET", url, headers=auth, timeout=60) as held:
+                        chunks = held.iter_raw(1024)
+                        next(chunks)  # the holder's one slot is taken
+                        with pytest.raises(PeersBusy):
+                            _puller(cache, holders, origin_last=True).pull(ref)
+                    assert reg.blob_bytes_served(layers) == before  # not a byte of it
+                    deadline = time.monotonic() + 60  # the slot frees once that stream ends
+                    while True:
+                        try:
+                            result = _puller(cache, holders, origin_last=True).pull(ref)
+                            break
+                        except PeersBusy:
+                            assert time.monotonic() < deadline
+                            time.sleep(0.5)
+                    assert tree(Path(result.path)) == tree(model)
+                assert reg.blob_bytes_served(layers) == before
+                assert result.by_source["nodes"] >= 64 * MiB
+                assert result.by_source.get("origin", 0) < MiB  # the base layer at most
+            finally:
+                server.stop()
