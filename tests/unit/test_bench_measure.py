@@ -33,7 +33,7 @@ def test_a_50_mb_child_of_a_500_mb_parent_is_measured_at_about_50_mb(measure):
     alone = measure.checked([sys.executable, "-c", "pass"])
     m = measure.checked(CHILD)
     # the interpreter itself plus the 50 MB it touched; nothing of the parent's 500 MB
-    assert 50 <= m.peak_mb - alone.peak_mb <= 60, (m.peak_mb, alone.peak_mb)
+    assert 45 <= m.peak_mb - alone.peak_mb <= 60, (m.peak_mb, alone.peak_mb)
     assert m.peak_mb < 100
     # what wait4 says for the same child: the parent's size at fork
     pid = os.fork()
