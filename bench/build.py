@@ -16,7 +16,8 @@ Rows:
   signed, full     modelcar build --sign-key (signature, SLSA provenance, model-signing
                    bundle), cold stat cache, fresh repository
   signed, no-op    nothing changed, --sign-key: the no-op row plus signing and attesting
-and peak RSS of `modelcar build` for a 1 GiB and a 4 GiB (sparse) model.
+and peak RSS of `modelcar build` for a 1 GiB and a 4 GiB (sparse) model: the command's own,
+through GNU time (bench/measure.py), never the benchmark's size at the fork.
 """
 
 from __future__ import annotations

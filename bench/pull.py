@@ -20,7 +20,8 @@ and two other formats of the same model:
                        (GNU tar + gzip -1, pushed by skopeo), pulled by the daemon and by
                        skopeo + umoci
 
-and the peak RSS of `modelcar-cache pull` for a 1 GiB and a 4 GiB model.
+and the peak RSS of `modelcar-cache pull` for a 1 GiB and a 4 GiB model: the command's
+own, through GNU time (bench/measure.py), never the benchmark's size at the fork.
 """
 
 from __future__ import annotations
