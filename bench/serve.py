@@ -35,7 +35,8 @@ from measure import peak_of  # noqa: E402
 from pull import build, drop_caches  # noqa: E402
 
 from build import MiB, make_model  # noqa: E402
-from harness.localregistry import LocalRegistry, free_port  # noqa: E402
+from harness.endpoint import Endpoint as NodeEndpoint  # noqa: E402
+from harness.localregistry import LocalRegistry  # noqa: E402
 
 TOKEN = "bench-fleet-token-0123456789"
 
@@ -59,54 +60,8 @@ def _pull(ref: str, cache: Path) -> None:
     )
 
 
-class Endpoint:
-    def __init__(self, cache: Path, work: Path):
-        token = work / "fleet-token"
-        token.write_text(TOKEN)
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "modelcar.cache_daemon.cli",
-                "serve",
-                "--cache-dir",
-                str(cache),
-                "--listen",
-                f"127.0.0.1:{self.port}",
-                "--fleet-token-file",
-                str(token),
-                "--max-uploads",
-                "16",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            cwd=ROOT,
-        )
-        deadline = time.monotonic() + 60
-        while subprocess.run(
-            [
-                "curl",
-                "-sf",
-                "-o",
-                "/dev/null",
-                "-H",
-                f"Authorization: Bearer {TOKEN}",
-                self.url + "/v2/",
-            ],
-            check=False,
-        ).returncode:
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("the endpoint did not start")
-            time.sleep(0.1)
-
-    def peak_rss_mb(self) -> float:
-        return peak_of(self.proc.pid) / 1024
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=30)
+def Endpoint(cache: Path, work: Path) -> NodeEndpoint:
+    return NodeEndpoint(cache, TOKEN, work / "fleet-token", "--max-uploads", "16")
 
 
 def _curl(url: str) -> int:
@@ -182,7 +137,7 @@ def serving(work: Path, reg: LocalRegistry, ref: str, cold: bool) -> dict:
                         "ratio": round((n_serve / s_serve) / (n_cat / s_cat), 2),
                     }
                 )
-        rss = endpoint.peak_rss_mb()
+        rss = peak_of(endpoint.proc.pid) / 1024
     finally:
         endpoint.stop()
     return {"rows": rows, "endpoint_peak_rss_mb": round(rss, 1), "cache": str(cache)}

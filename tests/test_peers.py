@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -18,7 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from harness.localregistry import LocalRegistry, free_port
+from harness.endpoint import Endpoint
+from harness.localregistry import LocalRegistry
 from harness.models import make_sharded_model
 from modelcar.cache_daemon.cachedir import CacheDir
 from modelcar.cache_daemon.metrics import Metrics
@@ -122,34 +121,8 @@ def test_a_peer_lost_mid_layer_hands_over_to_the_next_at_the_same_byte(origin, t
     the next peer goes on at the byte reached; nothing is fetched twice."""
     _reg, ref, model = origin
     first, second = _filled(tmp_path, "first", ref), _filled(tmp_path, "second", ref)
-    token = tmp_path / "token"
-    token.write_text(TOKEN)
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "modelcar.cache_daemon.cli",
-            "serve",
-            "--cache-dir",
-            str(first),
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--fleet-token-file",
-            str(token),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            httpx.get(url + "/v2/", timeout=5)
-            break
-        except httpx.TransportError:
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.1)
+    endpoint = Endpoint(first, TOKEN, tmp_path / "token")
+    url, proc = endpoint.url, endpoint.proc
     with CacheDir.reader(second) as b:
         other = BlobServer(b, "127.0.0.1", 0, TOKEN).start()
         try:

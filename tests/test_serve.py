@@ -13,21 +13,20 @@ import json
 import os
 import shutil
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from harness.localregistry import LocalRegistry, free_port
+from harness.endpoint import Endpoint
+from harness.localregistry import LocalRegistry
 from harness.models import make_sharded_model
 from modelcar.contract.nodecache import model_dir_name
 from modelcar.format.image import load_model_image
 from modelcar.oci.reference import parse_ref
 from modelcar.oci.store import StoreOptions
 from modelcar.oci.stores import open_store
-from tests.helpers import assert_one_line_error, build, cache_cli, pull, stop_process, tree
+from tests.helpers import assert_one_line_error, build, cache_cli, pull, tree
 
 MiB = 1 << 20
 TOKEN = "fleet-token-0123456789abcdef"
@@ -50,46 +49,8 @@ def token_file(tmp_path) -> Path:
     return p
 
 
-class Served:
-    """`modelcar-cache serve` over a cache dir, stopped by PID."""
-
-    def __init__(self, cache: Path, token_file: Path, *extra: str):
-        self.port = free_port()
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "modelcar.cache_daemon.cli",
-                "serve",
-                "--cache-dir",
-                str(cache),
-                "--listen",
-                f"127.0.0.1:{self.port}",
-                "--fleet-token-file",
-                str(token_file),
-                *extra,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.url = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                httpx.get(self.url + "/v2/", timeout=5)
-                break
-            except httpx.TransportError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"serve did not start: {self.proc.stderr.read()}") from None
-                time.sleep(0.1)
-
-    def get(self, path: str, **kw) -> httpx.Response:
-        headers = {"Authorization": f"Bearer {TOKEN}", **kw.pop("headers", {})}
-        return httpx.get(self.url + path, headers=headers, timeout=60, **kw)
-
-    def stop(self) -> str:
-        return stop_process(self.proc)
+def Served(cache: Path, token_file: Path, *extra: str) -> Endpoint:
+    return Endpoint(cache, TOKEN, token_file, *extra)
 
 
 def _image(reg: LocalRegistry, ref: str):
