@@ -283,7 +283,14 @@ class CacheDir:
 
     def blob_bytes(self) -> int:
         """What the kept blobs take (they count against the budget)."""
-        return sum(p.stat().st_size for p in (self.root / "blobs").iterdir() if p.is_file())
+        blobs = self.root / "blobs"
+        if not blobs.is_dir():  # a cache dir from before this release, read beside its daemon
+            return 0
+        total = 0
+        for p in blobs.iterdir():
+            with contextlib.suppress(OSError):  # a blob removed meanwhile
+                total += p.stat().st_size
+        return total
 
     def quarantined_bytes(self) -> int:
         total = 0

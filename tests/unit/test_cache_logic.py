@@ -123,3 +123,21 @@ def test_only_model_dirs_count_as_staged_or_published_not_journals_or_strays(tmp
             (cache.root / sub / "sha256-not-a-digest").mkdir()
             (cache.root / sub / f"sha256-{'cd' * 32}").write_text("a file")
         assert cache.staged() == cache.published() == [f"sha256:{hex_}"]
+
+
+def test_a_cache_dir_from_before_the_node_served_counts_no_blobs(tmp_path):
+    """Read beside its daemon, an older cache dir (no blobs/ or served/) is not an error."""
+    from modelcar.cache_daemon.cachedir import CacheDir
+    from modelcar.cache_daemon.served import Served
+
+    with CacheDir(tmp_path / "c") as cache:
+        pass
+    (tmp_path / "c" / "blobs").rmdir()
+    (tmp_path / "c" / "served").rmdir()
+    reader = CacheDir.reader(tmp_path / "c")
+    try:
+        assert reader.blob_bytes() == 0
+        assert Served(reader).open("sha256:" + "0" * 64) is None
+        assert Served(reader).held("sha256:" + "1" * 64) == []
+    finally:
+        reader.close()
