@@ -130,8 +130,7 @@ def test_a_cache_dir_from_before_the_node_served_counts_no_blobs(tmp_path):
     from modelcar.cache_daemon.cachedir import CacheDir
     from modelcar.cache_daemon.served import Served
 
-    with CacheDir(tmp_path / "c") as cache:
-        pass
+    CacheDir(tmp_path / "c").open().close()
     (tmp_path / "c" / "blobs").rmdir()
     (tmp_path / "c" / "served").rmdir()
     reader = CacheDir.reader(tmp_path / "c")
