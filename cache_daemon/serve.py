@@ -12,6 +12,9 @@ Access: every request but ``/v2/`` itself carries the fleet credential, as
 clients that only speak Basic); anything else is 401. ``/v2/`` answers 401 too
 without it, as a registry does, so a client knows to authenticate.
 
+Connections: at most ``max_connections`` (256) at once, each closed after
+IDLE_SECONDS without a request; past that 503 and closed.
+
 Fan-out: at most ``max_uploads`` blob transfers at once; past that a request is 429
 with ``Retry-After``, so a busy node sends its peers elsewhere instead of serving
 everyone slowly. Manifests are small and never refused for load.
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hmac
 import json
 import logging
@@ -32,6 +36,7 @@ import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 from modelcar.cache_daemon.cachedir import CacheDir
 from modelcar.cache_daemon.served import Body, Served
@@ -47,6 +52,8 @@ _RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
 RETRY_AFTER = 1
 #: A connection with no request for this long is closed (one thread each).
 IDLE_SECONDS = 60.0
+#: Connections served at once (a thread each); past that one is answered 503 and closed.
+MAX_CONNECTIONS = 256
 
 
 def read_token(path: str) -> str:
@@ -78,6 +85,7 @@ class BlobServer:
         token: str,
         *,
         max_uploads: int = 8,
+        max_connections: int = MAX_CONNECTIONS,
         on_served: Callable[[int], None] | None = None,
     ):
         self.served = Served(cache)
@@ -89,7 +97,7 @@ class BlobServer:
         self.bytes_served = 0
         self._lock = threading.Lock()
         handler = type("Handler", (_Handler,), {"server_": self})
-        self._http = ThreadingHTTPServer((host, port), handler)
+        self._http = _Bounded((host, port), handler, max_connections)
         self._http.daemon_threads = True
         self._thread: threading.Thread | None = None
 
@@ -130,6 +138,32 @@ class BlobServer:
             self.bytes_served += n
         if self.on_served:
             self.on_served(n)
+
+
+class _Bounded(ThreadingHTTPServer):
+    """At most ``limit`` connections at once: a thread each, so a flood of idle
+    connections cannot take the node's memory; past that, 503 and close at once."""
+
+    def __init__(self, address: tuple[str, int], handler: type, limit: int):
+        super().__init__(address, handler)
+        self._open = threading.BoundedSemaphore(limit)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._open.acquire(blocking=False):
+            with contextlib.suppress(OSError):
+                request.sendall(
+                    b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\n"
+                    b"Content-Length: 0\r\nConnection: close\r\n\r\n"
+                )
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._open.release()
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -256,3 +256,40 @@ def test_busy_holders_are_waited_for_and_never_replaced_by_the_origin(tmp_path):
                 assert result.by_source.get("origin", 0) < MiB  # the base layer at most
             finally:
                 server.stop()
+
+
+def test_a_flood_of_idle_connections_is_bounded(tmp_path):
+    """Connections are a thread each: past the bound the node answers 503 and closes,
+    and serves again once they go."""
+    import socket
+
+    with CacheDir(tmp_path / "c") as cache:
+        server = BlobServer(cache, "127.0.0.1", 0, TOKEN, max_connections=2).start()
+        idle = []
+        try:
+            for _ in range(2):
+                idle.append(socket.create_connection(("127.0.0.1", server.port), timeout=30))
+            deadline = time.monotonic() + 60  # the two idle ones hold both slots
+            while True:
+                third = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+                third.settimeout(1)  # a probe: no answer yet means a slot was still free
+                try:
+                    answer = third.recv(200)
+                except TimeoutError:
+                    answer = b""
+                third.close()
+                if answer.startswith(b"HTTP/1.1 503"):
+                    break
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            for s in idle:
+                s.close()
+            deadline = time.monotonic() + 60
+            url = f"http://127.0.0.1:{server.port}/v2/"
+            while httpx.get(url, headers={"Authorization": f"Bearer {TOKEN}"}).status_code != 200:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        finally:
+            for s in idle:
+                s.close()
+            server.stop()
