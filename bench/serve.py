@@ -32,32 +32,13 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from measure import peak_of  # noqa: E402
-from pull import build, drop_caches  # noqa: E402
+from pull import build, drop_caches, modelcar_pull  # noqa: E402
 
 from build import MiB, make_model  # noqa: E402
 from harness.endpoint import Endpoint as NodeEndpoint  # noqa: E402
 from harness.localregistry import LocalRegistry  # noqa: E402
 
 TOKEN = "bench-fleet-token-0123456789"
-
-
-def _pull(ref: str, cache: Path) -> None:
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "modelcar.cache_daemon.cli",
-            "pull",
-            ref,
-            "--cache-dir",
-            str(cache),
-            "--plain-http",
-            "-q",
-        ],
-        check=True,
-        capture_output=True,
-        cwd=ROOT,
-    )
 
 
 def Endpoint(cache: Path, work: Path) -> NodeEndpoint:
@@ -106,7 +87,7 @@ def cat(paths: list[Path], clients: int) -> tuple[float, int]:
 
 def serving(work: Path, reg: LocalRegistry, ref: str, cold: bool) -> dict:
     cache = work / "cache"
-    _pull(ref, cache)
+    modelcar_pull(ref, cache)
     digest = ref.split("@")[1]
     files = sorted((cache / "models" / f"sha256-{digest[7:]}").glob("*.safetensors"))
     layers = [

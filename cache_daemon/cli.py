@@ -328,7 +328,7 @@ def run(
             server = StatusServer(host or "0.0.0.0", int(port), metrics, daemon.ready).start()
             log.info("status on %s:%d", host, server.port)
         if serve:
-            blobs = _blob_server(cache, serve, cfg.pull.fleet_token(), max_uploads, metrics)
+            blobs = _blob_server(cache, serve, options.pull.fleet.token, max_uploads, metrics)
             log.info("serving what the node holds on %s", options.serve_url)
         control = ControlServer(cache.root, daemon.control, daemon.events).start()
         signal.signal(signal.SIGTERM, lambda *_: daemon.stop())

@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from modelcar.cache_daemon.cachedir import CacheDir, fsync_dir
 from modelcar.contract.nodecache import model_dir_name
 from modelcar.format.fileindex import FileEntry
-from modelcar.format.layer import layer_layout
+from modelcar.format.layer import PREFIX, layer_layout
 from modelcar.oci import mediatypes as mt
 from modelcar.oci.digest import hex_of, sha256_bytes
 from modelcar.oci.manifest import Descriptor
@@ -212,7 +212,7 @@ class Body:
 
     def __init__(self, record: ServedRecord, fds: list[int], layout: TarLayout | None):
         self.record, self._fds, self._layout = record, fds, layout
-        by_name = {f"models/{f.path}": fd for f, fd in zip(record.files, fds, strict=False)}
+        by_name = {PREFIX + f.path: fd for f, fd in zip(record.files, fds, strict=False)}
         #: a layer's member index -> the fd of its file
         self._fd = (
             {i: by_name[m.name] for i, m in enumerate(layout.members) if m.name in by_name}
