@@ -132,12 +132,25 @@ def test_a_peer_lost_mid_layer_hands_over_to_the_next_at_the_same_byte(origin, t
                 stall = StallRule(window=3.0, min_speed=16 << 10)
                 puller = _puller(cache, holders, jobs=1, max_rate=2 * MiB, stall=stall)
                 sig = signal.SIGKILL if how == "killed" else signal.SIGSTOP
-                killer = threading.Timer(1.5, lambda: proc.send_signal(sig))
+                done = threading.Event()
+
+                def lose_the_first_peer_mid_layer() -> None:
+                    """Once a model file has 1 MiB staged (a condition, not a clock: a
+                    loaded machine starts the pull later), the first peer goes."""
+                    deadline = time.monotonic() + 120
+                    while not done.wait(0.05) and time.monotonic() < deadline:
+                        staged = cache.root / "staging"
+                        if any(f.stat().st_size >= MiB for f in staged.rglob("*.safetensors")):
+                            proc.send_signal(sig)
+                            return
+
+                killer = threading.Thread(target=lose_the_first_peer_mid_layer, daemon=True)
                 killer.start()
                 try:
                     result = puller.pull(ref, origin=False)
                 finally:
-                    killer.cancel()
+                    done.set()
+                    killer.join()
                 assert tree(Path(result.path)) == tree(model)
             if how == "stalled":
                 proc.kill()
