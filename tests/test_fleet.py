@@ -340,7 +340,9 @@ def test_rollout_waves_feed_the_fleet_from_the_nodes_own_endpoints(origin, make_
                 break
             time.sleep(0.5)
         # the endpoints serve only the fleet: an anonymous request is refused
-        anon = httpx.get(f"http://127.0.0.1:{ports[0]}/v2/x/blobs/{layers[0]['digest']}")
+        anon = httpx.get(
+            f"http://127.0.0.1:{ports[0]}/v2/x/blobs/{layers[0]['digest']}", timeout=60
+        )
         assert anon.status_code == 401
     finally:
         for p in procs:

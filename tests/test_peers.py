@@ -299,7 +299,8 @@ def test_a_flood_of_idle_connections_is_bounded(tmp_path):
                 s.close()
             deadline = time.monotonic() + 60
             url = f"http://127.0.0.1:{server.port}/v2/"
-            while httpx.get(url, headers={"Authorization": f"Bearer {TOKEN}"}).status_code != 200:
+            auth = {"Authorization": f"Bearer {TOKEN}"}
+            while httpx.get(url, headers=auth, timeout=60).status_code != 200:
                 assert time.monotonic() < deadline
                 time.sleep(0.1)
         finally:
