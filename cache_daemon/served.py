@@ -19,7 +19,6 @@ quarantine or failed pull removes its records first (:meth:`CacheDir.forget_serv
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,7 +31,6 @@ from modelcar.cache_daemon.cachedir import CacheDir, fsync_dir
 from modelcar.contract.nodecache import model_dir_name
 from modelcar.format.fileindex import FileEntry
 from modelcar.format.layer import PREFIX, layer_layout
-from modelcar.oci import mediatypes as mt
 from modelcar.oci.digest import hex_of, sha256_bytes
 from modelcar.oci.manifest import Descriptor
 from modelcar.oci.tarstream import TarLayout
@@ -47,17 +45,6 @@ class ServedRecord(BaseModel):
     media_type: str = "application/octet-stream"
     #: tar: the layer's files; raw: its one file.
     files: list[FileEntry] = []
-
-
-def manifest_media_type(data: bytes) -> str:
-    """A kept manifest's media type: its ``mediaType``, else what its shape says."""
-    try:
-        doc = json.loads(data)
-    except ValueError:
-        return mt.OCI_MANIFEST
-    if isinstance(doc, dict) and isinstance(doc.get("mediaType"), str):
-        return str(doc["mediaType"])
-    return mt.OCI_INDEX if isinstance(doc, dict) and "manifests" in doc else mt.OCI_MANIFEST
 
 
 class Served:
@@ -239,12 +226,6 @@ class Body:
             else:
                 at = seg.start - self._layout.content_at[seg.member]
                 yield Piece(seg.size, fd=self._fd[seg.member], offset=at)
-
-    def read_all(self) -> bytes:
-        out = bytearray()
-        for p in self.pieces(0, self.size):
-            out += p.data if p.data is not None else os.pread(p.fd, p.size, p.offset)
-        return bytes(out)
 
     def close(self) -> None:
         _close(self._fds)
