@@ -135,6 +135,9 @@ class Daemon:
         self._assigned: set[str] = set()
         self.evictor = Evictor(cache, options.budget, lambda: self._assigned, self._evicted)
         self._stop = threading.Event()
+        # readiness means a pass has run: before it, `wanted` is empty and "all wanted
+        # models published" would be true of a daemon that has not yet asked what to hold
+        self._passed = threading.Event()
         self.events = Events()
         self._pulling: dict[str, _Pulling] = {}
         self._evict_lock = threading.Lock()  # the loop's make_room and a control gc
@@ -205,7 +208,8 @@ class Daemon:
                 self._send_report()
 
     def ready(self) -> bool:
-        return all(self.cache.is_published(w.digest) for w in self.wanted)
+        """A pass has completed and every model it was asked for is published."""
+        return self._passed.is_set() and all(self.cache.is_published(w.digest) for w in self.wanted)
 
     def run_once(self) -> None:
         if self.labeller and not self.options.labels and isinstance(self.desired, DesiredFromApi):
@@ -218,6 +222,7 @@ class Daemon:
         except ModelcarError as e:
             log.error("desired state unavailable: %s", e.one_line())
             self.report()
+            self._passed.set()  # ready with what it holds: an API outage must not stall a rollout
             return
         self._assigned = {w.digest for w in self.wanted}
         self._drop_stale_staging()
@@ -235,6 +240,7 @@ class Daemon:
         if self.labeller:
             self.labeller.sync(set(self.cache.published()))
         self.report()
+        self._passed.set()
 
     def _ensure(self, w: Wanted) -> None:
         if w.digest in self._pulling:
