@@ -38,6 +38,7 @@ from modelcar.errors import (
     SourceFileError,
 )
 from modelcar.format import keys as mk
+from modelcar.format.chunks import CHUNK_SIZE, ChunkIndex, FileChunks, content_offsets
 from modelcar.format.fileindex import FileEntry, FileIndex
 from modelcar.format.image import load_model_image
 from modelcar.format.layer import model_member
@@ -49,7 +50,14 @@ from modelcar.oci.manifest import Descriptor, Index, Manifest, Platform, canonic
 from modelcar.oci.reference import DEFAULT_TAG, Ref
 from modelcar.oci.store import ImageStore, StoreOptions
 from modelcar.oci.stores import open_store
-from modelcar.oci.tarstream import Member, TarWriter, archive_size, header_bytes, with_parents
+from modelcar.oci.tarstream import (
+    Member,
+    TarLayout,
+    TarWriter,
+    archive_size,
+    header_bytes,
+    with_parents,
+)
 
 MiB = 1 << 20
 
@@ -74,6 +82,8 @@ class _LayerResult:
     file_digests: dict[str, str]
     uploaded: int
     skipped: int
+    #: each file's chunk digests (contract v1.1), by member name
+    file_chunks: dict[str, list[str]]
 
 
 def utc_now() -> str:
@@ -116,6 +126,7 @@ class PreviousImage:
 
     files: dict[str, FileEntry]
     layer_sizes: dict[str, int]
+    chunks: ChunkIndex | None
 
 
 def previous_image(target: ImageStore, ref: Ref) -> PreviousImage | None:
@@ -126,7 +137,9 @@ def previous_image(target: ImageStore, ref: Ref) -> PreviousImage | None:
     except ModelcarError:
         return None  # no previous image, or not a modelcar: build everything
     return PreviousImage(
-        files=image.files, layer_sizes={d.digest: d.size for d in image.model_layers}
+        files=image.files,
+        layer_sizes={d.digest: d.size for d in image.model_layers},
+        chunks=image.chunks,
     )
 
 
@@ -136,6 +149,19 @@ def source_files(source: Source) -> list[SourceFile]:
     if not files:
         raise SourceEmpty("source has no files to package", subject=source.uri)
     return files
+
+
+def chunk_index(plan: list[LayerPlan], results: list[_LayerResult]) -> ChunkIndex:
+    """Contract v1.1: each file's content offset in its layer and its chunks' sha256."""
+    files = {}
+    for layer, r in zip(plan, results, strict=True):
+        offsets = content_offsets(TarLayout(_members(layer)))
+        for f in layer.files:
+            if f.size > CHUNK_SIZE:  # a smaller file is its one chunk (its sha256)
+                files[f.path] = FileChunks(
+                    offset=offsets[f.path], sha256=r.file_chunks[f"{mk.MODELS_DIR}/{f.path}"]
+                )
+    return ChunkIndex(chunkSize=CHUNK_SIZE, files=files)
 
 
 def tags_for(ref: Ref, extra: list[str]) -> list[str]:
@@ -172,7 +198,7 @@ class Builder:
 
     def _known_digest(
         self, members: list[Member], layer: LayerPlan
-    ) -> tuple[str, dict[str, str]] | None:
+    ) -> tuple[str, dict[str, str], dict[str, list[str]]] | None:
         """The layer's digest without reading a byte: from the stat cache, or from the
         target's previous image when the source reports every file's sha256. (Whether
         the target holds it is the caller's one HEAD.)"""
@@ -180,9 +206,12 @@ class Builder:
         hit = self.cache.get(key) if key else None
         if hit:
             self.progress.advance("hash", layer.size)
-            return hit[0], hit[2]
+            return hit[0], hit[2], hit[3]
         prev = self.previous
-        if prev is None or not all(f.sha256 for f in layer.files):
+        chunks = prev.chunks if prev else None
+        if prev is None or chunks is None or chunks.chunkSize != CHUNK_SIZE:
+            return None  # a v1 image's layers are read again, for their chunks
+        if not all(f.sha256 for f in layer.files):
             return None
         entries = [prev.files.get(f.path) for f in layer.files]
         if not all(
@@ -197,19 +226,27 @@ class Builder:
         if prev.layer_sizes.get(digest) != archive_size(members):
             return None
         self.progress.advance("hash", layer.size)
-        return digest, {f"{mk.MODELS_DIR}/{f.path}": f.sha256 for f in layer.files}  # type: ignore[misc]  # sha256: all checked non-None above
+        return (
+            digest,
+            {f"{mk.MODELS_DIR}/{f.path}": f.sha256 for f in layer.files},  # type: ignore[misc]  # sha256: all checked non-None above
+            {f"{mk.MODELS_DIR}/{e.path}": chunks.digests(e) for e in entries if e is not None},
+        )
 
-    def _digest_layer(self, members: list[Member], layer: LayerPlan) -> tuple[str, dict[str, str]]:
+    def _digest_layer(
+        self, members: list[Member], layer: LayerPlan
+    ) -> tuple[str, dict[str, str], dict[str, list[str]]]:
         key = self._cache_key(members, layer)
-        writer = TarWriter(members)
+        writer = TarWriter(members, piece=CHUNK_SIZE)
         h = hashlib.sha256()
         for chunk in writer:
             h.update(chunk)
             self.progress.advance("hash", len(chunk))
         digest = "sha256:" + h.hexdigest()
         if key:
-            self.cache.put(key, digest, archive_size(members), writer.file_digests)
-        return digest, writer.file_digests
+            self.cache.put(
+                key, digest, archive_size(members), writer.file_digests, writer.file_pieces
+            )
+        return digest, writer.file_digests, writer.file_pieces
 
     def _layer(self, target: ImageStore, layer: LayerPlan) -> _LayerResult:
         members = _members(layer)
@@ -225,7 +262,7 @@ class Builder:
             pushed = self._push_once(target, members, layer, size)
             if pushed is not None:
                 return pushed
-        digest, file_digests = known or self._digest_layer(members, layer)
+        digest, file_digests, file_chunks = known or self._digest_layer(members, layer)
         desc = Descriptor(
             mediaType=mt.OCI_LAYER_TAR,
             digest=digest,
@@ -234,7 +271,7 @@ class Builder:
         )
         if target.has_blob(digest):
             self.progress.advance("upload", size)
-            return _LayerResult(desc, file_digests, 0, size)
+            return _LayerResult(desc, file_digests, 0, size, file_chunks)
 
         def chunks() -> Iterator[bytes]:
             for chunk in TarWriter(members):
@@ -246,7 +283,7 @@ class Builder:
         except DigestMismatch:
             names = ", ".join(f.origin or f.path for f in layer.files[:3])
             raise SourceChanged("file content changed during the build", subject=names) from None
-        return _LayerResult(desc, file_digests, sent, 0)
+        return _LayerResult(desc, file_digests, sent, 0, file_chunks)
 
     def _push_once(
         self, target: ImageStore, members: list[Member], layer: LayerPlan, size: int
@@ -255,7 +292,7 @@ class Builder:
         writers: list[TarWriter] = []
 
         def chunks() -> Iterator[bytes]:
-            writer = TarWriter(members)
+            writer = TarWriter(members, piece=CHUNK_SIZE)
             writers.append(writer)
             for chunk in writer:
                 self.progress.advance("hash", len(chunk))
@@ -266,17 +303,17 @@ class Builder:
         if pushed is None:  # the store needs the digest first: hash, then upload
             return None
         digest, sent = pushed
-        file_digests = writers[-1].file_digests
+        file_digests, file_chunks = writers[-1].file_digests, writers[-1].file_pieces
         key = self._cache_key(members, layer)
         if key:
-            self.cache.put(key, digest, size, file_digests)
+            self.cache.put(key, digest, size, file_digests, file_chunks)
         desc = Descriptor(
             mediaType=mt.OCI_LAYER_TAR,
             digest=digest,
             size=size,
             annotations=_layer_annotations(layer, file_digests),
         )
-        return _LayerResult(desc, file_digests, sent, 0)
+        return _LayerResult(desc, file_digests, sent, 0, file_chunks)
 
     def _copy_base_blob(self, target: ImageStore, base: BaseImage, desc: Descriptor) -> int:
         if target.has_blob(desc.digest):
@@ -358,6 +395,7 @@ class Builder:
                 for f in layer.files
             ]
         )
+        chunks = chunk_index(plan, results)
         actual = {e.path: e.sha256 for e in index.files}
         for f in files:
             if f.sha256 and f.sha256 != actual[f.path]:
@@ -368,7 +406,7 @@ class Builder:
         sent = 0
         children = []
         for base in bases.images:
-            config_bytes, manifest_bytes = self._documents(base, plan, results, index)
+            config_bytes, manifest_bytes = self._documents(base, plan, results, index, chunks)
             config_digest = sha256_bytes(config_bytes)
             config_chunks: functools.partial[list[bytes]] = functools.partial(list, [config_bytes])
             sent += target.put_blob(config_digest, len(config_bytes), config_chunks)
@@ -430,10 +468,13 @@ class Builder:
         plan: list[LayerPlan],
         results: list[_LayerResult],
         index: FileIndex,
+        chunks: ChunkIndex,
     ) -> tuple[bytes, bytes]:
         """The config and the manifest bytes."""
         created = _iso(created_time(self.source))
-        config_bytes = canonical_json(self._config(base, results, plan, index, created))
+        config = self._config(base, results, plan, index, created)
+        config[mk.CONFIG_CHUNKS_KEY] = chunks.model_dump(mode="json")
+        config_bytes = canonical_json(config)
         annotations = self._annotations(base.name, base.digest, index)
         manifest = Manifest(
             config=Descriptor(
@@ -471,15 +512,20 @@ class Builder:
         so placeholder ones give the exact sizes."""
         placeholder = "sha256:" + "0" * 64
         results = []
+        hex_placeholder = "0" * 64
         for layer in plan:
             digests = {f"{mk.MODELS_DIR}/{f.path}": placeholder for f in layer.files}
+            pieces = {
+                f"{mk.MODELS_DIR}/{f.path}": [hex_placeholder] * -(-f.size // CHUNK_SIZE)
+                for f in layer.files
+            }
             desc = Descriptor(
                 mediaType=mt.OCI_LAYER_TAR,
                 digest=placeholder,
                 size=archive_size(_members(layer)),
                 annotations=_layer_annotations(layer, digests),
             )
-            results.append(_LayerResult(desc, digests, 0, 0))
+            results.append(_LayerResult(desc, digests, 0, 0, pieces))
         index = FileIndex(
             files=[
                 FileEntry(path=f.path, size=f.size, sha256=placeholder, layer=placeholder)
@@ -487,7 +533,7 @@ class Builder:
                 for f in layer.files
             ]
         )
-        config, manifest = self._documents(base, plan, results, index)
+        config, manifest = self._documents(base, plan, results, index, chunk_index(plan, results))
         for what, size, limit in (
             ("image config", len(config), MAX_CONFIG_WRITE_BYTES),
             ("manifest", len(manifest), MAX_MANIFEST_BYTES),

@@ -88,7 +88,7 @@ def upload_raw(
                 "file does not match the sha256 its source reported", subject=f.origin or f.path
             )
         if key:
-            cache.put(key, digest, f.size, {})
+            cache.put(key, digest, f.size, {}, {})
         return digest, sent, True
 
     try:

@@ -1,7 +1,8 @@
 """A stat cache: a layer's digest, keyed by its tar headers and each file's stat identity.
 
 If no file in a layer changed (same device, inode, size, mtime and ctime), a
-rebuild knows the layer digest and each file's sha256 without reading a byte.
+rebuild knows the layer digest, each file's sha256 and its chunks' sha256 (contract
+v1.1) without reading a byte. A row without chunks (an older release's) is a miss.
 ctime cannot be set from user space, so an in-place rewrite always misses.
 """
 
@@ -44,25 +45,33 @@ class StatCache:
                 "CREATE TABLE IF NOT EXISTS layers (key TEXT PRIMARY KEY, digest TEXT NOT NULL,"
                 " size INTEGER NOT NULL, files TEXT NOT NULL)"
             )
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS chunks (key TEXT PRIMARY KEY, files TEXT NOT NULL)"
+            )
             self._db.commit()
         except (OSError, sqlite3.Error):
             self._db = None  # a cache that cannot be opened is simply not used
 
-    def get(self, key: str) -> tuple[str, int, dict[str, str]] | None:
+    def get(self, key: str) -> tuple[str, int, dict[str, str], dict[str, list[str]]] | None:
+        """(layer digest, size, each file's sha256, each file's chunk digests)."""
         if self._db is None:
             return None
         with self._lock:
             try:
                 row = self._db.execute(
-                    "SELECT digest, size, files FROM layers WHERE key = ?", (key,)
+                    "SELECT l.digest, l.size, l.files, c.files FROM layers l"
+                    " JOIN chunks c ON c.key = l.key WHERE l.key = ?",
+                    (key,),
                 ).fetchone()
             except sqlite3.Error:
                 return None
         if row is None:
             return None
-        return row[0], row[1], json.loads(row[2])
+        return row[0], row[1], json.loads(row[2]), json.loads(row[3])
 
-    def put(self, key: str, digest: str, size: int, files: dict[str, str]) -> None:
+    def put(
+        self, key: str, digest: str, size: int, files: dict[str, str], chunks: dict[str, list[str]]
+    ) -> None:
         if self._db is None:
             return
         with self._lock:
@@ -70,6 +79,10 @@ class StatCache:
                 self._db.execute(
                     "INSERT OR REPLACE INTO layers VALUES (?, ?, ?, ?)",
                     (key, digest, size, json.dumps(files, sort_keys=True)),
+                )
+                self._db.execute(
+                    "INSERT OR REPLACE INTO chunks VALUES (?, ?)",
+                    (key, json.dumps(chunks, sort_keys=True)),
                 )
                 self._db.commit()
             except sqlite3.Error:

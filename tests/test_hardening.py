@@ -392,7 +392,7 @@ def test_inspect_shows_the_manifest_annotations_and_the_source(tmp_path):
     ).last_line
     info = json.loads(run_cli("inspect", ref, "--json").stdout)
     assert info["annotations"]["dev.modelcar.source"] == "hf://acme/m@" + "a" * 40
-    assert info["annotations"]["dev.modelcar.contract"] == "v1"
+    assert info["annotations"]["dev.modelcar.contract"] == "v1.1"
     plain = run_cli("inspect", ref).stdout
     assert f"source     hf://acme/m@{'a' * 40}" in plain
     assert f"commit     {'a' * 40}" in plain and info["commit"] == "a" * 40

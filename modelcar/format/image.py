@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from modelcar import decode
 from modelcar.errors import DigestMismatch, ImageFormatError, NotAModelcar
+from modelcar.format.chunks import ChunkIndex, chunk_index_from_config
 from modelcar.format.fileindex import (
     FileEntry,
     FileIndex,
@@ -42,6 +43,8 @@ class ModelImage:
     #: The manifests and configs read, by digest (bytes, media type), every variant's:
     #: what a node keeps to serve the image again.
     documents: dict[str, tuple[bytes, str]] = field(default_factory=dict)
+    #: Contract v1.1: each file's offset in its layer and its chunks' sha256; None: v1.
+    chunks: ChunkIndex | None = None
 
     @property
     def platforms(self) -> list[str]:
@@ -96,9 +99,12 @@ def _load_index(
         )
     first = next(iter(images.values()))[1]
     for name, (_, image) in images.items():
-        if image.index.digest() != first.index.digest() or [
-            (d.digest, d.size) for d in image.model_layers
-        ] != [(d.digest, d.size) for d in first.model_layers]:
+        if (
+            image.index.digest() != first.index.digest()
+            or image.chunks != first.chunks
+            or [(d.digest, d.size) for d in image.model_layers]
+            != [(d.digest, d.size) for d in first.model_layers]
+        ):
             raise ImageFormatError(
                 "platform variants differ in model content",
                 subject=f"{ref}: {name}",
@@ -111,6 +117,7 @@ def _load_index(
         manifest=chosen.manifest,
         index=chosen.index,
         model_layers=chosen.model_layers,
+        chunks=chosen.chunks,
         variants={name: img for name, (_, img) in images.items()},
         documents={
             digest: (data, media_type),
@@ -126,7 +133,8 @@ def _load_manifest(
     config_bytes = store.read_blob(manifest.config.digest)
     if sha256_bytes(config_bytes) != manifest.config.digest:
         raise DigestMismatch("image config does not match its digest", subject=subject)
-    index = file_index_from_config(decode.json_object(config_bytes, "image config"))
+    config = decode.json_object(config_bytes, "image config")
+    index = file_index_from_config(config)
     if index is None:
         raise NotAModelcar(
             "image has no modelcar file index",
@@ -141,11 +149,17 @@ def _load_manifest(
             "the file index names layers the manifest does not have",
             subject=f"{subject}: {sorted(missing)[0]}",
         )
+    try:
+        chunks = chunk_index_from_config(config, index)
+    except ImageFormatError as e:
+        where = f"{subject}: {e.subject}" if e.subject else subject
+        raise ImageFormatError(e.message, subject=where) from None
     return ModelImage(
         digest=digest,
         manifest=manifest,
         index=index,
         model_layers=layers,
+        chunks=chunks,
         documents={
             digest: (data, media_type),
             manifest.config.digest: (config_bytes, manifest.config.mediaType),

@@ -1,4 +1,4 @@
-"""The modelcar image contract (v1): its annotation keys and fixed names.
+"""The modelcar image contract (v1.1): its annotation keys and fixed names.
 
 The OCI media types it uses are in :mod:`modelcar.oci.mediatypes`.
 """
@@ -7,7 +7,7 @@ import re
 
 # modelcar's own keys (reverse-DNS under dev.modelcar.).
 PREFIX = "dev.modelcar."
-CONTRACT = PREFIX + "contract"  # "v1"
+CONTRACT = PREFIX + "contract"  # "v1.1" ("v1": no chunk index)
 SOURCE = PREFIX + "source"  # hf://org/name@<commit>, file://..., ...
 SIZE = PREFIX + "size"  # total bytes of model files
 FILE_COUNT = PREFIX + "file-count"
@@ -20,9 +20,11 @@ LAYER_ROLE = PREFIX + "layer.role"  # "base" | "model"
 FILE_SHA256 = PREFIX + "file.sha256"  # one-file layers: that file's sha256
 FILE_SIZE = PREFIX + "file.size"
 
-CONTRACT_VERSION = "v1"
+CONTRACT_VERSION = "v1.1"
 MODELS_DIR = "models"  # model files live under /models/ in the image
 CONFIG_INDEX_KEY = "dev.modelcar.index"  # where the file index lives in the image config
+#: v1.1: each file's offset in its layer and its chunks' sha256 (modelcar.format.chunks)
+CONFIG_CHUNKS_KEY = "dev.modelcar.chunks"
 
 
 _PINNED_HF = re.compile(r"^hf://(?P<repo>[^@]+)@(?P<commit>[0-9a-f]{40})$")

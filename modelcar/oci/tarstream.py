@@ -175,10 +175,14 @@ class TarLayout:
 class TarWriter:
     """Yield a layer's bytes; record each file's sha256 as its content passes."""
 
-    def __init__(self, members: list[Member], chunk: int = CHUNK):
+    def __init__(self, members: list[Member], chunk: int = CHUNK, piece: int | None = None):
+        """``piece``: also record the sha256 (hex) of each ``piece`` bytes of every file,
+        the chunk digests of contract v1.1, in ``file_pieces``."""
         self.members = members
         self.chunk = chunk
+        self.piece = piece
         self.file_digests: dict[str, str] = {}
+        self.file_pieces: dict[str, list[str]] = {}
 
     def __iter__(self) -> Iterator[bytes]:
         for m in self.members:
@@ -188,6 +192,10 @@ class TarWriter:
             if m.data is not None:
                 self._check_size(m, len(m.data))
                 self.file_digests[m.name] = "sha256:" + hashlib.sha256(m.data).hexdigest()
+                if self.piece:
+                    pieces = Pieces(self.piece)
+                    pieces.update(m.data)
+                    self.file_pieces[m.name] = pieces.done()
                 yield m.data
             else:
                 yield from self._file_chunks(m)
@@ -222,6 +230,7 @@ class TarWriter:
                 f"cannot read file ({e.strerror})", subject=m.origin or m.name
             ) from None
         h = hashlib.sha256()
+        pieces = Pieces(self.piece) if self.piece else None
         remaining = m.size
         with f:
             try:
@@ -230,6 +239,8 @@ class TarWriter:
                     if not block:
                         break
                     h.update(block)
+                    if pieces is not None:
+                        pieces.update(block)
                     remaining -= len(block)
                     yield block
                 extra = f.read(1) if remaining == 0 else b""
@@ -240,6 +251,36 @@ class TarWriter:
         if remaining or extra:
             raise SourceChanged("file size changed during the build", subject=m.origin or m.name)
         self.file_digests[m.name] = "sha256:" + h.hexdigest()
+        if pieces is not None:
+            self.file_pieces[m.name] = pieces.done()
+
+
+class Pieces:
+    """The sha256 (hex) of each ``size`` bytes of a stream, fed in blocks of any size."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.digests: list[str] = []
+        self._h = hashlib.sha256()
+        self._n = 0
+
+    def update(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            take = min(len(view), self.size - self._n)
+            self._h.update(view[:take])
+            self._n += take
+            view = view[take:]
+            if self._n == self.size:
+                self.digests.append(self._h.hexdigest())
+                self._h, self._n = hashlib.sha256(), 0
+
+    def done(self) -> list[str]:
+        """Every digest, the last (short) piece's included."""
+        if self._n:
+            self.digests.append(self._h.hexdigest())
+            self._h, self._n = hashlib.sha256(), 0
+        return self.digests
 
 
 # --- reading ---------------------------------------------------------------
