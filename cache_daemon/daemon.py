@@ -36,6 +36,7 @@ from modelcar.cache_daemon.pull import (
 )
 from modelcar.cache_daemon.scrub import scrub, verify_models
 from modelcar.cache_daemon.served import Served
+from modelcar.cache_daemon.verified import Board
 from modelcar.contract import control as ctl
 from modelcar.contract import wire as wire
 from modelcar.contract.client import ApiClient
@@ -122,6 +123,7 @@ class Daemon:
         metrics: Metrics | None = None,
         labeller: NodeLabeller | None = None,
         warmer: RuntimeWarmer | None = None,
+        board: Board | None = None,
     ):
         self.cache = cache
         self.options = options
@@ -150,6 +152,7 @@ class Daemon:
             metrics=self.metrics,
             stop=self._stop,
             on_layer=self.report,  # peers learn of a verified layer at once
+            board=board,  # streamed start: chunks readable as they verify
         )
         self._scrub_limiter = RateLimiter(options.scrub_rate)
         self._scrubbed: dict[str, float] = {}
@@ -206,6 +209,10 @@ class Daemon:
             self._report_wanted.clear()
             if (wanted or self._pulling) and not self._stop_reporting.is_set():
                 self._send_report()
+
+    def assigned(self) -> set[str] | None:
+        """The digests the last pass was asked to hold; None before the first pass."""
+        return set(self._assigned) if self._passed.is_set() or self._assigned else None
 
     def ready(self) -> bool:
         """A pass has completed and every model it was asked for is published."""

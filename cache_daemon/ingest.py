@@ -18,6 +18,7 @@ that layer and is fetched again from the rest (:func:`dropping_bad_sources`).
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import os
 import threading
@@ -33,6 +34,7 @@ from modelcar.cache_daemon.journal import LayerJournal, Replay
 from modelcar.cache_daemon.pullmetrics import PullMetrics
 from modelcar.cache_daemon.served import Served
 from modelcar.cache_daemon.sources import BlobSource
+from modelcar.cache_daemon.verified import Board
 from modelcar.errors import (
     DigestMismatch,
     ImageFormatError,
@@ -40,6 +42,7 @@ from modelcar.errors import (
     ModelcarError,
     PullStopped,
 )
+from modelcar.format.chunks import ChunkIndex
 from modelcar.format.fileindex import FileEntry
 from modelcar.format.foreign import Part
 from modelcar.format.layer import layer_layout, read_model_layer
@@ -105,6 +108,10 @@ class Job:
     #: Called when a layer is verified and served (the daemon reports it to the API at
     #: once, so peers can take it while this pull goes on); must not block.
     on_layer: Callable[[], None] | None = None
+    #: Where verified chunks (or a v1 image's verified files) are marked for readers.
+    board: Board | None = None
+    #: The image's chunk index (contract v1.1), or None (v1: verified file by file).
+    chunks: ChunkIndex | None = None
 
     @property
     def staging(self) -> Path:
@@ -213,10 +220,18 @@ class _Tap:
 
 
 class _FileWriter:
-    """One staged file. Skips the bytes a resumed layer already has on disk."""
+    """One staged file. Skips the bytes a resumed layer already has on disk, and the
+    chunks a reader may have been given already (a retried layer only hashes them);
+    with a chunk index and a board, checks and marks each chunk as its last byte is
+    written (a chunk that differs ends the layer at once)."""
 
     def __init__(self, ingest: LayerIngest, rel: str, entry: FileEntry):
-        self.ingest, self.entry = ingest, entry
+        self.ingest, self.entry, self.rel = ingest, entry, rel
+        job = ingest.job
+        self.board = job.board
+        self.chunks = job.chunks if job.board is not None else None
+        self.expected = self.chunks.digests(entry) if self.chunks is not None else []
+        self.hasher = hashlib.sha256()
         tap = ingest.tap
         self.start = tap.pos  # the file's body starts here in the layer
         tap.body_left = entry.size
@@ -242,14 +257,41 @@ class _FileWriter:
             view = memoryview(data)[skip:]
             off = self.pos + skip
             while view:
-                written = os.pwrite(self.fd, view, off)
+                take = len(view)
+                if self.chunks is not None:  # one chunk at a time; a verified one stays
+                    size = self.chunks.chunkSize
+                    take = min(take, size - off % size)
+                    if self.board.is_verified(ingest.job.digest, self.rel, off // size):  # type: ignore[union-attr]  # chunks implies a board
+                        view, off = view[take:], off + take
+                        continue
+                written = os.pwrite(self.fd, view[:take], off)
                 view, off = view[written:], off + written
             ingest.since_checkpoint += n - skip
             if ingest.since_checkpoint >= ingest.job.checkpoint_bytes:
                 ingest.journal.checkpoint(self.start + self.pos + n, self.fd)
                 ingest.since_checkpoint = 0
+        if self.chunks is not None:
+            self._check(memoryview(data))
         self.pos += n
         return n
+
+    def _check(self, data: memoryview) -> None:
+        """Hash ``data`` (written at ``self.pos``); mark each chunk that ends here."""
+        size, pos = self.chunks.chunkSize, self.pos  # type: ignore[union-attr]  # called with chunks only
+        while data:
+            take = min(len(data), size - pos % size)
+            self.hasher.update(data[:take])
+            data, pos = data[take:], pos + take
+            if pos % size == 0 or pos == self.entry.size:
+                i = (pos - 1) // size
+                actual = self.hasher.hexdigest()
+                self.hasher = hashlib.sha256()
+                if i >= len(self.expected) or actual != self.expected[i]:
+                    raise DigestMismatch(
+                        f"chunk {i} differs from the chunk index (got sha256:{actual})",
+                        subject=f"{self.ingest.desc.digest}: {self.rel}",
+                    )
+                self.board.verified(self.ingest.job.digest, self.rel, i)  # type: ignore[union-attr]  # chunks implies a board
 
     def close(self) -> None:
         try:
@@ -301,12 +343,18 @@ class LayerIngest:
             job.progress.add(n)
 
         try:
+            board = job.board
             read_model_layer(
                 self.tap,
                 self.desc.digest,
                 self.files,
                 sink=lambda rel, entry: _FileWriter(self, rel, entry),
                 on_bytes=on_bytes,
+                on_file=(
+                    (lambda rel: board.verified(job.digest, rel, 0))
+                    if board is not None and job.chunks is None
+                    else None
+                ),
             )
         except (DigestMismatch, ImageFormatError) as e:
             journal.remove()  # what was staged for this layer cannot be trusted

@@ -35,6 +35,7 @@ from modelcar.cache_daemon.kinds import strategy_for
 from modelcar.cache_daemon.pullmetrics import NO_METRICS, PullMetrics
 from modelcar.cache_daemon.served import Served
 from modelcar.cache_daemon.sources import BlobSource, Fleet, SourceSpec, chain, open_sources
+from modelcar.cache_daemon.verified import Board
 from modelcar.contract.control import PullResult
 from modelcar.errors import (
     CacheVanished,
@@ -115,6 +116,7 @@ class Puller:
         sources: Callable[[ImageRef | LayoutRef], list[BlobSource]] | None = None,
         stop: threading.Event | None = None,
         on_layer: Callable[[], None] | None = None,
+        board: Board | None = None,
     ):
         """``stop``: once set, pulls end at their next read (PullStopped) and keep what
         they have staged and journaled, so the next pull resumes there. ``on_progress``
@@ -127,6 +129,9 @@ class Puller:
         self.make_room = make_room
         self.on_progress = on_progress
         self.on_layer = on_layer
+        #: where a modelcar's verified chunks are marked while it is pulled (the S3
+        #: endpoint of ``run --serve`` reads them before the model is published)
+        self.board = board
         self.metrics: PullMetrics = metrics or NO_METRICS
         # where a reference's blobs come from: the chain, the origin last (tests: in memory)
         specs = chain(self.options.sources, self.options.mirrors)
@@ -193,7 +198,11 @@ class Puller:
             stop=self.stop,
             make_room=self.make_room,
             on_layer=self.on_layer,
+            board=self.board if isinstance(model, ModelImage) else None,
+            chunks=model.chunks if isinstance(model, ModelImage) else None,
         )
+        if job.board is not None and isinstance(model, ModelImage):
+            job.board.begin(digest, job.staging, model.index, model.chunks)
         try:
             with _Watch(self, job):
                 index = self._fetch(job, model, image)
@@ -201,6 +210,8 @@ class Puller:
                     check(origin_store, model, index)  # what needs the files (model-signing)
                 self._publish(digest, index)
         except PullStopped:
+            if job.board is not None:
+                job.board.end(digest)
             # staging and journals stay; the row stays 'pulling' (reset at the next start)
             log.info("stopped %s mid-pull; the next start resumes it", image)
             raise
@@ -209,12 +220,14 @@ class Puller:
                 self._waiting[digest] = model  # the caller waits for a peer or a lease
                 raise
             err = self._as_error(e, digest)
-            self._failed(digest, err)
+            self._failed(digest, err, job.board)
             raise err from None
         except Exception as e:  # never a crash: the model fails, the caller goes on
             err = unexpected(e, image)
-            self._failed(digest, err)
+            self._failed(digest, err, job.board)
             raise err from None
+        if job.board is not None:
+            job.board.end(digest)  # published: readers go to the tree
         seconds = time.monotonic() - started
         self._present.add(digest)
         size = index.total_size  # a compressed image's files take more than was fetched
@@ -320,7 +333,9 @@ class Puller:
         self.cache.publish(digest, index)
         self.cache.db.clear_layers(digest)
 
-    def _failed(self, digest: str, e: ModelcarError) -> None:
+    def _failed(self, digest: str, e: ModelcarError, board: Board | None = None) -> None:
+        if board is not None:
+            board.failed(digest, e.one_line())  # before its staging may go
         resumable = not isinstance(
             e, DigestMismatch | ImageFormatError | DiskFull | PullCrashed | SignatureError
         )

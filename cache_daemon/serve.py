@@ -38,7 +38,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from modelcar.cache_daemon import sigv4
 from modelcar.cache_daemon.cachedir import CacheDir
+from modelcar.cache_daemon.s3 import BUCKET, S3Reads
+from modelcar.cache_daemon.s3 import error as s3_error
 from modelcar.cache_daemon.served import Body, Served
 from modelcar.errors import UsageError
 from modelcar.oci import mediatypes as mt
@@ -87,8 +90,13 @@ class BlobServer:
         max_uploads: int = 8,
         max_connections: int = MAX_CONNECTIONS,
         on_served: Callable[[int], None] | None = None,
+        s3: S3Reads | None = None,
+        s3_anonymous: bool = False,
     ):
         self.served = Served(cache)
+        #: the S3 read endpoint under /modelcar (:mod:`.s3`)
+        self.s3 = s3 or S3Reads(cache, None)
+        self.s3_anonymous = s3_anonymous
         self.token = token
         self.max_uploads = max_uploads
         self.on_served = on_served
@@ -132,6 +140,16 @@ class BlobServer:
         else:
             return False
         return hmac.compare_digest(given.encode(), self.token.encode())
+
+    def s3_refusal(self, method: str, target: str, headers: Any) -> str | None:
+        """Why an S3 request may not read, or None: a SigV4 signature made with the
+        fleet token, the registry side's forms, or none at all under --s3-anonymous."""
+        auth = headers.get("Authorization")
+        if auth is None:
+            return None if self.s3_anonymous else "sign with the fleet token (SigV4)"
+        if auth.startswith(sigv4.ALGORITHM):
+            return sigv4.check(method, target, headers, self.token)
+        return None if self.allowed(auth) else "not the fleet credential"
 
     def counted(self, n: int) -> None:
         with self._lock:
@@ -195,7 +213,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _answer(self, head: bool) -> None:
         server = self.server_
+        if self.path.startswith(("http://", "https://")):  # absolute-form (the AWS CRT sends it)
+            rest = self.path.split("://", 1)[1]
+            self.path = "/" + rest.partition("/")[2]
         path = self.path.split("?", 1)[0]
+        if path == "/" + BUCKET or path.startswith(f"/{BUCKET}/"):
+            self._s3()
+            return
         if not server.allowed(self.headers.get("Authorization")):
             self._error(
                 401,
@@ -250,6 +274,28 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(body, head)
             finally:
                 server._slots.release()
+
+    def _s3(self) -> None:
+        server = self.server_
+        why = server.s3_refusal(self.command, self.path, self.headers)
+        if why is not None:
+            s3_error(self, 403, "AccessDenied", why, self.path)
+            return
+        sent = 0
+
+        def send(fd: int, offset: int, size: int) -> None:
+            nonlocal sent
+            try:
+                _sendfile(self.connection, fd, offset, size)
+                sent = size
+            except OSError as e:  # the client went away: end this response
+                log.info("S3 read of %s stopped: %s", self.path[:120], e)
+                self.close_connection = True
+
+        try:
+            server.s3.answer(self, send)
+        finally:
+            server.counted(sent)
 
     def _send(self, body: Body, head: bool) -> None:
         start, end = 0, body.size

@@ -61,8 +61,10 @@ def read_model_layer(
     expected: dict[str, FileEntry],
     sink: Callable[[str, FileEntry], FileSink] | None = None,
     on_bytes: Callable[[int], None] | None = None,
+    on_file: Callable[[str], None] | None = None,
 ) -> set[str]:
-    """Walk a layer; return the paths it held. Raises on anything unsafe or wrong."""
+    """Walk a layer; return the paths it held. Raises on anything unsafe or wrong.
+    ``on_file`` is called with each file's path once its sha256 matched the index."""
     hashing = HashingReader(stream)
     seen: set[str] = set()
     dirs: set[str] = set()
@@ -119,6 +121,8 @@ def read_model_layer(
             raise DigestMismatch(
                 f"file sha256 differs from the index (got {actual})", subject=f"{digest}: {rel}"
             )
+        if on_file is not None:
+            on_file(rel)
     hashing.drain()
     if hashing.digest != digest:
         raise DigestMismatch(f"layer digest mismatch (got {hashing.digest})", subject=digest)
