@@ -25,10 +25,13 @@ from harness.endpoint import Endpoint
 from harness.localregistry import LocalRegistry, free_port
 from harness.models import write_tensors
 from modelcar.format.image import load_model_image
+from modelcar.format.keys import CONFIG_CHUNKS_KEY
+from modelcar.oci.digest import sha256_bytes
+from modelcar.oci.manifest import canonical_json
 from modelcar.oci.reference import parse_ref
 from modelcar.oci.store import StoreOptions
 from modelcar.oci.stores import open_store
-from tests.helpers import ROOT, build, pull
+from tests.helpers import ROOT, build, pull, tree
 
 MiB = 1 << 20
 TOKEN = "fleet-token-0123456789abcdef"
@@ -284,3 +287,39 @@ def test_a_chunk_corrupted_in_the_registry_fails_the_streamer_never_a_tensor(ori
         finally:
             log = node.stop()
         assert "chunk 1 differs from the chunk index" in log, log[-3000:]
+
+
+def v1_copy(ref: str, tag: str) -> str:
+    """The image as a v1 build wrote it: the same layers, a config without the chunk
+    index (and the contract annotation of then); the new pinned reference."""
+    parsed = parse_ref(ref)
+    store = open_store(parsed, StoreOptions(plain_http=True))
+    manifest = json.loads(store.get_manifest(parsed.digest).data)
+    config = json.loads(store.read_blob(manifest["config"]["digest"]))
+    del config[CONFIG_CHUNKS_KEY]
+    raw = canonical_json(config)
+    digest = sha256_bytes(raw)
+    store.put_blob(digest, len(raw), lambda: [raw])
+    manifest["config"].update(digest=digest, size=len(raw))
+    manifest["annotations"]["dev.modelcar.contract"] = "v1"
+    data = canonical_json(manifest)
+    pinned = store.put_manifest(data, manifest["mediaType"], sha256_bytes(data))
+    store.put_manifest(data, manifest["mediaType"], tag)
+    return f"{ref.split('@')[0]}@{pinned}"
+
+
+def test_a_v1_image_still_pulls_and_streams_file_by_file(origin, tmp_path):
+    _reg, ref, model, expected = origin
+    old = v1_copy(ref, "v1-contract")
+    # a warm pull checks it file by file, as before
+    r, result = pull(tmp_path / "warm", old, "--plain-http")
+    assert r.code == 0 and tree(Path(result["path"])) == tree(model)
+    # cold: each file is released whole once its sha256 matched
+    (tmp_path / "n").mkdir()
+    node = Node(tmp_path / "n", old, "--jobs", "1", "--max-rate", "32MiB")
+    try:
+        code, answer, err = stream(node.url, f"s3://modelcar/{key_of(old)}/")
+        assert code == 0, err
+        assert answer["tensors"] == {k: {"sha256": v} for k, v in expected.items()}
+    finally:
+        node.stop()
