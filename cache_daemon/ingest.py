@@ -179,6 +179,13 @@ def dropping_bad_sources(job: Job, attempt: Callable[[list[BlobSource]], T]) -> 
                 raise bad.error from None
 
 
+def write_all(fd: int, data: memoryview | bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+
+
 def is_space(e: OSError) -> bool:
     return e.errno in (errno.ENOSPC, errno.EDQUOT)
 
@@ -232,6 +239,8 @@ class _FileWriter:
         self.chunks = job.chunks if job.board is not None else None
         self.expected = self.chunks.digests(entry) if self.chunks is not None else []
         self.hasher = hashlib.sha256()
+        pulling = self.board.get(job.digest) if self.board is not None else None
+        self.guard = pulling.lock if pulling is not None else threading.Lock()
         tap = ingest.tap
         self.start = tap.pos  # the file's body starts here in the layer
         tap.body_left = entry.size
@@ -257,15 +266,18 @@ class _FileWriter:
             view = memoryview(data)[skip:]
             off = self.pos + skip
             while view:
-                take = len(view)
-                if self.chunks is not None:  # one chunk at a time; a verified one stays
-                    size = self.chunks.chunkSize
-                    take = min(take, size - off % size)
-                    if self.board.is_verified(ingest.job.digest, self.rel, off // size):  # type: ignore[union-attr]  # chunks implies a board
-                        view, off = view[take:], off + take
-                        continue
-                written = os.pwrite(self.fd, view[:take], off)
-                view, off = view[written:], off + written
+                if self.chunks is None:
+                    written = os.pwrite(self.fd, view, off)
+                    view, off = view[written:], off + written
+                    continue
+                # one chunk at a time; a verified one (by an earlier try or a fetch
+                # ahead) stays as it is
+                size = self.chunks.chunkSize
+                take = min(len(view), size - off % size)
+                with self.guard:
+                    if not self.board.is_verified(ingest.job.digest, self.rel, off // size):  # type: ignore[union-attr]  # chunks implies a board
+                        write_all(self.fd, view[:take], off)
+                view, off = view[take:], off + take
             ingest.since_checkpoint += n - skip
             if ingest.since_checkpoint >= ingest.job.checkpoint_bytes:
                 ingest.journal.checkpoint(self.start + self.pos + n, self.fd)
@@ -291,7 +303,8 @@ class _FileWriter:
                         f"chunk {i} differs from the chunk index (got sha256:{actual})",
                         subject=f"{self.ingest.desc.digest}: {self.rel}",
                     )
-                self.board.verified(self.ingest.job.digest, self.rel, i)  # type: ignore[union-attr]  # chunks implies a board
+                with self.guard:
+                    self.board.verified(self.ingest.job.digest, self.rel, i)  # type: ignore[union-attr]  # chunks implies a board
 
     def close(self) -> None:
         try:

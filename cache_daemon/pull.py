@@ -12,15 +12,17 @@ by a download thread), ``ready``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from pydantic import BaseModel
 
+from modelcar.cache_daemon.ahead import Ahead
 from modelcar.cache_daemon.blobstream import RateLimiter, SourcesMissed
 from modelcar.cache_daemon.cachedir import CacheDir
 from modelcar.cache_daemon.ingest import (
@@ -201,10 +203,15 @@ class Puller:
             board=self.board if isinstance(model, ModelImage) else None,
             chunks=model.chunks if isinstance(model, ModelImage) else None,
         )
+        ahead = None
         if job.board is not None and isinstance(model, ModelImage):
-            job.board.begin(digest, job.staging, model.index, model.chunks)
+            if model.chunks is not None:
+                ahead = Ahead(job, model.files, model.model_layers, model.chunks)
+            job.board.begin(
+                digest, job.staging, model.index, model.chunks, ahead.want if ahead else None
+            )
         try:
-            with _Watch(self, job):
+            with _Watch(self, job), _closing(ahead):
                 index = self._fetch(job, model, image)
                 if check is not None and isinstance(model, ForeignImage):
                     check(origin_store, model, index)  # what needs the files (model-signing)
@@ -377,6 +384,23 @@ class Puller:
             return DiskFull("no space left on the cache filesystem", subject=str(self.cache.root))
         where = f": {e.filename}" if e.filename else ""
         return StorageError(f"cannot write the model ({e.strerror or e}){where}", subject=digest)
+
+
+@contextlib.contextmanager
+def _closing(ahead: Ahead | None) -> Iterator[None]:
+    """The fetches ahead end with the pull; what they fetched is logged."""
+    try:
+        yield
+    finally:
+        if ahead is not None:
+            ahead.close()
+            if ahead.fetched or ahead.bad:
+                log.info(
+                    "%d chunks (%d bytes) fetched ahead for readers, %d did not match",
+                    ahead.fetched,
+                    ahead.bytes,
+                    ahead.bad,
+                )
 
 
 class _Watch:

@@ -11,7 +11,8 @@ Where the bytes come from:
 
 * a published model: its verified tree (``sendfile``);
 * a model being pulled (``run --serve``, contract v1.1): its staging file, once every
-  64 MiB chunk under the range has matched its sha256 (:mod:`.verified`); a range not
+  64 MiB chunk under the range has matched its sha256 (:mod:`.verified`); chunks the
+  pull has not reached are fetched ahead of it by range (:mod:`.ahead`); a range not
   verified yet is waited for, at most ``wait`` seconds, then ``503 SlowDown`` with
   ``Retry-After``; if the pull fails (a chunk that does not match its digest fails it),
   ``403 InvalidObjectState`` (not retried by SDKs) and nothing of it. A v1
@@ -164,6 +165,7 @@ class S3Reads:
             start, end, status = parsed[0], parsed[1], 206
         pulling = f.pulling
         if h.command == "GET" and pulling is not None and self.board is not None:
+            self.board.want(digest, f.entry.path, start, end)  # ahead of the pull
             outcome = self.board.wait(digest, f.entry.path, start, end, self.wait)
             if outcome == "gone":  # published meanwhile: the tree
                 f = _File(f.entry, self.cache.model_dir(digest) / f.entry.path, None)

@@ -37,6 +37,11 @@ class Pulling:
     #: path -> verified chunk numbers (a v1 image: {0} once the whole file verified)
     verified: dict[str, set[int]] = field(default_factory=dict)
     error: str | None = None
+    #: fetches chunks a reader asks for ahead of the sequential pull (:mod:`.ahead`)
+    ahead: Callable[[str, list[int]], None] | None = None
+    #: held while a staged chunk's bytes are written or it is marked verified: a
+    #: writer checks "not verified" and writes under it, so a marked chunk stays as is
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def span(self, path: str, first: int, end: int) -> range:
         """The units (chunks, or the one whole file of a v1 image) under ``[first, end)``."""
@@ -51,16 +56,39 @@ class Board:
         self._cond = threading.Condition()
         self._pulls: dict[str, Pulling] = {}
 
-    def begin(self, model: str, staging: Path, index: FileIndex, chunks: ChunkIndex | None) -> None:
+    def begin(
+        self,
+        model: str,
+        staging: Path,
+        index: FileIndex,
+        chunks: ChunkIndex | None,
+        ahead: Callable[[str, list[int]], None] | None = None,
+    ) -> None:
         with self._cond:
             old = self._pulls.get(model)
+            keep = old is not None and old.error is None  # a wave's next try
             self._pulls[model] = Pulling(
                 staging,
                 {f.path: f for f in index.files},
                 chunks,
-                verified=old.verified if old and old.error is None else {},
+                verified=old.verified if keep else {},  # type: ignore[union-attr]  # keep: not None
+                ahead=ahead,
+                lock=old.lock if keep else threading.Lock(),  # type: ignore[union-attr]  # keep: not None
             )
             self._cond.notify_all()
+
+    def want(self, model: str, path: str, first: int, end: int) -> None:
+        """A reader needs bytes ``[first, end)``: ask for the chunks not verified yet
+        ahead of the sequential pull (a v1 image's pull has no way to)."""
+        with self._cond:
+            pull = self._pulls.get(model)
+            if pull is None or pull.ahead is None or pull.error is not None:
+                return
+            have = pull.verified.get(path, set())
+            missing = [u for u in pull.span(path, first, end) if u not in have]
+            ahead = pull.ahead
+        if missing:
+            ahead(path, missing)
 
     def models(self) -> list[str]:
         with self._cond:

@@ -237,10 +237,15 @@ def test_the_streamer_loads_from_a_cold_node_while_it_pulls(origin, tmp_path):
     try:
         shard = model / "model-00001-of-00002.safetensors"
         key = f"{key_of(ref)}/{shard.name}"
+        data = shard.read_bytes()
+        # the file's last chunk, asked first: fetched ahead of the sequential pull (a
+        # range of the layer blob at the file's offset), checked, then answered
+        last = s3(node.url).get_object(Bucket="modelcar", Key=key, Range="bytes=-1048576")
+        assert last["Body"].read() == data[-(1 << 20) :]
         # a range of the first chunk is answered once that chunk verified, before the
-        # model is published (the rest of the pull is still minutes of bytes away)
+        # model is published (the rest of the pull is still seconds of bytes away)
         first = s3(node.url).get_object(Bucket="modelcar", Key=key, Range="bytes=0-1048575")
-        assert first["Body"].read() == shard.read_bytes()[: 1 << 20]
+        assert first["Body"].read() == data[: 1 << 20]
         assert not node.published(ref), "the first chunk came only after the whole pull"
         code, answer, err = stream(node.url, f"s3://modelcar/{key_of(ref)}/")
         assert code == 0, err
@@ -252,6 +257,7 @@ def test_the_streamer_loads_from_a_cold_node_while_it_pulls(origin, tmp_path):
     finally:
         log = node.stop()
     assert "Traceback" not in log, log[-3000:]
+    assert "fetched ahead for readers, 0 did not match" in log, log[-3000:]
 
 
 def test_a_chunk_corrupted_in_the_registry_fails_the_streamer_never_a_tensor(origin, tmp_path):
