@@ -30,6 +30,19 @@ class Settings(BaseModel):
     cache_root: str = Field(
         DEFAULT_CACHE_ROOT, description="The cache daemons' cache dir, for host paths"
     )
+    stream_port: int = Field(
+        5050,
+        ge=1,
+        le=65535,
+        description="The cache daemons' --serve port (hostPort), for mode=stream",
+    )
+    stream_secret: str | None = Field(
+        None,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        max_length=253,
+        description="mode=stream: a Secret in the pod's namespace whose key `token` holds "
+        "the fleet token (the S3 secret key); unset: unsigned reads (daemons need --s3-anonymous)",
+    )
     pool_size: int = Field(20, ge=1, le=500, description="Database connections per worker")
     max_body_bytes: int = Field(4 << 20, ge=1024, description="Largest request body accepted")
     secure_cookies: bool = Field(

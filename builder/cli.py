@@ -483,7 +483,10 @@ def resolve(
     ] = False,
     mode: Annotated[
         str | None,
-        typer.Option(help="Mount for the pod spec: oci (the image) or hostpath (the node cache)."),
+        typer.Option(
+            help="How the pod reads the model: oci (the image), hostpath (the node cache) or "
+            "stream (vLLM --load-format runai_streamer from its node's S3 endpoint)."
+        ),
     ] = None,
 ) -> None:
     """Ask the API which image a model reference means; print the pinned image last."""
@@ -492,8 +495,8 @@ def resolve(
     from modelcar.contract.modelref import parse_model_ref
 
     parse_model_ref(ref)
-    if mode not in (None, "oci", "hostpath"):
-        raise UsageError("invalid --mode", subject=mode, hint="use oci or hostpath")
+    if mode not in (None, "oci", "hostpath", "stream"):
+        raise UsageError("invalid --mode", subject=mode, hint="use oci, hostpath or stream")
     with ApiClient(api, token) as client:
         if kserve:
             typer.echo(json.dumps(client.resolve_kserve(ref, mode=mode), indent=2))

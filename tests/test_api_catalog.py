@@ -173,6 +173,19 @@ def test_resolve_by_alias_version_and_digest(api):
     isvc_hp = c.get("/v1/resolve/m@prod", params={"format": "kserve", "mode": "hostpath"}).json()
     assert isvc_hp["spec"]["predictor"]["volumes"][0]["hostPath"]["path"] == hp["host_path"]
 
+    # stream: no mount; vLLM loads from its node's S3 endpoint, at the pod's host IP
+    st = c.get("/v1/resolve/m@prod", params={"mode": "stream"}).json()
+    assert st["mode"] == "stream" and st["s3_uri"] == f"s3://modelcar/sha256-{digest(1)[7:]}/"
+    assert st["pod_spec"]["args"] == ["--model", st["s3_uri"], "--load-format", "runai_streamer"]
+    env = {e["name"]: e for e in st["pod_spec"]["env"]}
+    assert env["MODELCAR_NODE_IP"]["valueFrom"] == {"fieldRef": {"fieldPath": "status.hostIP"}}
+    assert env["AWS_ENDPOINT_URL"]["value"] == "http://$(MODELCAR_NODE_IP):5050"
+    assert env["RUNAI_STREAMER_S3_USE_VIRTUAL_ADDRESSING"]["value"] == "0"
+    assert env["RUNAI_STREAMER_S3_UNSIGNED"]["value"] == "1"  # no stream_secret set
+    assert "volumes" not in st["pod_spec"]
+    assert "preferredDuringSchedulingIgnoredDuringExecution" in str(st["pod_spec"]["affinity"])
+    assert c.get("/v1/resolve/m@prod", params={"mode": "sideways"}).status_code == 422
+
 
 def test_resolve_errors_are_clear(api):
     c = api.client(api.admin)

@@ -50,6 +50,16 @@ def test_build_registers_and_resolve_returns_the_same_digest(api, registry, smal
     assert answer["storage_uri"] == f"oci://{pinned}"
     isvc = json.loads(run_cli("resolve", "m@prod", "--kserve", env=env_read).stdout)
     assert isvc["spec"]["predictor"]["model"]["storageUri"] == f"oci://{pinned}"
+    streamed = json.loads(
+        run_cli("resolve", "m@prod", "--kserve", "--mode", "stream", env=env_read).stdout
+    )
+    args = streamed["spec"]["predictor"]["containers"][0]["args"]
+    assert args[:4] == [
+        "--model",
+        f"s3://modelcar/{pinned.split('@')[1].replace(':', '-')}/",
+        "--load-format",
+        "runai_streamer",
+    ]
 
     version = api.client(api.admin).get("/v1/models/m/versions/1").json()
     assert version["build"]["digest"] == answer["digest"]

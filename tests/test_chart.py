@@ -8,6 +8,7 @@ against the Kubernetes 1.30 and 1.33 schemas, strictly (unknown fields fail).
 from __future__ import annotations
 
 import base64
+import copy
 import os
 from pathlib import Path
 
@@ -341,6 +342,31 @@ def test_the_node_serves_with_the_fleet_token_and_containerd_asks_it_first(monke
     # serving without a chain: the token is still mounted; a nodes chain alone too
     alone = _containers(render({"cache": {"sources": [{"kind": "nodes"}]}}))["DaemonSet/cache"]
     assert "--fleet-token-file=/etc/modelcar/fleet/token" in alone["args"]
+
+
+def test_streamed_start_opens_the_serve_port_to_the_serving_pods_and_tells_the_api():
+    streams = [{"namespaceSelector": {"matchLabels": {"modelcar.dev/streams": "true"}}}]
+    values = copy.deepcopy(PRODUCTION)
+    values["cache"]["serve"]["stream"] = {"from": streams, "anonymous": True}
+    values["api"]["streamSecret"] = "fleet-copy"
+    objects = render(values)
+    args = _containers(objects)["DaemonSet/cache"]["args"]
+    assert "--s3-anonymous" in args
+    env = {e["name"]: e.get("value") for e in _containers(objects)["Deployment/api"]["env"]}
+    assert env["MODELCAR_API_STREAM_PORT"] == "5050"
+    assert env["MODELCAR_API_STREAM_SECRET"] == "fleet-copy"
+    policy = next(
+        o
+        for o in objects
+        if o["kind"] == "NetworkPolicy" and o["metadata"]["name"].endswith("-cache")
+    )
+    rules = [r for r in policy["spec"]["ingress"] if r["ports"][0]["port"] == 5050]
+    assert [r["from"] for r in rules] == [[{"ipBlock": {"cidr": "10.40.0.0/16"}}], streams]
+    # off by default: signed reads only, no policy rule for pods
+    plain = render(PRODUCTION)
+    assert "--s3-anonymous" not in _containers(plain)["DaemonSet/cache"]["args"]
+    with pytest.raises(helm_python.HelmError):
+        render({"api": {"streamSecret": "Not_A_Name"}})
 
 
 def test_network_policy_without_registry_cidrs_is_refused():

@@ -78,7 +78,7 @@ def test_examples_use_the_daemons_label():
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
-@pytest.mark.parametrize("mode", ["oci", "hostpath"])
+@pytest.mark.parametrize("mode", ["oci", "hostpath", "stream"])
 def test_the_apis_kserve_answer_validates(api, mode):
     c = api.client(api.admin)
     register(c, "llama3-8b", 1)
@@ -89,5 +89,14 @@ def test_the_apis_kserve_answer_validates(api, mode):
     assert node_label_key(digest(1)) in text
     if mode == "oci":
         assert isvc["spec"]["predictor"]["model"]["storageUri"].startswith("oci://")
+    elif mode == "stream":
+        (container,) = isvc["spec"]["predictor"]["containers"]
+        assert container["args"][:4] == [
+            "--model",
+            f"s3://modelcar/sha256-{digest(1)[7:]}/",
+            "--load-format",
+            "runai_streamer",
+        ]
+        assert "storageUri" not in text and "hostPath" not in text
     else:
         assert "hostPath" in text and "storageUri" not in text

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -24,6 +25,7 @@ from botocore.config import Config
 from harness.endpoint import Endpoint
 from harness.localregistry import LocalRegistry, free_port
 from harness.models import write_tensors
+from modelcar.api.mounts import StreamEndpoint, stream_spec
 from modelcar.format.image import load_model_image
 from modelcar.format.keys import CONFIG_CHUNKS_KEY
 from modelcar.oci.digest import sha256_bytes
@@ -84,12 +86,34 @@ def streamer_env(url: str, secret: str | None = TOKEN) -> dict[str, str]:
     return env
 
 
-def stream(url: str, prefix: str, secret: str | None = TOKEN, timeout: float = 300):
+def kubelet_env(spec: dict, host_ip: str, secrets: dict[str, str]) -> dict[str, str]:
+    """The env a kubelet gives the container of ``spec`` (status.hostIP, secretKeyRef,
+    $(VAR) expanded), over this process's env without AWS_/RUNAI_ settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RUNAI_STREAMER_"))}
+    for e in spec["env"]:
+        source = e.get("valueFrom", {})
+        if "fieldRef" in source:
+            assert source["fieldRef"]["fieldPath"] == "status.hostIP"
+            env[e["name"]] = host_ip
+        elif "secretKeyRef" in source:
+            env[e["name"]] = secrets[source["secretKeyRef"]["name"]]
+        else:
+            env[e["name"]] = re.sub(r"\$\((\w+)\)", lambda m: env[m[1]], e["value"])
+    return env
+
+
+def stream(
+    url: str,
+    prefix: str,
+    secret: str | None = TOKEN,
+    timeout: float = 300,
+    env: dict[str, str] | None = None,
+):
     """The streamer over ``prefix``: (exit code, its JSON answer or None, stderr)."""
     r = subprocess.run(
         [sys.executable, "-m", "harness.streamer", prefix],
         cwd=ROOT,
-        env=streamer_env(url, secret),
+        env=env or streamer_env(url, secret),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -158,11 +182,20 @@ def test_the_streamer_loads_every_tensor_from_a_warm_node(origin, tmp_path):
         # unsigned: refused unless the node was started with --s3-anonymous
         code, answer, err = stream(node.url, f"s3://modelcar/{key_of(ref)}/", secret=None)
         assert code != 0 and answer is None
+        # what `resolve --mode stream` answers works as a kubelet would run it: the env
+        # (endpoint at the pod's host IP, the fleet token from a Secret) and the model URI
+        spec = stream_spec("sha256:" + key_of(ref)[7:], "l", StreamEndpoint(node.port, "fleet"))
+        env = kubelet_env(spec, "127.0.0.1", {"fleet": TOKEN})
+        code, answer, err = stream(node.url, spec["args"][1], env=env)
+        assert code == 0, err
+        assert answer["tensors"] == {k: {"sha256": v} for k, v in expected.items()}
     finally:
         node.stop()
     anonymous = Endpoint(cache, TOKEN, tmp_path / "token", "--s3-anonymous")
     try:
-        code, answer, err = stream(anonymous.url, f"s3://modelcar/{key_of(ref)}/", secret=None)
+        spec = stream_spec("sha256:" + key_of(ref)[7:], "l", StreamEndpoint(anonymous.port))
+        env = kubelet_env(spec, "127.0.0.1", {})
+        code, answer, err = stream(anonymous.url, spec["args"][1], env=env)
         assert code == 0, err
         assert answer["tensors"] == {k: {"sha256": v} for k, v in expected.items()}
     finally:

@@ -14,7 +14,7 @@ from modelcar.api import catalog, fleet, trust
 from modelcar.api.db.engine import Database
 from modelcar.api.deps import DB, Config, Reader
 from modelcar.api.fleet import fresh_since
-from modelcar.api.mounts import inference_service, resolve_answer
+from modelcar.api.mounts import VLLM_IMAGE, StreamEndpoint, inference_service, resolve_answer
 from modelcar.api.routes import ERRORS
 from modelcar.api.settings import Settings
 from modelcar.contract import wire as wire
@@ -59,6 +59,7 @@ def _lookup(
         nodes=list(target.nodes_ready),
         cache_root=settings.cache_root,
         mode=mode,
+        stream=StreamEndpoint(settings.stream_port, settings.stream_secret),
     )
     answer.signed_by = signed_by
     if modelpack:
@@ -86,7 +87,10 @@ async def resolve(
     _: Reader,
     mode: Annotated[
         wire.MountMode | None,
-        Query(description="Mount for pod_spec: the image (oci) or the node cache (hostpath)"),
+        Query(
+            description="How the pod reads the model: the image (oci), the node cache "
+            "(hostpath), or streamed from its node's S3 endpoint by vLLM (stream)"
+        ),
     ] = None,
     format: Annotated[
         Literal["json", "kserve", "modelpack"],
@@ -102,6 +106,14 @@ async def resolve(
     require_signed: Annotated[
         bool, Query(description="Refuse (409) a version no trusted key has signed")
     ] = False,
+    vllm_image: Annotated[
+        str,
+        Query(
+            max_length=255,
+            pattern=r"^[a-z0-9][a-z0-9._/:@-]*$",
+            description="format=kserve&mode=stream: the vLLM server image",
+        ),
+    ] = VLLM_IMAGE,
 ) -> Response:
     try:
         parsed = parse_model_ref(ref)
@@ -112,6 +124,8 @@ async def resolve(
     # thread pool, so they run on the event loop. A server database goes to the pool.
     answer = lookup() if db.is_sqlite else await run_in_threadpool(lookup)
     if format == "kserve":
-        return JSONResponse(inference_service(answer, model_format=model_format))
+        return JSONResponse(
+            inference_service(answer, model_format=model_format, vllm_image=vllm_image)
+        )
     # Serialised once here; FastAPI would validate the model again on the way out.
     return Response(answer.model_dump_json(), media_type="application/json")

@@ -27,7 +27,7 @@ from modelcar.oci.reference import parse_ref
 Role = Literal["read", "publish", "admin", "node"]
 ROLES: tuple[Role, ...] = ("read", "publish", "admin", "node")
 ModelState = Literal["pending", "pulling", "ready", "failed", "evicted"]
-MountMode = Literal["oci", "hostpath"]
+MountMode = Literal["oci", "hostpath", "stream"]
 
 DigestStr = Annotated[str, StringConstraints(pattern=r"^sha256:[a-f0-9]{64}$")]
 #: Free text: anything but NUL (which PostgreSQL text cannot hold).
@@ -410,13 +410,19 @@ class ResolveAnswer(_Response):
         description="KServe storageUri (oci://…); null for an image in an oci: layout"
     )
     host_path: str = Field(description="Where the cache daemon publishes the model on a node")
+    s3_uri: str | None = Field(
+        None,
+        description="The model on its node's S3 read endpoint (cache daemon --serve): "
+        "s3://modelcar/sha256-<hex>/, for loaders that stream (vLLM's runai_streamer)",
+    )
     node_label: str = Field(description="The Node label key set to 'ready' where the model is")
     nodes_ready: list[str]
     size: int
     file_count: int
     mode: MountMode
     pod_spec: dict[str, Any] = Field(
-        description="volumes, volumeMounts (at /mnt/models) and affinity for a pod spec"
+        description="volumes, volumeMounts (at /mnt/models) and affinity for a pod spec; "
+        "mode=stream: env and args for a vLLM container, and affinity"
     )
     signed_by: list[str] | None = Field(
         None, description="With require_signed=1: the trusted keys that signed the digest"
