@@ -72,6 +72,7 @@ bench: system-deps venv
 	$(PY) bench/pull.py
 	$(PY) bench/hf.py
 	$(PY) bench/serve.py
+	$(PY) bench/stream.py
 	$(PY) bench/fleet.py --plot docs/fleet.png
 
 clean:
