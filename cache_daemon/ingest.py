@@ -228,15 +228,16 @@ class _Tap:
 
 class _FileWriter:
     """One staged file. Skips the bytes a resumed layer already has on disk, and the
-    chunks a reader may have been given already (a retried layer only hashes them);
-    with a chunk index and a board, checks and marks each chunk as its last byte is
-    written (a chunk that differs ends the layer at once)."""
+    chunks a reader may have been given already (a retried layer only hashes them).
+    With a chunk index (v1.1) each chunk is checked as its last byte is written (one
+    that differs ends the layer at once; together they stand for the file's sha256)
+    and, with a board, marked for readers."""
 
     def __init__(self, ingest: LayerIngest, rel: str, entry: FileEntry):
         self.ingest, self.entry, self.rel = ingest, entry, rel
         job = ingest.job
         self.board = job.board
-        self.chunks = job.chunks if job.board is not None else None
+        self.chunks = job.chunks
         self.expected = self.chunks.digests(entry) if self.chunks is not None else []
         self.hasher = hashlib.sha256()
         pulling = self.board.get(job.digest) if self.board is not None else None
@@ -275,7 +276,10 @@ class _FileWriter:
                 size = self.chunks.chunkSize
                 take = min(len(view), size - off % size)
                 with self.guard:
-                    if not self.board.is_verified(ingest.job.digest, self.rel, off // size):  # type: ignore[union-attr]  # chunks implies a board
+                    board = self.board
+                    if board is None or not board.is_verified(
+                        ingest.job.digest, self.rel, off // size
+                    ):
                         write_all(self.fd, view[:take], off)
                 view, off = view[take:], off + take
             ingest.since_checkpoint += n - skip
@@ -303,8 +307,9 @@ class _FileWriter:
                         f"chunk {i} differs from the chunk index (got sha256:{actual})",
                         subject=f"{self.ingest.desc.digest}: {self.rel}",
                     )
-                with self.guard:
-                    self.board.verified(self.ingest.job.digest, self.rel, i)  # type: ignore[union-attr]  # chunks implies a board
+                if self.board is not None:
+                    with self.guard:
+                        self.board.verified(self.ingest.job.digest, self.rel, i, sequential=True)
 
     def close(self) -> None:
         try:
@@ -368,6 +373,7 @@ class LayerIngest:
                     if board is not None and job.chunks is None
                     else None
                 ),
+                sink_checks=job.chunks is not None,  # each chunk, against its digest
             )
         except (DigestMismatch, ImageFormatError) as e:
             journal.remove()  # what was staged for this layer cannot be trusted

@@ -31,6 +31,7 @@ import contextlib
 import logging
 import os
 import re
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
@@ -72,6 +73,8 @@ class S3Reads:
         wait: float = WAIT_SECONDS,
     ):
         self.cache, self.board, self.wanted, self.wait = cache, board, wanted, wait
+        self._indexes: dict[str, dict[str, FileEntry]] = {}
+        self._lock = threading.Lock()
 
     # --- what a model holds ------------------------------------------------------
 
@@ -80,7 +83,7 @@ class S3Reads:
         for _ in range(2):  # published between the two looks: look again
             if self.cache.is_published(digest):
                 with contextlib.suppress(OSError, ValueError):
-                    return {f.path: f for f in self.cache.load_index(digest).files}, None
+                    return self._published_files(digest), None
             pull = self.board.get(digest) if self.board else None
             if pull is None and wait and self.board and self._wanted(digest):
                 pull = self.board.wait_for(
@@ -91,6 +94,19 @@ class S3Reads:
             if not self.cache.is_published(digest):
                 return None
         return None
+
+    def _published_files(self, digest: str) -> dict[str, FileEntry]:
+        """A published model's files, from its saved index (read once: a digest's index
+        never changes; a loader asks for hundreds of ranges)."""
+        with self._lock:
+            files = self._indexes.get(digest)
+        if files is None:
+            files = {f.path: f for f in self.cache.load_index(digest).files}
+            with self._lock:
+                if len(self._indexes) >= 64:
+                    self._indexes.pop(next(iter(self._indexes)))
+                self._indexes[digest] = files
+        return files
 
     def _wanted(self, digest: str) -> bool:
         """Whether the daemon holds or will pull ``digest`` (yes, before its first pass)."""

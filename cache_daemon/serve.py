@@ -160,7 +160,11 @@ class BlobServer:
 
 class _Bounded(ThreadingHTTPServer):
     """At most ``limit`` connections at once: a thread each, so a flood of idle
-    connections cannot take the node's memory; past that, 503 and close at once."""
+    connections cannot take the node's memory; past that, 503 and close at once. The
+    listen backlog is as deep (socketserver's default of 5 drops the SYNs of a loader
+    opening its connections at once: they time out instead of queueing)."""
+
+    request_queue_size = MAX_CONNECTIONS
 
     def __init__(self, address: tuple[str, int], handler: type, limit: int):
         super().__init__(address, handler)

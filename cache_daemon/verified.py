@@ -25,6 +25,8 @@ from modelcar.format.chunks import ChunkIndex
 from modelcar.format.fileindex import FileEntry, FileIndex
 
 Outcome = Literal["ready", "failed", "gone", "timeout"]
+#: A chunk within this many of where the pull's writer is is not fetched ahead.
+AHEAD_GAP = 1
 
 
 @dataclass
@@ -37,6 +39,8 @@ class Pulling:
     #: path -> verified chunk numbers (a v1 image: {0} once the whole file verified)
     verified: dict[str, set[int]] = field(default_factory=dict)
     error: str | None = None
+    #: path -> the last chunk the sequential pull verified (its place in the file)
+    reached: dict[str, int] = field(default_factory=dict)
     #: fetches chunks a reader asks for ahead of the sequential pull (:mod:`.ahead`)
     ahead: Callable[[str, list[int]], None] | None = None
     #: held while a staged chunk's bytes are written or it is marked verified: a
@@ -85,7 +89,10 @@ class Board:
             if pull is None or pull.ahead is None or pull.error is not None:
                 return
             have = pull.verified.get(path, set())
-            missing = [u for u in pull.span(path, first, end) if u not in have]
+            # chunks the pull's writer will reach within AHEAD_GAP are left to it: a
+            # second download of them would only slow the pull down
+            near = pull.reached.get(path, -(1 << 30)) + AHEAD_GAP
+            missing = [u for u in pull.span(path, first, end) if u not in have and u > near]
             ahead = pull.ahead
         if missing:
             ahead(path, missing)
@@ -98,11 +105,15 @@ class Board:
         with self._cond:
             return self._pulls.get(model)
 
-    def verified(self, model: str, path: str, unit: int) -> None:
+    def verified(self, model: str, path: str, unit: int, *, sequential: bool = False) -> None:
+        """Chunk ``unit`` of ``path`` matched its digest (``sequential``: by the pull's
+        own writer, which is then that far in the file)."""
         with self._cond:
             pull = self._pulls.get(model)
             if pull is not None:
                 pull.verified.setdefault(path, set()).add(unit)
+                if sequential:
+                    pull.reached[path] = unit
                 self._cond.notify_all()
 
     def is_verified(self, model: str, path: str, unit: int) -> bool:
