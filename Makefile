@@ -38,7 +38,7 @@ demo: system-deps venv
 	$(PY) scripts/demo.py $(DEMO_ARGS)
 
 test: system-deps venv
-	$(PY) -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
+	$(PY) -m pytest -n 2 --dist loadgroup --durations=25 $(PYTEST_ARGS)
 
 # The fast tier: pure logic and the in-memory store; no servers, no root, seconds.
 unit: venv

@@ -23,11 +23,9 @@ and the daemon's peak RSS while it pulled and served the streamed load
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,8 +39,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 from measure import peak_of  # noqa: E402
 from pull import build, drop_caches, modelcar_pull  # noqa: E402
 
-from harness.endpoint import Endpoint  # noqa: E402
-from harness.localregistry import LocalRegistry, free_port  # noqa: E402
+from harness.endpoint import Endpoint, ServingDaemon  # noqa: E402
+from harness.localregistry import LocalRegistry  # noqa: E402
 from harness.models import write_tensors  # noqa: E402
 from harness.s3server import S3Server  # noqa: E402
 
@@ -107,61 +105,19 @@ def loader_start() -> float:
 def cold_stream(work: Path, ref: str) -> tuple[float, float, int]:
     """`run --serve` from a cold cache, the streamer as soon as it listens: (seconds
     from the daemon's start to the last tensor, to the model published, daemon peak KiB)."""
-    cache = work / "cold"
-    shutil.rmtree(cache, ignore_errors=True)
-    config = work / "models.yaml"
-    config.write_text(json.dumps({"models": [ref]}))
-    (work / "token").write_text(TOKEN)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
+    shutil.rmtree(work / "cold", ignore_errors=True)
     drop_caches()
-    started = time.monotonic()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "modelcar.cache_daemon.cli",
-            "run",
-            "--node",
-            "bench",
-            "--cache-dir",
-            str(cache),
-            "--config",
-            str(config),
-            "--listen",
-            "",
-            "--plain-http",
-            "--serve",
-            f"127.0.0.1:{port}",
-            "--serve-url",
-            url,
-            "--fleet-token-file",
-            str(work / "token"),
-            "--interval",
-            "3600",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    digest_dir = cache / "models" / ("sha256-" + ref.split("@sha256:")[1])
+    node = ServingDaemon(work / "cold", [ref], TOKEN)
+    digest = ref.split("@")[1]
     try:
-        deadline = time.monotonic() + 120
-        while True:  # the endpoint listens; the streamer starts
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
-                break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("run --serve did not start")
-            time.sleep(0.05)
-        stream(f"s3://modelcar/{digest_dir.name}/", streamer_env(url))
-        loaded = time.monotonic() - started
+        stream(f"s3://modelcar/sha256-{digest[7:]}/", streamer_env(node.url))
+        loaded = time.monotonic() - node.started
         deadline = time.monotonic() + 3600
-        while not digest_dir.is_dir() and time.monotonic() < deadline:
+        while not node.published(digest) and time.monotonic() < deadline:
             time.sleep(0.05)
-        return loaded, time.monotonic() - started, peak_of(proc.pid)
+        return loaded, time.monotonic() - node.started, peak_of(node.proc.pid)
     finally:
-        proc.terminate()
-        proc.wait(timeout=60)
+        node.stop()
 
 
 def from_moto(work: Path, model: Path) -> float | None:

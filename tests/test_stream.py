@@ -22,8 +22,8 @@ import botocore
 import pytest
 from botocore.config import Config
 
-from harness.endpoint import Endpoint
-from harness.localregistry import LocalRegistry, free_port
+from harness.endpoint import Endpoint, ServingDaemon
+from harness.localregistry import LocalRegistry
 from harness.models import write_tensors
 from modelcar.api.mounts import StreamEndpoint, stream_spec
 from modelcar.format.image import load_model_image
@@ -146,7 +146,11 @@ def test_the_streamer_loads_every_tensor_from_a_warm_node(origin, tmp_path):
     (tmp_path / "token").write_text(TOKEN)
     node = Endpoint(cache, TOKEN, tmp_path / "token")
     try:
-        code, answer, err = stream(node.url, f"s3://modelcar/{key_of(ref)}/")
+        # what `resolve --mode stream` answers, run as a kubelet would: the env (the
+        # endpoint at the pod's host IP, the fleet token from a Secret) and the model URI
+        spec = stream_spec("sha256:" + key_of(ref)[7:], "l", StreamEndpoint(node.port, "fleet"))
+        env = kubelet_env(spec, "127.0.0.1", {"fleet": TOKEN})
+        code, answer, err = stream(node.url, spec["args"][1], env=env)
         assert code == 0, err
         assert answer["files"] == [
             "model-00001-of-00002.safetensors",
@@ -180,15 +184,15 @@ def test_the_streamer_loads_every_tensor_from_a_warm_node(origin, tmp_path):
             s3(node.url, "wrong-secret-0123456789").head_object(Bucket="modelcar", Key=key)
         assert e.value.response["Error"]["Code"] in ("403", "AccessDenied")
         # unsigned: refused unless the node was started with --s3-anonymous
-        code, answer, err = stream(node.url, f"s3://modelcar/{key_of(ref)}/", secret=None)
-        assert code != 0 and answer is None
-        # what `resolve --mode stream` answers works as a kubelet would run it: the env
-        # (endpoint at the pod's host IP, the fleet token from a Secret) and the model URI
-        spec = stream_spec("sha256:" + key_of(ref)[7:], "l", StreamEndpoint(node.port, "fleet"))
-        env = kubelet_env(spec, "127.0.0.1", {"fleet": TOKEN})
-        code, answer, err = stream(node.url, spec["args"][1], env=env)
-        assert code == 0, err
-        assert answer["tensors"] == {k: {"sha256": v} for k, v in expected.items()}
+        unsigned = boto3.client(
+            "s3",
+            endpoint_url=node.url,
+            region_name="us-east-1",
+            config=Config(signature_version=botocore.UNSIGNED, s3={"addressing_style": "path"}),
+        )
+        with pytest.raises(botocore.exceptions.ClientError) as e:
+            unsigned.head_object(Bucket="modelcar", Key=key)
+        assert e.value.response["Error"]["Code"] in ("403", "AccessDenied")
     finally:
         node.stop()
     anonymous = Endpoint(cache, TOKEN, tmp_path / "token", "--s3-anonymous")
@@ -202,65 +206,14 @@ def test_the_streamer_loads_every_tensor_from_a_warm_node(origin, tmp_path):
         anonymous.stop()
 
 
-class Node:
-    """``modelcar-cache run --serve`` over a models file, pulling at a capped rate."""
+class Node(ServingDaemon):
+    """A node that pulls ``ref`` (at a capped rate, by ``extra``) and serves it."""
 
     def __init__(self, tmp: Path, ref: str, *extra: str):
-        self.cache = tmp / "cache"
-        config = tmp / "models.yaml"
-        config.write_text(json.dumps({"models": [ref]}))
-        (tmp / "token").write_text(TOKEN)
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "modelcar.cache_daemon.cli",
-                "run",
-                "--node",
-                "n1",
-                "--cache-dir",
-                str(self.cache),
-                "--config",
-                str(config),
-                "--listen",
-                "",
-                "--plain-http",
-                "--serve",
-                f"127.0.0.1:{self.port}",
-                "--serve-url",
-                self.url,
-                "--fleet-token-file",
-                str(tmp / "token"),
-                "--interval",
-                "3600",
-                *extra,
-            ],
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                s3(self.url).list_objects_v2(Bucket="modelcar", Prefix="x")
-                return
-            except botocore.exceptions.EndpointConnectionError:
-                assert self.proc.poll() is None and time.monotonic() < deadline, "no endpoint"
-                time.sleep(0.1)
+        super().__init__(tmp, [ref], TOKEN, *extra)
 
-    def published(self, ref: str) -> bool:
-        return (self.cache / "models" / key_of(ref)).is_dir()
-
-    def stop(self) -> str:
-        self.proc.terminate()
-        try:
-            return self.proc.communicate(timeout=60)[1]
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.communicate()[1]
+    def published(self, ref: str) -> bool:  # type: ignore[override]
+        return super().published(ref.split("@")[1])
 
 
 def test_the_streamer_loads_from_a_cold_node_while_it_pulls(origin, tmp_path):
@@ -312,7 +265,6 @@ def test_a_chunk_corrupted_in_the_registry_fails_the_streamer_never_a_tensor(ori
             f.seek(offset + CHUNK + 12345)
             f.write(bytes([byte[0] ^ 0xFF]))
 
-        (tmp_path / "n").mkdir()
         node = Node(tmp_path / "n", ref, "--jobs", "1", "--max-rate", "32MiB")
         try:
             code, answer, _ = stream(node.url, f"s3://modelcar/{key_of(ref)}/")
@@ -354,7 +306,6 @@ def test_a_v1_image_still_pulls_and_streams_file_by_file(origin, tmp_path):
     r, result = pull(tmp_path / "warm", old, "--plain-http")
     assert r.code == 0 and tree(Path(result["path"])) == tree(model)
     # cold: each file is released whole once its sha256 matched
-    (tmp_path / "n").mkdir()
     node = Node(tmp_path / "n", old, "--jobs", "1", "--max-rate", "32MiB")
     try:
         code, answer, err = stream(node.url, f"s3://modelcar/{key_of(old)}/")
