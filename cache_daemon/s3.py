@@ -200,13 +200,10 @@ class S3Reads:
             elif outcome == "timeout":
                 error(h, 503, "SlowDown", "these bytes are not verified yet", key, retry=True)
                 return
-        try:
-            fd = os.open(f.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError:
-            if f.pulling is not None and self.cache.is_published(digest):
-                f = _File(f.entry, self.cache.model_dir(digest) / f.entry.path, None)
-                fd = os.open(f.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            else:
+        fd = -1
+        if h.command == "GET" and end > start:  # a HEAD, or nothing to send, opens nothing
+            fd = self._open(f, digest)
+            if fd < 0:
                 error(h, 503, "SlowDown", "the file is not there yet", key, retry=True)
                 return
         try:
@@ -219,10 +216,20 @@ class S3Reads:
             if status == 206:
                 h.send_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
             h.end_headers()
-            if h.command == "GET" and end > start:
+            if fd >= 0:
                 send(fd, start, end - start)
         finally:
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
+
+    def _open(self, f: _File, digest: str) -> int:
+        """The file's descriptor: staged, or published (it may have been, meanwhile);
+        -1 if neither is there."""
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+        for path in (f.path, self.cache.model_dir(digest) / f.entry.path):
+            with contextlib.suppress(OSError):
+                return os.open(path, flags)
+        return -1
 
     def _list(self, h: BaseHTTPRequestHandler, q: dict[str, list[str]]) -> None:
         def one(name: str, default: str = "") -> str:
