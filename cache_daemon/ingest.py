@@ -268,9 +268,8 @@ class _FileWriter:
             off = self.pos + skip
             while view:
                 if self.chunks is None:
-                    written = os.pwrite(self.fd, view, off)
-                    view, off = view[written:], off + written
-                    continue
+                    write_all(self.fd, view, off)
+                    break
                 # one chunk at a time; a verified one (by an earlier try or a fetch
                 # ahead) stays as it is
                 size = self.chunks.chunkSize
